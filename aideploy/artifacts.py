@@ -1,0 +1,201 @@
+"""The values stages hand to each other.
+
+Each stage hook returns one of these; the runner keeps it on the :class:`RunContext` and
+passes it, by argument name, to the hooks of later stages. ``summary()`` gives the few facts
+the progress line shows; it must never include a secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str``, logs or results."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself: call this only where it is sent, never where it is shown."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass
+class Dataset:
+    """Test samples to score (and, when the source has one, a training split)."""
+
+    name: str
+    X_test: np.ndarray
+    y_test: np.ndarray
+    X_train: np.ndarray | None = None
+    y_train: np.ndarray | None = None
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X_test.shape[1])
+
+    def summary(self) -> dict[str, Any]:
+        return {"data": self.name, "test_samples": len(self.X_test), "features": self.n_features}
+
+
+@dataclass
+class RegisteredModel:
+    """A model version in a registry: the estimator in process plus where its files are."""
+
+    name: str
+    version: int
+    path: Path  # directory holding this version's files
+    filename: str  # the model file inside ``path``
+    estimator: Any
+    n_features: int
+    n_classes: int
+
+    @property
+    def file(self) -> Path:
+        return self.path / self.filename
+
+    def summary(self) -> dict[str, Any]:
+        return {"model": f"{self.name}:{self.version}", "features": self.n_features, "classes": self.n_classes}
+
+
+@dataclass
+class EnvironmentSpec:
+    """The scoring environment: a conda spec file and the pip requirements in it."""
+
+    name: str
+    conda_file: Path
+    python: str
+    pip: list[str]  # needed wherever the service runs
+    azure_pip: list[str] = field(default_factory=list)  # needed only in an Azure image
+
+    def summary(self) -> dict[str, Any]:
+        return {"environment": self.name, "spec": str(self.conda_file), "packages": len(self.pip)}
+
+
+@dataclass
+class NetworkInfo:
+    """Where the service listens and how clients reach it.
+
+    ``run_client`` runs a callable where the clients of the service live: in the caller's own
+    network for a public endpoint, inside the private network for a VNET.
+    """
+
+    kind: str
+    bind_host: str
+    client_host: str
+    run_client: Any = None
+    argv_prefix: list[str] = field(default_factory=list)  # runs a command where the service lives
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def call(self, fn, *args, **kwargs):
+        """Call ``fn`` from the clients' side of this network."""
+        if self.run_client is None:
+            return fn(*args, **kwargs)
+        return self.run_client(fn, *args, **kwargs)
+
+    def summary(self) -> dict[str, Any]:
+        return {"network": self.kind, "host": self.client_host, **self.details}
+
+
+@dataclass
+class Endpoint:
+    """A deployed scoring service."""
+
+    name: str
+    target: str
+    scoring_uri: str
+    auth_key: Secret | None = None
+    keep_alive: bool = False  # True when the service lives only as long as this process
+    alive: Any = field(default=None, repr=False)  # callable: is the service still up?
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.auth_key:
+            headers["Authorization"] = f"Bearer {self.auth_key.reveal()}"
+        return headers
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "scoring_uri": self.scoring_uri, **self.details}
+
+
+@dataclass
+class Request:
+    """One scoring request: the JSON body and how many samples it carries."""
+
+    body: bytes
+    n_samples: int
+
+
+@dataclass
+class Response:
+    """One scoring response with what it cost."""
+
+    body: bytes
+    latency_ms: float
+    request_bytes: int
+
+
+@dataclass
+class Requests:
+    """The encrypted (or plain) queries for the test set, in order."""
+
+    items: list[Request]
+
+    def summary(self) -> dict[str, Any]:
+        sizes = [len(r.body) for r in self.items]
+        return {"requests": len(self.items), "median_bytes": int(np.median(sizes)) if sizes else 0}
+
+
+@dataclass
+class Responses:
+    """The service's answers, one per request, in order."""
+
+    items: list[Response]
+
+    def summary(self) -> dict[str, Any]:
+        lat = [r.latency_ms for r in self.items]
+        return {"responses": len(self.items), "p50_ms": round(float(np.median(lat)), 2) if lat else None}
+
+
+@dataclass
+class Scores:
+    """Decrypted decision scores, shape (n_samples, n_classes); one column for binary models."""
+
+    values: np.ndarray
+
+    def summary(self) -> dict[str, Any]:
+        return {"scores": list(self.values.shape)}
+
+
+@dataclass
+class KeySession:
+    """The client's keys for one run: ``client`` holds the secret and never leaves the process.
+
+    ``public`` is whatever the encryption scheme needs on the wire to name the public keys
+    (for the built-in schemes, ``{"key_id": ..., "key_url": <read-only SAS URL>}``).
+    """
+
+    scheme: str
+    key_id: str
+    key_bytes: int
+    client: Any = field(repr=False)
+    public: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {"scheme": self.scheme, "key_id": self.key_id, "key_bytes": self.key_bytes}

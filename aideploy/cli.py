@@ -1,0 +1,56 @@
+"""The ``aideploy`` command: a Hydra app, so every Hydra flag and override works."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from aideploy import runner
+from aideploy.config import register_configs
+from aideploy.errors import AideployError, Interrupted
+
+log = logging.getLogger("aideploy")
+
+CONFIG_PATH = "pkg://aideploy_conf"
+
+
+def group_choices(hydra_cfg) -> dict[str, str]:
+    """The chosen option of each aideploy config group (Hydra's own groups left out)."""
+    return {k: v for k, v in hydra_cfg.runtime.choices.items()
+            if not k.startswith(("hydra/", "schema/")) and k != "aideploy_schema" and v is not None}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+def _app(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        runner.run(cfg, Path(hydra_cfg.runtime.output_dir), group_choices(hydra_cfg))
+    except AideployError as exc:
+        log.error("error: %s", exc)
+        if exc.hint:
+            log.error("hint: %s", exc.hint)
+        if multirun:  # let the launcher record this job as failed and go on with the others
+            raise
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, Interrupted):
+        log.error("interrupted; everything was torn down")
+        if multirun:
+            raise
+        sys.exit(130)
+
+
+def main() -> None:
+    """Entry point of the ``aideploy`` console script."""
+    register_configs()
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+Each option YAML in ``conf/<group>/`` extends its schema (``/schema/<group>/<option>``), so
+an unknown key, a wrong type or a missing value fails when the config is composed, before
+any stage runs. The ``plugin`` field of each group names the registered plugin that serves
+that group's stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from aideploy.stages import Mode
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataConfig:
+    plugin: str = MISSING
+    test_size: float = 0.25
+    seed: int = 0
+    limit: Optional[int] = None
+
+
+@dataclass
+class DigitsData(DataConfig):
+    plugin: str = "digits"
+
+
+@dataclass
+class MnistIdxData(DataConfig):
+    plugin: str = "mnist_idx"
+    images: str = MISSING
+    labels: str = MISSING
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@dataclass
+class ModelConfig:
+    plugin: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class SklearnTrainModel(ModelConfig):
+    plugin: str = "sklearn_train"
+    name: str = "sklearn_digits"
+    C: float = 1.0
+    max_iter: int = 5000
+    seed: int = 0
+    test_size: float = 0.25
+
+
+@dataclass
+class SklearnPickleModel(ModelConfig):
+    plugin: str = "sklearn_pickle"
+    name: str = "sklearn_model"
+    path: str = MISSING
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+@dataclass
+class EnvironmentConfig:
+    plugin: str = "conda"
+    name: str = "aideploy-env"
+    python: str = "3.11"
+    channels: List[str] = field(default_factory=lambda: ["conda-forge"])
+    pip: List[str] = field(default_factory=list)
+    azure_pip: List[str] = field(default_factory=list)
+    check_local: bool = True
+
+
+# ----------------------------------------------------------------------------- network
+
+
+@dataclass
+class NetworkConfig:
+    plugin: str = MISSING
+
+
+@dataclass
+class PublicNetwork(NetworkConfig):
+    plugin: str = "public"
+    host: str = "127.0.0.1"
+
+
+# ----------------------------------------------------------------------------- encryption
+
+
+@dataclass
+class EncryptionConfig:
+    plugin: str = MISSING
+    batch_size: int = 1
+
+
+@dataclass
+class NoEncryption(EncryptionConfig):
+    plugin: str = "plain"
+
+
+# ----------------------------------------------------------------------------- target
+
+
+@dataclass
+class TargetConfig:
+    plugin: str = MISSING
+    request_timeout: float = 60.0
+
+
+@dataclass
+class LocalTarget(TargetConfig):
+    plugin: str = "local"
+    port: int = 0
+    worker_count: int = 1
+    startup_timeout: float = 90.0
+    max_request_mb: float = 64.0
+    log_tail_lines: int = 40
+    auth: bool = True
+
+
+# ----------------------------------------------------------------------------- keystore
+
+
+@dataclass
+class KeystoreConfig:
+    plugin: str = MISSING
+    container: str = "aideploy-keys"
+    sas_ttl_seconds: int = 900
+
+
+@dataclass
+class AzuriteKeystore(KeystoreConfig):
+    plugin: str = "azurite"
+    host: str = "127.0.0.1"
+    startup_timeout: float = 30.0
+    connection_string_env: Optional[str] = None
+
+
+@dataclass
+class AzureBlobKeystore(KeystoreConfig):
+    plugin: str = "azure_blob"
+    connection_string_env: Optional[str] = "AZURE_STORAGE_CONNECTION_STRING"
+    account_url_env: Optional[str] = "AZURE_STORAGE_ACCOUNT_URL"
+
+
+# ----------------------------------------------------------------------------- root
+
+
+@dataclass
+class AideployConfig:
+    mode: Mode = Mode.run
+    home: str = MISSING
+    deployment_name: Optional[str] = None
+    scoring_uri: Optional[str] = None
+    scoring_key_env: str = "AIDEPLOY_SCORING_KEY"
+    plugins: List[str] = field(default_factory=list)
+    data: Any = MISSING
+    model: Any = MISSING
+    environment: Any = MISSING
+    network: Any = MISSING
+    encryption: Any = MISSING
+    target: Any = MISSING
+    keystore: Any = MISSING
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "data": {"digits": DigitsData, "mnist_idx": MnistIdxData},
+    "model": {"sklearn_digits": SklearnTrainModel, "sklearn_pickle": SklearnPickleModel},
+    "environment": {"conda": EnvironmentConfig},
+    "network": {"public": PublicNetwork},
+    "encryption": {"none": NoEncryption},
+    "target": {"local": LocalTarget},
+    "keystore": {"azurite": AzuriteKeystore, "azure_blob": AzureBlobKeystore},
+}
+"""Schema of each built-in option, by group; ``conf/<group>/<option>.yaml`` extends it."""
+
+
+def register_configs(store: ConfigStore | None = None) -> None:
+    """Put the root schema and every option schema in Hydra's ConfigStore (idempotent)."""
+    store = store or ConfigStore.instance()
+    store.store(name="aideploy_schema", node=AideployConfig)
+    for group, options in SCHEMAS.items():
+        for option, schema in options.items():
+            store.store(group=f"schema/{group}", name=option, node=schema)

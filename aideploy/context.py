@@ -1,0 +1,54 @@
+"""The state of one run, passed to every hook as ``ctx``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from omegaconf import DictConfig
+
+from aideploy.resources import Resources
+from aideploy.stages import Mode
+
+if TYPE_CHECKING:
+    from aideploy.manager import PluginRegistry
+
+
+@dataclass
+class RunContext:
+    """One run's config, plugins, outputs, acquired resources and stage results.
+
+    Attributes:
+        cfg: the composed, validated root config.
+        plugins: the run's :class:`~aideploy.manager.PluginRegistry`.
+        run_id: unique per run; use it in every name a run creates (deployment, blob,
+            namespace) so concurrent runs never collide.
+        output_dir: the Hydra output dir; results.json and logs go here.
+        choices: the chosen option of each config group, e.g. ``{"target": "local"}``.
+        resources: register everything acquired here for teardown.
+        artifacts: stage results by name (``dataset``, ``model``, ``endpoint``, ...).
+    """
+
+    cfg: DictConfig
+    plugins: PluginRegistry
+    run_id: str
+    output_dir: Path
+    choices: dict[str, str]
+    resources: Resources = field(default_factory=Resources)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("aideploy"))
+    progress: tuple[int, int] = (0, 0)
+    _open_keystore: Callable[[], Any] | None = None
+
+    @property
+    def mode(self) -> Mode:
+        return Mode(self.cfg.mode)
+
+    def open_keystore(self) -> Any:
+        """Start or connect to the configured key store (once per run) and return it."""
+        if "keystore" not in self.artifacts:
+            assert self._open_keystore is not None, "open_keystore is only available during a run"
+            self._open_keystore()
+        return self.artifacts["keystore"]

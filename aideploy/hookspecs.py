@@ -1,0 +1,220 @@
+"""Every hook aideploy calls, grouped by stage.
+
+A run is a fixed sequence of stages (see :mod:`aideploy.stages`). Each *stage hook* is
+served by exactly one plugin: the one named by the ``plugin`` field of the config group that
+owns the stage (``target.plugin`` serves deploy and predict, ``encryption.plugin`` serves keys,
+encrypt and decrypt, and so on). Stage hooks are ``firstresult``: the chosen plugin's return
+value is the stage's result and is handed to later stages by argument name.
+
+*Broadcast hooks* (requirements, evaluate, teardown) are called on every plugin that
+implements them. *Observer hooks* (before/after/on-error) are called on every plugin around
+every stage and must not change the run.
+
+Arguments, by name (an implementation may take any subset of its spec's arguments):
+
+- ``cfg``: the stage's own config group node (e.g. ``cfg.port`` for ``target=local``);
+- ``ctx``: the :class:`aideploy.context.RunContext` (root config as ``ctx.cfg``, output dir,
+  ``ctx.resources`` to register teardown, ``ctx.log``);
+- ``dataset``, ``model``, ``environment``, ``network``, ``endpoint``, ``keys``, ``requests``,
+  ``responses``, ``scores``: earlier stages' results (see :mod:`aideploy.artifacts`).
+
+Everything a stage acquires (a process, a port, a blob, a namespace, a temp dir) it must
+register with ``ctx.resources`` so that teardown releases it in reverse order, on success,
+failure, Ctrl-C and SIGTERM alike.
+"""
+
+from __future__ import annotations
+
+from aideploy.markers import hookspec
+
+# ----------------------------------------------------------------------------- registration
+
+
+@hookspec
+def aideploy_scoring_requirements(ctx):
+    """Pip requirements the scoring service needs, beyond the environment group's own.
+
+    Called on every plugin while the environment stage builds the spec. Return a list of
+    requirement strings (PEP 508) or None. The encryption plugins use it to add their runtime,
+    e.g. ``encrypted-inference==0.9``.
+    """
+
+
+# ----------------------------------------------------------------------------- stage: data
+
+
+@hookspec(firstresult=True)
+def aideploy_prepare_data(cfg, ctx):
+    """Load the samples to score; served by the ``data`` group's plugin.
+
+    Runs first, so a bad path fails before anything is deployed. Return an
+    :class:`~aideploy.artifacts.Dataset` whose ``X_test`` is float64 of shape
+    (n_samples, n_features).
+    """
+
+
+# ----------------------------------------------------------------------------- stage: model
+
+
+@hookspec(firstresult=True)
+def aideploy_prepare_model(cfg, ctx, dataset):
+    """Load or train the model and register a version; served by the ``model`` group's plugin.
+
+    Return a :class:`~aideploy.artifacts.RegisteredModel`. The runner checks that its feature
+    count matches ``dataset``'s and fails with a clear error if not.
+    """
+
+
+# ----------------------------------------------------------------------------- stage: environment
+
+
+@hookspec(firstresult=True)
+def aideploy_build_environment(cfg, ctx, requirements):
+    """Write the scoring environment's spec; served by the ``environment`` group's plugin.
+
+    ``requirements`` is the merged list from :func:`aideploy_scoring_requirements`. Return an
+    :class:`~aideploy.artifacts.EnvironmentSpec`.
+    """
+
+
+# ----------------------------------------------------------------------------- stage: network
+
+
+@hookspec(firstresult=True)
+def aideploy_configure_network(cfg, ctx):
+    """Create or describe the network the service lives in; served by the ``network`` plugin.
+
+    Return a :class:`~aideploy.artifacts.NetworkInfo`. Anything created (namespaces, links)
+    must be registered with ``ctx.resources``.
+    """
+
+
+# ----------------------------------------------------------------------------- stage: deploy
+
+
+@hookspec(firstresult=True)
+def aideploy_deploy(cfg, ctx, model, environment, network):
+    """Deploy the scoring service and block until it is healthy; served by the ``target`` plugin.
+
+    Return an :class:`~aideploy.artifacts.Endpoint`. Register the service's removal with
+    ``ctx.resources`` unless it is meant to outlive the run (``mode=serve`` on a remote target).
+    Raise :class:`~aideploy.errors.DeployError` with the service's log tail on failure.
+    """
+
+
+@hookspec(firstresult=True)
+def aideploy_delete(cfg, ctx, name):
+    """Delete the named deployment (``mode=delete``); served by the ``target`` plugin.
+
+    Idempotent: deleting what does not exist is not an error. Return True if something was
+    deleted, False if there was nothing by that name.
+    """
+
+
+# ----------------------------------------------------------------------------- stage: keystore
+
+
+@hookspec(firstresult=True)
+def aideploy_open_keystore(cfg, ctx, network):
+    """Start or connect to the blob store for public keys; served by the ``keystore`` plugin.
+
+    Only runs when the encryption scheme asks for a key store (``ctx.open_keystore()``).
+    Return an object with ``put(key_id, data) -> url`` and ``delete(key_id)``.
+    """
+
+
+# ----------------------------------------------------------------------------- stage: keys
+
+
+@hookspec(firstresult=True)
+def aideploy_setup_keys(cfg, ctx, model):
+    """Generate the client's keys and publish the public ones; served by the ``encryption`` plugin.
+
+    Return a :class:`~aideploy.artifacts.KeySession`, or None when the scheme has no keys.
+    Uploaded blobs must be registered with ``ctx.resources`` for deletion.
+    """
+
+
+# ----------------------------------------------------------------------------- stage: encrypt
+
+
+@hookspec(firstresult=True)
+def aideploy_encrypt(cfg, ctx, keys, dataset):
+    """Turn ``dataset.X_test`` into request bodies; served by the ``encryption`` plugin.
+
+    Return :class:`~aideploy.artifacts.Requests`, in sample order.
+    """
+
+
+# ----------------------------------------------------------------------------- stage: predict
+
+
+@hookspec(firstresult=True)
+def aideploy_predict(cfg, ctx, endpoint, network, requests):
+    """Send every request to the service; served by the ``target`` plugin.
+
+    Must call the service from the clients' side of ``network`` (``network.call``). Return
+    :class:`~aideploy.artifacts.Responses` in request order; raise
+    :class:`~aideploy.errors.PredictError` on an error answer.
+    """
+
+
+# ----------------------------------------------------------------------------- stage: decrypt
+
+
+@hookspec(firstresult=True)
+def aideploy_decrypt(cfg, ctx, keys, requests, responses):
+    """Turn responses into decision scores; served by the ``encryption`` plugin.
+
+    Return :class:`~aideploy.artifacts.Scores` of shape (n_samples, n_classes).
+    """
+
+
+# ----------------------------------------------------------------------------- stage: evaluate
+
+
+@hookspec
+def aideploy_evaluate(ctx, dataset, model, keys, requests, responses, scores):
+    """Compute metrics for ``results.json``; called on every plugin.
+
+    Return a dict of JSON-serialisable metrics or None. The dicts are merged in call order;
+    a key given twice is an error naming both plugins.
+    """
+
+
+# ----------------------------------------------------------------------------- stage: teardown
+
+
+@hookspec
+def aideploy_teardown(ctx, status):
+    """Release what is not in ``ctx.resources``; called on every plugin when the run ends.
+
+    Runs on success, failure and interruption (``status`` says which), before the registered
+    resources are released in reverse order. Must not raise for things already gone.
+    """
+
+
+# ----------------------------------------------------------------------------- observers
+
+
+@hookspec
+def aideploy_before_stage(stage, ctx):
+    """Called on every plugin just before ``stage`` (a :class:`aideploy.stages.Stage`) runs."""
+
+
+@hookspec
+def aideploy_after_stage(stage, ctx, result, seconds):
+    """Called on every plugin after ``stage`` succeeded with ``result`` in ``seconds``."""
+
+
+@hookspec
+def aideploy_on_stage_error(stage, ctx, error):
+    """Called on every plugin when ``stage`` raised ``error`` (an exception, or an interrupt).
+
+    Takes the before hook's arguments plus the error. Teardown still follows.
+    """
+
+
+@hookspec
+def aideploy_run_end(ctx, results):
+    """Called on every plugin once ``results`` (the dict written to results.json) is final."""

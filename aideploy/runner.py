@@ -1,0 +1,210 @@
+"""Runs the stages of a mode in order and tears down whatever happens."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+from aideploy import results as results_mod
+from aideploy.context import RunContext
+from aideploy.errors import AideployError, ConfigError, Interrupted, PluginError
+from aideploy.manager import PluginRegistry
+from aideploy.stages import KEYSTORE, PIPELINES, TEARDOWN, Mode, Stage
+
+log = logging.getLogger("aideploy")
+
+
+def new_run_id() -> str:
+    """Short, sortable and unique enough for concurrent runs on one machine."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+class Runner:
+    """Runs one mode's stages in order; see :func:`run` for the whole life of a run."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.stage_seconds: dict[str, float] = {}
+        ctx._open_keystore = lambda: self.run_stage(KEYSTORE)
+
+    def _group_cfg(self, stage: Stage) -> DictConfig | None:
+        return self.ctx.cfg[stage.group] if stage.group else None
+
+    def _caller(self, stage: Stage):
+        if stage.group is None:
+            return getattr(self.ctx.plugins.hook, stage.hook)
+        group_cfg = self._group_cfg(stage)
+        return self.ctx.plugins.stage_caller(stage.hook, group_cfg.plugin, f"{stage.group}.plugin")
+
+    def _kwargs(self, stage: Stage) -> dict[str, Any]:
+        available = {"cfg": self._group_cfg(stage), "ctx": self.ctx, **self.ctx.artifacts}
+        argnames = getattr(self.ctx.plugins.hook, stage.hook).spec.argnames
+        if "requirements" in argnames:
+            wanted = self.ctx.plugins.hook.aideploy_scoring_requirements(ctx=self.ctx)
+            available["requirements"] = list(dict.fromkeys(r for reqs in reversed(wanted) for r in reqs or ()))
+        return {name: available.get(name) for name in argnames}
+
+    def run_stage(self, stage: Stage, **extra: Any) -> Any:
+        """Run one stage with its before/after/on-error observers; keep and return its result."""
+        hook = self.ctx.plugins.hook
+        caller = self._caller(stage)
+        kwargs = {**self._kwargs(stage), **extra}
+        hook.aideploy_before_stage(stage=stage, ctx=self.ctx)
+        start = time.perf_counter()
+        try:
+            result = caller(**kwargs)
+            if stage.group is None and stage.result:
+                result = _merge_broadcast(stage, result, self.ctx.plugins)
+            self._check(stage, result)
+        except BaseException as exc:
+            self.stage_seconds[stage.name] = time.perf_counter() - start
+            hook.aideploy_on_stage_error(stage=stage, ctx=self.ctx, error=exc)
+            raise
+        seconds = time.perf_counter() - start
+        self.stage_seconds[stage.name] = seconds
+        if stage.result:
+            self.ctx.artifacts[stage.result] = result
+        hook.aideploy_after_stage(stage=stage, ctx=self.ctx, result=result, seconds=seconds)
+        return result
+
+    def _check(self, stage: Stage, result: Any) -> None:
+        optional = {"keys", "metrics", "deleted", None}
+        if result is None and stage.result not in optional:
+            plugin = self._group_cfg(stage).plugin
+            raise PluginError(f"plugin {plugin!r} returned nothing from {stage.hook}",
+                              hint=f"{stage.hook} must return a result; see aideploy.hookspecs")
+        if stage.result == "model":
+            dataset = self.ctx.artifacts["dataset"]
+            if result.n_features != dataset.n_features:
+                raise ConfigError(
+                    f"feature count mismatch: model {result.name!r} takes {result.n_features} features "
+                    f"but data {dataset.name!r} has {dataset.n_features}",
+                    hint="pick a model trained on this data, e.g. data=mnist_idx with model=sklearn_pickle "
+                    "model.path=<784-feature model>, or data=digits with model=sklearn_digits",
+                )
+
+    def teardown(self, status: str) -> list[tuple[str, BaseException]]:
+        """The teardown stage: plugins' teardown hooks, then resources in reverse order."""
+        hook = self.ctx.plugins.hook
+        hook.aideploy_before_stage(stage=TEARDOWN, ctx=self.ctx)
+        start = time.perf_counter()
+        failures: list[tuple[str, BaseException]] = []
+        try:
+            hook.aideploy_teardown(ctx=self.ctx, status=status)
+        except Exception as exc:  # resources must still be released
+            log.warning("a plugin's teardown failed: %s", exc)
+            failures.append(("aideploy_teardown", exc))
+        failures += self.ctx.resources.release_all()
+        seconds = time.perf_counter() - start
+        self.stage_seconds[TEARDOWN.name] = seconds
+        hook.aideploy_after_stage(stage=TEARDOWN, ctx=self.ctx, result=None, seconds=seconds)
+        return failures
+
+
+def _merge_broadcast(stage: Stage, results: list[dict | None], plugins: PluginRegistry) -> dict:
+    merged: dict[str, Any] = {}
+    for part in results:
+        for key, value in (part or {}).items():
+            if key in merged:
+                raise PluginError(f"two plugins report {key!r} from {stage.hook}",
+                                  hint="rename the metric in one of them")
+            merged[key] = value
+    return merged
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts() -> Iterator[None]:
+    """SIGTERM becomes :class:`Interrupted` in the main thread, so it tears down like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise Interrupted(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _shielded() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while teardown runs: a half-done teardown leaks what it skips."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def later(signum, frame):
+        log.warning("teardown in progress; it finishes first")
+
+    previous = {s: signal.signal(s, later) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _serve_until_interrupted(ctx: RunContext) -> None:
+    endpoint = ctx.artifacts["endpoint"]
+    results_mod.write_endpoint(ctx, endpoint)
+    if not endpoint.keep_alive:
+        log.info("deployed %s; it keeps running after this command (delete with mode=delete "
+                 "deployment_name=%s)", endpoint.scoring_uri, endpoint.name)
+        return
+    log.info("serving at %s (Ctrl-C to stop)", endpoint.scoring_uri)
+    while True:
+        time.sleep(0.5)
+        if endpoint.alive is not None and not endpoint.alive():
+            raise AideployError(f"the service {endpoint.name!r} stopped on its own",
+                                hint=f"see its log in {ctx.output_dir}")
+
+
+def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str | None = None) -> dict[str, Any]:
+    """Run ``cfg.mode`` to the end, tear down, write results.json and return the results.
+
+    Raises what stopped the run (an :class:`AideployError`, an unexpected exception or an
+    interrupt) after teardown and results; results.json says ``status`` in every case.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    mode = Mode(cfg.mode)
+    plugins = PluginRegistry.load(OmegaConf.to_container(cfg.plugins))
+    ctx = RunContext(cfg=cfg, plugins=plugins, run_id=run_id or new_run_id(), output_dir=output_dir,
+                     choices=choices)
+    runner = Runner(ctx)
+    status, error = "ok", None
+    pipeline = PIPELINES[mode]
+    try:
+        with _signals_as_interrupts():
+            for index, stage in enumerate(pipeline, start=1):
+                ctx.progress = (index, len(pipeline))
+                runner.run_stage(stage)
+            if mode is Mode.serve:
+                try:
+                    _serve_until_interrupted(ctx)
+                except (KeyboardInterrupt, Interrupted):
+                    log.info("stopping the service")
+    except (KeyboardInterrupt, Interrupted) as exc:
+        status, error = "interrupted", exc
+        raise
+    except BaseException as exc:
+        status, error = "failed", exc
+        raise
+    finally:
+        with _shielded():
+            ctx.progress = (len(pipeline) + 1, len(pipeline) + 1)
+            failures = runner.teardown(status)
+            results = results_mod.build(ctx, status, error, runner.stage_seconds, failures)
+            results_mod.write(ctx, results)
+            plugins.hook.aideploy_run_end(ctx=ctx, results=results)
+    return results

@@ -1,0 +1,143 @@
+"""``target=local``: the real Azure ML inference server (``azmlinfsrv``) as a local process.
+
+It serves the same ``score.py`` (and the same staged source directory) an Azure target
+uploads, with ``AZUREML_MODEL_DIR`` laid out as Azure lays it out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+import aideploy_scoring
+from aideploy import hookimpl
+from aideploy.artifacts import Endpoint, Secret
+from aideploy.envcheck import unmet
+from aideploy.errors import DeployError, EnvironmentMismatch
+from aideploy.http import post_all
+from aideploy.process import ManagedProcess, free_port, http_ok
+from aideploy.stages import Mode
+
+SERVER_LOG = "azmlinfsrv.log"
+
+
+def stage_source(dest: Path) -> Path:
+    """Copy the scoring package to ``dest``; returns the entry script's path inside it."""
+    package = Path(aideploy_scoring.__file__).parent
+    shutil.copytree(package, dest / "aideploy_scoring", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest / "aideploy_scoring" / "score.py"
+
+
+def stage_model(model, dest: Path) -> Path:
+    """``AZUREML_MODEL_DIR`` as Azure makes it: ``<root>/<name>/<version>/<file>``."""
+    folder = dest / model.name / str(model.version)
+    folder.mkdir(parents=True)
+    shutil.copyfile(model.file, folder / model.filename)
+    return dest
+
+
+def server_command() -> list[str]:
+    exe = Path(sys.executable).with_name("azmlinfsrv")
+    found = str(exe) if exe.exists() else shutil.which("azmlinfsrv")
+    if not found:
+        raise DeployError("azmlinfsrv (azureml-inference-server-http) is not installed in this environment",
+                          hint="pip install azureml-inference-server-http, or reinstall aideploy")
+    return [found]
+
+
+def deployment_record(ctx, name: str) -> Path:
+    return Path(ctx.cfg.home) / "deployments" / f"{name}.json"
+
+
+def scoring_key(ctx) -> Secret:
+    """The key the service requires: the user's, from the environment, or a fresh one."""
+    return Secret(os.environ.get(ctx.cfg.scoring_key_env) or secrets.token_urlsafe(32))
+
+
+@hookimpl
+def aideploy_deploy(cfg, ctx, model, environment, network):
+    if ctx.cfg.environment.check_local:
+        missing = unmet(environment.python, environment.pip)
+        if missing:
+            raise EnvironmentMismatch(
+                "this interpreter does not satisfy the scoring environment: " + "; ".join(missing),
+                hint=f"install what is missing (pip install ...), or relax the spec ({environment.conda_file}), "
+                "or skip the check with environment.check_local=false")
+    name = ctx.cfg.deployment_name or f"aideploy-{ctx.run_id}"
+    workdir = ctx.output_dir / "deploy"
+    entry = stage_source(workdir / "source")
+    model_dir = stage_model(model, workdir / "azureml-models")
+    port = cfg.port or free_port()
+    key = scoring_key(ctx) if cfg.auth else None
+    env = {
+        **os.environ,
+        "WORKER_COUNT": str(cfg.worker_count),
+        "AIDEPLOY_MAX_REQUEST_BYTES": str(int(cfg.max_request_mb * 1024 * 1024)),
+        "GUNICORN_CMD_ARGS": "--no-control-socket",  # gunicorn's default socket is shared per user
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("AIDEPLOY_AUTH_KEY_SHA256", None)
+    if key:  # the service gets only a hash of the key
+        env["AIDEPLOY_AUTH_KEY_SHA256"] = hashlib.sha256(key.reveal().encode()).hexdigest()
+    argv = [*network.argv_prefix, *server_command(), "--entry_script", str(entry), "--model_dir", str(model_dir),
+            "--port", str(port), "--worker_count", str(cfg.worker_count)]
+    server = ManagedProcess("azmlinfsrv", argv, ctx.output_dir / SERVER_LOG, env=env, cwd=workdir)
+    server.start()
+    ctx.resources.add(f"azmlinfsrv (pid {server.pid})", server.stop)
+    base = f"http://{network.client_host}:{port}"
+    try:
+        network.call(server.wait_until, lambda: http_ok(base + "/"), timeout=cfg.startup_timeout)
+    except RuntimeError as exc:
+        log_tail = server.tail(cfg.log_tail_lines)
+        server.stop()
+        raise DeployError(f"the scoring server did not start: {exc}\n--- last lines of {server.log_file} ---\n"
+                          f"{log_tail.rstrip()}",
+                          hint="a failing init() usually means the model file or an import is broken; "
+                          "see the log lines above") from None
+    endpoint = Endpoint(name, "local", f"{base}/score", auth_key=key, keep_alive=True, alive=server.alive,
+                        details={"pid": server.pid, "workers": cfg.worker_count, "auth": bool(key)})
+    if ctx.mode is Mode.serve:
+        record = deployment_record(ctx, name)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"name": name, "pid": server.pid, "owner_pid": os.getpid(), "scoring_uri": endpoint.scoring_uri,
+                                      "output_dir": str(ctx.output_dir)}))
+        ctx.resources.add(f"deployment record {record.name}", lambda: record.unlink(missing_ok=True))
+        if key and not os.environ.get(ctx.cfg.scoring_key_env):
+            # Shown once, on the terminal only: the log handlers never see it.
+            print(f"scoring key (shown once; send 'Authorization: Bearer <key>'): {key.reveal()}",
+                  file=sys.__stdout__, flush=True)
+    return endpoint
+
+
+@hookimpl
+def aideploy_predict(cfg, endpoint, network, requests):
+    return network.call(post_all, endpoint, requests.items, cfg.request_timeout)
+
+
+@hookimpl
+def aideploy_delete(ctx, name):
+    import psutil
+
+    record = deployment_record(ctx, name)
+    if not record.exists():
+        known = sorted(p.stem for p in record.parent.glob("*.json")) if record.parent.exists() else []
+        ctx.log.warning("no local deployment named %r (known: %s)", name, ", ".join(known) or "none")
+        return False
+    info = json.loads(record.read_text())
+    # Ask the serving aideploy to stop: it owns the server and tears down in order. If it is
+    # gone, stop the server directly. A pid must still run the right program: pids get reused.
+    for pid, program in ((info["owner_pid"], "aideploy"), (info["pid"], "azmlinfsrv")):
+        try:
+            proc = psutil.Process(pid)
+            if program in " ".join(proc.cmdline()):
+                proc.terminate() if program == "aideploy" else os.killpg(pid, 15)
+                psutil.wait_procs([proc], timeout=30)
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            pass
+    record.unlink(missing_ok=True)
+    return True

@@ -1,0 +1,44 @@
+"""Entry script for the Azure ML inference server (``azmlinfsrv``), locally and in Azure.
+
+``init()`` loads the model from ``AZUREML_MODEL_DIR``; ``run()`` answers one HTTP request.
+Request bodies (JSON):
+
+- plain: ``{"data": [[x1, ..., xn], ...]}`` -> ``{"scores": [[s1, ..., sk], ...]}``
+- seal (encrypted-inference, seed 000): ``{"data": [ciphertext, ...], "key_id": ..., "key_url":
+  <read-only SAS URL>}``, or the seed's ``{"data", "key_id", "conn_str", "container"}``
+  -> ``[encrypted score, ...]``
+- fast: ``{"scheme": "fast", "data": <query>, "key_id": ..., "key_url": ...}``
+
+Bad requests get HTTP 4xx with ``{"error": "..."}``; the server keeps serving.
+"""
+
+import os
+import sys
+
+# The package beside this file is shipped with it; make it importable wherever it runs.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+try:
+    from azureml_inference_server_http.api.aml_request import rawhttp
+    from azureml_inference_server_http.api.aml_response import AMLResponse
+except ImportError:  # older Azure ML images expose the same classes here
+    from azureml.contrib.services.aml_request import rawhttp
+    from azureml.contrib.services.aml_response import AMLResponse
+
+from aideploy_scoring.service import ScoringService  # noqa: E402
+
+service = None
+
+
+def init():
+    """Load the model once per worker."""
+    global service
+    service = ScoringService.from_environment()
+
+
+@rawhttp
+def run(request):
+    """Answer one request: JSON in, JSON out, a 4xx for anything malformed."""
+    status, body = service.handle_http(request.method, request.headers, request.stream,
+                                       request.content_length)
+    return AMLResponse(body, status, {"Content-Type": "application/json"}, json_str=True)

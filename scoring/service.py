@@ -1,0 +1,175 @@
+"""Request handling for the scoring service, independent of the HTTP server around it."""
+
+from __future__ import annotations
+
+import hmac
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+
+log = logging.getLogger("aideploy.scoring")
+
+MODEL_SUFFIXES = (".pkl", ".joblib")
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+
+class RequestError(ValueError):
+    """A request the service refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def find_model_file(model_dir: str | os.PathLike) -> Path:
+    """The one model file under ``model_dir`` (Azure puts it at any depth)."""
+    root = Path(model_dir)
+    found = sorted(p for p in root.rglob("*") if p.suffix in MODEL_SUFFIXES and p.is_file())
+    if len(found) != 1:
+        raise RuntimeError(f"expected exactly one model file ({'/'.join(MODEL_SUFFIXES)}) under "
+                           f"{root}, found {len(found)}: {[str(p) for p in found]}")
+    return found[0]
+
+
+class LinearModel:
+    """The weights of a linear sklearn model as (n_classes, n_features) and (n_classes,).
+
+    Binary classifiers and regressors have a 1-D ``coef_`` and a scalar ``intercept_``; they
+    become one row, and their single score column is the decision function.
+    """
+
+    def __init__(self, estimator: Any) -> None:
+        if not hasattr(estimator, "coef_"):
+            raise RuntimeError(f"{type(estimator).__name__} is not a linear model (it has no coef_)")
+        self.estimator = estimator
+        coef = np.asarray(estimator.coef_, dtype=np.float64)
+        self.coef = coef.reshape(1, -1) if coef.ndim == 1 else coef
+        self.intercept = np.broadcast_to(np.asarray(getattr(estimator, "intercept_", 0.0), dtype=np.float64),
+                                         (self.coef.shape[0],)).copy()
+
+    @property
+    def n_features(self) -> int:
+        return int(self.coef.shape[1])
+
+    @property
+    def n_outputs(self) -> int:
+        return int(self.coef.shape[0])
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.coef.T + self.intercept
+
+
+def require(payload: dict, field: str, kind: type | tuple[type, ...], what: str) -> Any:
+    """``payload[field]`` if present and of ``kind``, else a 400 naming the field."""
+    if field not in payload:
+        raise RequestError(f"missing field {field!r} ({what})")
+    value = payload[field]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise RequestError(f"field {field!r} must be {what}, got {type(value).__name__}")
+    return value
+
+
+class PlainScheme:
+    """Features in clear: ``{"data": [[...], ...]}`` -> ``{"scores": [[...], ...]}``."""
+
+    name = "none"
+
+    def __init__(self, model: LinearModel) -> None:
+        self.model = model
+
+    def score(self, payload: dict) -> Any:
+        rows = require(payload, "data", list, "a list of samples, each a list of numbers")
+        try:
+            X = np.asarray(rows, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise RequestError("field 'data' must be a list of samples, each a list of numbers") from None
+        if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != self.model.n_features:
+            raise RequestError(f"field 'data' must have shape (n_samples, {self.model.n_features}), "
+                               f"got {list(X.shape)}")
+        if not np.isfinite(X).all():
+            raise RequestError("field 'data' contains NaN or infinity")
+        return {"scores": self.model.scores(X).tolist()}
+
+
+class ScoringService:
+    """Parses, checks and dispatches requests to the scheme they ask for."""
+
+    def __init__(self, model: LinearModel, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 auth_key_sha256: str | None = None) -> None:
+        self.model = model
+        self.max_request_bytes = max_request_bytes
+        self.auth_key_sha256 = auth_key_sha256
+        self._factories: dict[str, Callable[[LinearModel], Any]] = {"none": PlainScheme}
+        self._schemes: dict[str, Any] = {}
+
+    @classmethod
+    def from_environment(cls) -> "ScoringService":
+        """Build from ``AZUREML_MODEL_DIR`` and ``AIDEPLOY_*`` settings, as ``init()`` does."""
+        import joblib
+
+        model_file = find_model_file(os.environ["AZUREML_MODEL_DIR"])
+        estimator = joblib.load(model_file)
+        max_bytes = int(os.environ.get("AIDEPLOY_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES))
+        service = cls(LinearModel(estimator), max_bytes, os.environ.get("AIDEPLOY_AUTH_KEY_SHA256") or None)
+        log.info("loaded %s from %s: %d features, %d outputs", type(estimator).__name__, model_file.name,
+                 service.model.n_features, service.model.n_outputs)
+        return service
+
+    def add_scheme(self, name: str, factory: Callable[[LinearModel], Any]) -> None:
+        """Make scheme ``name`` available; ``factory(model)`` builds it on first use."""
+        self._factories[name] = factory
+
+    def scheme(self, name: str) -> Any:
+        if name not in self._factories:
+            raise RequestError(f"unknown scheme {name!r}; this service offers {sorted(self._factories)}")
+        if name not in self._schemes:
+            self._schemes[name] = self._factories[name](self.model)
+        return self._schemes[name]
+
+    def handle_http(self, method: str, headers, stream: BinaryIO, content_length: int | None) -> tuple[int, Any]:
+        """One HTTP request to (status, JSON-able body). Never raises."""
+        try:
+            if method != "POST":
+                raise RequestError(f"use POST with a JSON body, not {method}", 405)
+            self._authorize(headers)
+            if content_length is not None and content_length > self.max_request_bytes:
+                raise RequestError(f"request body of {content_length} bytes is over the limit of "
+                                   f"{self.max_request_bytes}", 413)
+            body = stream.read(self.max_request_bytes + 1)
+            if len(body) > self.max_request_bytes:
+                raise RequestError(f"request body is over the limit of {self.max_request_bytes} bytes", 413)
+            return 200, self.handle(body)
+        except RequestError as exc:
+            return exc.status, {"error": str(exc)}
+        except Exception:  # a bug or a broken runtime: say so without leaking internals
+            log.exception("internal error while scoring")
+            return 500, {"error": "internal error; see the service log"}
+
+    def _authorize(self, headers) -> None:
+        if self.auth_key_sha256 is None:
+            return
+        given = headers.get("Authorization", "")
+        token = given[7:] if given.startswith("Bearer ") else ""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if not token or not hmac.compare_digest(digest, self.auth_key_sha256):
+            raise RequestError("missing or wrong key: send 'Authorization: Bearer <key>'", 401)
+
+    def handle(self, body: bytes) -> Any:
+        """A request body to the JSON-able answer, or :class:`RequestError`."""
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RequestError(f"body is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise RequestError(f"body must be a JSON object, got {type(payload).__name__}")
+        name = payload.get("scheme")
+        if name is None:  # seed-era clients send no scheme: key fields mean encrypted-inference
+            name = "seal" if "key_id" in payload else "none"
+        if not isinstance(name, str):
+            raise RequestError("field 'scheme' must be a string")
+        return self.scheme(name).score(payload)
