@@ -12,18 +12,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from aideploy import runner
+from aideploy.api import group_choices
 from aideploy.config import register_configs
 from aideploy.errors import AideployError, Interrupted
 
 log = logging.getLogger("aideploy")
 
 CONFIG_PATH = "pkg://aideploy_conf"
-
-
-def group_choices(hydra_cfg) -> dict[str, str]:
-    """The chosen option of each aideploy config group (Hydra's own groups left out)."""
-    return {k: v for k, v in hydra_cfg.runtime.choices.items()
-            if not k.startswith(("hydra/", "schema/")) and k != "aideploy_schema" and v is not None}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import signal
 import threading
@@ -14,6 +15,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from aideploy import results as results_mod
+from aideploy.artifacts import Endpoint, NetworkInfo, Secret
 from aideploy.context import RunContext
 from aideploy.errors import AideployError, ConfigError, Interrupted, PluginError
 from aideploy.manager import PluginRegistry
@@ -45,7 +47,8 @@ class Runner:
         return self.ctx.plugins.stage_caller(stage.hook, group_cfg.plugin, f"{stage.group}.plugin")
 
     def _kwargs(self, stage: Stage) -> dict[str, Any]:
-        available = {"cfg": self._group_cfg(stage), "ctx": self.ctx, **self.ctx.artifacts}
+        available = {"cfg": self._group_cfg(stage), "ctx": self.ctx, "name": self.ctx.cfg.deployment_name,
+                     **self.ctx.artifacts}
         argnames = getattr(self.ctx.plugins.hook, stage.hook).spec.argnames
         if "requirements" in argnames:
             wanted = self.ctx.plugins.hook.aideploy_scoring_requirements(ctx=self.ctx)
@@ -170,6 +173,17 @@ def _serve_until_interrupted(ctx: RunContext) -> None:
                                 hint=f"see its log in {ctx.output_dir}")
 
 
+def _existing_endpoint(ctx: RunContext) -> None:
+    """``mode=predict``: the service at ``scoring_uri``, reached from this process's network."""
+    if not ctx.cfg.scoring_uri:
+        raise ConfigError("mode=predict needs the scoring URI of a running service",
+                          hint="add scoring_uri=http://host:port/score (mode=serve prints it and writes endpoint.json)")
+    key = os.environ.get(ctx.cfg.scoring_key_env)
+    ctx.artifacts["endpoint"] = Endpoint(ctx.cfg.deployment_name or "existing", "existing", ctx.cfg.scoring_uri,
+                                         auth_key=Secret(key) if key else None)
+    ctx.artifacts["network"] = NetworkInfo(kind="caller", bind_host="", client_host="")
+
+
 def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str | None = None) -> dict[str, Any]:
     """Run ``cfg.mode`` to the end, tear down, write results.json and return the results.
 
@@ -186,6 +200,11 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
     pipeline = PIPELINES[mode]
     try:
         with _signals_as_interrupts():
+            if mode is Mode.predict:
+                _existing_endpoint(ctx)
+            if mode is Mode.delete and not cfg.deployment_name:
+                raise ConfigError("mode=delete needs the name of the deployment to delete",
+                                  hint="add deployment_name=<name> (mode=serve prints it)")
             for index, stage in enumerate(pipeline, start=1):
                 ctx.progress = (index, len(pipeline))
                 runner.run_stage(stage)
@@ -202,7 +221,7 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
         raise
     finally:
         with _shielded():
-            ctx.progress = (len(pipeline) + 1, len(pipeline) + 1)
+            ctx.progress = (len(pipeline) + 1, len(pipeline))
             failures = runner.teardown(status)
             results = results_mod.build(ctx, status, error, runner.stage_seconds, failures)
             results_mod.write(ctx, results)

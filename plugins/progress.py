@@ -23,7 +23,7 @@ def aideploy_before_stage(stage, ctx):
 @hookimpl
 def aideploy_after_stage(stage, ctx, result, seconds):
     index, total = ctx.progress
-    label = f"[{index}/{total}]" if stage.name not in ("keystore",) else "     "
+    label = f"[{index}/{total}]" if index <= total and stage.name != "keystore" else "     "
     log.info("%s %-12s %7.2f s  %s", label, stage.name, seconds, _facts(result))
 
 

@@ -1,0 +1,38 @@
+"""Using aideploy from Python: compose a config as the command line would, and run it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from omegaconf import DictConfig, open_dict
+
+from aideploy import runner
+from aideploy.config import register_configs
+
+CONFIG_MODULE = "aideploy_conf"
+
+
+def group_choices(hydra_cfg: Any) -> dict[str, str]:
+    """The chosen option of each aideploy config group (Hydra's own groups left out)."""
+    return {k: v for k, v in hydra_cfg.runtime.choices.items()
+            if not k.startswith(("hydra/", "schema/")) and k != "aideploy_schema" and v is not None}
+
+
+def compose(overrides: Iterable[str] = ()) -> tuple[DictConfig, dict[str, str]]:
+    """The validated config for ``overrides`` (as on the command line) and the group choices."""
+    register_configs()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    choices = group_choices(cfg.hydra)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choices
+
+
+def run(overrides: Iterable[str] = (), output_dir: str | Path = ".") -> dict[str, Any]:
+    """Compose ``overrides`` and run; returns the results (also written to results.json)."""
+    cfg, choices = compose(overrides)
+    return runner.run(cfg, Path(output_dir), choices)
