@@ -1,0 +1,27 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11, Node 20, npm):
+#   make run    install, then run aideploy on the embedded default (ARGS="..." for overrides)
+#   make test   install, then run the test suite
+PYTHON ?= python3
+VENV   := .venv
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml package-lock.json 2>/dev/null | cksum | cut -d' ' -f1)
+
+.PHONY: run test install clean
+
+run: $(STAMP)
+	$(VENV)/bin/aideploy $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; fi
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+clean:
+	rm -rf $(VENV) node_modules
