@@ -100,6 +100,8 @@ class NetworkInfo:
     client_host: str
     run_client: Any = None
     argv_prefix: list[str] = field(default_factory=list)  # runs a command where the service lives
+    store_host: str = "127.0.0.1"  # where a key store started by aideploy listens
+    store_argv_prefix: list[str] = field(default_factory=list)  # runs a command where the store lives
     details: dict[str, Any] = field(default_factory=dict)
 
     def call(self, fn, *args, **kwargs):

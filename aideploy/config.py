@@ -93,6 +93,19 @@ class PublicNetwork(NetworkConfig):
     host: str = "127.0.0.1"
 
 
+@dataclass
+class VnetNetwork(NetworkConfig):
+    plugin: str = "vnet"
+    vnet_name: str = "amlvnet1"
+    subnet_name: str = "amlsubnet1"
+    location: Optional[str] = None
+    resource_group: Optional[str] = None
+    address_range: str = "10.0.1.0/24"
+    service_ip: str = "10.0.1.4"
+    store_ip: str = "10.0.1.5"
+    client_ip: str = "10.0.1.10"
+
+
 # ----------------------------------------------------------------------------- encryption
 
 
@@ -176,7 +189,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"digits": DigitsData, "mnist_idx": MnistIdxData},
     "model": {"sklearn_digits": SklearnTrainModel, "sklearn_pickle": SklearnPickleModel},
     "environment": {"conda": EnvironmentConfig},
-    "network": {"public": PublicNetwork},
+    "network": {"public": PublicNetwork, "vnet": VnetNetwork},
     "encryption": {"none": NoEncryption},
     "target": {"local": LocalTarget},
     "keystore": {"azurite": AzuriteKeystore, "azure_blob": AzureBlobKeystore},
