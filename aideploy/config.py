@@ -171,6 +171,7 @@ class AzureBlobKeystore(KeystoreConfig):
 @dataclass
 class AideployConfig:
     mode: Mode = Mode.run
+    dry_run: bool = False
     home: str = MISSING
     deployment_name: Optional[str] = None
     scoring_uri: Optional[str] = None

@@ -103,6 +103,17 @@ def aideploy_deploy(cfg, ctx, model, environment, network):
 
 
 @hookspec(firstresult=True)
+def aideploy_plan(cfg, ctx, model, environment):
+    """Describe what the deploy stage would create, creating nothing (``dry_run=true``).
+
+    Served by the ``target`` plugin; needs no credentials and no network. Return a dict of
+    JSON-serialisable data: ``{"target": ..., "actions": [{"action": "Model.register",
+    "settings": {...}}, ...]}``, using the SDK objects' own serialised form where the SDK
+    has one. The network settings are in ``ctx.cfg.network``.
+    """
+
+
+@hookspec(firstresult=True)
 def aideploy_delete(cfg, ctx, name):
     """Delete the named deployment (``mode=delete``); served by the ``target`` plugin.
 

@@ -16,6 +16,7 @@ log = logging.getLogger("aideploy")
 
 RESULTS_FILE = "results.json"
 ENDPOINT_FILE = "endpoint.json"
+PLAN_FILE = "plan.json"
 
 
 def percentiles(values: list[float]) -> dict[str, float] | None:
@@ -79,3 +80,9 @@ def write_endpoint(ctx: RunContext, endpoint) -> None:
         "model": {"name": ctx.artifacts["model"].name, "version": ctx.artifacts["model"].version},
         "auth": bool(endpoint.auth_key),
     })
+
+
+def write_plan(ctx: RunContext, plan: dict[str, Any]) -> None:
+    """plan.json for ``dry_run=true``, and the same plan on the terminal."""
+    _dump(ctx.output_dir / PLAN_FILE, plan)
+    log.info("plan (nothing was created):\n%s", json.dumps(plan, indent=2, default=str))

@@ -19,7 +19,7 @@ from aideploy.artifacts import Endpoint, NetworkInfo, Secret
 from aideploy.context import RunContext
 from aideploy.errors import AideployError, ConfigError, Interrupted, PluginError
 from aideploy.manager import PluginRegistry
-from aideploy.stages import KEYSTORE, PIPELINES, TEARDOWN, Mode, Stage
+from aideploy.stages import DRY_RUN, KEYSTORE, PIPELINES, TEARDOWN, Mode, Stage
 
 log = logging.getLogger("aideploy")
 
@@ -197,18 +197,20 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
                      choices=choices)
     runner = Runner(ctx)
     status, error = "ok", None
-    pipeline = PIPELINES[mode]
+    pipeline = DRY_RUN if cfg.dry_run else PIPELINES[mode]
     try:
         with _signals_as_interrupts():
-            if mode is Mode.predict:
+            if mode is Mode.predict and not cfg.dry_run:
                 _existing_endpoint(ctx)
-            if mode is Mode.delete and not cfg.deployment_name:
+            if mode is Mode.delete and not cfg.deployment_name and not cfg.dry_run:
                 raise ConfigError("mode=delete needs the name of the deployment to delete",
                                   hint="add deployment_name=<name> (mode=serve prints it)")
             for index, stage in enumerate(pipeline, start=1):
                 ctx.progress = (index, len(pipeline))
                 runner.run_stage(stage)
-            if mode is Mode.serve:
+            if cfg.dry_run:
+                results_mod.write_plan(ctx, ctx.artifacts["plan"])
+            elif mode is Mode.serve:
                 try:
                     _serve_until_interrupted(ctx)
                 except (KeyboardInterrupt, Interrupted):

@@ -43,6 +43,7 @@ PREDICT = Stage("predict", "aideploy_predict", "target", "responses")
 DECRYPT = Stage("decrypt", "aideploy_decrypt", "encryption", "scores")
 EVALUATE = Stage("evaluate", "aideploy_evaluate", None, "metrics")
 DELETE = Stage("delete", "aideploy_delete", "target", "deleted")
+PLAN = Stage("plan", "aideploy_plan", "target", "plan")
 TEARDOWN = Stage("teardown", "aideploy_teardown", None, None)
 
 _CLIENT = [KEYS, ENCRYPT, PREDICT, DECRYPT, EVALUATE]
@@ -54,3 +55,6 @@ PIPELINES: dict[Mode, list[Stage]] = {
     Mode.delete: [DELETE],
 }
 """Stages per mode, in order. TEARDOWN always follows; KEYSTORE runs on demand inside KEYS."""
+
+DRY_RUN: list[Stage] = [DATA, MODEL, ENVIRONMENT, PLAN]
+"""``dry_run=true``, whatever the mode: describe the deployment, create nothing."""

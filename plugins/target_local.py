@@ -115,6 +115,21 @@ def aideploy_deploy(cfg, ctx, model, environment, network):
 
 
 @hookimpl
+def aideploy_plan(cfg, ctx, model, environment):
+    return {
+        "target": "local",
+        "actions": [
+            {"action": "stage source directory", "settings": {"entry_script": "aideploy_scoring/score.py",
+                                                              "from": str(Path(aideploy_scoring.__file__).parent)}},
+            {"action": "start azmlinfsrv", "settings": {
+                "model": f"{model.name}:{model.version}", "port": cfg.port or "free port",
+                "worker_count": cfg.worker_count, "auth": cfg.auth, "network": ctx.choices.get("network"),
+                "environment": str(environment.conda_file)}},
+        ],
+    }
+
+
+@hookimpl
 def aideploy_predict(cfg, endpoint, network, requests):
     return network.call(post_all, endpoint, requests.items, cfg.request_timeout)
 
