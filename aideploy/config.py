@@ -9,7 +9,8 @@ that group's stages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from enum import Enum
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -112,12 +113,17 @@ class VnetNetwork(NetworkConfig):
 @dataclass
 class EncryptionConfig:
     plugin: str = MISSING
-    batch_size: int = 1
 
 
 @dataclass
 class NoEncryption(EncryptionConfig):
     plugin: str = "plain"
+    batch_size: int = 1
+
+
+@dataclass
+class SealEncryption(EncryptionConfig):
+    plugin: str = "seal"
 
 
 # ----------------------------------------------------------------------------- target
@@ -138,6 +144,68 @@ class LocalTarget(TargetConfig):
     max_request_mb: float = 64.0
     log_tail_lines: int = 40
     auth: bool = True
+
+
+# The seed's (000) deploy configuration: AciWebservice.deploy_configuration(tags=..., description=...).
+SEED_TAGS = {"data": "MNIST", "method": "sklearn"}
+SEED_DESCRIPTION = "Encrypted Predict MNIST with sklearn + SEAL"
+
+
+@dataclass
+class AzureWorkspace:
+    """Which Azure ML workspace: names of env vars and a config file, never the values themselves.
+
+    An explicit ``config_file`` wins; otherwise the three env vars when all are set; otherwise a
+    ``config.json`` found as ``Workspace.from_config()`` finds it (``.azureml/``, ``aml_config/``
+    or the directory itself, from the working directory up).
+    """
+
+    config_file: Optional[str] = None
+    subscription_id_env: str = "AZURE_SUBSCRIPTION_ID"
+    resource_group_env: str = "AZURE_RESOURCE_GROUP"
+    workspace_name_env: str = "AZUREML_WORKSPACE_NAME"
+
+
+@dataclass
+class AciTarget(TargetConfig):
+    """``target=aci``: Azure Container Instances through azureml-core (SDK v1), seeds 000 and 004."""
+
+    plugin: str = "aci"
+    cpu_cores: float = 1.0
+    memory_gb: float = 1.0
+    tags: Dict[str, str] = field(default_factory=lambda: dict(SEED_TAGS))
+    description: str = SEED_DESCRIPTION
+    auth_enabled: bool = True
+    overwrite: bool = False
+    deploy_timeout: float = 1800.0
+    log_tail_lines: int = 40
+    check_subnet: bool = True
+    workspace: AzureWorkspace = field(default_factory=AzureWorkspace)
+
+
+class EndpointAuthMode(str, Enum):
+    """How a managed online endpoint authenticates callers; it always requires one of these."""
+
+    key = "key"
+    aml_token = "aml_token"
+    aad_token = "aad_token"
+
+
+@dataclass
+class ManagedEndpointTarget(TargetConfig):
+    """``target=managed_endpoint``: an Azure ML managed online endpoint through azure-ai-ml (SDK v2)."""
+
+    plugin: str = "managed_endpoint"
+    deployment: str = "blue"
+    instance_type: str = "Standard_DS3_v2"
+    instance_count: int = 1
+    image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04"
+    auth_mode: EndpointAuthMode = EndpointAuthMode.key
+    tags: Dict[str, str] = field(default_factory=lambda: dict(SEED_TAGS))
+    description: str = SEED_DESCRIPTION
+    deploy_timeout: float = 1800.0
+    log_tail_lines: int = 40
+    workspace: AzureWorkspace = field(default_factory=AzureWorkspace)
 
 
 # ----------------------------------------------------------------------------- keystore
@@ -191,8 +259,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"sklearn_digits": SklearnTrainModel, "sklearn_pickle": SklearnPickleModel},
     "environment": {"conda": EnvironmentConfig},
     "network": {"public": PublicNetwork, "vnet": VnetNetwork},
-    "encryption": {"none": NoEncryption},
-    "target": {"local": LocalTarget},
+    "encryption": {"none": NoEncryption, "seal": SealEncryption},
+    "target": {"local": LocalTarget, "aci": AciTarget, "managed_endpoint": ManagedEndpointTarget},
     "keystore": {"azurite": AzuriteKeystore, "azure_blob": AzureBlobKeystore},
 }
 """Schema of each built-in option, by group; ``conf/<group>/<option>.yaml`` extends it."""

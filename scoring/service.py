@@ -106,6 +106,24 @@ class ScoringService:
         self.auth_key_sha256 = auth_key_sha256
         self._factories: dict[str, Callable[[LinearModel], Any]] = {"none": PlainScheme}
         self._schemes: dict[str, Any] = {}
+        self._fetcher = None
+
+    def key_fetcher(self):
+        """The worker's one key fetcher (and cache), shared by the encrypted schemes."""
+        if self._fetcher is None:
+            from aideploy_scoring.encrypted import key_fetcher_from_environment
+
+            self._fetcher = key_fetcher_from_environment()
+        return self._fetcher
+
+    def _register_encrypted_schemes(self) -> None:
+        # Imported on first use, so a plain deployment needs none of the encryption runtimes.
+        def seal(model):
+            from aideploy_scoring.encrypted import SealScheme
+
+            return SealScheme(model, self.key_fetcher())
+
+        self.add_scheme("seal", seal)
 
     @classmethod
     def from_environment(cls) -> "ScoringService":
@@ -116,6 +134,7 @@ class ScoringService:
         estimator = joblib.load(model_file)
         max_bytes = int(os.environ.get("AIDEPLOY_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES))
         service = cls(LinearModel(estimator), max_bytes, os.environ.get("AIDEPLOY_AUTH_KEY_SHA256") or None)
+        service._register_encrypted_schemes()
         log.info("loaded %s from %s: %d features, %d outputs", type(estimator).__name__, model_file.name,
                  service.model.n_features, service.model.n_outputs)
         return service

@@ -1,0 +1,37 @@
+"""The key store a run uses: a :class:`~aideploy.blobkeys.BlobKeyStore` reached from the
+clients' side of the network, with errors in aideploy's family."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aideploy.artifacts import NetworkInfo
+from aideploy.blobkeys import BlobKeyStore, KeyStoreError
+from aideploy.errors import StageError
+
+
+class KeyStore:
+    """What the keys stage needs: ``put(key_id, data) -> read-only SAS URL`` and ``delete``."""
+
+    def __init__(self, store: BlobKeyStore, network: NetworkInfo, where: str) -> None:
+        self._store = store
+        self._network = network
+        self.where = where  # e.g. "azurite 10.0.1.5:41234"; never a credential
+
+    def _call(self, what: str, fn, *args) -> Any:
+        try:
+            return self._network.call(fn, *args)
+        except (KeyStoreError, ValueError) as exc:
+            raise StageError(f"key store ({self.where}): could not {what}: {exc}",
+                             hint="check that the key store is running and the credentials are valid") from None
+
+    def put(self, key_id: str, data: bytes) -> str:
+        """Upload ``data`` as blob ``key_id``; return a read-only SAS URL for that blob alone."""
+        return self._call(f"upload key {key_id}", self._store.put, key_id, data)
+
+    def delete(self, key_id: str) -> None:
+        """Delete blob ``key_id``; deleting what is gone is fine."""
+        self._call(f"delete key {key_id}", self._store.delete, key_id)
+
+    def summary(self) -> dict[str, Any]:
+        return {"store": self.where, "container": self._store.container, "sas_ttl_s": int(self._store.sas_ttl)}

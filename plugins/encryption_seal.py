@@ -1,0 +1,56 @@
+"""``encryption=seal``: seed 000's encrypted inference with ``encrypted-inference`` 0.9.
+
+The client (``EILinearRegressionClient``, never verbose: verbose prints the secret key) makes
+the keys, uploads the public ones to the key store as blob ``<key_id>`` and sends the
+service a read-only SAS URL for that blob with every encrypted sample. The service returns
+one encrypted score per class; the client decrypts them.
+"""
+
+import json
+
+import numpy as np
+
+from aideploy import hookimpl
+from aideploy.artifacts import KeySession, Request, Requests, Scores
+from aideploy.errors import PredictError
+
+SCHEME = "seal"
+RUNTIME = ["encrypted-inference==0.9", "azure-storage-blob>=12.19", "cachetools>=5.3"]
+
+
+@hookimpl
+def aideploy_scoring_requirements(ctx):
+    return RUNTIME if ctx.cfg.encryption.plugin == SCHEME else None
+
+
+@hookimpl
+def aideploy_setup_keys(ctx):
+    from encrypted.inference.eiclient import EILinearRegressionClient
+
+    client = EILinearRegressionClient(verbose=False)
+    key_id, public_keys = client.get_public_keys()
+    store = ctx.open_keystore()
+    url = store.put(key_id, public_keys)
+    ctx.resources.add(f"public keys blob {key_id}", lambda: store.delete(key_id))
+    return KeySession(SCHEME, key_id, len(public_keys), client, {"key_id": key_id, "key_url": url})
+
+
+@hookimpl
+def aideploy_encrypt(keys, dataset):
+    return Requests([Request(json.dumps({"data": keys.client.encrypt(x), **keys.public}).encode(), 1)
+                     for x in dataset.X_test])
+
+
+@hookimpl
+def aideploy_decrypt(keys, responses):
+    rows = []
+    for index, response in enumerate(responses.items, start=1):
+        try:
+            encrypted_scores = json.loads(response.body)
+            if not isinstance(encrypted_scores, list):
+                raise TypeError(type(encrypted_scores).__name__)
+            rows.append(keys.client.decrypt(encrypted_scores))
+        except (ValueError, TypeError, OSError) as exc:
+            raise PredictError(f"answer {index} is not a list of encrypted scores: {exc}",
+                               hint="is the service running aideploy's score.py with encrypted-inference?") from None
+    return Scores(np.asarray(rows, dtype=np.float64))

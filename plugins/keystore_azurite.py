@@ -1,0 +1,37 @@
+"""``keystore=azurite``: Azurite's blob service from the project's node_modules.
+
+It runs where the network puts key stores (loopback, or the private network's store
+address), on a free port with a temp data dir, and is stopped, data deleted, at teardown.
+With ``connection_string_env`` naming a variable that is set, an Azurite already running is
+used instead and nothing is started.
+"""
+
+import os
+
+from aideploy import hookimpl
+from aideploy.azurite import AzuriteError, AzuriteNotInstalledError, AzuriteServer
+from aideploy.blobkeys import BlobKeyStore
+from aideploy.errors import ConfigError, StageError
+from aideploy.keystore import KeyStore
+
+
+@hookimpl
+def aideploy_open_keystore(cfg, ctx, network):
+    existing = os.environ.get(cfg.connection_string_env) if cfg.connection_string_env else None
+    if existing:
+        where = "existing Azurite/Azure account"
+        conn = existing
+    else:
+        server = AzuriteServer(host=network.store_host, argv_prefix=network.store_argv_prefix,
+                               startup_timeout=cfg.startup_timeout)
+        try:
+            network.call(server.start)  # the readiness probe comes from where the clients are
+        except AzuriteNotInstalledError as exc:
+            raise ConfigError(str(exc), hint="run `npm ci` in the aideploy checkout (`make install` does it)") from None
+        except AzuriteError as exc:
+            raise StageError(f"Azurite did not start: {exc}", hint="see the log tail above") from None
+        ctx.resources.add(f"Azurite (pid {server.pid})", server.stop)
+        where = f"azurite {network.store_host}:{server.port}"
+        conn = server.connection_string
+    store = BlobKeyStore.from_connection_string(conn, cfg.container, sas_ttl=cfg.sas_ttl_seconds)
+    return KeyStore(store, network, where)

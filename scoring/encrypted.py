@@ -1,0 +1,58 @@
+"""The encrypted schemes of the scoring service, and how they get the client's public keys."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from aideploy_scoring.keyfetch import KeyFetcher, KeyFetchError
+from aideploy_scoring.service import LinearModel, RequestError, require
+
+
+def key_fetcher_from_environment() -> KeyFetcher:
+    """One fetcher per worker, bounded by ``AIDEPLOY_KEY_CACHE_BYTES`` / ``AIDEPLOY_MAX_KEY_BYTES``.
+
+    ``AIDEPLOY_KEY_HOSTS`` (comma-separated globs, e.g. ``*.blob.core.windows.net``) limits
+    which storage hosts the service will contact for keys named in requests.
+    """
+    hosts = os.environ.get("AIDEPLOY_KEY_HOSTS")
+    return KeyFetcher(max_cache_bytes=int(os.environ.get("AIDEPLOY_KEY_CACHE_BYTES", 256 * 1024 * 1024)),
+                      max_key_bytes=int(os.environ.get("AIDEPLOY_MAX_KEY_BYTES", 64 * 1024 * 1024)),
+                      allowed_hosts=[h.strip() for h in hosts.split(",")] if hosts else None)
+
+
+def fetch_keys(fetcher: KeyFetcher, payload: dict, transform: Callable[[bytes], Any]) -> Any:
+    """The public keys a request names: by SAS URL, or by the seed's connection string."""
+    key_id = require(payload, "key_id", str, "the id of the public keys blob")
+    try:
+        if "key_url" in payload:
+            return fetcher.fetch(key_id, key_url=require(payload, "key_url", str, "a SAS URL"), transform=transform)
+        if "conn_str" in payload:
+            return fetcher.fetch(key_id, conn_str=require(payload, "conn_str", str, "a connection string"),
+                                 container=require(payload, "container", str, "a container name"),
+                                 transform=transform)
+    except KeyFetchError as exc:
+        raise RequestError(str(exc), exc.http_status or 400) from None
+    raise RequestError("missing field 'key_url' (a SAS URL for the public keys), "
+                       "or the seed's 'conn_str' and 'container'")
+
+
+class SealScheme:
+    """encrypted-inference (seed 000): ``{"data": [ciphertext, ...], "key_id", "key_url"}``."""
+
+    name = "seal"
+
+    def __init__(self, model: LinearModel, fetcher: KeyFetcher) -> None:
+        from aideploy_scoring import seal_ei
+
+        self._seal = seal_ei
+        self.server = seal_ei.SealLinearServer(model.coef, model.intercept)
+        self.fetcher = fetcher
+
+    def score(self, payload: dict) -> Any:
+        data = require(payload, "data", list, "a list of base64 ciphertexts")
+        keys = fetch_keys(self.fetcher, payload, self._seal.prepare_keys)
+        try:
+            return self.server.predict(data, keys)
+        except self._seal.SealInputError as exc:
+            raise RequestError(str(exc)) from None

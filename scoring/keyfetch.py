@@ -1,0 +1,447 @@
+"""Fetch a client's public encryption keys from Azure Blob Storage (server side).
+
+Runs inside the scoring container's request handler, so it depends only on
+``azure-storage-blob``, ``cachetools`` and the standard library (not on the
+``aideploy`` client package).
+
+A scoring request names its keys in one of two ways:
+
+* ``key_id`` + ``key_url``: a read-only SAS URL for the single blob ``key_id``
+  (current clients);
+* ``key_id`` + ``conn_str`` + ``container``: the storage connection string in
+  the request body (seed-era clients, as Microsoft's 2020 sample did).
+
+Cache and SAS validation
+------------------------
+Parsed keys can be large (tens of MB) and expensive to prepare, so they are
+cached, LRU, bounded by total bytes.  But a cache hit must never bypass
+authorisation: an expired or forged SAS has to be refused with 403 even when
+the key it names is cached.  The service cannot check a SAS signature locally
+(it never has the account key), so **every fetch makes one authenticated
+metadata request** (``get_blob_properties``, an HTTP HEAD) with the caller's
+credentials.  The storage service thereby checks signature, expiry, permissions
+and scope, and tells us the blob's size and ETag:
+
+* 4xx from that HEAD -> the request fails, cached or not;
+* cache entry with the same ETag -> hit, no download;
+* otherwise -> download (conditional on that ETag, so size check and content
+  match), transform, cache.
+
+The cost of a hit is one small round trip (a HEAD, no body), reusing a pooled
+connection per thread; the alternative of caching by full SAS URL would let an
+*expired* SAS keep working from cache and would miss whenever a client mints a
+fresh SAS, so it was rejected.  The HEAD also notices a deleted (404) or
+re-uploaded (new ETag) key.
+
+Cache entries are keyed by the blob's location (scheme, host, account path,
+container, blob name; never the query string) plus the ``transform`` used,
+so the same ``key_id`` in two different accounts cannot alias.
+
+Error messages and exception chains never include the SAS token or an account
+key (SDK exceptions are summarised, not chained, because they can embed the
+request URL).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qs, urlsplit
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceModifiedError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import BlobClient, BlobServiceClient, LinearRetry
+from cachetools import LRUCache
+
+__all__ = [
+    "KeyFetcher",
+    "KeyFetchError",
+    "KeyRequestError",
+    "KeyAccessDeniedError",
+    "KeyNotFoundError",
+    "KeyTooLargeError",
+    "KeyStoreUnavailableError",
+    "redact",
+]
+
+_KEY_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_CONTAINER_RE = re.compile(r"(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]")
+_MAX_URL_CHARS = 8192
+_MAX_CONN_STR_CHARS = 4096
+
+_REDACT_PATTERNS = [
+    (re.compile(r"(?i)(\bsig(?:=|%3D))[^&\s'\"<>;]+"), r"\1***"),
+    (re.compile(r"(?i)(AccountKey=)[^;\s'\"]+"), r"\1***"),
+    (re.compile(r"(?i)(SharedAccessSignature=)[^;\s'\"]+"), r"\1***"),
+]
+
+
+def redact(text: object) -> str:
+    """Return ``str(text)`` with SAS signatures and account keys masked (for logs)."""
+    out = str(text)
+    for pattern, repl in _REDACT_PATTERNS:
+        out = pattern.sub(repl, out)
+    return out
+
+
+# --------------------------------------------------------------------- errors
+class KeyFetchError(ValueError):
+    """Keys could not be fetched; ``http_status`` is what the handler should return.
+
+    ``code`` is a short machine-readable reason (e.g. the storage error code).
+    """
+
+    http_status: int = 400
+
+    def __init__(self, message: str, *, http_status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        if http_status is not None:
+            self.http_status = http_status
+        self.code = code
+
+
+class KeyRequestError(KeyFetchError):
+    """400: malformed key_id, key_url, conn_str or container, or unparsable key."""
+
+    http_status = 400
+
+
+class KeyAccessDeniedError(KeyFetchError):
+    """403: expired, forged or insufficient SAS, or bad account credentials."""
+
+    http_status = 403
+
+
+class KeyNotFoundError(KeyFetchError):
+    """404: no key blob (or container) for this key_id."""
+
+    http_status = 404
+
+
+class KeyTooLargeError(KeyFetchError):
+    """413: the key blob exceeds ``max_key_bytes``."""
+
+    http_status = 413
+
+
+class KeyStoreUnavailableError(KeyFetchError):
+    """502: the blob store could not be reached or failed."""
+
+    http_status = 502
+
+
+# ---------------------------------------------------------------------- cache
+@dataclass(frozen=True)
+class _Entry:
+    etag: str
+    value: object
+    nbytes: int
+
+
+def _measure(value: object, raw_len: int) -> int:
+    """Bytes a cached value occupies: ``nbytes``, else ``len()``, else the blob size."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int) and nbytes >= 0:
+        return nbytes
+    try:
+        return len(value)  # type: ignore[arg-type]
+    except TypeError:
+        return raw_len
+
+
+class KeyFetcher:
+    """Fetch (and cache) public keys named by a scoring request.
+
+    Thread-safe; create one per process (per ``transform``, ideally) and share it.
+
+    Args:
+        max_cache_bytes: Bound on the total size of cached values.  A value
+            larger than this is returned but not cached.  ``0`` disables caching.
+        max_key_bytes: Largest key blob accepted (checked before downloading).
+        timeout: Connect and per-read socket timeout, in seconds.
+        retries: Retries per storage request on transient errors (kept small:
+            this runs inside a request handler).
+        allowed_hosts: If given, glob patterns (``fnmatch``) a storage host (or
+            ``host:port``) must match, e.g. ``["*.blob.core.windows.net"]``.
+            ``key_url``/``conn_str`` come from the request, so without this the
+            service will send a request to any host a caller names (SSRF);
+            set it in production.
+    """
+
+    def __init__(
+        self,
+        max_cache_bytes: int = 256 * 1024 * 1024,
+        max_key_bytes: int = 64 * 1024 * 1024,
+        timeout: float = 10.0,
+        *,
+        retries: int = 1,
+        allowed_hosts: Iterable[str] | None = None,
+    ) -> None:
+        if max_cache_bytes < 0 or max_key_bytes <= 0 or timeout <= 0 or retries < 0:
+            raise ValueError("max_cache_bytes >= 0, max_key_bytes > 0, timeout > 0 and retries >= 0 required")
+        self.max_cache_bytes = int(max_cache_bytes)
+        self.max_key_bytes = int(max_key_bytes)
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.allowed_hosts = tuple(p.lower() for p in allowed_hosts) if allowed_hosts is not None else None
+        self._cache: LRUCache[tuple[str, object], _Entry] | None = (
+            LRUCache(maxsize=self.max_cache_bytes, getsizeof=lambda e: e.nbytes) if self.max_cache_bytes else None
+        )
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._hits = 0
+        self._misses = 0
+
+    # ----------------------------------------------------------------- public
+    def fetch(
+        self,
+        key_id: str,
+        key_url: str | None = None,
+        conn_str: str | None = None,
+        container: str | None = None,
+        transform: Callable[[bytes], Any] | None = None,
+    ) -> Any:
+        """Return the key material for ``key_id`` (``transform(bytes)`` if given).
+
+        Pass either ``key_url`` (a SAS URL whose blob name equals ``key_id``) or
+        ``conn_str`` + ``container``.  The caller's credentials are verified
+        with the storage service on every call, cached or not.
+
+        ``transform`` parses/prepares the raw bytes; its result is what gets
+        cached, sized by its ``nbytes`` attribute or ``len()``.  A ``ValueError``
+        from it becomes a 400 (invalid key material); other exceptions propagate.
+        The cache key includes ``transform`` (by identity), so pass the same
+        function object each time, not a fresh lambda per request.  Cached
+        values are shared between callers: do not mutate them.  Two concurrent
+        misses for one key may both download it (harmless, no single-flight).
+
+        Raises:
+            KeyRequestError: 400, malformed input.
+            KeyAccessDeniedError: 403, expired/forged SAS or bad credentials.
+            KeyNotFoundError: 404, no such key blob.
+            KeyTooLargeError: 413, blob larger than ``max_key_bytes``.
+            KeyStoreUnavailableError: 502, store unreachable or failing.
+        """
+        if not isinstance(key_id, str) or not _KEY_ID_RE.fullmatch(key_id):
+            raise KeyRequestError(
+                "invalid key_id: must be 1-128 characters from A-Z a-z 0-9 _ -", code="InvalidKeyId"
+            )
+        blob, location = self._blob_client(key_id, key_url, conn_str, container)
+        # One retry covers a key re-uploaded between our HEAD and the download.
+        for attempt in range(2):
+            props = self._call(key_id, location, blob.get_blob_properties)
+            size, etag = int(props.size), str(props.etag)
+            if size > self.max_key_bytes:
+                raise KeyTooLargeError(
+                    f"key {key_id} is {size} bytes, over the {self.max_key_bytes}-byte limit", code="KeyTooLarge"
+                )
+            cache_key = (location, transform)
+            cached = self._cache_get(cache_key, etag)
+            if cached is not None:
+                return cached.value
+            try:
+                data = self._call(
+                    key_id,
+                    location,
+                    lambda: blob.download_blob(
+                        etag=etag, match_condition=MatchConditions.IfNotModified, max_concurrency=1
+                    ).readall(),
+                )
+            except _Modified:
+                if attempt == 0:
+                    continue
+                raise KeyStoreUnavailableError(
+                    f"key {key_id} kept changing while it was downloaded; retry", code="KeyChanged"
+                ) from None
+            break
+        if len(data) > self.max_key_bytes:  # belt and braces: size is ETag-pinned
+            raise KeyTooLargeError(f"key {key_id} exceeds {self.max_key_bytes} bytes", code="KeyTooLarge")
+        value: Any = data
+        if transform is not None:
+            try:
+                value = transform(data)
+            except ValueError as exc:
+                raise KeyRequestError(
+                    f"key {key_id} could not be parsed: {redact(exc)[:200]}", code="InvalidKeyMaterial"
+                ) from exc
+        self._cache_put(cache_key, _Entry(etag, value, _measure(value, len(data))))
+        return value
+
+    def clear(self) -> None:
+        """Drop every cached key."""
+        with self._lock:
+            if self._cache is not None:
+                self._cache.clear()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Cache counters: ``hits``, ``misses``, ``items``, ``bytes``, ``max_bytes``."""
+        with self._lock:
+            return {
+                "hits": self._hits,
+                "misses": self._misses,
+                "items": len(self._cache) if self._cache is not None else 0,
+                "bytes": int(self._cache.currsize) if self._cache is not None else 0,
+                "max_bytes": self.max_cache_bytes,
+            }
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return (
+            f"KeyFetcher(items={s['items']}, bytes={s['bytes']}/{s['max_bytes']}, "
+            f"max_key_bytes={self.max_key_bytes}, timeout={self.timeout:g})"
+        )
+
+    # -------------------------------------------------------------- internals
+    def _cache_get(self, cache_key: tuple[str, object], etag: str) -> _Entry | None:
+        with self._lock:
+            entry = self._cache.get(cache_key) if self._cache is not None else None
+            if entry is not None and entry.etag == etag:
+                self._hits += 1
+                return entry
+            self._misses += 1
+            return None
+
+    def _cache_put(self, cache_key: tuple[str, object], entry: _Entry) -> None:
+        with self._lock:
+            if self._cache is None:
+                return
+            self._cache.pop(cache_key, None)  # a stale ETag's entry must not linger
+            if entry.nbytes <= self._cache.maxsize:
+                self._cache[cache_key] = entry  # LRUCache evicts least-recent to fit
+
+    def _client_options(self) -> dict[str, Any]:
+        # One transport (hence one pooled requests.Session) per thread: the
+        # per-request HEAD stays cheap, and requests sessions are not thread-safe.
+        transport = getattr(self._local, "transport", None)
+        if transport is None:
+            transport = RequestsTransport(connection_timeout=self.timeout, read_timeout=self.timeout)
+            self._local.transport = transport
+        return {
+            "transport": transport,
+            "retry_policy": LinearRetry(backoff=0.2, retry_total=self.retries, random_jitter_range=0),
+        }
+
+    def _check_host(self, scheme: str, host: str | None, port: int | None) -> None:
+        if scheme not in ("http", "https") or not host:
+            raise KeyRequestError("storage endpoint must be an http(s) URL with a host", code="InvalidUrl")
+        if self.allowed_hosts is None:
+            return
+        names = [host.lower()] + ([f"{host.lower()}:{port}"] if port else [])
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names for pat in self.allowed_hosts):
+            raise KeyRequestError(f"storage host {host!r} is not allowed", code="HostNotAllowed")
+
+    def _blob_client(
+        self, key_id: str, key_url: str | None, conn_str: str | None, container: str | None
+    ) -> tuple[BlobClient, str]:
+        if key_url is not None and (conn_str is not None or container is not None):
+            raise KeyRequestError("give either key_url or conn_str + container, not both", code="AmbiguousKeySource")
+        if key_url is not None:
+            blob = self._from_sas_url(key_id, key_url)
+        elif conn_str is not None or container is not None:
+            blob = self._from_conn_str(key_id, conn_str, container)
+        else:
+            raise KeyRequestError("key_url (or conn_str + container) is required", code="MissingKeySource")
+        parts = urlsplit(blob.url)
+        location = f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path}"
+        return blob, location
+
+    def _from_sas_url(self, key_id: str, key_url: str) -> BlobClient:
+        if not isinstance(key_url, str) or len(key_url) > _MAX_URL_CHARS:
+            raise KeyRequestError("key_url must be a URL string of reasonable length", code="InvalidUrl")
+        try:
+            parts = urlsplit(key_url)
+            port = parts.port
+        except ValueError:
+            raise KeyRequestError("key_url is not a valid URL", code="InvalidUrl") from None
+        if parts.username is not None or parts.password is not None or parts.fragment:
+            raise KeyRequestError("key_url must not contain user info or a fragment", code="InvalidUrl")
+        self._check_host(parts.scheme.lower(), parts.hostname, port)
+        if "sig" not in parse_qs(parts.query):
+            # An unsigned URL would be an anonymous read: not what the protocol promises.
+            raise KeyRequestError("key_url is not a SAS URL (no signature)", code="MissingSas")
+        try:
+            blob = BlobClient.from_blob_url(key_url, **self._client_options())
+        except (ValueError, TypeError):
+            # The SDK's message quotes the URL, SAS included: do not pass it on.
+            raise KeyRequestError("key_url is not a valid blob URL", code="InvalidUrl") from None
+        if blob.blob_name != key_id:
+            raise KeyRequestError("key_url does not name the blob key_id", code="KeyIdMismatch")
+        if blob.snapshot is not None:
+            raise KeyRequestError("key_url must not name a snapshot", code="InvalidUrl")
+        return blob
+
+    def _from_conn_str(self, key_id: str, conn_str: str | None, container: str | None) -> BlobClient:
+        if not isinstance(conn_str, str) or not conn_str or len(conn_str) > _MAX_CONN_STR_CHARS:
+            raise KeyRequestError("conn_str must be a storage connection string", code="InvalidConnectionString")
+        if not isinstance(container, str) or not _CONTAINER_RE.fullmatch(container):
+            raise KeyRequestError("container is missing or not a valid container name", code="InvalidContainer")
+        try:
+            service = BlobServiceClient.from_connection_string(conn_str, **self._client_options())
+        except (ValueError, TypeError):
+            raise KeyRequestError("conn_str is not a valid storage connection string", code="InvalidConnectionString") from None
+        # Require AccountKey= or SharedAccessSignature= (the SDK keeps the latter
+        # in the URL and leaves credential None): anything else would be an
+        # anonymous read, which the protocol does not allow.
+        if service.credential is None and "sig" not in parse_qs(urlsplit(service.url).query):
+            raise KeyRequestError("conn_str carries no credentials", code="InvalidConnectionString")
+        parts = urlsplit(service.url)
+        self._check_host(parts.scheme.lower(), parts.hostname, parts.port)
+        return service.get_blob_client(container, key_id)
+
+    @staticmethod
+    def _call(key_id: str, location: str, fn: Callable[[], Any]) -> Any:
+        """Run a storage call, mapping SDK errors to KeyFetchError (no secrets, no chaining)."""
+        host = urlsplit(location).netloc
+        try:
+            return fn()
+        except ResourceModifiedError:
+            raise _Modified() from None
+        except ClientAuthenticationError as exc:
+            raise KeyAccessDeniedError(
+                f"access to key {key_id} denied: SAS expired, forged or insufficient, or bad credentials "
+                f"({_code(exc)})",
+                code=_code(exc),
+            ) from None
+        except HttpResponseError as exc:
+            status, code = exc.status_code or 0, _code(exc)
+            if status in (401, 403):
+                raise KeyAccessDeniedError(
+                    f"access to key {key_id} denied: SAS expired, forged or insufficient, or bad credentials ({code})",
+                    code=code,
+                ) from None
+            if status == 404:
+                raise KeyNotFoundError(f"unknown key_id {key_id} ({code})", code=code) from None
+            if 400 <= status < 500:
+                raise KeyRequestError(f"storage rejected the key request for {key_id}: HTTP {status} ({code})", code=code) from None
+            raise KeyStoreUnavailableError(
+                f"key store at {host} failed for key {key_id}: HTTP {status} ({code})", code=code
+            ) from None
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise KeyStoreUnavailableError(
+                f"key store at {host} is unreachable ({type(exc).__name__})", code="StoreUnreachable"
+            ) from None
+        except AzureError as exc:
+            raise KeyStoreUnavailableError(
+                f"key store at {host} failed ({type(exc).__name__})", code="StoreError"
+            ) from None
+
+
+class _Modified(Exception):
+    """Internal: the blob's ETag changed between HEAD and download."""
+
+
+def _code(exc: HttpResponseError) -> str:
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code) or f"HTTP {exc.status_code}")
