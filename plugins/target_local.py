@@ -21,24 +21,10 @@ from aideploy.envcheck import unmet
 from aideploy.errors import DeployError, EnvironmentMismatch
 from aideploy.http import post_all
 from aideploy.process import ManagedProcess, free_port, http_ok
+from aideploy.staging import stage_model, stage_source
 from aideploy.stages import Mode
 
 SERVER_LOG = "azmlinfsrv.log"
-
-
-def stage_source(dest: Path) -> Path:
-    """Copy the scoring package to ``dest``; returns the entry script's path inside it."""
-    package = Path(aideploy_scoring.__file__).parent
-    shutil.copytree(package, dest / "aideploy_scoring", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return dest / "aideploy_scoring" / "score.py"
-
-
-def stage_model(model, dest: Path) -> Path:
-    """``AZUREML_MODEL_DIR`` as Azure makes it: ``<root>/<name>/<version>/<file>``."""
-    folder = dest / model.name / str(model.version)
-    folder.mkdir(parents=True)
-    shutil.copyfile(model.file, folder / model.filename)
-    return dest
 
 
 def server_command() -> list[str]:

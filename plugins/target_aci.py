@@ -1,0 +1,339 @@
+"""``target=aci``: Azure Container Instances through azureml-core (SDK v1), as seeds 000 and 004 do it.
+
+``Model.register`` -> ``Environment.from_conda_specification`` (the environment stage's conda
+yml) -> ``InferenceConfig`` (the same staged ``score.py`` the local target serves) ->
+``AciWebservice.deploy_configuration`` (from config alone; with ``network=vnet`` the VNET, subnet
+and region of seed 004) -> ``Model.deploy`` -> ``wait_for_deployment(show_output=True)``.
+
+azureml-core is deprecated, but users still run it; ``target=managed_endpoint`` is its SDK v2
+successor. The SDKs are optional (``pip install 'aideploy[azure]'``) and imported only inside
+the functions below, so loading this plugin never needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aideploy import hookimpl
+from aideploy.artifacts import Endpoint, Secret
+from aideploy.azure_workspace import (ACI_DELEGATION, SESSION_KEY, WorkspaceSettings, check_credential,
+                                      check_subnet_delegation, credential, deployment_name, fetch_subnet,
+                                      preflight_due, require_sdk, resolve_workspace, sdk_error, v1_auth)
+from aideploy.errors import ConfigError, DeployError
+from aideploy.http import post_all
+from aideploy.stages import Mode
+from aideploy.staging import ENTRY_SCRIPT, stage_source
+
+PLUGIN_NAME = "aci"
+SDK_MODULES = ("azureml.core", "azure.identity", "azure.mgmt.network")
+PLAN_SDK_MODULES = ("azureml.core",)  # a plan builds the SDK's config objects and needs nothing else
+# ACI web service names: 3 to 32 characters, lowercase letters, digits and dashes.
+NAME_PATTERN = r"[a-z][a-z0-9-]{1,30}[a-z0-9]"
+NAME_RULE = ("an ACI service name is 3-32 characters: lowercase letters, digits and dashes, starting with a "
+             "letter and ending with a letter or digit")
+
+
+# ----------------------------------------------------------------------------- config -> SDK objects
+
+
+def vnet_settings(network_cfg: Any) -> dict[str, str]:
+    """``location``, ``vnet_name`` and ``subnet_name`` for a VNET deployment; empty on a public network.
+
+    ``AciWebservice.deploy_configuration`` silently puts a VNET deployment in westus when no
+    location is given (seed 004), which fails unless the VNET happens to be there: refuse that.
+    """
+    if network_cfg.plugin != "vnet":
+        return {}
+    if not network_cfg.location:
+        raise ConfigError(
+            "target=aci with network=vnet needs the VNET's region: network.location is not set, and "
+            "azureml-core would silently deploy to westus",
+            hint="add network.location=<the VNET's region>, e.g. network.location=japaneast")
+    return {"location": str(network_cfg.location), "vnet_name": str(network_cfg.vnet_name),
+            "subnet_name": str(network_cfg.subnet_name)}
+
+
+def deploy_configuration(cfg: Any, network_cfg: Any) -> Any:
+    """``AciWebservice.deploy_configuration(...)`` from config alone: needs no workspace or credential."""
+    from azureml.core.webservice import AciWebservice
+    from azureml.exceptions import WebserviceException
+
+    try:
+        return AciWebservice.deploy_configuration(
+            cpu_cores=cfg.cpu_cores, memory_gb=cfg.memory_gb, tags=dict(cfg.tags), description=cfg.description,
+            auth_enabled=cfg.auth_enabled, **vnet_settings(network_cfg))
+    except WebserviceException as exc:  # the SDK's own validation, e.g. cpu_cores <= 0
+        raise ConfigError(f"target=aci: {exc.message}", hint="fix the target.* setting named above") from None
+
+
+def create_payload(deploy_config: Any, name: str) -> dict[str, Any]:
+    """The SDK's own serialised form of the deploy configuration: the body of its create request.
+
+    ``environmentImageRequest`` is null: the SDK builds it from the workspace at deploy time.
+    """
+    try:
+        return deploy_config._build_create_payload(name, None)
+    except Exception:  # a private method: if a later SDK changes it, fall back to its attributes
+        return {k: v for k, v in vars(deploy_config).items() if not k.startswith("_")}
+
+
+def build_environment(environment: Any) -> Any:
+    """``Environment.from_conda_specification`` on the environment stage's conda yml."""
+    from azureml.core import Environment
+
+    return Environment.from_conda_specification(environment.name, str(environment.conda_file))
+
+
+def environment_dict(env: Any) -> dict[str, Any]:
+    """The SDK's own serialised form of an Environment (what it registers)."""
+    from azureml.core import Environment
+
+    try:
+        return Environment._serialize_to_dict(env)
+    except Exception:  # a private method: fall back to what identifies the environment
+        return {"name": env.name, "python": {"condaDependencies": env.python.conda_dependencies._conda_dependencies}}
+
+
+def inference_config(source_dir: Path, env: Any) -> Any:
+    """``InferenceConfig`` for the staged source directory (the SDK checks the entry script exists)."""
+    from azureml.core.model import InferenceConfig
+
+    return InferenceConfig(source_directory=str(source_dir), entry_script=ENTRY_SCRIPT, environment=env)
+
+
+def model_register_args(cfg: Any, model: Any) -> dict[str, Any]:
+    """The arguments of ``Model.register`` besides the workspace."""
+    return {"model_path": str(model.file), "model_name": model.name,
+            "tags": {**dict(cfg.tags), "aideploy_model": f"{model.name}:{model.version}"},
+            "description": f"{model.name} version {model.version} from aideploy's registry"}
+
+
+def service_name(ctx: Any) -> str:
+    return deployment_name(ctx, NAME_PATTERN, NAME_RULE)
+
+
+def vnet_resource_group(ctx: Any, settings: WorkspaceSettings | None) -> tuple[str, str]:
+    """(value, label) of the VNET's resource group: ``network.resource_group`` or the workspace's."""
+    if ctx.cfg.network.resource_group:
+        return str(ctx.cfg.network.resource_group), str(ctx.cfg.network.resource_group)
+    label = settings.label("resource_group") if settings else f"${ctx.cfg.target.workspace.resource_group_env}"
+    return (settings.resource_group if settings else ""), label
+
+
+# ----------------------------------------------------------------------------- workspace
+
+
+@dataclass
+class Session:
+    """A connected workspace: where it came from, the credential and the SDK v1 ``Workspace``."""
+
+    settings: WorkspaceSettings
+    credential: Any
+    workspace: Any
+
+
+def connect(cfg: Any) -> Session:
+    """Resolve the workspace, get a token and open the workspace; each failure is a clear error."""
+    settings = resolve_workspace(cfg.workspace, PLUGIN_NAME)
+    cred = credential(PLUGIN_NAME)
+    check_credential(cred, settings, PLUGIN_NAME)
+    from azureml.core import Workspace
+
+    # azureml-core logs its progress at INFO with ids and paths; the run's log keeps its warnings only.
+    logging.getLogger("azureml").setLevel(logging.WARNING)
+
+    try:
+        # What Workspace.from_config() does once it has read config.json.
+        workspace = Workspace.get(settings.workspace_name, auth=v1_auth(cred),
+                                  subscription_id=settings.subscription_id, resource_group=settings.resource_group)
+    except Exception as exc:
+        raise sdk_error(exc, f"opening the Azure ML workspace {settings.label('workspace_name')} "
+                        f"(from {settings.source})", settings,
+                        hint="check the subscription, resource group and workspace name, and that the "
+                        "credential has access to the workspace") from None
+    return Session(settings, cred, workspace)
+
+
+def check_subnet(ctx: Any, session: Session) -> None:
+    """Seed 004's prerequisite: the subnet exists and is delegated to ACI (azure-mgmt-network)."""
+    net = ctx.cfg.network
+    rg, rg_label = vnet_resource_group(ctx, session.settings)
+    try:
+        subnet = fetch_subnet(session.credential, session.settings, rg, net.vnet_name, net.subnet_name)
+    except Exception as exc:
+        raise sdk_error(exc, f"reading subnet {net.subnet_name!r} of VNET {net.vnet_name!r}", session.settings,
+                        hint="the credential needs read access to the VNET (e.g. Network Contributor), or "
+                        "skip the check with target.check_subnet=false") from None
+    check_subnet_delegation(subnet, resource_group=rg_label, vnet_name=net.vnet_name, subnet_name=net.subnet_name,
+                            address_range=net.address_range)
+
+
+def delete_service(workspace: Any, name: str) -> bool:
+    """``Webservice(ws, name).delete()``; False (not an error) when there is no such service."""
+    from azureml.core.webservice import Webservice
+    from azureml.exceptions import WebserviceException
+
+    try:
+        service = Webservice(workspace, name)
+    except WebserviceException as exc:
+        if "WebserviceNotFound" in str(exc):
+            return False
+        raise
+    service.delete()
+    return True
+
+
+def service_logs(service: Any, lines: int, settings: WorkspaceSettings) -> str:
+    """The tail of the service's log, or why it could not be fetched."""
+    try:
+        text = service.get_logs(num_lines=lines) or "(the log is empty)"
+    except Exception as exc:
+        text = f"(could not fetch the service's log: {type(exc).__name__}: {exc})"
+    return settings.scrub("\n".join(str(text).rstrip().splitlines()[-lines:]))
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+@hookimpl
+def aideploy_before_stage(stage, ctx):
+    """Pre-flight, before the data stage: config, SDK, workspace, credential and subnet, in that order.
+
+    Everything that can make the deploy stage fail for a reason known up front fails here,
+    before a model is trained. The connected workspace is kept for the deploy stage.
+    """
+    if not preflight_due(stage, ctx, PLUGIN_NAME):
+        return
+    cfg = ctx.cfg.target
+    vnet = vnet_settings(ctx.cfg.network)  # a config error needs nothing installed to be reported
+    service_name(ctx)
+    require_sdk(PLUGIN_NAME, *(PLAN_SDK_MODULES if ctx.cfg.dry_run else SDK_MODULES))
+    if ctx.cfg.dry_run:
+        return
+    session = connect(cfg)
+    if vnet and cfg.check_subnet:
+        check_subnet(ctx, session)
+    ctx.artifacts[SESSION_KEY] = session
+    ctx.log.info("      aci: workspace from %s; signed in%s", session.settings.source,
+                 "; subnet delegated to ACI" if vnet and cfg.check_subnet else "")
+
+
+@hookimpl
+def aideploy_deploy(cfg, ctx, model, environment, network):
+    from azureml.core import Model
+
+    vnet = vnet_settings(ctx.cfg.network)
+    name = service_name(ctx)
+    deploy_config = deploy_configuration(cfg, ctx.cfg.network)
+    session = ctx.artifacts.get(SESSION_KEY) or connect(cfg)
+    settings, workspace = session.settings, session.workspace
+    source = ctx.output_dir / "deploy" / "source"
+    stage_source(source)
+    config = inference_config(source, build_environment(environment))
+    try:
+        registered = Model.register(workspace=workspace, **model_register_args(cfg, model))
+    except Exception as exc:
+        raise sdk_error(exc, f"Model.register({model.name!r})", settings, DeployError) from None
+    try:
+        service = Model.deploy(workspace, name, [registered], inference_config=config,
+                               deployment_config=deploy_config, overwrite=cfg.overwrite)
+    except Exception as exc:
+        raise sdk_error(exc, f"Model.deploy({name!r})", settings, DeployError,
+                        hint="if the name is already in use: target.overwrite=true replaces that service, or "
+                        "choose another deployment_name") from None
+    # Registered only once Model.deploy has returned: before that, the name may belong to a
+    # service this run did not create (overwrite=false refuses it), which must not be deleted.
+    serve = ctx.mode is Mode.serve
+    if not serve:
+        ctx.resources.add(f"ACI service {name}", lambda: delete_service(workspace, name))
+    try:
+        service.wait_for_deployment(show_output=True, timeout_sec=cfg.deploy_timeout)
+    except Exception as exc:
+        tail = service_logs(service, cfg.log_tail_lines, settings)
+        if serve:  # a broken service is not worth keeping: its log is in this error
+            ctx.resources.add(f"failed ACI service {name}", lambda: delete_service(workspace, name))
+        message = settings.scrub(str(getattr(exc, "message", None) or exc))
+        raise DeployError(f"the ACI deployment {name!r} failed: {message}\n"
+                          f"--- last lines of the service's log (get_logs) ---\n{tail}",
+                          hint="a failing init() usually means the model file or an import is broken; try "
+                          "target=local with the same config to debug it here") from None
+    key = None
+    if cfg.auth_enabled:
+        try:
+            primary, _secondary = service.get_keys()
+        except Exception as exc:
+            raise sdk_error(exc, f"getting the keys of {name!r}", settings, DeployError) from None
+        key = Secret(primary)
+    if serve and key:
+        ctx.log.info("      the service's key: Webservice(ws, %r).get_keys() or the Consume tab in ml.azure.com "
+                     "(mode=predict reads it from $%s)", name, ctx.cfg.scoring_key_env)
+    return Endpoint(name, "aci", service.scoring_uri, auth_key=key, keep_alive=False,
+                    details={"auth": bool(key), "location": vnet.get("location", "workspace region"),
+                             **({"vnet": f"{vnet['vnet_name']}/{vnet['subnet_name']}"} if vnet else {})})
+
+
+@hookimpl
+def aideploy_plan(cfg, ctx, model, environment):
+    """What the deploy stage would do, from the SDK's own objects; no workspace, credential or network."""
+    require_sdk(PLUGIN_NAME, *PLAN_SDK_MODULES)
+    import azureml.core
+
+    vnet = vnet_settings(ctx.cfg.network)
+    name = service_name(ctx)
+    deploy_config = deploy_configuration(cfg, ctx.cfg.network)
+    # Staged locally (nothing in Azure) so InferenceConfig validates the real entry script and
+    # the plan points at exactly the directory a deploy would upload.
+    source = ctx.output_dir / "deploy" / "source"
+    stage_source(source)
+    env = build_environment(environment)
+    config = inference_config(source, env)
+    ws = cfg.workspace
+    actions: list[dict[str, Any]] = [
+        {"action": "Workspace.get", "settings": {
+            "from": f"target.workspace.config_file={ws.config_file}" if ws.config_file else
+            f"env vars {ws.subscription_id_env}, {ws.resource_group_env}, {ws.workspace_name_env} if all set, "
+            "else config.json as Workspace.from_config() finds it",
+            "credential": "azure.identity.DefaultAzureCredential"}},
+    ]
+    if vnet and cfg.check_subnet:
+        _, rg_label = vnet_resource_group(ctx, None)
+        actions.append({"action": "NetworkManagementClient.subnets.get", "settings": {
+            "resource_group_name": rg_label, "virtual_network_name": vnet["vnet_name"],
+            "subnet_name": vnet["subnet_name"], "required_delegation": ACI_DELEGATION}})
+    actions += [
+        {"action": "Model.register", "settings": model_register_args(cfg, model)},
+        {"action": "Environment.from_conda_specification", "settings": environment_dict(env)},
+        {"action": "InferenceConfig", "settings": {"source_directory": config.source_directory,
+                                                   "entry_script": config.entry_script,
+                                                   "environment": env.name}},
+        {"action": "AciWebservice.deploy_configuration", "settings": create_payload(deploy_config, name)},
+        {"action": "Model.deploy", "settings": {"name": name, "models": [model.name], "overwrite": cfg.overwrite,
+                                                "wait_for_deployment": {"show_output": True,
+                                                                        "timeout_sec": cfg.deploy_timeout},
+                                                "get_keys": bool(cfg.auth_enabled)}},
+        {"action": "Webservice.delete", "settings": {
+            "name": name, "when": f"never: mode=serve keeps it (mode=delete deployment_name={name})"
+            if ctx.mode is Mode.serve else "at teardown"}},
+    ]
+    return {"target": "aci", "sdk": f"azureml-core {azureml.core.VERSION}", "actions": actions}
+
+
+@hookimpl
+def aideploy_predict(cfg, endpoint, network, requests):
+    return network.call(post_all, endpoint, requests.items, cfg.request_timeout)
+
+
+@hookimpl
+def aideploy_delete(cfg, ctx, name):
+    require_sdk(PLUGIN_NAME, *SDK_MODULES)
+    session = connect(cfg)
+    try:
+        deleted = delete_service(session.workspace, name)
+    except Exception as exc:
+        raise sdk_error(exc, f"deleting the ACI service {name!r}", session.settings) from None
+    if not deleted:
+        ctx.log.warning("no ACI service named %r in the workspace; nothing to delete", name)
+    return deleted
