@@ -142,6 +142,7 @@ class Request:
 
     body: bytes
     n_samples: int
+    headers: dict[str, str] = field(default_factory=dict)  # beyond the endpoint's own
 
 
 @dataclass

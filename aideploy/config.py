@@ -126,6 +126,14 @@ class SealEncryption(EncryptionConfig):
     plugin: str = "seal"
 
 
+@dataclass
+class FastEncryption(EncryptionConfig):
+    plugin: str = "fast"
+    batch_size: int = 1
+    x_bound: float = 1.0
+    max_error: float = 1e-3
+
+
 # ----------------------------------------------------------------------------- target
 
 
@@ -259,7 +267,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"sklearn_digits": SklearnTrainModel, "sklearn_pickle": SklearnPickleModel},
     "environment": {"conda": EnvironmentConfig},
     "network": {"public": PublicNetwork, "vnet": VnetNetwork},
-    "encryption": {"none": NoEncryption, "seal": SealEncryption},
+    "encryption": {"none": NoEncryption, "seal": SealEncryption, "fast": FastEncryption},
     "target": {"local": LocalTarget, "aci": AciTarget, "managed_endpoint": ManagedEndpointTarget},
     "keystore": {"azurite": AzuriteKeystore, "azure_blob": AzureBlobKeystore},
 }

@@ -33,7 +33,8 @@ def post_all(endpoint: Endpoint, items: Iterable[Request], timeout: float) -> Re
         for index, item in enumerate(items, start=1):
             start = time.perf_counter()
             try:
-                response = session.post(endpoint.scoring_uri, data=item.body, timeout=timeout)
+                response = session.post(endpoint.scoring_uri, data=item.body, headers=item.headers or None,
+                                        timeout=timeout)
             except requests.Timeout:
                 raise PredictError(f"the service at {endpoint.scoring_uri} did not answer request {index} "
                                    f"within {timeout:g} s", hint="raise target.request_timeout, or check the "

@@ -7,7 +7,9 @@ Request bodies (JSON):
 - seal (encrypted-inference, seed 000): ``{"data": [ciphertext, ...], "key_id": ..., "key_url":
   <read-only SAS URL>}``, or the seed's ``{"data", "key_id", "conn_str", "container"}``
   -> ``[encrypted score, ...]``
-- fast: ``{"scheme": "fast", "data": <query>, "key_id": ..., "key_url": ...}``
+- fast: the query as an ``application/octet-stream`` body with headers ``X-Aideploy-Scheme:
+  fast``, ``X-Aideploy-Key-Id`` and ``X-Aideploy-Key-Url`` -> the encrypted logits, binary;
+  or as JSON, ``{"scheme": "fast", "data": <base64 query>, "key_id", "key_url"}``
 
 Bad requests get HTTP 4xx with ``{"error": "..."}``; the server keeps serving.
 """
@@ -41,4 +43,6 @@ def run(request):
     """Answer one request: JSON in, JSON out, a 4xx for anything malformed."""
     status, body = service.handle_http(request.method, request.headers, request.stream,
                                        request.content_length)
+    if isinstance(body, bytes):
+        return AMLResponse(body, status, {"Content-Type": "application/octet-stream"})
     return AMLResponse(body, status, {"Content-Type": "application/json"}, json_str=True)

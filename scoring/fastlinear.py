@@ -1,0 +1,1066 @@
+"""``encryption=fast``: linear scoring under Microsoft SEAL with coefficient encoding.
+
+This module is the whole cryptographic core of the fast scheme: the client half
+(:class:`FastClient`: key generation, query encryption, response decryption) and
+the server half (:class:`FastServer`: model precomputation, homomorphic scoring).
+It imports only numpy, the standard library and the SEAL binding, because it is
+deployed as-is inside the scoring container.
+
+Technique (Cheetah, Huang et al., USENIX Security 2022)
+-------------------------------------------------------
+BFV over ``R_q = Z_q[X]/(X^N + 1)``.  A feature vector ``x`` (length ``n``) is put
+into the *coefficients* of one polynomial, ``m(X) = sum_i xh_i X^i``, where
+``xh = round(x * s_x)`` is a fixed-point integer.  For a group of ``G`` classes
+the server builds one weight polynomial with class ``c`` at offset ``c*n`` in
+reversed ("X^-i") order, ``W(X) = sum_c sum_i wh_{c,i} X^{c*n + n-1-i}``.  Then
+coefficient ``k_c = c*n + n-1`` of ``m*W`` is exactly ``<xh, wh_c>`` (no
+negacyclic wrap reaches it), so a matrix-vector product is one ciphertext x
+plaintext multiply: no rotations, no Galois keys, no relinearisation keys.
+
+Binding: ``seal-python`` (4.4.0), not ``tenseal.sealapi``
+-------------------------------------------------------
+Both wheels were inspected.  ``tenseal.sealapi`` (SEAL with zstd) *can* write
+seeded, zstd-compressed ciphertexts, but it only serialises to and from file
+*paths* (no bytes API), exposes no BGV and no bulk coefficient access, and a
+load+save round trip through a memfd costs ~300 us per ciphertext on this
+machine.  ``seal-python`` has a fast bytes API (``to_string``/``load_bytes``,
+~10 us), ``encrypt_zero`` with a public key, NTT transforms of plaintexts and
+ciphertexts, and parms_id checks, but is built *without* zlib/zstd and drops the
+seed of ``encrypt_symmetric``.  We use ``seal-python`` for everything SEAL is
+good at -- parameter validation against the 128-bit HE standard, key
+generation, noise sampling and secret-key encryption (client), public-key
+encryptions of zero (server), NTT transforms, and loading/validating the public
+key -- and do the seeding, the packing and the hot-path arithmetic ourselves,
+vectorised in numpy:
+
+* seeding: the client's uniform polynomial ``a`` is *defined* as
+  ``SHAKE-128(seed)`` expanded by rejection sampling, interpreted in the NTT
+  domain.  SEAL encrypts ``m`` with its own randomness as ``(c0*, c1*)``; the
+  client re-keys it to ``c0 = c0* + INTT((NTT(c1*) - a) * s)``, so that
+  ``(c0, a)`` is a fresh symmetric encryption of ``m`` with SEAL's noise and
+  only ``c0`` plus a 32-byte seed is sent (half a ciphertext);
+* compression: both data primes are < 2^32 so every residue is stored in
+  exactly 4 bytes (entropy ~31.99 bits; a general compressor cannot do better on
+  uniform residues), with no decompression step and no decompression bombs.
+
+Parameters (defaults, :class:`FastParams`)
+-----------------------------------------
+* ``N = 4096``; coefficient moduli: three ~32-bit NTT primes from
+  ``CoeffModulus.Create(4096, [32, 32, 32])``.  Key level ``Q = q1*q2*p``,
+  ``log2 Q ~ 96 <= 109`` (HE Security Standard, 128-bit classical, ternary
+  secret, sigma = 3.2); SEAL's own ``sec_level_type.tc128`` check is enforced.
+  The data level is ``q = q1*q2`` (~2^64): queries and responses live there;
+  ``p`` is SEAL's special prime, used only inside public-key encryption.
+  Primes below 2^32 make every modular product exact in uint64 numpy.
+* Plain modulus ``t = 2^46``; ``Delta = q/t ~ 2^18``.
+* Scales: ``s_x = 2^18 / x_bound`` (inputs ``|x_i| <= x_bound``, default 1.0),
+  ``s_w = 2^20``; ``S = s_x*s_w``.  Largest representable logit:
+  ``t/(2S) = 128 * x_bound``.
+
+Correctness ("approximate BFV" decoding)
+---------------------------------------
+SEAL's BFV encryption gives phase ``c0 + c1*s = round(q*m/t) + e`` with
+``|e| <= 19`` (clipped normal, 6 sigma).  After the plaintext product and the
+additions, the phase at a logit position is ``(q/t)*yh + E`` (mod q), where
+``yh = <xh, wh> + bh`` is the exact fixed-point logit (``bh = round(b*S)``) and
+``E`` is the total noise.  The client reads ``y = centered(phase) * t/(q*S)``,
+i.e. it does *not* round to an integer mod t: the low-order bits of the product
+and the noise are simply below the precision we care about.  Therefore
+
+    |y - y_true| <= x_bound*||dw_c||_1/s_w + ||w_c||_1/(2 s_x) + ||dw_c||_1/(2S)
+                    + 1/(2S) + E * t/(q*S),
+
+with ``dw = wh - s_w*w`` (|dw| <= 1/2) and ``E <= 20*||W_g||_1`` (client noise
+times the group's weight polynomial) ``+ 2^12`` (public-key encryption noise,
+already divided by the special prime) ``+ F`` (flooding) ``+ 1``.  No wrap-around
+requires ``(q/t)*max|yh| + E < q/2``.  The server evaluates this bound for its
+actual model when it is constructed and raises :class:`FastSchemeError` if the
+bound exceeds ``max_error`` (default 1e-3) or a logit could wrap.  With the
+defaults and ``x in [-1, 1]``, ``n = 784``, a LogisticRegression-shaped model
+gets a guaranteed bound of ~5-8e-4 (the flood takes most of the slack).  Inputs outside ``[-x_bound, x_bound]`` are refused by
+the client; a model outside the supported range is refused by the server.
+
+Model privacy (what the response reveals)
+-----------------------------------------
+The raw product ``m*W`` carries partial sums of W in every coefficient.  The
+response contains, per output ciphertext, the *full* ``c1'`` but only the logit
+coefficients of ``c0'``: coefficients that are not sent cannot be decrypted at
+all, which is stronger than additively masking them with uniform values mod t
+(the phase at an unsent position is undetermined).  ``c1'`` itself is
+``a*W + z1`` where ``(z0, z1)`` is a fresh public-key encryption of zero: under
+RLWE ``z1`` is pseudorandom, so ``c1'`` is independent of W (without it the
+client, who knows ``a``, could compute ``W = c1'/a``).  What the client can
+compute is the phase at the logit positions: ``(q/t)*yh + (e+eps)*W + e_pk + f``.
+The term ``(e+eps)*W`` depends on W *and* is a known linear function of W for
+the client (it knows its own noise ``e``); it is hidden by flooding ``f``, a
+fresh uniform value in ``[-F, F)`` per released coefficient (drawn from
+``os.urandom``), with ``F = 2^k`` the largest power of two that keeps the error
+bound above.  The statistical distance between the released value for two
+models is at most ``B_W/F`` per coefficient, ``B_W`` the worst-case bound on
+``(e+eps)*W``; the server reports ``flood_margin_bits = log2(F/B_W)``, typically
+~11-13 bits worst case (~18 bits for Gaussian-typical noise).  That is a
+*heuristic*, not a 2^-40 statistical guarantee: a 2^-40 flood would need
+~30 more bits of q, which does not fit the 40 KB query / 70 KB response budget
+at N = 4096.  Put differently: a semi-honest client learns the logits, plus a
+linear combination of W buried under noise 2^11-2^18 times its size.  Not
+hidden: ``n_features``, ``n_classes``, the parameters, and everything the logits
+themselves reveal (a linear model is extractable from ``n+1`` logit queries
+through the legitimate API).  A malicious client (hand-crafted noise) is out of
+scope.  The server never learns anything about ``x`` (RLWE, SEAL parameters).
+
+Re-randomisation cost: SEAL's public-key ``encrypt_zero`` costs ~1 ms here, so
+:class:`FastPublicKey` keeps a pool of encryptions of zero made from the
+client's public key.  Each entry is popped under a lock and used for exactly one
+output ciphertext (reusing one would reveal ``a*(W_1 - W_2)``); an empty pool is
+refilled synchronously.  Call :meth:`FastPublicKey.refill` off the request path.
+
+Layouts
+-------
+* ``row`` (single query, small batches): one ciphertext per sample, classes in
+  ``ceil(C/G)`` groups of ``G = min(C, N//n)`` (784x10 -> 2 groups of 5).
+  Server work per sample: seed expansion, ``a (.) W_g`` pointwise mod q in the NTT
+  domain, and the ``G`` needed coefficients of ``c0*W_g`` as exact dot products
+  (float64 BLAS on 16-bit limbs).  No NTT on the request path.
+* ``column`` (batches): one ciphertext per feature, up to N samples in the
+  coefficients; class c is ``sum_i wh_{c,i} * ct_i`` -- a scalar linear
+  combination, computed as exact float64 matrix products for the whole
+  block.  Every coefficient of an output ciphertext is a logit.  The client
+  picks the layout with the smaller upload unless told otherwise.  Expanding
+  the seeds (SHAKE-128, ~600 MB/s, single-threaded) bounds seeded batches to
+  ~45-50k samples/s for 784 features here; ``encrypt(..., seeded=False)`` ships
+  the uniform polynomials instead (2x upload, 12.5 KB/sample) and the server
+  then reaches >100k samples/s.  On a 2-core box run the server with
+  ``OPENBLAS_NUM_THREADS=1``: OpenBLAS's spinning worker threads otherwise
+  starve the numpy work between matrix products (batch throughput drops ~5x).
+
+Wire formats (little-endian, versioned; every field is validated)
+-----------------------------------------------------------------
+* bundle:   ``b"AIFB" ver u8, 3 reserved, u32 len, params JSON, pk u32[2][3][N]``
+* query:    ``b"AIFQ" ver u8, layout u8, flags u16, params fp[8], key id[16],
+  n_features u32, n_samples u32, n_cts u32, seed[32], c0 u32[n_cts][2][N]``
+  (flag 1 = unseeded: ``a u32[n_cts][2][N]`` follows and the seed is zero)
+* response: ``b"AIFR" ver u8, layout u8, u16 0, key id[16], n_features u32,
+  n_classes u32, n_samples u32, n_cts u32, c1' u32[n_cts][2][N], c0' logits u32``
+  (row: ``[n_samples][2][C]``, column: ``[C][2][n_samples]``).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import hashlib
+import json
+import math
+import os
+import struct
+import threading
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import seal
+
+__all__ = ["FastSchemeError", "FastParams", "FastClient", "FastServer", "FastPublicKey"]
+
+WIRE_VERSION = 1
+_BUNDLE_MAGIC = b"AIFB"
+_QUERY_MAGIC = b"AIFQ"
+_RESPONSE_MAGIC = b"AIFR"
+_LAYOUT_ROW = 1
+_LAYOUT_COLUMN = 2
+_LAYOUT_NAMES = {"row": _LAYOUT_ROW, "column": _LAYOUT_COLUMN}
+# Query flag: the uniform polynomials are sent in full instead of as a seed (batch option
+# that trades 2x upload for no SHAKE expansion on the server).
+_FLAG_UNSEEDED = 1
+_SEED_BYTES = 32
+_KEY_ID_BYTES = 16
+_FP_BYTES = 8
+_DOMAIN_A = b"aideploy-fastlinear-a-v1"
+_DOMAIN_KEY = b"aideploy-fastlinear-key-v1"
+# query header: magic, ver, layout, flags, params fp, key id, n_features, n_samples, n_cts, seed
+_QUERY_HEADER = struct.Struct(f"<4sBBH{_FP_BYTES}s{_KEY_ID_BYTES}sIII{_SEED_BYTES}s")
+# response header: magic, ver, layout, reserved, key id, n_features, n_classes, n_samples, n_cts
+_RESPONSE_HEADER = struct.Struct(f"<4sBBH{_KEY_ID_BYTES}sIIII")
+_BUNDLE_HEADER = struct.Struct("<4sB3sI")
+# Requests larger than this many ciphertexts are refused before any allocation.
+_MAX_CTS = 1 << 16
+# Columns per float64 matrix product in the batch layout.
+_COLUMN_CHUNK = 2048
+# SEAL's clipped-normal noise: sigma 3.2, clipped at 6 sigma -> |e| <= 19; plus the
+# encoding rounding |eps| <= 1/2 -> 20 is a safe per-coefficient bound.
+_FRESH_NOISE_BOUND = 20
+# Bound on the noise of a public-key encryption of zero after SEAL divides it by
+# the special prime: (|e0| + |e1*s| + |e*u|)/p + (1 + ||s||_1)/2 < 2^12 for N <= 8192.
+_PK_NOISE_BOUND = 1 << 12
+
+
+class FastSchemeError(ValueError):
+    """Every user-facing failure of the fast scheme (bad input, bad bytes, bad model)."""
+
+
+# --------------------------------------------------------------------------- params
+
+
+@dataclass(frozen=True)
+class FastParams:
+    """Parameters of the fast scheme; the client chooses them, the server must match.
+
+    ``coeff_modulus_bits`` are the bit sizes of the three SEAL primes: the first two
+    form the data modulus ``q`` (each must be <= 32 bits so numpy arithmetic is exact),
+    the last is SEAL's special prime.  ``plain_modulus_bits`` sets ``t = 2^bits``.
+    Inputs are scaled by ``s_x = 2^x_scale_bits / x_bound`` and weights by
+    ``s_w = 2^w_scale_bits``.  ``max_error`` is the absolute error per logit the
+    server must be able to guarantee for its model, or it refuses to serve.
+    """
+
+    poly_modulus_degree: int = 4096
+    coeff_modulus_bits: tuple[int, ...] = (32, 32, 32)
+    plain_modulus_bits: int = 46
+    x_scale_bits: int = 18
+    w_scale_bits: int = 20
+    x_bound: float = 1.0
+    max_error: float = 1e-3
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise FastSchemeError(f"invalid FastParams: {msg}")
+
+        n = self.poly_modulus_degree
+        need(isinstance(n, int) and not isinstance(n, bool), "poly_modulus_degree must be an int")
+        need(n in (4096, 8192, 16384), "poly_modulus_degree must be 4096, 8192 or 16384")
+        bits = self.coeff_modulus_bits
+        need(isinstance(bits, tuple) and len(bits) == 3, "coeff_modulus_bits must be a tuple of 3 ints")
+        need(all(isinstance(b, int) and not isinstance(b, bool) and 20 <= b <= 32 for b in bits),
+             "each coeff modulus must have 20..32 bits (two data primes + SEAL's special prime)")
+        for name in ("plain_modulus_bits", "x_scale_bits", "w_scale_bits"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool), f"{name} must be an int")
+        need(8 <= self.plain_modulus_bits <= bits[0] + bits[1] - 10,
+             "plain_modulus_bits must be in [8, data modulus bits - 10]")
+        need(1 <= self.x_scale_bits <= 30 and 1 <= self.w_scale_bits <= 30, "scale bits must be in [1, 30]")
+        need(self.x_scale_bits + 2 < self.plain_modulus_bits, "x_scale_bits too large for plain_modulus_bits")
+        for name in ("x_bound", "max_error"):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+                 f"{name} must be a positive finite number")
+
+    @property
+    def x_scale(self) -> float:
+        """Fixed-point scale of the inputs, ``2^x_scale_bits / x_bound``."""
+        return float(2**self.x_scale_bits) / float(self.x_bound)
+
+    @property
+    def w_scale(self) -> float:
+        """Fixed-point scale of the weights, ``2^w_scale_bits``."""
+        return float(2**self.w_scale_bits)
+
+    def to_json(self) -> bytes:
+        """Canonical JSON (sorted keys), used on the wire and for fingerprints."""
+        d = asdict(self)
+        d["coeff_modulus_bits"] = list(self.coeff_modulus_bits)
+        d["x_bound"] = float(self.x_bound)
+        d["max_error"] = float(self.max_error)
+        return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "FastParams":
+        """Parse :meth:`to_json` output; unknown or missing fields are errors."""
+        try:
+            d = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise FastSchemeError(f"parameters are not valid JSON: {exc}") from None
+        if not isinstance(d, dict) or set(d) != {f.name for f in fields(cls)}:
+            raise FastSchemeError("parameters JSON has missing or unknown fields")
+        if not isinstance(d["coeff_modulus_bits"], list):
+            raise FastSchemeError("invalid FastParams: coeff_modulus_bits must be a list")
+        d["coeff_modulus_bits"] = tuple(d["coeff_modulus_bits"])
+        return cls(**d)
+
+    def fingerprint(self) -> bytes:
+        """8-byte hash of the canonical parameters, carried in every query."""
+        return _fingerprint(self)
+
+    def describe(self) -> dict[str, Any]:
+        """Human-readable summary: the fields plus derived quantities (primes, sizes, bounds)."""
+        ctx = _context(self)
+        n = self.poly_modulus_degree
+        s = self.x_scale * self.w_scale
+        return {
+            **json.loads(self.to_json()),
+            "scheme": "BFV, coefficient encoding (Cheetah-style), SEAL via seal-python",
+            "security": f"128-bit classical (HE standard): N={n}, log2 Q={ctx.log2_key_modulus:.1f}",
+            "data_primes": list(ctx.primes),
+            "special_prime": ctx.special_prime,
+            "log2_q": round(math.log2(ctx.q), 3),
+            "plain_modulus": ctx.t,
+            "x_scale": self.x_scale,
+            "w_scale": self.w_scale,
+            "logit_bound": ctx.t / (2.0 * s),
+            "max_features": n,
+            "query_bytes_single": _QUERY_HEADER.size + 2 * n * 4,
+            "ciphertext_bytes_per_output": 2 * n * 4,
+            "bundle_bytes_approx": _BUNDLE_HEADER.size + len(self.to_json()) + 2 * 3 * n * 4,
+        }
+
+
+# ------------------------------------------------------------------ SEAL context
+
+
+class _Context:
+    """SEAL context for one parameter set plus raw (de)serialisation helpers.
+
+    SEAL's serialisation (compression none) is: a 16-byte header
+    ``<u16 magic 0xA15E, u8 16, u8 major, u8 minor, u8 compr, u16 0, u64 size>``
+    followed by the object's members.  For a ciphertext: parms_id (4 x u64),
+    is_ntt_form (u8), size, N, L (u64 each), scale (f64), correction factor (u64),
+    then a DynArray (its own header, u64 count, count x u64 data).  We write and read
+    these directly so that numpy can touch the coefficients.
+    """
+
+    def __init__(self, params: FastParams):
+        n = params.poly_modulus_degree
+        parms = seal.EncryptionParameters(seal.scheme_type.bfv)
+        parms.set_poly_modulus_degree(n)
+        try:
+            moduli = seal.CoeffModulus.Create(n, list(params.coeff_modulus_bits))
+        except Exception as exc:  # SEAL raises when no suitable prime exists
+            raise FastSchemeError(f"SEAL cannot create the coefficient moduli: {exc}") from None
+        parms.set_coeff_modulus(moduli)
+        self.t = 1 << params.plain_modulus_bits
+        parms.set_plain_modulus(self.t)
+        self.ctx = seal.SEALContext(parms, True, seal.sec_level_type.tc128)
+        if not self.ctx.parameters_set():
+            raise FastSchemeError(
+                "SEAL rejects the parameters for 128-bit security: " + self.ctx.parameter_error_message())
+        key_data = self.ctx.key_context_data()
+        first = self.ctx.first_context_data()
+        if len(first.parms().coeff_modulus()) != 2 or len(key_data.parms().coeff_modulus()) != 3:
+            raise FastSchemeError("internal: expected a 2-prime data level below a 3-prime key level")
+        self.params = params
+        self.n = n
+        self.primes = tuple(int(m.value()) for m in first.parms().coeff_modulus())
+        self.special_prime = int(key_data.parms().coeff_modulus()[2].value())
+        self.key_primes = self.primes + (self.special_prime,)
+        self.q = self.primes[0] * self.primes[1]
+        self.log2_key_modulus = math.log2(self.q * self.special_prime)
+        self.q_col = np.array(self.primes, dtype=np.uint64).reshape(2, 1)  # broadcast over (2, N)
+        self.q_i64 = np.array(self.primes, dtype=np.int64)
+        self.q1_inv_mod_q2 = pow(self.primes[0], -1, self.primes[1])
+        self.data_parms_id = list(first.parms_id())
+        self.key_parms_id = list(key_data.parms_id())
+        self.evaluator = seal.Evaluator(self.ctx)
+        # Header version bytes of the SEAL build, read from a real serialisation.
+        probe = seal.Plaintext("1").to_bytes()
+        self.seal_version = (probe[3], probe[4])
+
+    # -- raw SEAL byte layouts
+    def _header(self, total: int) -> bytes:
+        return struct.pack("<HBBBBHQ", 0xA15E, 16, self.seal_version[0], self.seal_version[1], 0, 0, total)
+
+    def _dynarray(self, data: bytes) -> bytes:
+        return self._header(16 + 8 + len(data)) + struct.pack("<Q", len(data) // 8) + data
+
+    def ct_bytes(self, polys: np.ndarray, parms_id: list[int], ntt: bool) -> bytes:
+        """SEAL serialisation of a size-``polys.shape[0]`` ciphertext with raw data ``polys``."""
+        size, nmod, n = polys.shape
+        members = (struct.pack("<4Q", *parms_id) + struct.pack("<B", 1 if ntt else 0)
+                   + struct.pack("<QQQdQ", size, n, nmod, 1.0, 1)
+                   + self._dynarray(np.ascontiguousarray(polys, dtype="<u8").tobytes()))
+        return self._header(16 + len(members)) + members
+
+    def ct_load(self, polys: np.ndarray, ntt: bool) -> "seal.Ciphertext":
+        """A SEAL ciphertext at the data level holding ``polys`` (shape (2, 2, N))."""
+        ct = seal.Ciphertext()
+        ct.load_bytes(self.ctx, self.ct_bytes(polys, self.data_parms_id, ntt))
+        return ct
+
+    @staticmethod
+    def ct_array(ct: "seal.Ciphertext") -> np.ndarray:
+        """Raw data of a SEAL ciphertext (or public key) as a (size, L, N) uint64 array."""
+        raw = ct.to_string()
+        size, nmod, n = ct.size(), ct.coeff_modulus_size(), ct.poly_modulus_degree()
+        count = size * nmod * n
+        return np.frombuffer(raw, dtype="<u8", count=count, offset=len(raw) - 8 * count).reshape(size, nmod, n)
+
+    def plain_load(self, coeffs: np.ndarray) -> "seal.Plaintext":
+        """A SEAL (coefficient-form) plaintext with the given coefficients in [0, t)."""
+        data = np.ascontiguousarray(coeffs, dtype="<u8").tobytes()
+        members = (b"\0" * 32 + struct.pack("<Qd", len(coeffs), 1.0) + self._dynarray(data))
+        pt = seal.Plaintext()
+        pt.load_bytes(self.ctx, self._header(16 + len(members)) + members)
+        return pt
+
+    # -- transforms through SEAL (not on the server's request path)
+    def _transform(self, polys: np.ndarray, forward: bool) -> np.ndarray:
+        """(I)NTT of k polynomials mod (q1, q2), shape (k, 2, N); two per SEAL call."""
+        k = polys.shape[0]
+        out = np.empty_like(polys, dtype=np.uint64)
+        for start in range(0, k, 2):
+            chunk = polys[start:start + 2]
+            # SEAL refuses "transparent" ciphertexts (second polynomial zero): use a
+            # filler there and fix up the (trivial) transform of a zero polynomial.
+            pair = np.ones((2, 2, self.n), dtype=np.uint64)
+            pair[: chunk.shape[0]] = chunk
+            zero1 = chunk.shape[0] == 2 and not chunk[1].any()
+            if zero1:
+                pair[1] = 1
+            ct = self.ct_load(pair, ntt=not forward)
+            if forward:
+                self.evaluator.transform_to_ntt_inplace(ct)
+            else:
+                self.evaluator.transform_from_ntt_inplace(ct)
+            out[start:start + 2] = self.ct_array(ct)[: chunk.shape[0]]
+            if zero1:
+                out[start + 1] = 0
+        return out
+
+    def ntt(self, polys: np.ndarray) -> np.ndarray:
+        return self._transform(polys, forward=True)
+
+    def intt(self, polys: np.ndarray) -> np.ndarray:
+        return self._transform(polys, forward=False)
+
+    # -- the client's public uniform polynomials
+    def expand_a(self, seed: bytes, n_cts: int) -> np.ndarray:
+        """Uniform ``a`` for ``n_cts`` ciphertexts, NTT domain, shape (n_cts, 2, N), uint32.
+
+        Residues mod q_j are the 32-bit words of SHAKE-128(domain || seed || j) that are
+        below q_j, in order (rejection sampling: exactly uniform).  A longer XOF output
+        extends a shorter one, so the retry loop is deterministic.
+        """
+        out = np.empty((n_cts, 2, self.n), dtype=np.uint32)
+        need = n_cts * self.n
+        for j, qj in enumerate(self.primes):
+            xof = hashlib.shake_128(_DOMAIN_A + seed + bytes([j]))
+            nwords = need + need // 1024 + 64  # q_j > 2^32 - 2^20: rejections are rare
+            while True:
+                words = np.frombuffer(xof.digest(4 * nwords), dtype="<u4")
+                head = words[:need]
+                if int(head.max()) < qj:  # common case: nothing rejected in the prefix
+                    acc = head
+                    break
+                acc = words[words < qj]
+                if acc.size >= need:
+                    acc = acc[:need]
+                    break
+                nwords *= 2
+            out[:, j, :] = acc.reshape(n_cts, self.n)
+        return out
+
+    def crt_centered(self, r: np.ndarray) -> np.ndarray:
+        """CRT of residues ``r[..., 0, :]`` (mod q1) and ``r[..., 1, :]`` (mod q2).
+
+        Returns the representative in (-q/2, q/2] as float64, shape ``r.shape`` minus axis -2.
+        """
+        q1, q2 = self.primes
+        r1 = r[..., 0, :].astype(np.uint64)
+        r2 = r[..., 1, :].astype(np.uint64)
+        h = ((r2 + np.uint64(q2) - (r1 % np.uint64(q2))) % np.uint64(q2)) * np.uint64(self.q1_inv_mod_q2)
+        h %= np.uint64(q2)
+        v = r1 + np.uint64(q1) * h  # < q < 2^64, exact in uint64
+        half = np.uint64(self.q // 2)
+        neg = v > half
+        # v - q wraps in uint64; viewed as int64 it is the (negative) centered value.
+        centered = np.where(neg, v - np.uint64(self.q), v).view(np.int64)
+        return centered.astype(np.float64)
+
+
+@functools.lru_cache(maxsize=8)
+def _context(params: FastParams) -> _Context:
+    return _Context(params)
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(params: FastParams) -> bytes:
+    return hashlib.sha256(b"aideploy-fastlinear-params" + params.to_json()).digest()[:_FP_BYTES]
+
+
+def _mod_add(x: np.ndarray, y: np.ndarray, q_col: np.ndarray) -> np.ndarray:
+    s = x + y
+    return np.where(s >= q_col, s - q_col, s)
+
+
+def _row_geometry(n_features: int, n_classes: int, n: int) -> list[list[int]]:
+    """Class indices of each row-layout group: G = min(C, N // n) classes per group."""
+    per = min(n_classes, n // n_features)
+    return [list(range(g, min(g + per, n_classes))) for g in range(0, n_classes, per)]
+
+
+def _choose_layout(n_samples: int, n_features: int, n: int) -> int:
+    """Row layout uploads one ciphertext per sample, column one per feature per N samples."""
+    column_cts = -(-n_samples // n) * n_features
+    return _LAYOUT_COLUMN if column_cts < n_samples else _LAYOUT_ROW
+
+
+def _key_id(params: FastParams, pk_raw: bytes) -> bytes:
+    return hashlib.sha256(_DOMAIN_KEY + params.to_json() + pk_raw).digest()[:_KEY_ID_BYTES]
+
+
+# -------------------------------------------------------------------------- client
+
+
+class FastClient:
+    """Client half: owns the secret key, encrypts inputs, decrypts logits.
+
+    ``key_id`` is a hash of the public key material and the parameters (safe to log).
+    """
+
+    def __init__(self, n_features: int, n_classes: int, params: FastParams | None = None):
+        self.params = params if params is not None else FastParams()
+        if not isinstance(self.params, FastParams):
+            raise FastSchemeError("params must be a FastParams")
+        self._ctx = _context(self.params)
+        n = self._ctx.n
+        for name, v in (("n_features", n_features), ("n_classes", n_classes)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise FastSchemeError(f"{name} must be a positive int, got {v!r}")
+        if n_features > n:
+            raise FastSchemeError(f"n_features={n_features} exceeds the supported maximum {n} (= N)")
+        self.n_features = int(n_features)
+        self.n_classes = int(n_classes)
+        keygen = seal.KeyGenerator(self._ctx.ctx)
+        self._secret_key = keygen.secret_key()
+        public_key = keygen.create_public_key()
+        self._encryptor = seal.Encryptor(self._ctx.ctx, self._secret_key)
+        # The secret key is stored by SEAL in NTT form at the key level; the first
+        # two RNS components are s mod q1, q2 in the same NTT domain as ciphertexts.
+        sk_raw = self._secret_key.to_string()
+        count = 3 * n
+        s = np.frombuffer(sk_raw, dtype="<u8", count=count, offset=len(sk_raw) - 8 * count).reshape(3, n)
+        self._s_ntt = s[:2].copy()
+        pk_bytes = public_key.to_string()  # a size-2 ciphertext at the key level, NTT form
+        pk = np.frombuffer(pk_bytes, dtype="<u8", count=2 * count,
+                           offset=len(pk_bytes) - 16 * count).reshape(2, 3, n)
+        self._pk_raw = pk.astype("<u4").tobytes()
+        self._key_id = _key_id(self.params, self._pk_raw)
+        self.key_id = self._key_id.hex()
+        self._groups = _row_geometry(self.n_features, self.n_classes, n)
+
+    def __repr__(self) -> str:
+        return (f"FastClient(n_features={self.n_features}, n_classes={self.n_classes}, "
+                f"key_id={self.key_id!r}, N={self.params.poly_modulus_degree})")
+
+    def public_bundle(self) -> bytes:
+        """Everything the server needs (parameters + public key), no secret material."""
+        pj = self.params.to_json()
+        return _BUNDLE_HEADER.pack(_BUNDLE_MAGIC, WIRE_VERSION, b"\0\0\0", len(pj)) + pj + self._pk_raw
+
+    # -- encryption
+    def _check_input(self, X: Any) -> np.ndarray:
+        try:
+            X = np.asarray(X, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise FastSchemeError(f"input is not numeric: {exc}") from None
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+        if X.ndim != 2 or X.shape[0] < 1:
+            raise FastSchemeError(f"input must have shape (n_samples, {self.n_features}), got {X.shape}")
+        if X.shape[1] != self.n_features:
+            raise FastSchemeError(f"input has {X.shape[1]} features, the client was set up for {self.n_features}")
+        if not np.all(np.isfinite(X)):
+            raise FastSchemeError("input contains NaN or infinity")
+        bound = float(self.params.x_bound)
+        worst = float(np.max(np.abs(X)))
+        if worst > bound:
+            raise FastSchemeError(
+                f"input value {worst:g} is outside the supported range [-{bound:g}, {bound:g}] "
+                "(scale the features or use FastParams(x_bound=...))")
+        if X.shape[0] > _MAX_CTS:
+            raise FastSchemeError(f"at most {_MAX_CTS} samples per request")
+        return X
+
+    def _encrypt_messages(self, messages: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """c0 (coefficient domain) for each message so that (c0, a) encrypts it.
+
+        SEAL encrypts each message with the secret key as (c0*, c1*) (SEAL's noise);
+        then c0 = c0* + INTT((NTT(c1*) - a) * s) re-keys it onto the seeded ``a``.
+        """
+        ctx = self._ctx
+        k = messages.shape[0]
+        c0s = np.empty((k, 2, ctx.n), dtype=np.uint64)
+        c1s = np.empty((k, 2, ctx.n), dtype=np.uint64)
+        for i in range(k):
+            ct = self._encryptor.encrypt_symmetric(ctx.plain_load(messages[i]))
+            raw = _Context.ct_array(ct)
+            c0s[i] = raw[0]
+            c1s[i] = raw[1]
+        c1_ntt = ctx.ntt(c1s)
+        diff = (c1_ntt + ctx.q_col - a) % ctx.q_col
+        corr = ctx.intt((diff * self._s_ntt) % ctx.q_col)
+        return _mod_add(c0s, corr, ctx.q_col)
+
+    def encrypt(self, X: np.ndarray, layout: str | None = None, seeded: bool = True) -> bytes:
+        """Encrypt ``X`` (n_samples, n_features) into one query.
+
+        One sample uses the row layout (one seeded half-ciphertext); larger batches
+        use whichever layout uploads less, or ``layout='row'|'column'``.  ``seeded=False``
+        sends the uniform polynomials in full (2x upload) so the server skips the SHAKE
+        expansion -- worthwhile only for large batches where server throughput matters.
+        """
+        X = self._check_input(X)
+        ctx = self._ctx
+        n, t = ctx.n, ctx.t
+        n_samples = X.shape[0]
+        if layout is None:
+            code = _choose_layout(n_samples, self.n_features, n)
+        elif layout in _LAYOUT_NAMES:
+            code = _LAYOUT_NAMES[layout]
+        else:
+            raise FastSchemeError(f"layout must be 'row' or 'column', got {layout!r}")
+        xh = np.rint(X * self.params.x_scale).astype(np.int64)
+        xh_mod = np.where(xh < 0, xh + t, xh).astype(np.uint64)  # plaintext coefficients in [0, t)
+        if code == _LAYOUT_ROW:
+            messages = np.zeros((n_samples, n), dtype=np.uint64)
+            messages[:, : self.n_features] = xh_mod
+        else:
+            n_blocks = -(-n_samples // n)
+            padded = np.zeros((n_blocks * n, self.n_features), dtype=np.uint64)
+            padded[:n_samples] = xh_mod
+            # block b, feature i -> coefficients are the samples of that block
+            messages = padded.reshape(n_blocks, n, self.n_features).transpose(0, 2, 1).reshape(-1, n)
+        if messages.shape[0] > _MAX_CTS:
+            raise FastSchemeError(f"request would need {messages.shape[0]} ciphertexts (max {_MAX_CTS})")
+        seed = os.urandom(_SEED_BYTES)
+        a = ctx.expand_a(seed, messages.shape[0])
+        c0 = self._encrypt_messages(messages, a.astype(np.uint64))
+        flags = 0 if seeded else _FLAG_UNSEEDED
+        header = _QUERY_HEADER.pack(_QUERY_MAGIC, WIRE_VERSION, code, flags, self.params.fingerprint(),
+                                    self._key_id, self.n_features, n_samples, messages.shape[0],
+                                    seed if seeded else b"\0" * _SEED_BYTES)
+        parts = [header, c0.astype("<u4").tobytes()]
+        if not seeded:
+            parts.append(a.astype("<u4").tobytes())
+        return b"".join(parts)
+
+    # -- decryption
+    def decrypt(self, response: bytes, n_samples: int) -> np.ndarray:
+        """Decrypt a response into logits of shape (n_samples, n_classes)."""
+        ctx = self._ctx
+        n = ctx.n
+        if not isinstance(response, (bytes, bytearray, memoryview)):
+            raise FastSchemeError("response must be bytes")
+        response = bytes(response)
+        if len(response) < _RESPONSE_HEADER.size:
+            raise FastSchemeError(f"response too short ({len(response)} bytes)")
+        magic, ver, code, _, kid, nf, nc, ns, n_cts = _RESPONSE_HEADER.unpack_from(response)
+        if magic != _RESPONSE_MAGIC:
+            raise FastSchemeError("not a fast-scheme response (bad magic)")
+        if ver != WIRE_VERSION:
+            raise FastSchemeError(f"unsupported response version {ver} (expected {WIRE_VERSION})")
+        if kid != self._key_id:
+            raise FastSchemeError("response was computed for a different key")
+        if (nf, nc) != (self.n_features, self.n_classes):
+            raise FastSchemeError(f"response is for a {nf}x{nc} model, client expects "
+                                  f"{self.n_features}x{self.n_classes}")
+        if ns != n_samples:
+            raise FastSchemeError(f"response holds {ns} samples, caller expected {n_samples}")
+        if code == _LAYOUT_ROW:
+            expect_cts = ns * len(self._groups)
+            c0_count = ns * 2 * nc
+        elif code == _LAYOUT_COLUMN:
+            expect_cts = -(-ns // n) * nc
+            c0_count = nc * 2 * ns
+        else:
+            raise FastSchemeError(f"unknown layout code {code}")
+        if n_cts != expect_cts:
+            raise FastSchemeError(f"response has {n_cts} ciphertexts, expected {expect_cts}")
+        body = response[_RESPONSE_HEADER.size:]
+        c1_count = n_cts * 2 * n
+        if len(body) != 4 * (c1_count + c0_count):
+            raise FastSchemeError(f"response body has {len(body)} bytes, expected {4 * (c1_count + c0_count)}")
+        c1 = np.frombuffer(body, dtype="<u4", count=c1_count).astype(np.uint64).reshape(n_cts, 2, n)
+        c0 = np.frombuffer(body, dtype="<u4", offset=4 * c1_count).astype(np.uint64)
+        if np.any(c1 >= ctx.q_col):
+            raise FastSchemeError("response coefficient out of range")
+        # phase at position k = c0'_k + (c1' * s)_k ; c1' is in the NTT domain.
+        cs = ctx.intt((c1 * self._s_ntt) % ctx.q_col)
+        if code == _LAYOUT_ROW:
+            c0 = c0.reshape(ns, 2, nc)
+            cs = cs.reshape(ns, len(self._groups), 2, n)
+            d = np.empty((ns, 2, nc), dtype=np.uint64)
+            for g, classes in enumerate(self._groups):
+                pos = [(c - classes[0]) * self.n_features + self.n_features - 1 for c in classes]
+                d[:, :, classes[0]:classes[-1] + 1] = cs[:, g][:, :, pos]
+            if np.any(c0 >= ctx.q_col):
+                raise FastSchemeError("response coefficient out of range")
+            values = ctx.crt_centered(_mod_add(c0, d, ctx.q_col))  # (ns, C)
+        else:
+            c0 = c0.reshape(nc, 2, ns)
+            if np.any(c0 >= ctx.q_col):
+                raise FastSchemeError("response coefficient out of range")
+            n_blocks = -(-ns // n)
+            cs = cs.reshape(n_blocks, nc, 2, n).transpose(1, 2, 0, 3).reshape(nc, 2, n_blocks * n)[:, :, :ns]
+            values = ctx.crt_centered(_mod_add(c0, cs, ctx.q_col)).T  # (ns, C)
+        scale = float(ctx.t) / (float(ctx.q) * self.params.x_scale * self.params.w_scale)
+        return values * scale
+
+
+# ------------------------------------------------------------------- server side
+
+
+class FastPublicKey:
+    """A validated client public key plus a pool of fresh public-key encryptions of zero.
+
+    Each pool entry ``(z0, z1)`` (``z0`` coefficient domain, ``z1`` NTT domain) is
+    used for exactly one output ciphertext and then discarded; an empty pool is
+    refilled synchronously.  :meth:`refill` can be called in idle time.  Note that
+    seal-python holds the GIL while encrypting, so a background refill thread would
+    stall concurrent requests; refilling between requests is the better pattern.
+    """
+
+    def __init__(self, ctx: _Context, public_key: "seal.PublicKey", key_id: bytes, pool_target: int):
+        self.params = ctx.params
+        self._ctx = ctx
+        self._key_id = key_id
+        self.key_id = key_id.hex()
+        self._encryptor = seal.Encryptor(ctx.ctx, public_key)
+        self._pool: collections.deque[np.ndarray] = collections.deque()
+        self._lock = threading.Lock()
+        self.pool_target = pool_target
+        self.generated = 0  # number of encryptions of zero made so far (for benchmarks)
+
+    def __repr__(self) -> str:
+        return f"FastPublicKey(key_id={self.key_id!r}, pool={len(self._pool)}/{self.pool_target})"
+
+    @property
+    def pool_size(self) -> int:
+        return len(self._pool)
+
+    def _make(self, k: int) -> list[np.ndarray]:
+        out = []
+        for _ in range(k):
+            ct = self._encryptor.encrypt_zero()
+            entry = np.empty((2, 2, self._ctx.n), dtype=np.uint64)
+            entry[0] = _Context.ct_array(ct)[0]
+            self._ctx.evaluator.transform_to_ntt_inplace(ct)
+            entry[1] = _Context.ct_array(ct)[1]
+            out.append(entry)
+        self.generated += k
+        return out
+
+    def refill(self, target: int | None = None) -> int:
+        """Top the pool up to ``target`` (default ``pool_target``); returns entries added."""
+        target = self.pool_target if target is None else int(target)
+        added = 0
+        while len(self._pool) < target:
+            self._pool.extend(self._make(1))
+            added += 1
+        return added
+
+    def take(self, k: int) -> np.ndarray:
+        """Remove ``k`` entries (never handed out twice): array (k, 2, 2, N) of [z0, z1]."""
+        got: list[np.ndarray] = []
+        with self._lock:
+            while self._pool and len(got) < k:
+                got.append(self._pool.popleft())
+        if len(got) < k:
+            got.extend(self._make(k - len(got)))
+        if not got:
+            return np.empty((0, 2, 2, self._ctx.n), dtype=np.uint64)
+        return got[0][None] if k == 1 else np.stack(got)
+
+
+def _read_bundle_params(bundle: Any) -> tuple[FastParams, int]:
+    if not isinstance(bundle, bytes):
+        raise FastSchemeError("bundle must be bytes")
+    if len(bundle) < _BUNDLE_HEADER.size:
+        raise FastSchemeError(f"bundle too short ({len(bundle)} bytes)")
+    magic, ver, _, plen = _BUNDLE_HEADER.unpack_from(bundle)
+    if magic != _BUNDLE_MAGIC:
+        raise FastSchemeError("not a fast-scheme public bundle (bad magic)")
+    if ver != WIRE_VERSION:
+        raise FastSchemeError(f"unsupported bundle version {ver} (expected {WIRE_VERSION})")
+    if plen > 4096 or _BUNDLE_HEADER.size + plen > len(bundle):
+        raise FastSchemeError("bundle parameter block is truncated or oversized")
+    return FastParams.from_json(bundle[_BUNDLE_HEADER.size:_BUNDLE_HEADER.size + plen]), plen
+
+
+def bundle_params(bundle: bytes) -> FastParams:
+    """The parameters a client's public bundle was made for (validated, nothing else parsed)."""
+    return _read_bundle_params(bytes(bundle))[0]
+
+
+class FastServer:
+    """Server half: precomputes the model once, then scores encrypted queries.
+
+    ``coef`` is (n_classes, n_features) or 1-D (n_features,) for binary/regression;
+    ``intercept`` an array of n_classes or a scalar.  The constructor quantises the
+    model, builds the NTT-form weight plaintexts, checks the model against the
+    parameters' error guarantee and sizes the flooding noise; a model that cannot be
+    served within ``params.max_error`` raises :class:`FastSchemeError`.
+    """
+
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray | float, params: FastParams | None = None,
+                 pool_target: int | None = None):
+        self.params = params if params is not None else FastParams()
+        if not isinstance(self.params, FastParams):
+            raise FastSchemeError("params must be a FastParams")
+        ctx = self._ctx = _context(self.params)
+        n, t = ctx.n, ctx.t
+        try:
+            W = np.asarray(coef, dtype=np.float64)
+            b = np.asarray(intercept, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise FastSchemeError(f"model coefficients are not numeric: {exc}") from None
+        if W.ndim == 1:
+            W = W.reshape(1, -1)
+        if W.ndim != 2 or W.shape[0] < 1 or W.shape[1] < 1:
+            raise FastSchemeError(f"coef must be (n_classes, n_features) or (n_features,), got {W.shape}")
+        C, nf = W.shape
+        if nf > n:
+            raise FastSchemeError(f"model has {nf} features, the parameters support at most {n}")
+        if b.size not in (1, C):
+            raise FastSchemeError(f"intercept must be a scalar or have {C} entries, got shape {b.shape}")
+        b = np.broadcast_to(b.reshape(-1), (C,)).astype(np.float64)
+        if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
+            raise FastSchemeError("model contains NaN or infinity")
+        self.n_features, self.n_classes = nf, C
+        sx, sw = self.params.x_scale, self.params.w_scale
+        S = sx * sw
+        wh = np.rint(W * sw).astype(np.int64)
+        bh = [int(round(float(v) * S)) for v in b]
+        dw = np.abs(wh - W * sw)
+        self._groups = _row_geometry(nf, C, n)
+
+        # ---- error guarantee and flooding size (see module docstring)
+        R = float(self.params.x_bound)
+        l1_w = np.abs(W).sum(axis=1)
+        l1_dw = dw.sum(axis=1)
+        quant = R * l1_dw / sw + l1_w / (2 * sx) + l1_dw / (2 * S) + 1.0 / (2 * S)
+        group_l1 = [int(np.abs(wh[cls]).sum()) for cls in self._groups]
+        b_w = _FRESH_NOISE_BOUND * max(group_l1)  # row layout is the worst case
+        to_output = float(t) / (float(ctx.q) * S)  # phase units -> output units
+        budget = self.params.max_error - float(quant.max())
+        fixed_noise = (b_w + _PK_NOISE_BOUND + 2) * to_output
+        if budget - fixed_noise <= 0:
+            raise FastSchemeError(
+                f"model cannot be served within max_error={self.params.max_error:g}: quantisation error "
+                f"bound {quant.max():.3g} + noise {fixed_noise:.3g} (reduce x_bound / weights, or raise scales)")
+        flood = (budget - fixed_noise) * 0.9 / to_output
+        self._flood_bits = int(math.floor(math.log2(flood)))
+        if self._flood_bits < 1:
+            raise FastSchemeError("no room for flooding noise within max_error")
+        F = 1 << self._flood_bits
+        noise_total = b_w + _PK_NOISE_BOUND + 2 + F
+        # no wrap-around: (q/t)*|yh| + E < q/2  <=>  |yh| < t/2 - E*t/q
+        yh_max = (R * sx + 0.5) * np.abs(wh).sum(axis=1) + np.abs(np.array(bh, dtype=np.float64))
+        wrap_limit = t / 2.0 - noise_total * float(t) / float(ctx.q)
+        if float(yh_max.max()) >= wrap_limit:
+            worst = float((R * l1_w + np.abs(b)).max())
+            raise FastSchemeError(
+                f"logits can reach {worst:.4g} (x_bound*||w||_1 + |b|), beyond the representable "
+                f"{wrap_limit / S:.4g}; use a larger plain_modulus_bits or smaller x_scale_bits")
+        self.error_bound = float(quant.max()) + noise_total * to_output
+        self.flood_margin_bits = math.log2(F / max(b_w, 1))
+        # Exactness of the float64 dot products (16-bit limbs times weights, summed).
+        if max(group_l1) * (1 << 16) >= 1 << 53:
+            raise FastSchemeError("weights too large for exact evaluation")
+
+        # ---- row layout: NTT-form weight plaintexts and coefficient-domain rows
+        self._w_ntt: list[np.ndarray] = []
+        self._w_rows: list[np.ndarray] = []
+        self._positions: list[list[int]] = []
+        for classes in self._groups:
+            poly = np.zeros(n, dtype=np.int64)
+            for cl, c in enumerate(classes):
+                poly[cl * nf: cl * nf + nf] = wh[c, ::-1]  # X^{-i} ordering
+            pos = [cl * nf + nf - 1 for cl in range(len(classes))]
+            pt = ctx.plain_load(np.where(poly < 0, poly + t, poly).astype(np.uint64))
+            ctx.evaluator.transform_to_ntt_inplace(pt, ctx.data_parms_id)
+            raw = pt.to_bytes()
+            w_ntt = np.frombuffer(raw, dtype="<u8", count=2 * n, offset=len(raw) - 16 * n).reshape(2, n)
+            self._w_ntt.append(w_ntt.copy())
+            # coefficient k of c0*W is sum_i c0_i * W~[k, i] with the negacyclic sign
+            rows = np.empty((len(pos), n), dtype=np.float64)
+            idx = np.arange(n)
+            for r, k in enumerate(pos):
+                j = k - idx
+                rows[r] = np.where(j >= 0, 1.0, -1.0) * poly[j % n]
+            self._w_rows.append(rows)
+            self._positions.append(pos)
+        # ---- column layout: weights split as wh = hi*256 + lo so float64 sums stay exact
+        self._wcol = np.vstack([(wh >> 8).astype(np.float64), (wh & 255).astype(np.float64)])
+        if float(np.abs(wh >> 8).sum(axis=1).max()) * 2.0**32 >= 2.0**53 or nf * 255 * 2.0**32 >= 2.0**53:
+            raise FastSchemeError("weights too large for exact batch evaluation")
+        # ---- bias as a phase: round(q * bh / t) mod q_j, per class
+        q = ctx.q
+        bias_phase = [((2 * q * v + t) // (2 * t)) % q for v in bh]
+        self._bias_i64 = np.array([[bp % qj for qj in ctx.primes] for bp in bias_phase], dtype=np.int64)  # (C, 2)
+        self._fingerprint = self.params.fingerprint()
+        self._q_u32 = np.array(ctx.primes, dtype=np.uint32)
+        self.pool_target = pool_target if pool_target is not None else 4 * len(self._groups)
+
+    def __repr__(self) -> str:
+        return (f"FastServer(n_features={self.n_features}, n_classes={self.n_classes}, "
+                f"groups={len(self._groups)}, error_bound={self.error_bound:.2e}, "
+                f"flood_margin_bits={self.flood_margin_bits:.1f})")
+
+    def describe(self) -> dict[str, Any]:
+        """Model-dependent guarantees: error bound, flood size and margin, layout."""
+        return {
+            "n_features": self.n_features, "n_classes": self.n_classes,
+            "row_groups": [len(g) for g in self._groups],
+            "error_bound": self.error_bound, "flood_bits": self._flood_bits,
+            "flood_margin_bits": self.flood_margin_bits, "params": self.params.describe(),
+        }
+
+    # -- key loading
+    def load_public(self, bundle: bytes) -> FastPublicKey:
+        """Parse and validate a client's public bundle; the result may be cached."""
+        bundle = bytes(bundle) if isinstance(bundle, (bytearray, memoryview)) else bundle
+        params, plen = _read_bundle_params(bundle)
+        if params != self.params:
+            raise FastSchemeError(f"bundle parameters {params} do not match the server's {self.params}")
+        ctx = self._ctx
+        pk_raw = bundle[_BUNDLE_HEADER.size + plen:]
+        if len(pk_raw) != 2 * 3 * ctx.n * 4:
+            raise FastSchemeError(f"public key has {len(pk_raw)} bytes, expected {2 * 3 * ctx.n * 4}")
+        pk = np.frombuffer(pk_raw, dtype="<u4").astype(np.uint64).reshape(2, 3, ctx.n)
+        if np.any(pk >= np.array(ctx.key_primes, dtype=np.uint64).reshape(1, 3, 1)):
+            raise FastSchemeError("public key coefficient out of range")
+        try:
+            public_key = ctx.ctx.from_public_str(ctx.ct_bytes(pk, ctx.key_parms_id, ntt=True))
+        except Exception as exc:  # SEAL's loader validates; surface its verdict
+            raise FastSchemeError(f"SEAL rejected the public key: {exc}") from None
+        if list(public_key.parms_id()) != ctx.key_parms_id:
+            raise FastSchemeError("public key is not at the key level of these parameters")
+        key = FastPublicKey(ctx, public_key, _key_id(params, pk_raw), self.pool_target)
+        key.refill()
+        return key
+
+    # -- scoring
+    def _parse_query(self, query: Any, public: FastPublicKey) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """Validate a query; returns (layout, n_samples, c0 u32 (k, 2, N), a u32 (k, 2, N))."""
+        if not isinstance(public, FastPublicKey):
+            raise FastSchemeError("public must be the FastPublicKey returned by load_public()")
+        if public.params != self.params:
+            raise FastSchemeError("public key was loaded for other parameters")
+        if not isinstance(query, (bytes, bytearray, memoryview)):
+            raise FastSchemeError("query must be bytes")
+        ctx = self._ctx
+        n = ctx.n
+        if len(query) < _QUERY_HEADER.size:
+            raise FastSchemeError(f"query too short ({len(query)} bytes)")
+        magic, ver, code, flags, fp, kid, nf, ns, n_cts, seed = _QUERY_HEADER.unpack_from(query)
+        if magic != _QUERY_MAGIC:
+            raise FastSchemeError("not a fast-scheme query (bad magic)")
+        if ver != WIRE_VERSION:
+            raise FastSchemeError(f"unsupported query version {ver} (expected {WIRE_VERSION})")
+        if flags & ~_FLAG_UNSEEDED:
+            raise FastSchemeError("malformed query header (unknown flags)")
+        if fp != self._fingerprint:
+            raise FastSchemeError("query was made for different parameters")
+        if kid != public._key_id:
+            raise FastSchemeError(f"query was encrypted for key {kid.hex()}, not for key {public.key_id}")
+        if nf != self.n_features:
+            raise FastSchemeError(f"query has {nf} features, the model expects {self.n_features}")
+        if ns < 1:
+            raise FastSchemeError("query holds no samples")
+        if code == _LAYOUT_ROW:
+            expect = ns
+        elif code == _LAYOUT_COLUMN:
+            expect = -(-ns // n) * nf
+        else:
+            raise FastSchemeError(f"unknown layout code {code}")
+        if n_cts != expect or n_cts > _MAX_CTS:
+            raise FastSchemeError(f"query declares {n_cts} ciphertexts, expected {expect} (max {_MAX_CTS})")
+        polys = 2 if flags & _FLAG_UNSEEDED else 1
+        size = _QUERY_HEADER.size + polys * n_cts * 2 * n * 4
+        if len(query) != size:
+            raise FastSchemeError(f"query has {len(query)} bytes, expected {size} (truncated or padded)")
+        body = np.frombuffer(query, dtype="<u4", offset=_QUERY_HEADER.size).reshape(polys, n_cts, 2, n)
+        if np.any(body.max(axis=(0, 1, 3)) >= self._q_u32):
+            raise FastSchemeError("query coefficient out of range for these parameters")
+        a = body[1] if polys == 2 else ctx.expand_a(seed, n_cts)
+        return code, ns, body[0], a
+
+    def _flood(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Fresh uniform integers in [-F, F) from the OS CSPRNG, as residues mod q_j.
+
+        ``shape`` is ``(..., 2, X)``: axis -2 indexes the primes and holds the *same*
+        integer reduced mod q1 and mod q2.
+        """
+        one = shape[:-2] + (1, shape[-1])
+        count = int(np.prod(one))
+        u = np.frombuffer(os.urandom(8 * count), dtype="<u8").reshape(one)
+        f = (u >> np.uint64(63 - self._flood_bits)).astype(np.int64) - (1 << self._flood_bits)
+        return (f % self._ctx.q_i64.reshape(2, 1)).astype(np.uint64)
+
+    def predict(self, query: bytes, public: FastPublicKey) -> bytes:
+        """Score an encrypted query with the model; returns the encrypted response."""
+        code, ns, c0, a = self._parse_query(query, public)
+        if code == _LAYOUT_ROW:
+            c1_out, c0_out = self._predict_row(ns, c0, a, public)
+        else:
+            c1_out, c0_out = self._predict_column(ns, c0, a, public)
+        n_cts = c1_out.shape[0]
+        header = _RESPONSE_HEADER.pack(_RESPONSE_MAGIC, WIRE_VERSION, code, 0, public._key_id,
+                                       self.n_features, self.n_classes, ns, n_cts)
+        out = bytearray(len(header) + 4 * (c1_out.size + c0_out.size))
+        out[: len(header)] = header
+        np.frombuffer(out, dtype="<u4", count=c1_out.size, offset=len(header))[:] = c1_out.reshape(-1)
+        np.frombuffer(out, dtype="<u4", offset=len(header) + 4 * c1_out.size)[:] = c0_out.reshape(-1)
+        return bytes(out)
+
+    def _predict_row(self, ns: int, c0: np.ndarray, a: np.ndarray,
+                     public: FastPublicKey) -> tuple[np.ndarray, np.ndarray]:
+        """One ciphertext per sample; output ciphertext (sample, group) = ct * W_g + Enc(0)."""
+        ctx = self._ctx
+        qc = ctx.q_col
+        n_groups = len(self._groups)
+        z = public.take(ns * n_groups).reshape(ns, n_groups, 2, 2, ctx.n)
+        c1_out = np.empty((ns, n_groups, 2, ctx.n), dtype=np.uint64)
+        for g in range(n_groups):
+            # a*w < q^2 and + z1 < q stays below 2^64: one reduction
+            np.multiply(a, self._w_ntt[g], out=c1_out[:, g])
+            c1_out[:, g] += z[:, g, 1]
+            np.remainder(c1_out[:, g], qc, out=c1_out[:, g])
+        # logit coefficients of c0*W_g: exact float64 dot products on 16-bit limbs
+        limbs = np.stack([c0 & np.uint32(0xFFFF), c0 >> np.uint32(16)]).astype(np.float64)  # (2, ns, 2, N)
+        qi = ctx.q_i64.reshape(2, 1)
+        c0_out = np.empty((ns, 2, self.n_classes), dtype=np.int64)
+        for g, classes in enumerate(self._groups):
+            s = (limbs @ self._w_rows[g].T).astype(np.int64)  # (2, ns, 2, G), |s| < 2^53
+            c0_out[:, :, classes[0]:classes[-1] + 1] = ((s[1] % qi) << 16) + s[0]
+            c0_out[:, :, classes[0]:classes[-1] + 1] += z[:, g, 0][:, :, self._positions[g]].astype(np.int64)
+        c0_out += self._bias_i64.T
+        c0_out += self._flood((ns, 2, self.n_classes)).astype(np.int64)
+        np.remainder(c0_out, qi, out=c0_out)
+        return c1_out.reshape(ns * n_groups, 2, ctx.n), c0_out
+
+    def _predict_column(self, ns: int, c0: np.ndarray, a: np.ndarray,
+                        public: FastPublicKey) -> tuple[np.ndarray, np.ndarray]:
+        """One ciphertext per feature and block of N samples; class c = sum_i wh_ci * ct_i."""
+        ctx = self._ctx
+        n, nf, C = ctx.n, self.n_features, self.n_classes
+        qi = ctx.q_i64.reshape(2, 1)
+        n_blocks = -(-ns // n)
+        z = public.take(n_blocks * C).reshape(n_blocks, C, 2, 2, n)
+        c1_out = np.empty((n_blocks, C, 2, n), dtype=np.uint64)
+        c0_full = np.empty((C, 2, n_blocks * n), dtype=np.int64)
+        # Column chunks keep the float64 copy of the operand small and reused (fresh
+        # multi-MB allocations page-fault on every call).
+        chunk = min(_COLUMN_CHUNK, 2 * n)
+        buf = np.empty((nf, chunk), dtype=np.float64)
+        r = np.empty((2 * C, 2 * n), dtype=np.float64)
+        for blk in range(n_blocks):
+            for poly, src in ((0, c0), (1, a)):
+                v = src[blk * nf:(blk + 1) * nf].reshape(nf, 2 * n)
+                for lo in range(0, 2 * n, chunk):
+                    np.copyto(buf, v[:, lo:lo + chunk], casting="unsafe")
+                    np.matmul(self._wcol, buf, out=r[:, lo:lo + chunk])  # exact: |r| < 2^53
+                ri = r.astype(np.int64).reshape(2, C, 2, n)
+                comb = ((ri[0] % qi) << 8) + ri[1]  # wh = hi*256 + lo
+                if poly == 1:
+                    comb += z[blk, :, 1].astype(np.int64)
+                    np.remainder(comb, qi, out=comb)
+                    c1_out[blk] = comb
+                else:
+                    comb += z[blk, :, 0].astype(np.int64)
+                    c0_full[:, :, blk * n:(blk + 1) * n] = comb
+        c0_out = c0_full[:, :, :ns]
+        c0_out += self._bias_i64[:, :, None]
+        c0_out += self._flood((C, 2, ns)).astype(np.int64)
+        np.remainder(c0_out, qi, out=c0_out)
+        return c1_out.reshape(n_blocks * C, 2, n), c0_out

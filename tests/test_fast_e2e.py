@@ -1,0 +1,125 @@
+"""encryption=fast end to end: our SEAL scheme through Azurite and the real azmlinfsrv."""
+
+from __future__ import annotations
+
+import base64
+
+import joblib
+import numpy as np
+import pytest
+import requests
+
+from aideploy.azurite import AzuriteServer
+from aideploy.blobkeys import BlobKeyStore
+from aideploy_scoring.fastlinear import FastClient
+from conftest import SERVE_KEY, Cli, results_of, served
+from test_local_e2e import mnist_like
+
+
+def test_fast_on_digits_meets_the_size_targets(cli):
+    proc = cli("encryption=fast")
+    assert proc.returncode == 0, proc.stderr
+    results = results_of(proc.out)
+    assert results["n_samples"] == 450 and results["agreement"] == 1.0
+    assert results["max_score_error"] <= 1e-3
+    assert results["bytes"]["keys"] <= 256 * 1024
+    assert results["bytes"]["request"] <= 40 * 1024 and results["bytes"]["response"] <= 70 * 1024
+
+
+def test_fast_batch_mode(cli):
+    proc = cli("encryption=fast", "encryption.batch_size=200")
+    assert proc.returncode == 0, proc.stderr
+    results = results_of(proc.out)
+    assert results["requests"] == 3 and results["agreement"] == 1.0 and results["max_score_error"] <= 1e-3
+
+
+def test_fast_on_a_784_feature_model(cli, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    images, labels = mnist_like(tmp_path, n=60)
+    model = LogisticRegression(C=0.1, max_iter=1000).fit(images.reshape(60, -1) / 255.0, labels)
+    joblib.dump(model, tmp_path / "mnist.pkl")
+    proc = cli("encryption=fast", "data=mnist_idx", f"data.images={tmp_path / 't10k-images-idx3-ubyte.gz'}",
+               f"data.labels={tmp_path / 't10k-labels-idx1-ubyte.gz'}", "model=sklearn_pickle",
+               f"model.path={tmp_path / 'mnist.pkl'}")
+    assert proc.returncode == 0, proc.stderr
+    results = results_of(proc.out)
+    assert results["agreement"] == 1.0 and results["max_score_error"] <= 1e-3
+    assert results["bytes"]["request"] <= 40 * 1024 and results["bytes"]["response"] <= 70 * 1024
+
+
+def test_input_outside_the_supported_range_is_refused(cli):
+    proc = cli("encryption=fast", "encryption.x_bound=0.5")
+    assert proc.returncode == 2
+    assert "outside [-0.5, 0.5]" in proc.stderr and "x_bound" in proc.stderr
+
+
+# ---------------------------------------------------------------- a served fast deployment
+
+
+class FastCaller:
+    def __init__(self, uri: str, store: AzuriteServer):
+        self.uri = uri
+        self.client = FastClient(64, 10)
+        self.keys = BlobKeyStore.from_connection_string(store.connection_string, "fastkeys")
+        self.key_url = self.keys.put(self.client.key_id, self.client.public_bundle())
+
+    def headers(self, **overrides) -> dict:
+        headers = {"Authorization": f"Bearer {SERVE_KEY}", "Content-Type": "application/octet-stream",
+                   "X-Aideploy-Scheme": "fast", "X-Aideploy-Key-Id": self.client.key_id,
+                   "X-Aideploy-Key-Url": self.key_url}
+        headers.update(overrides)
+        return {k: v for k, v in headers.items() if v is not None}
+
+    def post(self, body: bytes, **header_overrides) -> requests.Response:
+        return requests.post(self.uri, data=body, headers=self.headers(**header_overrides), timeout=60)
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        response = self.post(self.client.encrypt(X))
+        assert response.status_code == 200, response.text
+        return self.client.decrypt(response.content, len(X))
+
+
+@pytest.fixture(scope="module")
+def fast_caller(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fastsvc")
+    with AzuriteServer() as store, served(Cli(tmp, tmp / "home"), "encryption=fast",
+                                          "target.max_request_mb=1") as uri:
+        yield FastCaller(uri, store)
+
+
+def test_json_body_works_too(fast_caller):
+    query = fast_caller.client.encrypt(np.zeros((1, 64)))
+    body = {"scheme": "fast", "data": base64.b64encode(query).decode(), "key_id": fast_caller.client.key_id,
+            "key_url": fast_caller.key_url}
+    response = requests.post(fast_caller.uri, json=body, headers={"Authorization": f"Bearer {SERVE_KEY}"},
+                             timeout=60)
+    assert response.status_code == 200, response.text
+    assert fast_caller.client.decrypt(base64.b64decode(response.json()["data"]), 1).shape == (1, 10)
+
+
+def bad_requests(caller: FastCaller):
+    good = caller.client.encrypt(np.zeros((1, 64)))
+    other = FastClient(64, 10)
+    yield "garbage bytes", b"\x00garbage" * 100, {}, 400
+    yield "truncated query", good[:-10], {}, 400
+    yield "query for another key", other.encrypt(np.zeros((1, 64))), {}, 400
+    yield "query for 32 features", FastClient(32, 10).encrypt(np.zeros((1, 32))), {}, 400
+    yield "missing scheme header", good, {"X-Aideploy-Scheme": None}, 400
+    yield "unknown scheme", good, {"X-Aideploy-Scheme": "rot13"}, 400
+    yield "binary body to a JSON scheme", good, {"X-Aideploy-Scheme": "seal"}, 400
+    yield "missing key url", good, {"X-Aideploy-Key-Url": None}, 400
+    yield "unknown key_id", good, {"X-Aideploy-Key-Id": "nosuchkey"}, 400
+    yield "forged SAS", good, {"X-Aideploy-Key-Url": caller.key_url.rsplit("sig=", 1)[0] + "sig=Zm9yZ2Vk"}, 403
+    yield "body over the size limit", good * 40, {}, 413
+    yield "no key at all", good, {"Authorization": None}, 401
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_bad_input_gets_a_4xx_and_the_service_keeps_serving(fast_caller, case):
+    what, body, headers, status = list(bad_requests(fast_caller))[case]
+    response = fast_caller.post(body, **headers)
+    assert response.status_code == status, (what, response.text)
+    assert response.json()["error"], what
+    scores = fast_caller.scores(np.full((1, 64), 0.5))
+    assert scores.shape == (1, 10), f"service broken after {what}"

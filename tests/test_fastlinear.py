@@ -1,0 +1,432 @@
+"""Tests of the fast scheme core (aideploy_scoring.fastlinear), with real SEAL, no mocks."""
+
+from __future__ import annotations
+
+import functools
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aideploy_scoring import fastlinear as fl
+from aideploy_scoring.fastlinear import FastClient, FastParams, FastPublicKey, FastSchemeError, FastServer
+
+TOL = 1e-3
+
+
+def lr_like(rng: np.random.Generator, n: int, c: int, scale: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """Weights shaped like a trained LogisticRegression on [0, 1] pixels (signed, some zeros)."""
+    w = rng.normal(0.0, scale, size=(c, n)) * (rng.random((c, n)) < 0.8)
+    b = rng.normal(0.0, 0.5, size=c)
+    return w, b
+
+
+@functools.lru_cache(maxsize=None)
+def client_for(n: int, c: int) -> FastClient:
+    # Key generation is cheap but not free; share clients between tests of one shape.
+    return FastClient(n, c)
+
+
+def setup(n: int, c: int, seed: int = 0, **server_kw):
+    rng = np.random.default_rng(seed)
+    w, b = lr_like(rng, n, c)
+    client = client_for(n, c)
+    server = FastServer(w, b, **server_kw)
+    public = server.load_public(client.public_bundle())
+    return rng, w, b, client, server, public
+
+
+def roundtrip(client, server, public, X, **kw):
+    return client.decrypt(server.predict(client.encrypt(X, **kw), public), X.shape[0])
+
+
+# ------------------------------------------------------------------- correctness
+
+
+@pytest.mark.parametrize("n,c", [(64, 10), (784, 10)])
+def test_single_query_matches_numpy(n, c):
+    rng, w, b, client, server, public = setup(n, c)
+    X = rng.random((1, n))
+    got = roundtrip(client, server, public, X)
+    want = X @ w.T + b
+    assert got.shape == (1, c)
+    err = np.abs(got - want).max()
+    assert err <= TOL
+    assert err <= server.error_bound
+
+
+@pytest.mark.parametrize("n,c", [(64, 10), (784, 10)])
+def test_signed_inputs_and_extremes(n, c):
+    rng, w, b, client, server, public = setup(n, c, seed=1)
+    X = np.vstack([rng.uniform(-1, 1, n), np.ones(n), -np.ones(n), np.zeros(n)])
+    got = roundtrip(client, server, public, X, layout="row")
+    assert np.abs(got - (X @ w.T + b)).max() <= TOL
+
+
+def test_binary_one_dimensional_coef():
+    rng = np.random.default_rng(2)
+    w = rng.normal(0, 0.2, 30)
+    client = FastClient(30, 1)
+    server = FastServer(w, 0.75)
+    public = server.load_public(client.public_bundle())
+    X = rng.random((3, 30))
+    got = roundtrip(client, server, public, X)
+    assert got.shape == (3, 1)
+    assert np.abs(got[:, 0] - (X @ w + 0.75)).max() <= TOL
+
+
+def test_intercept_scalar_broadcast_and_shape_errors():
+    w = np.full((3, 5), 0.1)
+    server = FastServer(w, 0.5)
+    client = FastClient(5, 3)
+    public = server.load_public(client.public_bundle())
+    X = np.full((1, 5), 0.5)
+    assert np.allclose(roundtrip(client, server, public, X), 0.75, atol=TOL)
+    with pytest.raises(FastSchemeError):
+        FastServer(w, np.zeros(2))
+    with pytest.raises(FastSchemeError):
+        FastServer(np.zeros((2, 3, 4)), 0.0)
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+def test_batch_column_layout(seeded):
+    rng, w, b, client, server, public = setup(64, 10, seed=3)
+    X = rng.random((4096 + 37, 64))  # two blocks, the second partial
+    q = client.encrypt(X, layout="column", seeded=seeded)
+    got = client.decrypt(server.predict(q, public), X.shape[0])
+    assert np.abs(got - (X @ w.T + b)).max() <= TOL
+
+
+def test_batch_row_layout_and_auto_choice():
+    rng, w, b, client, server, public = setup(784, 10, seed=4)
+    X = rng.random((3, 784))
+    q = client.encrypt(X)  # 3 samples: one ciphertext each is cheaper than 784 columns
+    assert q[5] == 1  # row layout
+    assert np.abs(client.decrypt(server.predict(q, public), 3) - (X @ w.T + b)).max() <= TOL
+    small = client_for(8, 2)
+    assert client_for(8, 2).encrypt(np.zeros((100, 8)))[5] == 2  # column layout wins
+    del small
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(min_value=1, max_value=120),
+    c=st.integers(min_value=1, max_value=12),
+    samples=st.integers(min_value=1, max_value=3),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    w_scale=st.floats(min_value=0.0, max_value=1.0),
+    x_lo=st.sampled_from([-1.0, 0.0]),
+)
+def test_property_roundtrip(n, c, samples, seed, w_scale, x_lo):
+    """Any model with |w| <= 1, |b| <= 5, n <= 120 and inputs in [-1, 1] decrypts within 1e-3."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(-w_scale, w_scale, (c, n))
+    b = rng.uniform(-5, 5, c)
+    X = rng.uniform(x_lo, 1.0, (samples, n))
+    client = client_for(n, c)
+    server = FastServer(w, b, pool_target=0)
+    public = server.load_public(client.public_bundle())
+    layout = "row" if seed % 2 else "column"
+    got = roundtrip(client, server, public, X, layout=layout)
+    err = np.abs(got - (X @ w.T + b)).max()
+    assert err <= server.error_bound <= TOL
+
+
+# ----------------------------------------------------------------- range checks
+
+
+def test_out_of_range_inputs_raise():
+    _, _, _, client, _, _ = setup(64, 10)
+    with pytest.raises(FastSchemeError, match="outside the supported range"):
+        client.encrypt(np.full((1, 64), 1.01))
+    with pytest.raises(FastSchemeError, match="NaN"):
+        client.encrypt(np.full((1, 64), np.nan))
+    with pytest.raises(FastSchemeError, match="features"):
+        client.encrypt(np.zeros((1, 63)))
+    with pytest.raises(FastSchemeError):
+        client.encrypt(np.zeros((2, 2, 64)))
+    with pytest.raises(FastSchemeError):
+        client.encrypt(np.zeros((1, 64)), layout="diagonal")
+    assert issubclass(FastSchemeError, ValueError)
+
+
+def test_wider_input_range_is_configurable():
+    params = FastParams(x_bound=16.0)
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 0.05, (10, 64))
+    client = FastClient(64, 10, params)
+    server = FastServer(w, np.zeros(10), params)
+    public = server.load_public(client.public_bundle())
+    X = rng.uniform(0, 16, (2, 64))
+    assert np.abs(roundtrip(client, server, public, X) - X @ w.T).max() <= TOL
+
+
+def test_model_outside_supported_range_raises():
+    with pytest.raises(FastSchemeError, match="logits can reach"):
+        FastServer(np.full((2, 100), 2.0), 0.0)  # x_bound*||w||_1 = 200 > 128
+    with pytest.raises(FastSchemeError, match="NaN"):
+        FastServer(np.array([[np.nan, 1.0]]), 0.0)
+    with pytest.raises(FastSchemeError, match="features"):
+        FastServer(np.zeros((1, 5000)), 0.0)
+
+
+def test_invalid_params_raise():
+    for bad in (dict(poly_modulus_degree=1000), dict(coeff_modulus_bits=(60, 60, 60)),
+                dict(x_bound=0.0), dict(max_error=-1.0), dict(plain_modulus_bits=70)):
+        with pytest.raises(FastSchemeError):
+            FastParams(**bad)
+    with pytest.raises(FastSchemeError):
+        FastParams.from_json(b"{not json")
+    with pytest.raises(FastSchemeError):
+        FastParams.from_json(b'{"poly_modulus_degree": 4096}')
+    p = FastParams()
+    assert FastParams.from_json(p.to_json()) == p
+    d = p.describe()
+    assert d["poly_modulus_degree"] == 4096 and d["log2_q"] < 64.01 and "128-bit" in d["security"]
+
+
+# ------------------------------------------------------- untrusted bytes: queries
+
+
+@pytest.fixture(scope="module")
+def env64():
+    return setup(64, 10, seed=6)
+
+
+def _expect_rejected(server, public, blob):
+    with pytest.raises(FastSchemeError):
+        server.predict(blob, public)
+
+
+def test_tampered_queries_raise(env64):
+    rng, w, b, client, server, public = env64
+    q = client.encrypt(rng.random((1, 64)))
+    server.predict(q, public)  # sanity: the untampered query works
+    hdr = fl._QUERY_HEADER.size
+    cases = {
+        "empty": b"",
+        "truncated header": q[:20],
+        "truncated body": q[:-4],
+        "padded": q + b"\0\0\0\0",
+        "garbage": bytes(rng.integers(0, 256, len(q), dtype=np.uint8)),
+        "magic": b"XXXX" + q[4:],
+        "version": q[:4] + b"\x09" + q[5:],
+        "layout": q[:5] + b"\x07" + q[6:],
+        "flags": q[:6] + b"\x80\x00" + q[8:],
+        "params fingerprint": q[:8] + bytes(8) + q[16:],
+        "key id": q[:16] + bytes(16) + q[32:],
+        "n_features": q[:32] + struct.pack("<I", 65) + q[36:],
+        "n_samples": q[:36] + struct.pack("<I", 0) + q[40:],
+        "n_cts": q[:40] + struct.pack("<I", 2) + q[44:],
+        "huge n_cts": q[:36] + struct.pack("<II", 10**9, 10**9) + q[44:],
+        "coefficient >= q": q[:hdr] + b"\xff\xff\xff\xff" + q[hdr + 4:],
+    }
+    for name, blob in cases.items():
+        with pytest.raises(FastSchemeError):
+            server.predict(blob, public)
+    for bad in (None, "text", 12345, [1, 2]):
+        with pytest.raises(FastSchemeError):
+            server.predict(bad, public)
+    with pytest.raises(FastSchemeError):
+        server.predict(q, "not a key")
+
+
+def test_query_for_wrong_key_or_model_raises(env64):
+    rng, w, b, client, server, public = env64
+    other = FastClient(64, 10)
+    with pytest.raises(FastSchemeError, match="key"):
+        server.predict(other.encrypt(rng.random((1, 64))), public)
+    narrow = client_for(32, 10)
+    with pytest.raises(FastSchemeError):
+        server.predict(narrow.encrypt(rng.random((1, 32))), public)
+
+
+def test_query_for_other_parameters_raises(env64):
+    rng, w, b, client, server, public = env64
+    other_params = FastParams(x_bound=2.0)
+    other = FastClient(64, 10, other_params)
+    with pytest.raises(FastSchemeError, match="parameters"):
+        server.load_public(other.public_bundle())
+    q = other.encrypt(rng.random((1, 64)))
+    with pytest.raises(FastSchemeError):
+        server.predict(q, public)
+
+
+# ------------------------------------------------------ untrusted bytes: bundles
+
+
+def test_tampered_bundles_raise(env64):
+    rng, w, b, client, server, public = env64
+    bundle = client.public_bundle()
+    plen = struct.unpack_from("<I", bundle, 8)[0]
+    pk_off = 12 + plen
+    cases = [
+        b"", bundle[:10], bundle[:-1], bundle + b"\0", b"XXXX" + bundle[4:],
+        bundle[:4] + b"\x02" + bundle[5:],
+        bundle[:8] + struct.pack("<I", 10**6) + bundle[12:],
+        bundle[:12] + b"[" + bundle[13:],
+        bundle[:pk_off] + b"\xff\xff\xff\xff" + bundle[pk_off + 4:],
+        bytes(rng.integers(0, 256, len(bundle), dtype=np.uint8)),
+    ]
+    for blob in cases:
+        with pytest.raises(FastSchemeError):
+            server.load_public(blob)
+    with pytest.raises(FastSchemeError):
+        server.load_public(None)
+
+
+def test_bundle_contents_and_key_id(env64):
+    rng, w, b, client, server, public = env64
+    bundle = client.public_bundle()
+    assert len(bundle) <= 256_000
+    assert public.key_id == client.key_id
+    assert client.key_id == FastServer(w, b).load_public(bundle).key_id  # stable, derived from the bundle
+    assert FastClient(64, 10).key_id != client.key_id
+    # no secret key material in the bundle or the repr
+    s = client._s_ntt
+    assert s.astype("<u4").tobytes()[:64] not in bundle
+    assert s.astype("<u8").tobytes()[:64] not in bundle
+    text = repr(client)
+    assert "secret" not in text.lower()
+    for v in s.reshape(-1)[:200]:
+        assert str(int(v)) not in text
+    assert client.key_id in text
+
+
+# ------------------------------------------------------- responses and privacy
+
+
+def test_response_tampering_detected_by_client(env64):
+    rng, w, b, client, server, public = env64
+    r = server.predict(client.encrypt(rng.random((1, 64))), public)
+    client.decrypt(r, 1)
+    for blob in (r[:-4], b"XXXX" + r[4:], r + b"\0\0\0\0", b""):
+        with pytest.raises(FastSchemeError):
+            client.decrypt(blob, 1)
+    with pytest.raises(FastSchemeError, match="samples"):
+        client.decrypt(r, 2)
+    with pytest.raises(FastSchemeError, match="different key"):
+        FastClient(64, 10).decrypt(r, 1)
+
+
+def test_sizes_within_targets():
+    rng, w, b, client, server, public = setup(784, 10)
+    q = client.encrypt(rng.random((1, 784)))
+    r = server.predict(q, public)
+    assert len(q) <= 40_000
+    assert len(r) <= 70_000
+    assert len(client.public_bundle()) <= 256_000
+    # the query is half a ciphertext: c0 only, plus a 32-byte seed
+    n = FastParams().poly_modulus_degree
+    assert len(q) == fl._QUERY_HEADER.size + 2 * n * 4
+
+
+def _phases(client, response):
+    """Decrypt every coefficient of every output ciphertext, using 0 for unsent c0 values."""
+    ctx = client._ctx
+    n = ctx.n
+    body = response[fl._RESPONSE_HEADER.size:]
+    n_cts = struct.unpack_from("<I", response, fl._RESPONSE_HEADER.size - 4)[0]
+    c1 = np.frombuffer(body, dtype="<u4", count=n_cts * 2 * n).astype(np.uint64).reshape(n_cts, 2, n)
+    cs = ctx.intt((c1 * client._s_ntt) % ctx.q_col)
+    return ctx.crt_centered(cs) * ctx.t / ctx.q / (client.params.x_scale * client.params.w_scale)
+
+
+def _divide_by_a(c1_mod_q1: np.ndarray, a_mod_q1: np.ndarray, q1: int, count: int = 64) -> list[int]:
+    """c1 / a pointwise in the NTT domain (first ``count`` slots): W's NTT if c1 = a.W."""
+    return [int(c) * pow(int(v), -1, q1) % q1 for c, v in zip(c1_mod_q1[:count], a_mod_q1[:count])]
+
+
+def test_response_reveals_only_logits(env64):
+    rng, w, b, client, server, public = env64
+    x = rng.random((1, 64))
+    r = server.predict(client.encrypt(x), public)
+    n = client._ctx.n
+    # 1) structure: full c1' but only the 10 logit coefficients of c0'
+    assert len(r) == fl._RESPONSE_HEADER.size + 4 * (2 * n + 2 * 10)
+    # 2) "decrypting" the other coefficients gives uniform noise over the whole range,
+    #    not the partial sums of W carried by the raw product
+    vals = _phases(client, r)[0]
+    logit_pos = [c * 64 + 63 for c in range(10)]
+    other = np.delete(vals, logit_pos)
+    bound = client._ctx.t / (2 * client.params.x_scale * client.params.w_scale)  # 128
+    hist, _ = np.histogram(other, bins=16, range=(-bound, bound))
+    expected = other.size / 16
+    chi2 = float(((hist - expected) ** 2 / expected).sum())
+    assert chi2 < 60  # 15 dof: p < 1e-6 for a uniform sample to exceed this
+    # partial sums the raw product x*W would carry (class c reversed at offset 64c)
+    poly = np.concatenate([np.rint(w[c, ::-1] * client.params.w_scale) for c in range(10)])
+    prod = np.convolve(np.rint(x[0] * client.params.x_scale), poly)
+    partial = np.zeros(n)
+    partial[: prod.size] = prod / (client.params.x_scale * client.params.w_scale)
+    support = [j for j in range(prod.size) if j not in logit_pos]
+    assert np.abs(partial[support]).max() > 0.1  # there is something to hide
+    assert abs(np.corrcoef(vals[support], partial[support])[0, 1]) < 0.2
+    # 3) c1' is re-randomised: dividing by the client's a does not give W back
+    q = client.encrypt(x)
+    r = server.predict(q, public)
+    _, _, _, a = server._parse_query(q, public)
+    c1 = np.frombuffer(r, dtype="<u4", count=n, offset=fl._RESPONSE_HEADER.size)
+    recovered = _divide_by_a(c1, a[0, 0], client._ctx.primes[0])
+    assert sum(x == int(y) for x, y in zip(recovered, server._w_ntt[0][0, :64])) <= 1
+
+
+def test_privacy_checks_have_power(env64):
+    """Control: without re-randomisation the same statistics expose the partial sums."""
+    rng, w, b, client, server, public = env64
+    x = rng.random((1, 64))
+    q = client.encrypt(x)
+    _, _, c0, a = server._parse_query(q, public)
+    ctx = server._ctx
+    raw_c1 = (a.astype(np.uint64) * server._w_ntt[0]) % ctx.q_col  # the product, no Enc(0) added
+    cs = ctx.intt((raw_c1 * client._s_ntt) % ctx.q_col)
+    c0w = ctx.intt((ctx.ntt(c0.astype(np.uint64)) * server._w_ntt[0]) % ctx.q_col)  # c0*W, all coefficients
+    phase = fl._mod_add(c0w, cs, ctx.q_col)
+    vals = ctx.crt_centered(phase)[0] * ctx.t / ctx.q / (client.params.x_scale * client.params.w_scale)
+    logit_pos = [c * 64 + 63 for c in range(10)]
+    assert np.abs(vals[logit_pos] - (x @ w.T)[0]).max() < 1e-3
+    other = np.delete(vals, logit_pos)
+    assert np.abs(other).max() < 10  # the partial sums, in the clear: what the checks must rule out
+    # and c1 = a.W alone reveals W to anyone who knows a (the client does)
+    assert _divide_by_a(raw_c1[0, 0], a[0, 0], ctx.primes[0]) == [int(v) for v in server._w_ntt[0][0, :64]]
+
+
+def test_rerandomised_and_flooded(env64):
+    rng, w, b, client, server, public = env64
+    x = rng.random((1, 64))
+    q = client.encrypt(x)
+    r1, r2 = server.predict(q, public), server.predict(q, public)
+    hdr = fl._RESPONSE_HEADER.size
+    assert r1[hdr:hdr + 64] != r2[hdr:hdr + 64]  # fresh encryption of zero each time
+    _, _, _, a = server._parse_query(q, public)
+    raw = ((a.astype(np.uint64) * server._w_ntt[0]) % server._ctx.q_col).astype("<u4").tobytes()
+    assert r1[hdr:hdr + len(raw)] != raw
+    # flooding: repeated evaluations of one query spread over ~[-F, F] around the logit
+    xh = np.rint(x[0] * client.params.x_scale)
+    wh = np.rint(w * client.params.w_scale)
+    exact = (xh @ wh.T + np.rint(b * client.params.x_scale * client.params.w_scale)) / (
+        client.params.x_scale * client.params.w_scale)
+    errs = np.array([client.decrypt(server.predict(q, public), 1)[0] - exact for _ in range(20)]).reshape(-1)
+    flood = 2.0 ** server.describe()["flood_bits"] * client._ctx.t / (
+        client._ctx.q * client.params.x_scale * client.params.w_scale)
+    assert np.abs(errs).max() <= server.error_bound
+    assert 0.3 * flood < errs.std() < 1.0 * flood  # uniform on [-F, F): std = F/sqrt(3)
+
+
+def test_pool_entries_are_used_once(env64):
+    rng, w, b, client, server, public = env64
+    public.refill(6)
+    before = public.pool_size
+    taken = public.take(3)
+    assert public.pool_size == before - 3
+    flat = taken.reshape(3, -1)
+    assert len({row.tobytes() for row in flat}) == 3
+    server.predict(client.encrypt(rng.random((1, 64))), public)
+    assert public.pool_size == before - 4
+    empty = server.load_public(client.public_bundle())
+    empty.take(empty.pool_size)
+    assert empty.pool_size == 0
+    server.predict(client.encrypt(rng.random((1, 64))), empty)  # refills synchronously
+    assert isinstance(empty, FastPublicKey) and "key_id" in repr(empty)
