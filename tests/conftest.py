@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -13,32 +17,40 @@ import pytest
 
 TESTS_DIR = Path(__file__).parent
 AIDEPLOY = str(Path(sys.executable).with_name("aideploy"))
-# Programs a run may start; none may outlive the test that started it.
-OWNED_PROGRAMS = ("azmlinfsrv", "azurite", "aideploy_scoring")
+# Every process this test session starts, directly or not, inherits this marker, so the leak
+# guard sees our processes and never another session's.
+SESSION_MARK = "AIDEPLOY_TEST_SESSION"
+os.environ[SESSION_MARK] = uuid.uuid4().hex
 
 
-def owned_processes() -> set[int]:
+def session_processes() -> set[int]:
+    """Live processes (zombies excluded) started under this test session, except pytest itself."""
     found = set()
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if any(p in cmdline for p in OWNED_PROGRAMS) and proc.info["pid"] != os.getpid():
-            found.add(proc.info["pid"])
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if (proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE
+                    and proc.environ().get(SESSION_MARK) == os.environ[SESSION_MARK]):
+                found.add(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
     return found
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_processes():
-    """Every test must stop whatever server or emulator it (or aideploy) started."""
-    before = owned_processes()
+    """Every test must stop whatever server, emulator or namespace process it started."""
+    before = session_processes()
     yield
-    leaked = set()
-    for _ in range(50):  # a stopped group may take a moment to be reaped
-        leaked = {pid for pid in owned_processes() - before if psutil.pid_exists(pid)
-                  and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
-        if not leaked:
-            break
-        psutil.wait_procs([psutil.Process(p) for p in leaked if psutil.pid_exists(p)], timeout=0.2)
-    assert not leaked, f"processes left running: {[(p, psutil.Process(p).cmdline()) for p in leaked]}"
+    deadline = time.monotonic() + 10  # a stopped group may take a moment to be reaped
+    while (leaked := session_processes() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    described = []
+    for pid in leaked:
+        try:
+            described.append((pid, " ".join(psutil.Process(pid).cmdline())))
+        except psutil.NoSuchProcess:
+            continue
+    assert not described, f"processes left running: {described}"
 
 
 @pytest.fixture
@@ -84,3 +96,32 @@ def cli(tmp_path, home) -> Cli:
 
 def results_of(out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until ``path`` exists, failing early (with its output) if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, f"timed out waiting for {path}"
+        time.sleep(0.2)
+
+
+SERVE_KEY = "test-scoring-key-0123456789"
+
+
+@contextlib.contextmanager
+def served(cli: Cli, *overrides: str):
+    """``aideploy mode=serve ...`` for the duration of the block; yields the scoring URI.
+
+    The service requires ``Authorization: Bearer SERVE_KEY``. Ctrl-C (SIGINT) stops it, as a
+    user would, and the block fails if that did not end the run cleanly.
+    """
+    proc, out = cli.start("mode=serve", *overrides, env={"AIDEPLOY_SCORING_KEY": SERVE_KEY})
+    try:
+        wait_for(out / "endpoint.json", proc)
+        yield json.loads((out / "endpoint.json").read_text())["scoring_uri"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output

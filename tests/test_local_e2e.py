@@ -9,7 +9,7 @@ import time
 import numpy as np
 import requests
 
-from conftest import results_of
+from conftest import results_of, wait_for
 from aideploy.datasets import write_idx
 
 
@@ -104,14 +104,6 @@ def test_environment_mismatch_lists_what_is_missing(cli):
     proc = cli('environment.pip=[numpy,"no-such-package-xyz>=1"]', "environment.python=3.9")
     assert proc.returncode == 2
     assert "no-such-package-xyz>=1 (not installed)" in proc.stderr and "python 3.9" in proc.stderr
-
-
-def wait_for(path, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def test_serve_until_interrupted(cli):

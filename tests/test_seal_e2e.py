@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-import signal
 
 import numpy as np
 import pytest
 import requests
 from azure.storage.blob import BlobServiceClient
 
-from conftest import results_of
+from conftest import SERVE_KEY as KEY, Cli, results_of, served
 from aideploy.azurite import AzuriteServer
-from test_local_e2e import wait_for
 
 
 @pytest.fixture
@@ -54,25 +52,13 @@ def test_seal_with_its_own_azurite(cli):
 
 # ---------------------------------------------------------------- a served seal deployment
 
-KEY = "seal-test-key-0123456789"
-
-
 @pytest.fixture(scope="module")
 def seal_service(tmp_path_factory):
     """``aideploy mode=serve encryption=seal`` plus an Azurite for the clients' keys."""
-    from conftest import Cli
-
     tmp = tmp_path_factory.mktemp("sealsvc")
-    cli = Cli(tmp, tmp / "home")
-    with AzuriteServer() as store:
-        proc, out = cli.start("mode=serve", "encryption=seal", "target.max_request_mb=1",
-                              env={"AIDEPLOY_SCORING_KEY": KEY})
-        try:
-            wait_for(out / "endpoint.json", proc)
-            yield json.loads((out / "endpoint.json").read_text())["scoring_uri"], store
-        finally:
-            proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=60)
+    with AzuriteServer() as store, served(Cli(tmp, tmp / "home"), "encryption=seal",
+                                          "target.max_request_mb=1") as uri:
+        yield uri, store
 
 
 class SeedClient:

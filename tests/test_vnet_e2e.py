@@ -10,9 +10,8 @@ import sys
 import psutil
 import pytest
 
-from conftest import results_of
+from conftest import results_of, wait_for
 from aideploy.netns import list_leftovers
-from test_local_e2e import wait_for
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,149 @@
+"""Micro-benchmark of the ``encryption=fast`` core (aideploy_scoring.fastlinear).
+
+Run:  python bench/fast_core.py [--repeat 200] [--batch 16384]
+
+For 64x10 and 784x10 models (weights shaped like a trained LogisticRegression,
+inputs in [0, 1]) it prints, per model:
+
+* server ms/query: median wall time of ``FastServer.predict`` on a single query,
+  from request bytes to response bytes, with a warm pool of encryptions of zero;
+* pool refill ms/query: the amortised cost of making the encryptions of zero that
+  query consumed (SEAL public-key encryption; done off the request path);
+* client encrypt / decrypt ms (single query);
+* bundle / query / response bytes (single query);
+* batch samples/s: server compute for one column-layout request of ``--batch``
+  samples (pool refill for the batch included), seeded and unseeded, and the max
+  logit error seen.
+
+Run the server side with ``OPENBLAS_NUM_THREADS=1`` on small machines (see the
+module docstring of fastlinear); the value in effect is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+from aideploy_scoring.fastlinear import FastClient, FastServer
+
+
+def _model(rng: np.random.Generator, n: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+    # A trained LogisticRegression on [0, 1] pixels has small, mostly signed weights.
+    w = rng.normal(0.0, 0.15, size=(c, n)) * (rng.random((c, n)) < 0.8)
+    b = rng.normal(0.0, 0.5, size=c)
+    return w, b
+
+
+def _median_ms(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def bench(n: int, c: int, repeat: int, batch: int, rng: np.random.Generator) -> dict:
+    w, b = _model(rng, n, c)
+    client = FastClient(n, c)
+    server = FastServer(w, b, pool_target=0)
+    public = server.load_public(client.public_bundle())
+    bundle = client.public_bundle()
+
+    x = rng.random((1, n))
+    queries = [client.encrypt(x) for _ in range(8)]
+    groups = len(server.describe()["row_groups"])
+    public.refill(repeat * groups + 16)
+    # server: one query -> one response, warm pool (each call consumes fresh entries)
+    i = iter(range(10**9))
+    server_ms = _median_ms(lambda: server.predict(queries[next(i) % 8], public), repeat)
+    # pool refill cost per query (encryptions of zero consumed by one query)
+    made = public.generated
+    t0 = time.perf_counter()
+    public.refill(public.pool_size + 10 * groups)
+    refill_ms = 1e3 * (time.perf_counter() - t0) / 10
+    assert public.generated - made == 10 * groups
+
+    enc_ms = _median_ms(lambda: client.encrypt(x), max(10, repeat // 10))
+    response = server.predict(queries[0], public)
+    dec_ms = _median_ms(lambda: client.decrypt(response, 1), max(10, repeat // 10))
+    err_single = float(np.abs(client.decrypt(server.predict(client.encrypt(x), public), 1)
+                              - (x @ w.T + b)).max())
+
+    # batch: column layout, samples in coefficients; pool refill for the batch included
+    xb = rng.random((batch, n))
+    batch_rate = {}
+    err_batch = 0.0
+    for seeded in (True, False):
+        qb = client.encrypt(xb, layout="column", seeded=seeded)
+        rates = []
+        for _ in range(3):
+            public.take(public.pool_size)  # empty pool: the batch pays for its encryptions of zero
+            t0 = time.perf_counter()
+            rb = server.predict(qb, public)
+            rates.append(batch / (time.perf_counter() - t0))
+        batch_rate[seeded] = statistics.median(rates)
+        if seeded:
+            batch_query_bytes = len(qb)
+        err_batch = max(err_batch, float(np.abs(client.decrypt(rb, batch) - (xb @ w.T + b)).max()))
+    return {
+        "model": f"{n}x{c}",
+        "server_ms": server_ms,
+        "refill_ms": refill_ms,
+        "enc_ms": enc_ms,
+        "dec_ms": dec_ms,
+        "bundle_B": len(bundle),
+        "query_B": len(queries[0]),
+        "response_B": len(response),
+        "batch_sps": batch_rate[True],
+        "batch_sps_unseeded": batch_rate[False],
+        "batch_query_B_per_sample": batch_query_bytes / batch,
+        "batch_response_B_per_sample": len(rb) / batch,
+        "err": max(err_single, err_batch),
+        "error_bound": server.error_bound,
+        "flood_margin_bits": server.flood_margin_bits,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=16384)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    rng = np.random.default_rng(args.seed)
+    rows = [bench(n, c, args.repeat, args.batch, rng) for n, c in ((64, 10), (784, 10))]
+    cols = [
+        ("model", "model", "{}"),
+        ("server_ms", "server ms/q", "{:.3f}"),
+        ("refill_ms", "pool refill ms/q", "{:.2f}"),
+        ("enc_ms", "encrypt ms", "{:.2f}"),
+        ("dec_ms", "decrypt ms", "{:.2f}"),
+        ("bundle_B", "bundle B", "{:,}"),
+        ("query_B", "query B", "{:,}"),
+        ("response_B", "response B", "{:,}"),
+        ("batch_sps", "batch samples/s", "{:,.0f}"),
+        ("batch_sps_unseeded", "unseeded batch samples/s", "{:,.0f}"),
+        ("batch_query_B_per_sample", "batch q B/sample", "{:,.0f}"),
+        ("batch_response_B_per_sample", "batch r B/sample", "{:,.0f}"),
+        ("err", "max |err|", "{:.1e}"),
+        ("error_bound", "err bound", "{:.1e}"),
+        ("flood_margin_bits", "flood margin bits", "{:.1f}"),
+    ]
+    table = [[h for _, h, _ in cols]] + [[f.format(r[k]) for k, _, f in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for j, row in enumerate(table):
+        print("  ".join(cell.rjust(widths[i]) for i, cell in enumerate(row)))
+        if j == 0:
+            print("  ".join("-" * wd for wd in widths))
+    print(f"(repeat={args.repeat}, batch={args.batch} samples, column layout; server ms excludes pool refill,"
+          " which is listed separately; batch rates include it; "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")
+
+
+if __name__ == "__main__":
+    main()
