@@ -11,6 +11,7 @@ from omegaconf import DictConfig, open_dict
 
 from aideploy import runner
 from aideploy.config import register_configs
+from aideploy.manager import PluginRegistry
 
 CONFIG_MODULE = "aideploy_conf"
 
@@ -23,7 +24,7 @@ def group_choices(hydra_cfg: Any) -> dict[str, str]:
 
 def compose(overrides: Iterable[str] = ()) -> tuple[DictConfig, dict[str, str]]:
     """The validated config for ``overrides`` (as on the command line) and the group choices."""
-    register_configs()
+    register_configs(registry=PluginRegistry.load())
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     choices = group_choices(cfg.hydra)

@@ -15,6 +15,7 @@ from aideploy import runner
 from aideploy.api import group_choices
 from aideploy.config import register_configs
 from aideploy.errors import AideployError, Interrupted
+from aideploy.manager import PluginRegistry
 
 log = logging.getLogger("aideploy")
 
@@ -43,7 +44,14 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Entry point of the ``aideploy`` console script."""
-    register_configs()
+    try:
+        # Installed plugins may add config options, which must exist before Hydra composes.
+        register_configs(registry=PluginRegistry.load())
+    except AideployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     _app()
 
 

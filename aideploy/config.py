@@ -274,10 +274,41 @@ SCHEMAS: dict[str, dict[str, type]] = {
 """Schema of each built-in option, by group; ``conf/<group>/<option>.yaml`` extends it."""
 
 
-def register_configs(store: ConfigStore | None = None) -> None:
-    """Put the root schema and every option schema in Hydra's ConfigStore (idempotent)."""
+def plugin_options(registry) -> dict[str, dict[str, tuple[type, str]]]:
+    """Options added by plugins: ``{group: {option: (schema, plugin name)}}``.
+
+    Raises PluginError when an option is built in or claimed twice, or names no known group.
+    """
+    from aideploy.errors import PluginError
+
+    claimed: dict[str, dict[str, tuple[type, str]]] = {}
+    for plugin in registry.plugins():
+        if "aideploy_config_options" not in plugin.hooks:
+            continue
+        offered = registry.pm.get_plugin(plugin.name).aideploy_config_options() or {}
+        for group, options in offered.items():
+            if group not in SCHEMAS:
+                raise PluginError(f"plugin {plugin.name!r} ({plugin.origin}) adds options to unknown group {group!r}",
+                                  hint=f"config groups are: {', '.join(SCHEMAS)}")
+            for option, schema in options.items():
+                owner = "aideploy (built-in)" if option in SCHEMAS[group] else None
+                owner = owner or (claimed.get(group, {}).get(option, (None, None))[1])
+                if owner:
+                    raise PluginError(f"plugin {plugin.name!r} ({plugin.origin}) claims option {group}={option}, "
+                                      f"already taken by {owner}",
+                                      hint="rename the plugin's option")
+                claimed.setdefault(group, {})[option] = (schema, plugin.name)
+    return claimed
+
+
+def register_configs(store: ConfigStore | None = None, registry=None) -> None:
+    """Put the root schema, every built-in option's schema and plugins' options in the ConfigStore."""
     store = store or ConfigStore.instance()
     store.store(name="aideploy_schema", node=AideployConfig)
     for group, options in SCHEMAS.items():
         for option, schema in options.items():
             store.store(group=f"schema/{group}", name=option, node=schema)
+    if registry is not None:
+        for group, options in plugin_options(registry).items():
+            for option, (schema, _) in options.items():
+                store.store(group=group, name=option, node=schema)

@@ -31,6 +31,20 @@ from aideploy.markers import hookspec
 
 
 @hookspec
+def aideploy_config_options():
+    """Config options this plugin adds, so users can pick them like built-in ones.
+
+    Called on every installed (entry-point) plugin once, before the config is composed.
+    Return ``{group: {option: schema_dataclass}}`` or None, e.g.
+    ``{"target": {"kubernetes": KubernetesTarget}}``; the schema's ``plugin`` field should
+    default to this plugin's name. The option is then selectable as ``target=kubernetes``
+    and typed like the built-ins. An option that is already taken (built in, or claimed by
+    another plugin) is an error naming both. Modules named in the ``plugins`` config key are
+    loaded after composition, so they cannot add options.
+    """
+
+
+@hookspec
 def aideploy_scoring_requirements(ctx):
     """Pip requirements the scoring service needs, beyond the environment group's own.
 

@@ -102,3 +102,56 @@ def test_every_hook_is_documented():
     for name in hooks:
         doc = getattr(hookspecs, name).__doc__ or ""
         assert len(doc.strip()) > 40, f"{name} needs a docstring saying when it runs and what it returns"
+
+
+def test_a_plugin_can_add_a_config_option_and_serve_it(tmp_path):
+    from dataclasses import dataclass
+
+    from aideploy.config import plugin_options
+
+    @dataclass
+    class CsvData:
+        plugin: str = "csvdata"
+        path: str = "data.csv"
+        test_size: float = 0.25
+        seed: int = 0
+        limit: int | None = None
+
+    plugin = types.ModuleType("csvdata")
+    plugin.aideploy_config_options = hookimpl(lambda: {"data": {"csv": CsvData}})
+    registry = PluginRegistry.load()
+    registry.register(plugin, "csvdata", "test")
+    assert plugin_options(registry) == {"data": {"csv": (CsvData, "csvdata")}}
+
+
+def test_an_option_already_taken_names_both_owners():
+    from aideploy.config import DigitsData, plugin_options
+
+    for name in ("first", "second"):
+        plugin = types.ModuleType(name)
+        plugin.aideploy_config_options = hookimpl(lambda: {"data": {"digits": DigitsData}})
+        registry = PluginRegistry.load()
+        registry.register(plugin, name, f"{name}-pkg 1.0")
+        with pytest.raises(PluginError) as info:
+            plugin_options(registry)
+        assert "data=digits" in str(info.value) and "aideploy (built-in)" in str(info.value)
+        assert f"{name}-pkg 1.0" in str(info.value)
+
+
+def test_two_plugins_claiming_one_option():
+    from dataclasses import dataclass
+
+    from aideploy.config import plugin_options
+
+    @dataclass
+    class Thing:
+        plugin: str = "x"
+
+    registry = PluginRegistry.load()
+    for name in ("alpha", "beta"):
+        plugin = types.ModuleType(name)
+        plugin.aideploy_config_options = hookimpl(lambda: {"target": {"thing": Thing}})
+        registry.register(plugin, name, f"{name} 1.0")
+    with pytest.raises(PluginError) as info:
+        plugin_options(registry)
+    assert "target=thing" in str(info.value) and "alpha" in str(info.value) and "beta" in str(info.value)
