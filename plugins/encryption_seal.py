@@ -6,6 +6,9 @@ service a read-only SAS URL for that blob with every encrypted sample. The servi
 one encrypted score per class; the client decrypts them.
 """
 
+import base64
+import binascii
+import ctypes
 import json
 
 import numpy as np
@@ -41,6 +44,27 @@ def aideploy_encrypt(keys, dataset):
                      for x in dataset.X_test])
 
 
+def decrypt_scores(client, encrypted_scores: list) -> np.ndarray:
+    """``EILinearRegressionClient.decrypt``, minus its per-byte ctypes copy of each ciphertext.
+
+    The library builds each ~230 KB buffer as ``(c_byte * n)(*data)``, about 35 ms per class;
+    ``from_buffer_copy`` is one memcpy. Same native call, same result.
+    """
+    from encrypted.inference.internal import einative, eiutils
+
+    scores = np.empty(len(encrypted_scores), dtype=np.float64)
+    for i, b64 in enumerate(encrypted_scores):
+        if not isinstance(b64, str):
+            raise TypeError(f"encrypted score {i} is a {type(b64).__name__}, not a base64 string")
+        raw = base64.b64decode(b64, validate=True)
+        buffer = (ctypes.c_byte * len(raw)).from_buffer_copy(raw)
+        value = ctypes.c_double()
+        eiutils.handle_error(einative._einative.DecryptResult(client.seal_instance.native_ptr, ctypes.c_uint64(len(raw)),
+                                                             buffer, ctypes.byref(value)))
+        scores[i] = value.value
+    return scores
+
+
 @hookimpl
 def aideploy_decrypt(keys, responses):
     rows = []
@@ -49,8 +73,8 @@ def aideploy_decrypt(keys, responses):
             encrypted_scores = json.loads(response.body)
             if not isinstance(encrypted_scores, list):
                 raise TypeError(type(encrypted_scores).__name__)
-            rows.append(keys.client.decrypt(encrypted_scores))
-        except (ValueError, TypeError, OSError) as exc:
+            rows.append(decrypt_scores(keys.client, encrypted_scores))
+        except (ValueError, TypeError, OSError, binascii.Error) as exc:
             raise PredictError(f"answer {index} is not a list of encrypted scores: {exc}",
                                hint="is the service running aideploy's score.py with encrypted-inference?") from None
     return Scores(np.asarray(rows, dtype=np.float64))

@@ -14,6 +14,10 @@ from aideploy.netns import NetworkPermissionError, NetworkToolMissingError, Priv
 
 @hookimpl
 def aideploy_configure_network(cfg, ctx):
+    if ctx.cfg.target.plugin != "local":
+        # An Azure target is deployed into the named VNET by Azure; nothing to build here.
+        return NetworkInfo(kind="vnet", bind_host="", client_host="",
+                           details={"vnet": cfg.vnet_name, "subnet": cfg.subnet_name, "location": cfg.location})
     try:
         net = PrivateNetwork(ctx.run_id, cfg.address_range, cfg.service_ip,
                              hosts={"store": cfg.store_ip, "client": cfg.client_ip})

@@ -155,3 +155,13 @@ def test_expired_sas_is_refused(seal_service, seed_client):
     response = seed_client.post(body)
     assert response.status_code == 403, response.text
     keys.delete(seed_client.key_id)
+
+
+def test_client_decrypt_equals_the_librarys(seed_client):
+    from aideploy_plugins.encryption_seal import decrypt_scores
+
+    response = seed_client.post(seed_client.body(np.full(64, 0.25)))
+    encrypted = response.json()
+    assert np.array_equal(decrypt_scores(seed_client.client, encrypted), seed_client.client.decrypt(encrypted))
+    with pytest.raises(TypeError):
+        decrypt_scores(seed_client.client, [7])
