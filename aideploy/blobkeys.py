@@ -19,7 +19,6 @@ that might hold a SAS URL or a connection string.
 
 from __future__ import annotations
 
-import re
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -43,6 +42,9 @@ from azure.storage.blob import (
     generate_blob_sas,
 )
 
+# The service validates and redacts with the same rules; the client shares its definitions.
+from aideploy_scoring.keyfetch import CONTAINER_PATTERN, KEY_ID_PATTERN, redact
+
 __all__ = [
     "BlobKeyStore",
     "KeyStoreError",
@@ -52,41 +54,11 @@ __all__ = [
     "validate_container_name",
 ]
 
-#: Allowed key ids: also the blob name, so keep it to characters that need no
-#: URL escaping and cannot express a path.
-KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
-# Azure container naming rules: 3-63 chars, lowercase letters, digits and
-# single hyphens, starting and ending with a letter or digit.
-_CONTAINER_PATTERN = re.compile(r"(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]")
-
 # A user delegation key may be valid for at most 7 days (service limit).
 _MAX_DELEGATION = timedelta(days=7)
 
-# sig=... in a SAS query; AccountKey=... and SharedAccessSignature=... in a
-# connection string.  Values end at a separator, whitespace or a quote.
-_REDACT_PATTERNS = [
-    # "%3D" too: a SAS URL nested inside another URL's query is percent-encoded.
-    (re.compile(r"(?i)(\bsig(?:=|%3D))[^&\s'\"<>;]+"), r"\1***"),
-    (re.compile(r"(?i)(AccountKey=)[^;\s'\"]+"), r"\1***"),
-    (re.compile(r"(?i)(SharedAccessSignature=)[^;\s'\"]+"), r"\1***"),
-]
-
-
 class KeyStoreError(RuntimeError):
     """The key store could not complete an operation (unreachable, auth, ...)."""
-
-
-def redact(text: object) -> str:
-    """Return ``str(text)`` with SAS signatures and account keys masked.
-
-    Masks ``sig=`` query values (SAS tokens), and ``AccountKey=`` /
-    ``SharedAccessSignature=`` values (connection strings).  Use it on anything
-    headed for a log or an exception message.
-    """
-    out = str(text)
-    for pattern, repl in _REDACT_PATTERNS:
-        out = pattern.sub(repl, out)
-    return out
 
 
 def validate_key_id(key_id: object) -> str:
@@ -102,7 +74,7 @@ def validate_key_id(key_id: object) -> str:
 
 def validate_container_name(name: object) -> str:
     """Return ``name`` if it is a valid Azure container name, else raise ``ValueError``."""
-    if not isinstance(name, str) or not _CONTAINER_PATTERN.fullmatch(name):
+    if not isinstance(name, str) or not CONTAINER_PATTERN.fullmatch(name):
         raise ValueError(
             f"invalid container name {repr(name)[:70]}: 3-63 lowercase letters, digits and "
             "single hyphens, starting and ending with a letter or digit"

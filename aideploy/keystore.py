@@ -35,3 +35,14 @@ class KeyStore:
 
     def summary(self) -> dict[str, Any]:
         return {"store": self.where, "container": self._store.container, "sas_ttl_s": int(self._store.sas_ttl)}
+
+
+def publish_public_keys(ctx, key_id: str, data: bytes) -> str:
+    """Upload a client's public keys to the run's key store, deleted again at teardown.
+
+    Returns the read-only SAS URL for that one blob, which requests carry as ``key_url``.
+    """
+    store = ctx.open_keystore()
+    url = store.put(key_id, data)
+    ctx.resources.add(f"public keys blob {key_id}", lambda: store.delete(key_id))
+    return url

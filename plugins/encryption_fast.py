@@ -10,6 +10,7 @@ import numpy as np
 from aideploy import hookimpl
 from aideploy.artifacts import KeySession, Request, Requests, Scores
 from aideploy.errors import ConfigError, PredictError
+from aideploy.keystore import publish_public_keys
 from aideploy_scoring.fastlinear import FastClient, FastParams, FastSchemeError
 from aideploy_scoring.service import BINARY_TYPE, KEY_HEADERS, SCHEME_HEADER
 
@@ -31,9 +32,7 @@ def aideploy_setup_keys(cfg, ctx, model):
         raise ConfigError(f"encryption=fast cannot serve this model: {exc}",
                           hint="see the supported ranges in scoring/fastlinear.py") from None
     bundle = client.public_bundle()
-    store = ctx.open_keystore()
-    url = store.put(client.key_id, bundle)
-    ctx.resources.add(f"public keys blob {client.key_id}", lambda: store.delete(client.key_id))
+    url = publish_public_keys(ctx, client.key_id, bundle)
     return KeySession(SCHEME, client.key_id, len(bundle), client, {"key_id": client.key_id, "key_url": url})
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from aideploy import hookimpl
 from aideploy.artifacts import KeySession, Request, Requests, Scores
 from aideploy.errors import PredictError
+from aideploy.keystore import publish_public_keys
 
 SCHEME = "seal"
 RUNTIME = ["encrypted-inference==0.9", "azure-storage-blob>=12.19", "cachetools>=5.3"]
@@ -32,9 +33,7 @@ def aideploy_setup_keys(ctx):
 
     client = EILinearRegressionClient(verbose=False)
     key_id, public_keys = client.get_public_keys()
-    store = ctx.open_keystore()
-    url = store.put(key_id, public_keys)
-    ctx.resources.add(f"public keys blob {key_id}", lambda: store.delete(key_id))
+    url = publish_public_keys(ctx, key_id, public_keys)
     return KeySession(SCHEME, key_id, len(public_keys), client, {"key_id": key_id, "key_url": url})
 
 

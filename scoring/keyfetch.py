@@ -75,11 +75,15 @@ __all__ = [
     "redact",
 ]
 
-_KEY_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_CONTAINER_RE = re.compile(r"(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]")
+#: Allowed key ids: also the blob name, so no characters that need URL escaping or make a path.
+KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: Azure container names: 3-63 lowercase letters, digits and single hyphens, alphanumeric ends.
+CONTAINER_PATTERN = re.compile(r"(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]")
 _MAX_URL_CHARS = 8192
 _MAX_CONN_STR_CHARS = 4096
 
+# sig=... in a SAS query (also percent-encoded, when a SAS URL is nested in another URL's
+# query); AccountKey=... and SharedAccessSignature=... in a connection string.
 _REDACT_PATTERNS = [
     (re.compile(r"(?i)(\bsig(?:=|%3D))[^&\s'\"<>;]+"), r"\1***"),
     (re.compile(r"(?i)(AccountKey=)[^;\s'\"]+"), r"\1***"),
@@ -233,7 +237,7 @@ class KeyFetcher:
             KeyTooLargeError: 413, blob larger than ``max_key_bytes``.
             KeyStoreUnavailableError: 502, store unreachable or failing.
         """
-        if not isinstance(key_id, str) or not _KEY_ID_RE.fullmatch(key_id):
+        if not isinstance(key_id, str) or not KEY_ID_PATTERN.fullmatch(key_id):
             raise KeyRequestError(
                 "invalid key_id: must be 1-128 characters from A-Z a-z 0-9 _ -", code="InvalidKeyId"
             )
@@ -385,7 +389,7 @@ class KeyFetcher:
     def _from_conn_str(self, key_id: str, conn_str: str | None, container: str | None) -> BlobClient:
         if not isinstance(conn_str, str) or not conn_str or len(conn_str) > _MAX_CONN_STR_CHARS:
             raise KeyRequestError("conn_str must be a storage connection string", code="InvalidConnectionString")
-        if not isinstance(container, str) or not _CONTAINER_RE.fullmatch(container):
+        if not isinstance(container, str) or not CONTAINER_PATTERN.fullmatch(container):
             raise KeyRequestError("container is missing or not a valid container name", code="InvalidContainer")
         try:
             service = BlobServiceClient.from_connection_string(conn_str, **self._client_options())
