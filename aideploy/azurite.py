@@ -32,14 +32,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import ssl
-import subprocess
 import tempfile
-import time
 import weakref
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
+
+from aideploy.process import ManagedProcess
 
 __all__ = [
     "AzuriteError",
@@ -187,14 +186,6 @@ def _url_host(host: str) -> str:
     return host
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "<no log>"
-    return "\n".join(text.splitlines()[-lines:]) or "<empty log>"
-
-
 class AzuriteServer:
     """A private Azurite blob service process.
 
@@ -254,7 +245,7 @@ class AzuriteServer:
         self.extra_args = list(extra_args)
         self.env = dict(env) if env is not None else None
 
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._process: ManagedProcess | None = None
         self._port: int | None = None
         self._scheme = "http"
         self._tmp_root: Path | None = None  # owned temp dir (data + log), deleted on stop
@@ -308,12 +299,12 @@ class AzuriteServer:
     @property
     def running(self) -> bool:
         """True while the Azurite process is alive."""
-        return self._proc is not None and self._proc.poll() is None
+        return self._process is not None and self._process.alive()
 
     @property
     def pid(self) -> int | None:
         """PID of the Azurite process (also its process-group id), or None."""
-        return self._proc.pid if self._proc is not None else None
+        return self._process.pid if self._process is not None else None
 
     @property
     def port(self) -> int:
@@ -379,56 +370,28 @@ class AzuriteServer:
             self._data_dir.mkdir()
         try:
             argv = self.command(data_dir=self._data_dir)
-            with open(self._log_path, "wb") as log:
-                self._proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self._data_dir,
-                    env=self.env,
-                    # Own session => own process group, so stop() can signal
-                    # node and anything it (or argv_prefix) spawned, and a
-                    # Ctrl-C aimed at our terminal does not hit it first.
-                    start_new_session=True,
-                )
+            self._process = ManagedProcess("Azurite", argv, self._log_path, env=self.env, cwd=self._data_dir)
+            self._process.start()
             _LIVE.add(self)
-            self._wait_ready()
+            self._process.wait_until(self._ready, timeout=self.startup_timeout, interval=0.05)
+        except RuntimeError as exc:
+            log_tail = self._process.tail() if self._process is not None else ""
+            self.stop()
+            raise AzuriteError(f"{exc}. Log tail:\n{log_tail or '<empty log>'}") from None
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self) -> None:
-        assert self._proc is not None and self._log_path is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while self._port is None:
+    def _ready(self) -> bool:
+        """Azurite has reported its port and (unless ``probe`` is off) answers HTTP."""
+        if self._port is None:
             url = parse_listening_url(self._log_path.read_text(encoding="utf-8", errors="replace"))
-            if url:
-                self._scheme = url.split("://", 1)[0]
-                self._port = int(url.rsplit(":", 1)[1])
-                break
-            self._check_alive_or_timeout(deadline, "report that it is listening")
-            time.sleep(0.05)
-        if not self.probe:
-            return
-        while True:
-            if self._answers():
-                return
-            self._check_alive_or_timeout(deadline, f"answer HTTP on {self.blob_endpoint}")
-            time.sleep(0.1)
-
-    def _check_alive_or_timeout(self, deadline: float, what: str) -> None:
-        assert self._proc is not None and self._log_path is not None
-        rc = self._proc.poll()
-        if rc is not None:
-            raise AzuriteError(
-                f"Azurite exited with code {rc} before it could {what}. Log tail:\n{_tail(self._log_path)}"
-            )
-        if time.monotonic() > deadline:
-            raise AzuriteError(
-                f"Azurite did not {what} within {self.startup_timeout:.0f}s. Log tail:\n{_tail(self._log_path)}"
-            )
+            if not url:
+                return False
+            self._scheme = url.split("://", 1)[0]
+            self._port = int(url.rsplit(":", 1)[1])
+        return not self.probe or self._answers()
 
     def _answers(self) -> bool:
         conn: http.client.HTTPConnection
@@ -455,14 +418,13 @@ class AzuriteServer:
     def stop(self, grace: float = 5.0) -> None:
         """Stop Azurite and delete its temp data.  Safe to call repeatedly.
 
-        Sends SIGTERM to the whole process group, SIGKILL after ``grace``
-        seconds if it is still alive, then removes the temporary directory
-        (a caller-supplied ``data_dir`` is left in place).
+        Stops the whole process group (SIGTERM, SIGKILL after ``grace`` seconds),
+        then removes the temporary directory (a caller-supplied ``data_dir`` stays).
         """
-        proc, self._proc = self._proc, None
-        if proc is not None:
+        process, self._process = self._process, None
+        if process is not None:
             try:
-                self._kill_group(proc, grace)
+                process.stop(grace)
             finally:
                 _LIVE.discard(self)
         self._port = None
@@ -472,24 +434,6 @@ class AzuriteServer:
         self._data_dir = None
         self._log_path = None
 
-    @staticmethod
-    def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-        pgid = proc.pid  # start_new_session => pid == pgid
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-        # Kill stragglers in the group too (and node itself if SIGTERM was not
-        # enough).  The group id cannot have been reused: pgids stay reserved
-        # while any member lives, and we only just reaped the leader.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-
     def __enter__(self) -> "AzuriteServer":
         return self.start()
 
@@ -498,7 +442,7 @@ class AzuriteServer:
 
     def __del__(self) -> None:  # last resort; stop() is the real API
         with contextlib.suppress(Exception):
-            if self._proc is not None:
+            if self._process is not None:
                 self.stop(grace=1.0)
 
 
