@@ -55,17 +55,17 @@ class Runner:
             available["requirements"] = list(dict.fromkeys(r for reqs in reversed(wanted) for r in reqs or ()))
         return {name: available.get(name) for name in argnames}
 
-    def run_stage(self, stage: Stage, **extra: Any) -> Any:
+    def run_stage(self, stage: Stage) -> Any:
         """Run one stage with its before/after/on-error observers; keep and return its result."""
         hook = self.ctx.plugins.hook
         caller = self._caller(stage)
-        kwargs = {**self._kwargs(stage), **extra}
+        kwargs = self._kwargs(stage)
         hook.aideploy_before_stage(stage=stage, ctx=self.ctx)
         start = time.perf_counter()
         try:
             result = caller(**kwargs)
             if stage.group is None and stage.result:
-                result = _merge_broadcast(stage, result, self.ctx.plugins)
+                result = _merge_broadcast(stage, result)
             self._check(stage, result)
         except BaseException as exc:
             self.stage_seconds[stage.name] = time.perf_counter() - start
@@ -112,7 +112,7 @@ class Runner:
         return failures
 
 
-def _merge_broadcast(stage: Stage, results: list[dict | None], plugins: PluginRegistry) -> dict:
+def _merge_broadcast(stage: Stage, results: list[dict | None]) -> dict:
     merged: dict[str, Any] = {}
     for part in results:
         for key, value in (part or {}).items():
