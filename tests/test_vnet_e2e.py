@@ -29,6 +29,16 @@ def test_vnet_round_trip(cli):
     assert results["endpoint"]["scoring_uri"].startswith("http://10.0.1.4:")
 
 
+@pytest.mark.parametrize("encryption,limit", [("seal", 2), ("fast", 60)])
+def test_encrypted_vnet_round_trip(cli, encryption, limit):
+    """The key store lives in the private network too; the service fetches keys from there."""
+    proc = cli("network=vnet", f"encryption={encryption}", f"data.limit={limit}")
+    assert proc.returncode == 0, proc.stderr
+    results = results_of(proc.out)
+    assert results["agreement"] == 1.0 and results["max_score_error"] <= 1e-3
+    assert "store=azurite 10.0.1.5:" in proc.stderr
+
+
 def in_namespace(ns: str, code: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
