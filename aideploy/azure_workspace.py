@@ -242,8 +242,15 @@ def preflight_due(stage: Any, ctx: Any, plugin_name: str) -> bool:
     fails before the model is trained. ``mode=predict`` needs no Azure access (only the scoring
     URI and key) and ``mode=delete`` has no data stage (its hook checks for itself).
     """
-    return (stage.name == "data" and ctx.cfg.target.plugin == plugin_name
-            and (ctx.cfg.dry_run or ctx.mode in (Mode.run, Mode.serve)))
+    due = (stage.name == "data" and ctx.cfg.target.plugin == plugin_name
+           and (ctx.cfg.dry_run or ctx.mode in (Mode.run, Mode.serve)))
+    if due and ctx.mode is Mode.run and ctx.cfg.encryption.plugin != "plain" and ctx.cfg.keystore.plugin == "azurite":
+        # The service in Azure fetches the client's public keys itself: it cannot reach an
+        # emulator on this machine.
+        raise ConfigError(f"target={plugin_name} with encrypted queries needs a key store Azure can reach, "
+                          "not keystore=azurite on this machine",
+                          hint="use keystore=azure_blob (a storage account, e.g. the workspace's)")
+    return due
 
 
 def deployment_name(ctx: Any, pattern: str, rule: str) -> str:

@@ -555,3 +555,11 @@ def test_core_and_local_target_work_without_the_extra(tmp_path):
     assert proc.returncode == 0, proc.stderr
     plan = json.loads((proc.out / "plan.json").read_text())
     assert plan["target"] == "local"
+
+
+@pytest.mark.parametrize("target", ["aci", "managed_endpoint"])
+def test_encrypted_azure_run_refuses_a_local_key_store(cli, target):
+    proc = cli(f"target={target}", "encryption=fast")
+    assert proc.returncode == 2
+    assert "keystore=azure_blob" in proc.stderr
+    assert "[1/" not in proc.stderr  # refused before the first stage ran
