@@ -264,7 +264,7 @@ def test_tampered_bundles_raise(env64):
     pk_off = 12 + plen
     cases = [
         b"", bundle[:10], bundle[:-1], bundle + b"\0", b"XXXX" + bundle[4:],
-        bundle[:4] + b"\x02" + bundle[5:],
+        bundle[:4] + bytes([fl.WIRE_VERSION + 1]) + bundle[5:],
         bundle[:8] + struct.pack("<I", 10**6) + bundle[12:],
         bundle[:12] + b"[" + bundle[13:],
         bundle[:pk_off] + b"\xff\xff\xff\xff" + bundle[pk_off + 4:],
