@@ -1,0 +1,395 @@
+"""The sweep report: one row per multirun job, as ``sweep.md``, ``sweep.csv`` and PNG plots.
+
+Every job of ``aideploy -m ...`` writes its own ``results.json``; the report is built from
+those files, so it covers failed jobs as well. It is built by :class:`SweepReport`, a Hydra
+callback registered in ``conf/config.yaml`` (``hydra.callbacks.sweep_report``):
+
+- after each job (``on_job_end``, which Hydra calls for failed jobs too, in whichever process
+  the launcher ran the job) it records how the job ended in ``<job dir>/job_status.json`` and
+  refreshes ``sweep.md`` and ``sweep.csv``;
+- at the end of the sweep it adds the plots and prints the table. Hydra skips
+  ``on_multirun_end`` when a job failed (the sweeper re-raises the first failure once all
+  jobs ran), so the same final step is also registered to run at interpreter exit.
+
+``python -m aideploy.sweep <multirun dir>`` (re)builds the report by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from aideploy.results import RESULTS_FILE, describe_error
+
+log = logging.getLogger("aideploy")
+
+MARKDOWN_FILE = "sweep.md"
+CSV_FILE = "sweep.csv"
+LATENCY_PLOT = "sweep_latency.png"
+BYTES_PLOT = "sweep_bytes.png"
+JOB_STATUS_FILE = "job_status.json"
+LOCK_FILE = ".sweep.lock"
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+
+CSV_COLUMNS = ["job", "overrides", "status", "error", "n_samples", "accuracy", "agreement",
+               "latency_p50_ms", "latency_p99_ms", "request_bytes", "response_bytes", "key_bytes", "dir"]
+
+
+@dataclass
+class Row:
+    """One job of the sweep, read from its output dir."""
+
+    job: int | None
+    dir: str  # relative to the multirun root
+    overrides: list[str]
+    status: str
+    error: str = ""
+    n_samples: int | None = None
+    accuracy: float | None = None
+    agreement: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    request_bytes: int | None = None
+    response_bytes: int | None = None
+    key_bytes: int | None = None
+
+    def csv_record(self) -> dict[str, Any]:
+        record = {name: getattr(self, name) for name in CSV_COLUMNS}
+        record["overrides"] = " ".join(self.overrides)
+        return {k: "" if v is None else v for k, v in record.items()}
+
+
+@dataclass
+class Report:
+    """What :func:`build` wrote, and the rows it wrote them from."""
+
+    sweep_dir: Path
+    rows: list[Row]
+    common: list[str] = field(default_factory=list)  # overrides every job shares
+    files: list[Path] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.rows:
+            counts[row.status] = counts.get(row.status, 0) + 1
+        return counts
+
+
+# ----------------------------------------------------------------------------- reading the jobs
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _error_text(error: dict[str, Any] | None) -> str:
+    if not error:
+        return ""
+    return f"{error.get('type', 'Error')}: {error.get('message', '')}"
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job dirs under ``sweep_dir``: those Hydra saved overrides in, or holding results."""
+    found = {p.parent.parent for p in sweep_dir.glob(f"**/{OVERRIDES_FILE}")}
+    found |= {p.parent for p in sweep_dir.glob(f"**/{RESULTS_FILE}")}
+    return sorted(d for d in found if d != sweep_dir)
+
+
+def _job_number(job_dir: Path, record: dict[str, Any] | None) -> int | None:
+    if record and isinstance(record.get("job"), int):
+        return record["job"]
+    if job_dir.name.isdigit():  # Hydra's default subdir is the job number
+        return int(job_dir.name)
+    try:
+        return int(yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["num"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
+
+
+def read_row(job_dir: Path, sweep_dir: Path) -> Row:
+    """The report row of one job; a job without results is a row saying why."""
+    results = _read_json(job_dir / RESULTS_FILE)
+    record = _read_json(job_dir / JOB_STATUS_FILE)
+    try:
+        overrides = [str(o) for o in yaml.safe_load((job_dir / OVERRIDES_FILE).read_text()) or []]
+    except (OSError, yaml.YAMLError):
+        overrides = []
+    status, error = None, ""
+    if results is not None:
+        status, error = results.get("status"), _error_text(results.get("error"))
+    if record is not None and record.get("status") == "failed" and status in (None, "ok"):
+        # The job failed outside the run (e.g. a plugin that would not load): Hydra's record tells why.
+        status, error = "failed", _error_text(record.get("error"))
+    if status is None:
+        status = "no results" if record is not None else "unfinished"
+        error = error or ("the job ended without writing results.json" if record is not None
+                          else "no results.json yet: still running, or killed")
+    results = results or {}
+    latency = results.get("latency_ms") or {}
+    sizes = results.get("bytes") or {}
+    return Row(job=_job_number(job_dir, record), dir=str(job_dir.relative_to(sweep_dir)), overrides=overrides,
+               status=status, error=error, n_samples=results.get("n_samples"), accuracy=results.get("accuracy"),
+               agreement=results.get("agreement"), latency_p50_ms=latency.get("p50"),
+               latency_p99_ms=latency.get("p99"), request_bytes=sizes.get("request"),
+               response_bytes=sizes.get("response"), key_bytes=sizes.get("keys"))
+
+
+def collect(sweep_dir: Path) -> list[Row]:
+    """Every job's row, in job order."""
+    rows = [read_row(d, sweep_dir) for d in job_dirs(sweep_dir)]
+    return sorted(rows, key=lambda r: (r.job is None, r.job if r.job is not None else 0, r.dir))
+
+
+def common_overrides(rows: Sequence[Row]) -> list[str]:
+    """Overrides every job has, so the table can show only what varies."""
+    if len(rows) < 2:
+        return []
+    shared = set(rows[0].overrides).intersection(*(r.overrides for r in rows[1:]))
+    return [o for o in rows[0].overrides if o in shared]
+
+
+def _varying(row: Row, common: Sequence[str]) -> str:
+    return " ".join(o for o in row.overrides if o not in common) or "(none)"
+
+
+# ----------------------------------------------------------------------------- writing the report
+
+
+def _fmt(value: Any, digits: int | None = None) -> str:
+    if value is None:
+        return "-"
+    if digits is not None and isinstance(value, (int, float)):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _md_cell(text: str, limit: int = 160) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = first if len(first) <= limit else first[: limit - 3] + "..."
+    return first.replace("|", "\\|")
+
+
+def markdown_table(rows: Sequence[Row], common: Sequence[str]) -> str:
+    header = ["job", "overrides", "status", "accuracy", "agreement", "p50 ms", "p99 ms",
+              "request B", "response B", "key B", "error"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [_fmt(r.job), _md_cell(_varying(r, common)), r.status, _fmt(r.accuracy, 4), _fmt(r.agreement, 4),
+                 _fmt(r.latency_p50_ms, 2), _fmt(r.latency_p99_ms, 2), _fmt(r.request_bytes),
+                 _fmt(r.response_bytes), _fmt(r.key_bytes), _md_cell(r.error) or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(report: Report, plots: Sequence[Path]) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts().items()))
+    parts = ["# Sweep report", "",
+             f"- multirun dir: `{report.sweep_dir}`",
+             f"- jobs: {len(report.rows)} ({counts})"]
+    if report.common:
+        parts.append(f"- every job: `{' '.join(report.common)}`")
+    parts += ["- per job: `<job dir>/results.json`, `aideploy.log`; all columns in `sweep.csv`", "",
+              markdown_table(report.rows, report.common)]
+    for plot in plots:
+        parts += ["", f"![{plot.stem}]({plot.name})"]
+    return "\n".join(parts) + "\n"
+
+
+def render_csv(rows: Sequence[Row]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row.csv_record())
+    return out.getvalue()
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """Write through a temp file, so a reader (or a concurrent job) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _bar_chart(rows: Sequence[Row], labels: Sequence[str], series: dict[str, list[float | None]],
+               xlabel: str, title: str, log_scale: bool, path: Path) -> None:
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    n, k = len(rows), len(series)
+    # a log axis needs one positive value (an interrupted sweep may have no measurement at all)
+    log_scale = log_scale and any(v is not None and v > 0 for values in series.values() for v in values)
+    fig = Figure(figsize=(9, 1.2 + 0.32 * n * k), layout="constrained")
+    ax = fig.add_subplot()
+    height = 0.8 / k
+    for i, (name, values) in enumerate(series.items()):
+        ys = [j + (i - (k - 1) / 2) * height for j in range(n)]
+        xs = [v if v is not None and (v > 0 or not log_scale) else float("nan") for v in values]
+        ax.barh(ys, xs, height=height, label=name)
+    for j, row in enumerate(rows):
+        if row.status != "ok":
+            ax.annotate(row.status, (0, j), xytext=(4, 0), textcoords="offset points", va="center",
+                        xycoords=("axes fraction", "data"), color="crimson", fontsize=8)
+    ax.set_yticks(range(n), labels, fontsize=8)
+    ax.invert_yaxis()  # job 0 on top, as in the table
+    if log_scale:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    _replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+def write_plots(report: Report) -> list[Path]:
+    """Latency and payload per job as PNGs; none (with a warning) without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.warning("sweep report: plots skipped, matplotlib is not installed (pip install 'aideploy[report]')")
+        return []
+    rows = report.rows
+    labels = [f"#{_fmt(r.job)} {_varying(r, report.common)}" for r in rows]
+    latency = report.sweep_dir / LATENCY_PLOT
+    _bar_chart(rows, labels, {"p50": [r.latency_p50_ms for r in rows], "p99": [r.latency_p99_ms for r in rows]},
+               "latency per request (ms)", "Latency", True, latency)
+    payload = report.sweep_dir / BYTES_PLOT
+    _bar_chart(rows, labels, {"request": [r.request_bytes for r in rows],
+                              "response": [r.response_bytes for r in rows],
+                              "keys": [r.key_bytes for r in rows]},
+               "bytes (request and response: median per request; keys: total uploaded)", "Payload", True, payload)
+    return [latency, payload]
+
+
+@contextlib.contextmanager
+def _locked(sweep_dir: Path) -> Iterator[None]:
+    """One writer at a time: concurrent jobs (joblib, ray) each refresh the report."""
+    with open(sweep_dir / LOCK_FILE, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build(sweep_dir: str | Path, plots: bool = True) -> Report:
+    """Scan ``sweep_dir``'s jobs and write ``sweep.md``, ``sweep.csv`` and (``plots``) the PNGs."""
+    sweep_dir = Path(sweep_dir).resolve()
+    with _locked(sweep_dir):
+        rows = collect(sweep_dir)
+        report = Report(sweep_dir, rows, common_overrides(rows))
+        plot_files = []
+        if plots and rows:
+            try:
+                plot_files = write_plots(report)
+            except Exception as exc:  # the tables matter more than the pictures
+                log.warning("sweep report: plots skipped: %s", exc)
+        md, table = sweep_dir / MARKDOWN_FILE, sweep_dir / CSV_FILE
+        _replace_atomically(table, lambda tmp: tmp.write_text(render_csv(rows)))
+        _replace_atomically(md, lambda tmp: tmp.write_text(render_markdown(report, plot_files)))
+        report.files = [md, table, *plot_files]
+    return report
+
+
+def show(report: Report, stream=None) -> None:
+    """Print the table and where the report files are."""
+    stream = stream or sys.stdout
+    print(f"\nsweep report ({len(report.rows)} jobs): {report.sweep_dir}", file=stream)
+    if report.common:
+        print(f"every job: {' '.join(report.common)}", file=stream)
+    print(markdown_table(report.rows, report.common), file=stream)
+    print("files: " + ", ".join(f.name for f in report.files), file=stream, flush=True)
+
+
+# ----------------------------------------------------------------------------- the Hydra callback
+
+
+def record_job(job_dir: Path, job: int | None, job_return: JobReturn) -> None:
+    """``<job dir>/job_status.json``: how Hydra saw the job end, with the error of a failed one."""
+    failed = job_return.status == JobStatus.FAILED
+    error = describe_error(job_return._return_value) if failed else None  # .return_value re-raises
+    _replace_atomically(job_dir / JOB_STATUS_FILE, lambda tmp: tmp.write_text(json.dumps(
+        {"job": job, "status": "failed" if failed else "completed", "error": error}, indent=2, default=str) + "\n"))
+
+
+class SweepReport(Callback):
+    """Builds the sweep report in the multirun dir; see the module docstring.
+
+    Args:
+        plots: write the PNG plots at the end of the sweep (needs matplotlib).
+    """
+
+    def __init__(self, plots: bool = True) -> None:
+        self.plots = plots
+        self._sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        atexit.register(self._finish)  # Hydra skips on_multirun_end when a job failed
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        try:
+            job_dir = Path(str(config.hydra.runtime.output_dir))
+            record_job(job_dir, OmegaConf.select(config, "hydra.job.num"), job_return)
+            build(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))), plots=False)
+        except Exception as exc:  # a report problem must not fail the job
+            log.warning("sweep report: could not refresh it after this job: %s", exc)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finish()
+        atexit.unregister(self._finish)
+
+    def _finish(self) -> None:
+        sweep_dir, self._sweep_dir = self._sweep_dir, None
+        if sweep_dir is None or not sweep_dir.is_dir() or not job_dirs(sweep_dir):
+            return
+        try:
+            show(build(sweep_dir, plots=self.plots))
+        except Exception as exc:
+            log.warning("sweep report: could not write it in %s: %s", sweep_dir, exc)
+
+
+# ----------------------------------------------------------------------------- by hand
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aideploy.sweep",
+                                     description="(Re)build the sweep report of an aideploy multirun dir.")
+    parser.add_argument("sweep_dir", type=Path, help="the multirun dir (hydra.sweep.dir), e.g. multirun/2026-11-21/10-00-00")
+    parser.add_argument("--no-plots", action="store_true", help="write sweep.md and sweep.csv only")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir() or not job_dirs(args.sweep_dir):
+        print(f"error: {args.sweep_dir} holds no aideploy jobs (no */.hydra/overrides.yaml or */results.json)",
+              file=sys.stderr)
+        print("hint: pass the dir that `aideploy -m ...` printed as its sweep output dir", file=sys.stderr)
+        return 2
+    show(build(args.sweep_dir, plots=not args.no_plots))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""Example aideploy plugins: ``data=csv`` (:mod:`.csv_data`) and a stage log (:mod:`.stage_log`)."""
+
+__version__ = "0.1.0"
