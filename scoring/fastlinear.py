@@ -440,8 +440,7 @@ class _Context:
             key = hashlib.sha256(_DOMAIN_A + seed + bytes([j])).digest()[:16]
             nwords = need + need // 1024 + 64  # q_j > 2^32 - 2^20: rejections are rare
             while True:
-                stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(4 * nwords))
-                words = np.frombuffer(stream, dtype="<u4")
+                words = _aes_ctr_words(key, nwords)
                 head = words[:need]
                 if int(head.max()) < qj:  # common case: nothing rejected in the prefix
                     acc = head
@@ -470,6 +469,25 @@ class _Context:
         # v - q wraps in uint64; viewed as int64 it is the (negative) centered value.
         centered = np.where(neg, v - np.uint64(self.q), v).view(np.int64)
         return centered.astype(np.float64)
+
+
+_ZEROS = bytearray()  # plaintext for the keystream: only ever read, grown by replacement
+
+
+def _aes_ctr_words(key: bytes, nwords: int) -> np.ndarray:
+    """The first ``nwords`` little-endian 32-bit words of AES-128-CTR(key, counter 0).
+
+    Encrypts a shared zero buffer straight into a fresh array (``update_into``): a large
+    batch needs ~100 MB of keystream per prime, and allocating input and output bytes for
+    it cost about as much as the AES itself.
+    """
+    global _ZEROS
+    nbytes = 4 * nwords
+    if len(_ZEROS) < nbytes:
+        _ZEROS = bytearray(nbytes)
+    out = np.empty(nbytes + 15, dtype=np.uint8)  # update_into wants a block's slack
+    Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update_into(memoryview(_ZEROS)[:nbytes], out)
+    return out[:nbytes].view("<u4")
 
 
 @functools.lru_cache(maxsize=8)

@@ -430,3 +430,15 @@ def test_pool_entries_are_used_once(env64):
     assert empty.pool_size == 0
     server.predict(client.encrypt(rng.random((1, 64))), empty)  # refills synchronously
     assert isinstance(empty, FastPublicKey) and "key_id" in repr(empty)
+
+
+@pytest.mark.parametrize("nwords", [1, 7, 4096, 100_003])
+def test_seed_expansion_is_the_documented_aes_ctr_keystream(nwords):
+    """Client and server share the expansion, so a bug in it would still round-trip: pin it."""
+    import os
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = os.urandom(16)
+    reference = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(4 * nwords))
+    assert np.array_equal(fl._aes_ctr_words(key, nwords), np.frombuffer(reference, dtype="<u4"))
