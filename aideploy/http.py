@@ -1,12 +1,31 @@
-"""Calling a scoring service: one keep-alive session, timings and sizes per request."""
+"""Calling a scoring service: one keep-alive session, timings and sizes per request.
+
+Transient failures are retried with backoff (urllib3's ``Retry`` on the session's adapter):
+
+- connection refused or a connect timeout (a service still starting, or restarting a worker);
+- HTTP 502, 503 and 504 (a gateway or the service saying "not now"; also our service's 502
+  when its key store is briefly unreachable).
+
+A 4xx is never retried: the request itself was refused and would be refused again. Nor is a
+500 (a bug, not a passing state), nor a request that was sent but not answered (a read timeout, a connection dropped mid-answer):
+a stuck service does not get faster, and retrying would multiply ``request_timeout``.
+
+POST is retried, which is safe here because scoring is idempotent: a query changes no state
+on the service, and asking again gives an equivalent answer (the same scores; an encrypted
+answer is re-randomised, which is the point of it).
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Iterable
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ProtocolError
+from urllib3.util.retry import Retry
 
 from aideploy.artifacts import Endpoint, Request, Response, Responses
 from aideploy.errors import PredictError
@@ -14,13 +33,75 @@ from aideploy.errors import PredictError
 log = logging.getLogger("aideploy")
 
 PROGRESS_EVERY_SECONDS = 5.0
+RETRY_STATUSES = (502, 503, 504)
+RETRIES = 3
+BACKOFF_SECONDS = 0.2  # sleeps 0, 0.4, 0.8 s between the attempts
+
+_cancelled = threading.Event()
+
+
+def cancel_requests(cancel: bool = True) -> None:
+    """Make :func:`post_all` stop before its next request (``False`` allows requests again).
+
+    The runner cancels on Ctrl-C and SIGTERM. The signal interrupts only the main thread; with
+    ``network=vnet`` the requests run on a thread inside the client's namespace, which would
+    otherwise go on sending them all while teardown waits behind it.
+    """
+    _cancelled.set() if cancel else _cancelled.clear()
+
+
+def retry_policy(retries: int = RETRIES, backoff: float = BACKOFF_SECONDS) -> Retry:
+    """What is retried, and how often: see the module's docstring."""
+    # read=False: a read error (timeout, dropped answer) is raised as itself, never retried.
+    return Retry(total=retries, connect=retries, status=retries, read=False, other=0, redirect=0,
+                 backoff_factor=backoff, status_forcelist=RETRY_STATUSES, allowed_methods=frozenset({"POST"}),
+                 raise_on_status=False,  # the last answer is returned, and reported with its reason
+                 respect_retry_after_header=False)  # a long Retry-After must not outlast request_timeout
+
+
+def session(retries: int = RETRIES, backoff: float = BACKOFF_SECONDS) -> requests.Session:
+    """A keep-alive session that retries transient failures (see :func:`retry_policy`)."""
+    s = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry_policy(retries, backoff))
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
 
 
 def _error_text(response: requests.Response) -> str:
     try:
         return str(response.json().get("error", response.text))
-    except ValueError:
+    except (ValueError, AttributeError):
         return response.text[:500]
+
+
+def _retried(response: requests.Response) -> str:
+    history = getattr(getattr(response.raw, "retries", None), "history", ())
+    return f" (after {len(history)} retries)" if history else ""
+
+
+def _connection_failure(exc: requests.ConnectionError, uri: str, index: int) -> str:
+    """The cause line: 'connection refused, after retries' rather than urllib3's nested repr."""
+    cause = exc.args[0] if exc.args else exc
+    retried = ""
+    if isinstance(cause, MaxRetryError):
+        retried = ", after retries"
+        cause = cause.reason or cause
+    if isinstance(cause, ProtocolError):  # sent, then the connection closed: never retried
+        return f"the service at {uri} closed the connection before answering request {index}"
+    text = str(cause)
+    reason = "connection refused" if "refused" in text.lower() else text[:200]
+    return f"cannot reach the service at {uri} (request {index}): {reason}{retried}"
+
+
+def _hint(status: int) -> str:
+    if status < 500:
+        return "the service refused the request itself (bad input or key); it was not retried"
+    if status == 502:
+        return "the service could not reach what it depends on (the key store, for encrypted schemes); check it runs"
+    if status in RETRY_STATUSES:
+        return "the service (or a gateway) is overloaded or restarting; try again later"
+    return "see the service's log in the output dir"
 
 
 def post_all(endpoint: Endpoint, items: Iterable[Request], timeout: float) -> Responses:
@@ -28,25 +109,30 @@ def post_all(endpoint: Endpoint, items: Iterable[Request], timeout: float) -> Re
     items = list(items)
     answers: list[Response] = []
     last_report = time.monotonic()
-    with requests.Session() as session:
-        session.headers.update(endpoint.headers())
+    with session() as http:
+        http.headers.update(endpoint.headers())
         for index, item in enumerate(items, start=1):
+            if _cancelled.is_set():
+                raise PredictError(f"cancelled before request {index} of {len(items)}", hint="the run was interrupted")
             start = time.perf_counter()
             try:
-                response = session.post(endpoint.scoring_uri, data=item.body, headers=item.headers or None,
-                                        timeout=timeout)
+                response = http.post(endpoint.scoring_uri, data=item.body, headers=item.headers or None,
+                                     timeout=timeout)
             except requests.Timeout:
                 raise PredictError(f"the service at {endpoint.scoring_uri} did not answer request {index} "
                                    f"within {timeout:g} s", hint="raise target.request_timeout, or check the "
                                    "service's log for a stuck worker") from None
             except requests.ConnectionError as exc:
-                raise PredictError(f"cannot reach the service at {endpoint.scoring_uri}: {exc}",
+                raise PredictError(_connection_failure(exc, endpoint.scoring_uri, index),
                                    hint="is it still running? see the service's log in the output dir") from None
+            except requests.RequestException as exc:  # e.g. the answer cut short: ChunkedEncodingError
+                raise PredictError(f"the answer to request {index} from {endpoint.scoring_uri} broke off midway "
+                                   f"({type(exc).__name__})",
+                                   hint="did the service stop or crash? see its log in the output dir") from None
             latency_ms = (time.perf_counter() - start) * 1000.0
             if response.status_code != 200:
-                raise PredictError(f"the service answered request {index} with HTTP {response.status_code}: "
-                                   f"{_error_text(response)}",
-                                   hint="4xx: the request was refused as malformed; 5xx: see the service's log")
+                raise PredictError(f"the service answered request {index} with HTTP {response.status_code}"
+                                   f"{_retried(response)}: {_error_text(response)}", hint=_hint(response.status_code))
             answers.append(Response(response.content, latency_ms, len(item.body)))
             if time.monotonic() - last_report > PROGRESS_EVERY_SECONDS:
                 log.info("      predict: %d/%d requests", index, len(items))

@@ -3,6 +3,8 @@ clients' side of the network, with errors in aideploy's family."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from aideploy.artifacts import NetworkInfo
@@ -10,13 +12,23 @@ from aideploy.blobkeys import BlobKeyStore, KeyStoreError
 from aideploy.errors import StageError
 
 
-class KeyStore:
-    """What the keys stage needs: ``put(key_id, data) -> read-only SAS URL`` and ``delete``."""
+MB = 1024 * 1024
+SPACE_MARGIN = 1 * MB  # what a store adds to a blob on its disk (metadata, journal)
 
-    def __init__(self, store: BlobKeyStore, network: NetworkInfo, where: str) -> None:
+
+class KeyStore:
+    """What the keys stage needs: ``put(key_id, data) -> read-only SAS URL`` and ``delete``.
+
+    ``data_dir``: where the store keeps its blobs, when it is on this machine (aideploy's own
+    Azurite). Then a key that cannot fit is refused up front with the reason: Azurite itself
+    answers a full disk with a bare HTTP 500, after the SDK has retried the whole upload.
+    """
+
+    def __init__(self, store: BlobKeyStore, network: NetworkInfo, where: str, data_dir: Path | None = None) -> None:
         self._store = store
         self._network = network
         self.where = where  # e.g. "azurite 10.0.1.5:41234"; never a credential
+        self.data_dir = data_dir
 
     def _call(self, what: str, fn, *args) -> Any:
         try:
@@ -27,7 +39,21 @@ class KeyStore:
 
     def put(self, key_id: str, data: bytes) -> str:
         """Upload ``data`` as blob ``key_id``; return a read-only SAS URL for that blob alone."""
+        self._check_space(key_id, len(data))
         return self._call(f"upload key {key_id}", self._store.put, key_id, data)
+
+    def _check_space(self, key_id: str, size: int) -> None:
+        if self.data_dir is None:
+            return
+        try:
+            free = shutil.disk_usage(self.data_dir).free
+        except OSError:
+            return
+        if free < size + SPACE_MARGIN:
+            raise StageError(f"key store ({self.where}): no room for key {key_id}: it is {size / MB:.1f} MB and "
+                             f"the store's disk has {free / MB:.1f} MB free ({self.data_dir})",
+                             hint="free some space there; aideploy's Azurite keeps its data under $TMPDIR, so "
+                             "TMPDIR=<a bigger disk> also works")
 
     def delete(self, key_id: str) -> None:
         """Delete blob ``key_id``; deleting what is gone is fine."""

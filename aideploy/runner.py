@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from aideploy import http
 from aideploy import results as results_mod
 from aideploy.artifacts import Endpoint, NetworkInfo, Secret
 from aideploy.context import RunContext
@@ -134,10 +135,18 @@ def _signals_as_interrupts() -> Iterator[None]:
         raise Interrupted(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, on_term)
+    # A command started in the background of a script (`aideploy mode=serve &`) inherits SIGINT
+    # ignored; then `kill -INT` would do nothing and a later SIGKILL would orphan the service.
+    # Ctrl-C means "tear down and stop" whichever way aideploy was started.
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
@@ -198,6 +207,7 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
     runner = Runner(ctx)
     status, error = "ok", None
     pipeline = DRY_RUN if cfg.dry_run else PIPELINES[mode]
+    http.cancel_requests(False)
     try:
         with _signals_as_interrupts():
             if mode is Mode.predict and not cfg.dry_run:
@@ -217,6 +227,7 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
                     log.info("stopping the service")
     except (KeyboardInterrupt, Interrupted) as exc:
         status, error = "interrupted", exc
+        http.cancel_requests()  # a client thread (network=vnet) is not interrupted by the signal
         raise
     except BaseException as exc:
         status, error = "failed", exc

@@ -18,6 +18,7 @@ from aideploy.keystore import KeyStore
 @hookimpl
 def aideploy_open_keystore(cfg, ctx, network):
     existing = os.environ.get(cfg.connection_string_env) if cfg.connection_string_env else None
+    data_dir = None
     if existing:
         where = "existing Azurite/Azure account"
         conn = existing
@@ -33,5 +34,6 @@ def aideploy_open_keystore(cfg, ctx, network):
         ctx.resources.add(f"Azurite (pid {server.pid})", server.stop)
         where = f"azurite {network.store_host}:{server.port}"
         conn = server.connection_string
+        data_dir = server.data_dir
     store = BlobKeyStore.from_connection_string(conn, cfg.container, sas_ttl=cfg.sas_ttl_seconds)
-    return KeyStore(store, network, where)
+    return KeyStore(store, network, where, data_dir=data_dir)

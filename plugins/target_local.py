@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -64,7 +65,10 @@ def aideploy_deploy(cfg, ctx, model, environment, network):
         **os.environ,
         "WORKER_COUNT": str(cfg.worker_count),
         "AIDEPLOY_MAX_REQUEST_BYTES": str(int(cfg.max_request_mb * 1024 * 1024)),
-        "GUNICORN_CMD_ARGS": "--no-control-socket",  # gunicorn's default socket is shared per user
+        # gunicorn's default control socket is shared per user; our config file makes it listen on
+        # bind_host only (azmlinfsrv would bind 0.0.0.0: every interface of the machine)
+        "GUNICORN_CMD_ARGS": f"--no-control-socket --config {shlex.quote(str(entry.parent / 'gunicorn_conf.py'))}",
+        "AIDEPLOY_BIND_HOST": network.bind_host,
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("AIDEPLOY_AUTH_KEY_SHA256", None)

@@ -6,7 +6,10 @@ import base64
 import binascii
 import os
 import threading
+import weakref
 from typing import Any, Callable
+
+from cachetools import LRUCache
 
 from aideploy_scoring.keyfetch import KeyFetcher, KeyFetchError
 from aideploy_scoring.service import LinearModel, RequestError, require
@@ -61,16 +64,29 @@ class SealScheme:
             raise RequestError(str(exc)) from None
 
 
+class _LoadedKey(tuple):
+    """``(server, public key)`` as the key cache holds it, sized by what the key holds
+    (a plain tuple would be sized by ``len()``: 2 bytes, leaving the cache unbounded)."""
+
+    @property
+    def nbytes(self) -> int:
+        return self[1].nbytes
+
+
 class FastScheme:
     """Our coefficient-encoded SEAL scheme (``fastlinear``): one query, any number of samples.
 
     A server is built per parameter set a client's bundle asks for (the model's error
-    guarantee is checked then). Each output ciphertext consumes one fresh public-key
-    encryption of zero; a daemon thread tops the pools up between requests, so that cost
-    stays off the request path while the service is not saturated.
+    guarantee is checked then); the last ``MAX_SERVERS`` are kept, as the parameters come
+    from clients. Each output ciphertext consumes one fresh public-key encryption of zero; a
+    daemon thread tops the pools up between requests, so that cost stays off the request
+    path while the service is not saturated. Only keys still in the key cache (or in use by
+    a request) are topped up: the pools hold weak references, so memory stays bounded by
+    ``AIDEPLOY_KEY_CACHE_BYTES`` however many clients come and go.
     """
 
     name = "fast"
+    MAX_SERVERS = 8
 
     def __init__(self, model: LinearModel, fetcher: KeyFetcher) -> None:
         from aideploy_scoring import fastlinear
@@ -78,9 +94,10 @@ class FastScheme:
         self._fl = fastlinear
         self.model = model
         self.fetcher = fetcher
-        self._servers: dict[bytes, Any] = {}
+        self._servers: LRUCache[bytes, Any] = LRUCache(maxsize=self.MAX_SERVERS)
         self._lock = threading.Lock()
-        self._keys_in_use: dict[str, Any] = {}
+        self._keys_in_use: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        self._keys_lock = threading.Lock()
         self._wake = threading.Event()
         self._load = self._load_bundle  # one object: the key cache is keyed by the transform
         threading.Thread(target=self._refill_forever, name="fast-pool-refill", daemon=True).start()
@@ -88,14 +105,16 @@ class FastScheme:
     def _server_for(self, params: Any) -> Any:
         fingerprint = params.fingerprint()
         with self._lock:
-            if fingerprint not in self._servers:
-                self._servers[fingerprint] = self._fl.FastServer(self.model.coef, self.model.intercept, params)
-            return self._servers[fingerprint]
+            server = self._servers.get(fingerprint)
+            if server is None:
+                server = self._servers[fingerprint] = self._fl.FastServer(self.model.coef, self.model.intercept,
+                                                                          params)
+            return server
 
     def _load_bundle(self, bundle: bytes) -> tuple[Any, Any]:
         try:
             server = self._server_for(self._fl.bundle_params(bundle))
-            return server, server.load_public(bundle)
+            return _LoadedKey((server, server.load_public(bundle)))
         except self._fl.FastSchemeError as exc:
             raise ValueError(f"public bundle refused: {exc}") from None  # KeyFetcher makes it a 400
 
@@ -105,7 +124,8 @@ class FastScheme:
             answer = server.predict(query, public)
         except self._fl.FastSchemeError as exc:
             raise RequestError(str(exc)) from None
-        self._keys_in_use[public.key_id] = public
+        with self._keys_lock:
+            self._keys_in_use[public.key_id] = public
         self._wake.set()
         return answer
 
@@ -121,5 +141,7 @@ class FastScheme:
         while True:
             self._wake.wait()
             self._wake.clear()
-            for public in list(self._keys_in_use.values()):
-                public.refill()
+            with self._keys_lock:
+                keys = list(self._keys_in_use.values())
+            while keys:  # no strong reference may outlive the round
+                keys.pop().refill()

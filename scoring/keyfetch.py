@@ -81,6 +81,9 @@ KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 CONTAINER_PATTERN = re.compile(r"(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]")
 _MAX_URL_CHARS = 8192
 _MAX_CONN_STR_CHARS = 4096
+# A '%' not followed by two hex digits. No field of a SAS has one once decoded; Azurite decodes
+# the query a second time and answers HTTP 500 to it, which would read as "the store failed".
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 # sig=... in a SAS query (also percent-encoded, when a SAS URL is nested in another URL's
 # query); AccountKey=... and SharedAccessSignature=... in a connection string.
@@ -372,6 +375,7 @@ class KeyFetcher:
         if parts.username is not None or parts.password is not None or parts.fragment:
             raise KeyRequestError("key_url must not contain user info or a fragment", code="InvalidUrl")
         self._check_host(parts.scheme.lower(), parts.hostname, port)
+        _check_sas_query(parts.query)
         if "sig" not in parse_qs(parts.query):
             # An unsigned URL would be an anonymous read: not what the protocol promises.
             raise KeyRequestError("key_url is not a SAS URL (no signature)", code="MissingSas")
@@ -398,6 +402,7 @@ class KeyFetcher:
         # Require AccountKey= or SharedAccessSignature= (the SDK keeps the latter
         # in the URL and leaves credential None): anything else would be an
         # anonymous read, which the protocol does not allow.
+        _check_sas_query(urlsplit(service.url).query)
         if service.credential is None and "sig" not in parse_qs(urlsplit(service.url).query):
             raise KeyRequestError("conn_str carries no credentials", code="InvalidConnectionString")
         parts = urlsplit(service.url)
@@ -440,6 +445,12 @@ class KeyFetcher:
             raise KeyStoreUnavailableError(
                 f"key store at {host} failed ({type(exc).__name__})", code="StoreError"
             ) from None
+
+
+def _check_sas_query(query: str) -> None:
+    for values in parse_qs(query, keep_blank_values=True).values():
+        if any(_BAD_ESCAPE.search(value) for value in values):
+            raise KeyRequestError("the SAS has malformed percent-encoding", code="InvalidSas")
 
 
 class _Modified(Exception):
