@@ -201,9 +201,14 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     mode = Mode(cfg.mode)
-    plugins = PluginRegistry.load(OmegaConf.to_container(cfg.plugins))
-    ctx = RunContext(cfg=cfg, plugins=plugins, run_id=run_id or new_run_id(), output_dir=output_dir,
-                     choices=choices)
+    run_id = run_id or new_run_id()
+    try:
+        plugins = PluginRegistry.load(OmegaConf.to_container(cfg.plugins))
+    except PluginError as exc:  # nothing ran and nothing needs tearing down, but say so
+        ctx = RunContext(cfg=cfg, plugins=None, run_id=run_id, output_dir=output_dir, choices=choices)
+        results_mod.write(ctx, results_mod.build(ctx, "failed", exc, {}, []))
+        raise
+    ctx = RunContext(cfg=cfg, plugins=plugins, run_id=run_id, output_dir=output_dir, choices=choices)
     runner = Runner(ctx)
     status, error = "ok", None
     pipeline = DRY_RUN if cfg.dry_run else PIPELINES[mode]

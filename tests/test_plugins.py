@@ -155,3 +155,14 @@ def test_two_plugins_claiming_one_option():
     with pytest.raises(PluginError) as info:
         plugin_options(registry)
     assert "target=thing" in str(info.value) and "alpha" in str(info.value) and "beta" in str(info.value)
+
+
+def test_a_plugin_module_that_fails_to_load_still_leaves_results(tmp_path):
+    import json
+
+    from aideploy import api
+
+    with pytest.raises(PluginError):
+        api.run([f"home={tmp_path / 'home'}", "plugins=[no_such_module_xyz]"], tmp_path / "out")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["status"] == "failed" and "no_such_module_xyz" in results["error"]["message"]

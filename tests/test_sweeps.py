@@ -93,8 +93,8 @@ def test_a_failed_job_is_a_row_with_its_error(cli, tmp_path):
     X_train, _, y_train, _ = digits_split(0.25, 0)
     joblib.dump(LogisticRegression(max_iter=2000).fit(X_train, y_train), tmp_path / "good.pkl")
     sweep = tmp_path / "multirun"
-    # One arm has a missing model file (fails in the model stage, results.json says so); the other
-    # names a plugin module that does not exist (fails before the run: only Hydra's record says so).
+    # One arm has a missing model file (fails in the model stage); the other names a plugin
+    # module that does not exist (fails before any stage). results.json says so in both.
     proc = multirun(cli, sweep, "model=sklearn_pickle", f"model.path={tmp_path / 'good.pkl'},{tmp_path / 'nope.pkl'}",
                     "plugins=[],[no_such_plugin_xyz]", "data.limit=2")
     assert proc.returncode != 0  # Hydra reports the first failed job once all jobs ran
@@ -105,7 +105,7 @@ def test_a_failed_job_is_a_row_with_its_error(cli, tmp_path):
     assert "nope.pkl" in table[2]["overrides"] and table[2]["error"].startswith("ConfigError: model file not found")
     for r in (table[1], table[3]):
         assert r["error"].startswith("PluginError: ") and "no_such_plugin_xyz" in r["error"]
-        assert not (sweep / r["dir"] / "results.json").exists()
+        assert json.loads((sweep / r["dir"] / "results.json").read_text())["status"] == "failed"
     # on_multirun_end never ran, yet the report is complete, plotted and printed
     assert (sweep / "sweep_latency.png").exists() and (sweep / "sweep_bytes.png").exists()
     assert "- jobs: 4 (3 failed, 1 ok)" in (sweep / "sweep.md").read_text()
