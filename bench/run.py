@@ -456,8 +456,8 @@ def main() -> None:
                          *(f"{b[(seeded, blas, pool)]:,.0f}" for blas in ("1", "default") for pool in ("cold", "warm"))])
     print_table(headers, rows)
     say(f"{batch} samples per query; pool cold = the batch pays for its encryptions of zero (SEAL public-key")
-    say(f"encryption), warm = they were made beforehand. BLAS default = {blas_threads()} OpenBLAS threads, what the")
-    say("service runs with today (nothing sets OPENBLAS_NUM_THREADS).")
+    say(f"encryption), warm = they were made beforehand. BLAS default = {blas_threads()} OpenBLAS threads; the")
+    say("service gives each worker cores/workers threads (score.py).")
     f784 = fast["784x10"]
     say(f"784x10 single query with BLAS default threads: {f784['server_ms_default_blas']:.3f} ms "
         f"(vs {f784['server_ms']:.3f} ms with 1 thread). Key bundle load (one-off, cached): "

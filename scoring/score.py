@@ -35,12 +35,15 @@ service = None
 def init():
     """Load the model once per worker."""
     global service
-    # One BLAS thread per worker (AIDEPLOY_BLAS_THREADS to change): workers already fill the
-    # cores, and OpenBLAS's spinning threads starved batch scoring 3-5x on a 2-core machine.
-    # threadpoolctl, because numpy is already imported when init() runs.
+    # BLAS threads: the cores divided among the workers (AIDEPLOY_BLAS_THREADS overrides).
+    # More would oversubscribe: OpenBLAS's spinning threads then starved batch scoring 3-5x on
+    # a busy 2-core machine; fewer leaves cores idle with one worker. threadpoolctl, because
+    # numpy is already imported when init() runs.
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=int(os.environ.get("AIDEPLOY_BLAS_THREADS", "1")), user_api="blas")
+    workers = max(1, int(os.environ.get("WORKER_COUNT", "1")))
+    threads = int(os.environ.get("AIDEPLOY_BLAS_THREADS") or max(1, (os.cpu_count() or 1) // workers))
+    threadpool_limits(limits=threads, user_api="blas")
     service = ScoringService.from_environment()
 
 
