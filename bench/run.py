@@ -273,7 +273,10 @@ def bench_concrete(data: dict, quick: bool, tmp: Path) -> dict:
     cmd = [str(CONCRETE_PYTHON), str(ROOT / "bench" / "concrete_part.py"), "--npz", str(npz), "--out", str(out)]
     cmd += ["--quick"] if quick else []
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp)
+        # Concrete's compiler leaves a temp dir (sharedlib.so, circuit.mlir) per circuit behind:
+        # keep them inside the bench's own temp dir, which is deleted at the end.
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp,
+                              env={**os.environ, "TMPDIR": str(tmp)})
     except subprocess.TimeoutExpired:
         return {"error": "bench/concrete_part.py took more than 900 s"}
     if not out.exists():
