@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from aideploy.errors import AideployError, ConfigError, PluginError, StageError
 from aideploy.stages import Mode
@@ -207,6 +207,37 @@ def check_credential(cred: Any, settings: WorkspaceSettings, target: str) -> Non
                          "login.microsoftonline.com and management.azure.com") from None
     finally:
         identity_log.setLevel(level)
+
+
+@dataclass
+class Session:
+    """A connected workspace: where it came from, the credential and the SDK's handle on it.
+
+    ``workspace`` is azureml-core's ``Workspace`` for ACI, azure-ai-ml's ``MLClient`` for
+    managed endpoints.
+    """
+
+    settings: WorkspaceSettings
+    credential: Any
+    workspace: Any
+
+
+def connect(ws_cfg: Any, target: str, open_workspace: Callable[[WorkspaceSettings, Any], Any]) -> Session:
+    """Resolve the workspace, get a token, then ``open_workspace(settings, credential)``.
+
+    Each failure is a clear error; the SDK's own failure to open the workspace names it.
+    """
+    settings = resolve_workspace(ws_cfg, target)
+    cred = credential(target)
+    check_credential(cred, settings, target)
+    try:
+        workspace = open_workspace(settings, cred)
+    except Exception as exc:
+        raise sdk_error(exc, f"opening the Azure ML workspace {settings.label('workspace_name')} "
+                        f"(from {settings.source})", settings,
+                        hint="check the subscription, resource group and workspace name, and that the "
+                        "credential has access to the workspace") from None
+    return Session(settings, cred, workspace)
 
 
 def v1_auth(cred: Any) -> Any:

@@ -13,15 +13,15 @@ the functions below, so loading this plugin never needs them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aideploy import hookimpl
 from aideploy.artifacts import Endpoint, Secret
-from aideploy.azure_workspace import (ACI_DELEGATION, SESSION_KEY, WorkspaceSettings, check_credential,
-                                      check_subnet_delegation, credential, deployment_name, fetch_subnet,
-                                      preflight_due, require_sdk, resolve_workspace, sdk_error, v1_auth)
+from aideploy.azure_workspace import (ACI_DELEGATION, SESSION_KEY, Session, WorkspaceSettings,
+                                      check_subnet_delegation, deployment_name, fetch_subnet, preflight_due,
+                                      require_sdk, sdk_error, v1_auth)
+from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import ConfigError, DeployError
 from aideploy.http import post_all
 from aideploy.stages import Mode
@@ -126,35 +126,19 @@ def vnet_resource_group(ctx: Any, settings: WorkspaceSettings | None) -> tuple[s
 # ----------------------------------------------------------------------------- workspace
 
 
-@dataclass
-class Session:
-    """A connected workspace: where it came from, the credential and the SDK v1 ``Workspace``."""
-
-    settings: WorkspaceSettings
-    credential: Any
-    workspace: Any
-
-
-def connect(cfg: Any) -> Session:
-    """Resolve the workspace, get a token and open the workspace; each failure is a clear error."""
-    settings = resolve_workspace(cfg.workspace, PLUGIN_NAME)
-    cred = credential(PLUGIN_NAME)
-    check_credential(cred, settings, PLUGIN_NAME)
+def _open_workspace(settings: WorkspaceSettings, cred: Any) -> Any:
     from azureml.core import Workspace
 
     # azureml-core logs its progress at INFO with ids and paths; the run's log keeps its warnings only.
     logging.getLogger("azureml").setLevel(logging.WARNING)
+    # What Workspace.from_config() does once it has read config.json.
+    return Workspace.get(settings.workspace_name, auth=v1_auth(cred),
+                         subscription_id=settings.subscription_id, resource_group=settings.resource_group)
 
-    try:
-        # What Workspace.from_config() does once it has read config.json.
-        workspace = Workspace.get(settings.workspace_name, auth=v1_auth(cred),
-                                  subscription_id=settings.subscription_id, resource_group=settings.resource_group)
-    except Exception as exc:
-        raise sdk_error(exc, f"opening the Azure ML workspace {settings.label('workspace_name')} "
-                        f"(from {settings.source})", settings,
-                        hint="check the subscription, resource group and workspace name, and that the "
-                        "credential has access to the workspace") from None
-    return Session(settings, cred, workspace)
+
+def connect(cfg: Any) -> Session:
+    """The workspace, opened with SDK v1 (``Workspace``); each failure is a clear error."""
+    return connect_workspace(cfg.workspace, PLUGIN_NAME, _open_workspace)
 
 
 def check_subnet(ctx: Any, session: Session) -> None:

@@ -13,14 +13,14 @@ functions below, so loading this plugin never needs it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aideploy import hookimpl
 from aideploy.artifacts import Endpoint, Secret
-from aideploy.azure_workspace import (SESSION_KEY, WorkspaceSettings, check_credential, credential,
-                                      deployment_name, preflight_due, require_sdk, resolve_workspace, sdk_error)
+from aideploy.azure_workspace import (SESSION_KEY, Session, WorkspaceSettings, deployment_name, preflight_due,
+                                      require_sdk, sdk_error)
+from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import DeployError
 from aideploy.http import post_all
 from aideploy.stages import Mode
@@ -92,33 +92,19 @@ def endpoint_name(ctx: Any) -> str:
 # ----------------------------------------------------------------------------- workspace
 
 
-@dataclass
-class Session:
-    """A connected workspace: where it came from, the credential and the SDK v2 ``MLClient``."""
-
-    settings: WorkspaceSettings
-    credential: Any
-    client: Any
-
-
-def connect(cfg: Any) -> Session:
-    """Resolve the workspace, get a token and check the workspace exists; each failure is a clear error."""
-    settings = resolve_workspace(cfg.workspace, PLUGIN_NAME)
-    cred = credential(PLUGIN_NAME)
-    check_credential(cred, settings, PLUGIN_NAME)
+def _open_workspace(settings: WorkspaceSettings, cred: Any) -> Any:
     from azure.ai.ml import MLClient
 
     _quiet_sdk_logs()
     client = MLClient(cred, settings.subscription_id, settings.resource_group, settings.workspace_name,
                       enable_telemetry=False)
-    try:
-        client.workspaces.get(settings.workspace_name)
-    except Exception as exc:
-        raise sdk_error(exc, f"opening the Azure ML workspace {settings.label('workspace_name')} "
-                        f"(from {settings.source})", settings,
-                        hint="check the subscription, resource group and workspace name, and that the "
-                        "credential has access to the workspace") from None
-    return Session(settings, cred, client)
+    client.workspaces.get(settings.workspace_name)  # MLClient connects lazily: check it exists now
+    return client
+
+
+def connect(cfg: Any) -> Session:
+    """The workspace, through SDK v2's ``MLClient``; each failure is a clear error."""
+    return connect_workspace(cfg.workspace, PLUGIN_NAME, _open_workspace)
 
 
 def delete_endpoint(client: Any, name: str, timeout: float | None = None) -> bool:
@@ -181,7 +167,7 @@ def aideploy_before_stage(stage, ctx):
 def aideploy_deploy(cfg, ctx, model, environment, network):
     name = endpoint_name(ctx)
     session = ctx.artifacts.get(SESSION_KEY) or connect(cfg)
-    settings, client = session.settings, session.client
+    settings, client = session.settings, session.workspace
     source = ctx.output_dir / "deploy" / "source"
     stage_source(source)
     endpoint = build_endpoint(cfg, ctx.cfg.network, name)
@@ -267,7 +253,7 @@ def aideploy_delete(cfg, ctx, name):
     require_sdk(PLUGIN_NAME, *SDK_MODULES)
     session = connect(cfg)
     try:
-        deleted = delete_endpoint(session.client, name, cfg.deploy_timeout)
+        deleted = delete_endpoint(session.workspace, name, cfg.deploy_timeout)
     except Exception as exc:
         raise sdk_error(exc, f"deleting the online endpoint {name!r}", session.settings) from None
     if not deleted:
