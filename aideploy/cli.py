@@ -29,9 +29,7 @@ def _app(cfg: DictConfig) -> None:
     try:
         runner.run(cfg, Path(hydra_cfg.runtime.output_dir), group_choices(hydra_cfg))
     except AideployError as exc:
-        log.error("error: %s", exc)
-        if exc.hint:
-            log.error("hint: %s", exc.hint)
+        log.error("%s", exc.report())
         if multirun:  # let the launcher record this job as failed and go on with the others
             raise
         sys.exit(exc.exit_code)
@@ -48,9 +46,7 @@ def main() -> None:
         # Installed plugins may add config options, which must exist before Hydra composes.
         register_configs(registry=PluginRegistry.load())
     except AideployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        print(exc.report(), file=sys.stderr)
         sys.exit(exc.exit_code)
     _app()
 

@@ -21,6 +21,10 @@ class AideployError(Exception):
     def __str__(self) -> str:
         return self.cause
 
+    def report(self) -> str:
+        """What the command line shows: ``error: <cause>`` and, if there is one, ``hint: <hint>``."""
+        return f"error: {self.cause}" + (f"\nhint: {self.hint}" if self.hint else "")
+
 
 class ConfigError(AideployError):
     """The composed configuration is inconsistent (beyond what the schema can check)."""

@@ -85,9 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         described = describe(args.modules)
     except AideployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        print(exc.report(), file=sys.stderr)
         sys.exit(exc.exit_code)
     print(json.dumps(described, indent=2) if args.json else render(described))
 
