@@ -62,8 +62,7 @@ def aideploy_deploy(cfg, ctx, model, environment, network):
     port = cfg.port or free_port()
     key = scoring_key(ctx) if cfg.auth else None
     env = {
-        **os.environ,
-        "WORKER_COUNT": str(cfg.worker_count),
+        **os.environ,  # WORKER_COUNT comes from --worker_count: azmlinfsrv exports it itself
         "AIDEPLOY_MAX_REQUEST_BYTES": str(int(cfg.max_request_mb * 1024 * 1024)),
         # gunicorn's default control socket is shared per user; our config file makes it listen on
         # bind_host only (azmlinfsrv would bind 0.0.0.0: every interface of the machine)
@@ -94,8 +93,8 @@ def aideploy_deploy(cfg, ctx, model, environment, network):
     if ctx.mode is Mode.serve:
         record = deployment_record(ctx, name)
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"name": name, "pid": server.pid, "owner_pid": os.getpid(), "scoring_uri": endpoint.scoring_uri,
-                                      "output_dir": str(ctx.output_dir)}))
+        record.write_text(json.dumps({"name": name, "pid": server.pid, "owner_pid": os.getpid(),
+                                      "scoring_uri": endpoint.scoring_uri, "output_dir": str(ctx.output_dir)}))
         ctx.resources.add(f"deployment record {record.name}", lambda: record.unlink(missing_ok=True))
         if key and not os.environ.get(ctx.cfg.scoring_key_env):
             # Shown once, on the terminal only: the log handlers never see it.
