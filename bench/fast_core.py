@@ -6,13 +6,11 @@ For 64x10 and 784x10 models (weights shaped like a trained LogisticRegression,
 inputs in [0, 1]) it prints, per model:
 
 * server ms/query: median wall time of ``FastServer.predict`` on a single query,
-  from request bytes to response bytes, with a warm pool of encryptions of zero;
-* pool refill ms/query: the amortised cost of making the encryptions of zero that
-  query consumed (SEAL public-key encryption; done off the request path);
+  from request bytes to response bytes (its fresh encryptions of zero included);
 * client encrypt / decrypt ms (single query);
 * bundle / query / response bytes (single query);
 * batch samples/s: server compute for one column-layout request of ``--batch``
-  samples (pool refill for the batch included), seeded and unseeded, and the max
+  samples, seeded and unseeded, and the max
   logit error seen.
 
 Run the server side with ``OPENBLAS_NUM_THREADS=1`` on small machines (see the
@@ -50,23 +48,14 @@ def _median_ms(fn, repeat: int) -> float:
 def bench(n: int, c: int, repeat: int, batch: int, rng: np.random.Generator) -> dict:
     w, b = _model(rng, n, c)
     client = FastClient(n, c)
-    server = FastServer(w, b, pool_target=0)
+    server = FastServer(w, b)
     public = server.load_public(client.public_bundle())
     bundle = client.public_bundle()
 
     x = rng.random((1, n))
     queries = [client.encrypt(x) for _ in range(8)]
-    groups = len(server.describe()["row_groups"])
-    public.refill(repeat * groups + 16)
-    # server: one query -> one response, warm pool (each call consumes fresh entries)
     i = iter(range(10**9))
     server_ms = _median_ms(lambda: server.predict(queries[next(i) % 8], public), repeat)
-    # pool refill cost per query (encryptions of zero consumed by one query)
-    made = public.generated
-    t0 = time.perf_counter()
-    public.refill(public.pool_size + 10 * groups)
-    refill_ms = 1e3 * (time.perf_counter() - t0) / 10
-    assert public.generated - made == 10 * groups
 
     enc_ms = _median_ms(lambda: client.encrypt(x), max(10, repeat // 10))
     response = server.predict(queries[0], public)
@@ -74,7 +63,7 @@ def bench(n: int, c: int, repeat: int, batch: int, rng: np.random.Generator) -> 
     err_single = float(np.abs(client.decrypt(server.predict(client.encrypt(x), public), 1)
                               - (x @ w.T + b)).max())
 
-    # batch: column layout, samples in coefficients; pool refill for the batch included
+    # batch: column layout, samples in coefficients
     xb = rng.random((batch, n))
     batch_rate = {}
     err_batch = 0.0
@@ -82,7 +71,6 @@ def bench(n: int, c: int, repeat: int, batch: int, rng: np.random.Generator) -> 
         qb = client.encrypt(xb, layout="column", seeded=seeded)
         rates = []
         for _ in range(3):
-            public.take(public.pool_size)  # empty pool: the batch pays for its encryptions of zero
             t0 = time.perf_counter()
             rb = server.predict(qb, public)
             rates.append(batch / (time.perf_counter() - t0))
@@ -93,7 +81,6 @@ def bench(n: int, c: int, repeat: int, batch: int, rng: np.random.Generator) -> 
     return {
         "model": f"{n}x{c}",
         "server_ms": server_ms,
-        "refill_ms": refill_ms,
         "enc_ms": enc_ms,
         "dec_ms": dec_ms,
         "bundle_B": len(bundle),
@@ -120,7 +107,6 @@ def main() -> None:
     cols = [
         ("model", "model", "{}"),
         ("server_ms", "server ms/q", "{:.3f}"),
-        ("refill_ms", "pool refill ms/q", "{:.2f}"),
         ("enc_ms", "encrypt ms", "{:.2f}"),
         ("dec_ms", "decrypt ms", "{:.2f}"),
         ("bundle_B", "bundle B", "{:,}"),
@@ -140,8 +126,7 @@ def main() -> None:
         print("  ".join(cell.rjust(widths[i]) for i, cell in enumerate(row)))
         if j == 0:
             print("  ".join("-" * wd for wd in widths))
-    print(f"(repeat={args.repeat}, batch={args.batch} samples, column layout; server ms excludes pool refill,"
-          " which is listed separately; batch rates include it; "
+    print(f"(repeat={args.repeat}, batch={args.batch} samples, column layout; "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")
 
 

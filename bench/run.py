@@ -21,9 +21,8 @@ sklearn weights are what every scheme serves.
 the scoring code, one sample per query:
 
 * fast: ``FastServer.predict(query_bytes, loaded_key)`` -- what ``FastScheme.score_binary`` runs
-  once the key bundle is cached -- with a warm pool of public-key encryptions of zero. The pool
-  refill those queries consumed is timed separately ("refill ms/q"); "total ms/q" is the sum,
-  which is the honest amortised server cost (the service refills between requests in a thread);
+  once the key bundle is cached. It includes everything the server does for the query, the fresh
+  public-key encryptions of zero (re-randomisation) too: nothing is precomputed between requests;
 * seal: ``json.loads(body)``, ``SealLinearServer.predict(data, prepared_keys)``, ``json.dumps``;
   library: ``EIServer.predict(ciphertexts, public_key_bytes)``;
 * Concrete-ML: ``FHEModelServer.run(query_bytes, evaluation_keys)`` with the keys deserialized once.
@@ -31,8 +30,8 @@ the scoring code, one sample per query:
 Key bytes are what the client uploads; query/response bytes are the encrypted payload of one
 sample (seal's JSON body without the key id/URL fields, which the fast scheme sends as headers).
 Batch samples/s: fast's column layout (``--batch`` samples in one query), seeded and unseeded,
-with the pool refill for the batch included (and, separately, with a warm pool); seal has no batch
-mode (1000 / server ms); Concrete-ML: ``decision_function(X, fhe="execute")`` throughput.
+encryptions of zero included; seal has no batch mode (1000 / server ms); Concrete-ML:
+``decision_function(X, fhe="execute")`` throughput.
 
 The fast server is measured with OpenBLAS limited to one thread (threadpoolctl), the setting
 fastlinear's docstring recommends on a 2-core box; the 784x10 single query and batches are also
@@ -151,7 +150,7 @@ def bench_fast(d: dict, reps: int, batch: int, rng: np.random.Generator) -> dict
     ref = X @ coef.T + intercept
     n_classes, n_features = coef.shape
     client = FastClient(n_features, n_classes)
-    server = FastServer(coef, intercept, pool_target=0)
+    server = FastServer(coef, intercept)
     bundle = client.public_bundle()
     t0 = time.perf_counter()
     public = server.load_public(bundle)
@@ -160,7 +159,6 @@ def bench_fast(d: dict, reps: int, batch: int, rng: np.random.Generator) -> dict
 
     xs = [X[i:i + 1] for i in range(16)]
     queries = [client.encrypt(x) for x in xs]
-    public.refill((2 * reps + 40) * groups)
     turn = iter(range(10**9))
 
     def one():
@@ -175,36 +173,23 @@ def bench_fast(d: dict, reps: int, batch: int, rng: np.random.Generator) -> dict
     err = float(np.abs(scores - ref[:16]).max())
     agree = float((scores.argmax(1) == ref[:16].argmax(1)).mean())
 
-    # pool refill: the public-key encryptions of zero that `k` queries consume
-    k = 20
-    made = public.generated
-    t0 = time.perf_counter()
-    public.refill(public.pool_size + k * groups)
-    refill_ms = 1e3 * (time.perf_counter() - t0) / k
-    assert public.generated - made == k * groups
-
     enc_ms, _, _ = timed_ms(lambda: client.encrypt(xs[0]), max(20, reps // 10))
     dec_ms, _, _ = timed_ms(lambda: client.decrypt(responses[0], 1), max(20, reps // 10))
 
     # batch: column layout, `batch` test samples (drawn with replacement) in one query
     Xb = X[rng.integers(0, len(X), batch)]
     refb = Xb @ coef.T + intercept
-    n_entries = -(-batch // client.params.poly_modulus_degree) * n_classes
     batch_res: dict = {}
     for seeded in (True, False):
         qb = client.encrypt(Xb, layout="column", seeded=seeded)
         for blas in ("1", "default"):
-            for pool in ("cold", "warm"):
-                rates = []
-                for _ in range(3):
-                    public.take(public.pool_size)
-                    if pool == "warm":
-                        public.refill(n_entries)
-                    with threadpool_limits(1 if blas == "1" else None, user_api="blas"):
-                        t0 = time.perf_counter()
-                        rb = server.predict(qb, public)
-                        rates.append(batch / (time.perf_counter() - t0))
-                batch_res[(seeded, blas, pool)] = statistics.median(rates)
+            rates = []
+            for _ in range(3):
+                with threadpool_limits(1 if blas == "1" else None, user_api="blas"):
+                    t0 = time.perf_counter()
+                    rb = server.predict(qb, public)
+                    rates.append(batch / (time.perf_counter() - t0))
+            batch_res[(seeded, blas)] = statistics.median(rates)
         sb = client.decrypt(rb, batch)
         err = max(err, float(np.abs(sb - refb).max()))
         agree_b = float((sb.argmax(1) == refb.argmax(1)).mean())
@@ -212,10 +197,10 @@ def bench_fast(d: dict, reps: int, batch: int, rng: np.random.Generator) -> dict
         batch_res[(seeded, "response_B_per_sample")] = len(rb) / batch
         del qb, rb
     return {
-        "server_ms": server_ms, "refill_ms": refill_ms, "total_ms": server_ms + refill_ms,
+        "server_ms": server_ms,
         "server_ms_default_blas": server_ms_default_blas, "key_load_ms": load_ms,
         "enc_ms": enc_ms, "dec_ms": dec_ms, "key_B": len(bundle), "query_B": len(queries[0]),
-        "response_B": len(responses[0]), "batch": batch_res, "batch_sps": batch_res[(True, "1", "cold")],
+        "response_B": len(responses[0]), "batch": batch_res, "batch_sps": batch_res[(True, "1")],
         "max_err": err, "agreement": min(agree, agree_b), "error_bound": server.error_bound,
         "flood_margin_bits": server.flood_margin_bits, "groups": groups, "reps": reps,
     }
@@ -407,31 +392,30 @@ def main() -> None:
     # ------------------------------------------------------------------ the table
     say("")
     say("== per-query costs (one sample per query; medians) ==")
-    headers = ["model / scheme", "server ms/q", "refill ms/q", "total ms/q", "encrypt ms", "decrypt ms",
+    headers = ["model / scheme", "server ms/q", "encrypt ms", "decrypt ms",
                "key B", "query B", "response B", "batch samples/s", "max |err|"]
     rows = []
     for name in data:
         f, s = fast[name], seal[name]
-        rows.append([f"{name} fast (ours)", f"{f['server_ms']:.3f}", f"{f['refill_ms']:.2f}", f"{f['total_ms']:.3f}",
+        rows.append([f"{name} fast (ours)", f"{f['server_ms']:.3f}",
                      f"{f['enc_ms']:.2f}", f"{f['dec_ms']:.2f}", fmt_bytes(f["key_B"]), fmt_bytes(f["query_B"]),
                      fmt_bytes(f["response_B"]), f"{f['batch_sps']:,.0f}", f"{f['max_err']:.1e}"])
-        rows.append([f"{name} seal SealLinearServer", f"{s['server_ms']:.1f}", "-", f"{s['server_ms']:.1f}",
+        rows.append([f"{name} seal SealLinearServer", f"{s['server_ms']:.1f}",
                      f"{s['enc_ms']:.1f}", f"{s['dec_ms']:.1f}", fmt_bytes(s["key_B"]), fmt_bytes(s["query_B"]),
                      fmt_bytes(s["response_B"]), f"{s['batch_sps']:.2f}", f"{s['max_err']:.1e}"])
-        rows.append([f"{name} seal EIServer (library)", f"{s['lib_ms']:.0f}", "-", f"{s['lib_ms']:.0f}",
+        rows.append([f"{name} seal EIServer (library)", f"{s['lib_ms']:.0f}",
                      f"{s['enc_ms']:.1f}", f"{s['dec_ms']:.1f}", fmt_bytes(s["key_B"]), fmt_bytes(s["query_B"]),
                      fmt_bytes(s["response_B"]), f"{s['lib_batch_sps']:.3f}", f"{s['max_err']:.1e}"])
         if name in concrete:
             c = concrete[name]
-            rows.append([f"{name} Concrete-ML LR 8-bit", f"{c['server_ms']:.2f}", "-", f"{c['server_ms']:.2f}",
+            rows.append([f"{name} Concrete-ML LR 8-bit", f"{c['server_ms']:.2f}",
                          f"{c['encrypt_ms']:.2f}", f"{c['decrypt_ms']:.2f}", fmt_bytes(c["key_bytes"]),
                          fmt_bytes(c["query_bytes"]), fmt_bytes(c["response_bytes"]), f"{c['batch_sps']:,.1f}",
                          f"{c['max_abs_err']:.1e}"])
     print_table(headers, rows)
-    say("server ms/q: request bytes -> response bytes in the scoring code. refill ms/q: fast's public-key")
-    say("encryptions of zero one query consumes (made off the request path by the service's refill thread).")
-    say("total = server + refill. batch samples/s: fast = column layout, seeded, pool refill included, 1 BLAS")
-    say("thread; seal = 1000/ms (no batching); Concrete-ML = decision_function(fhe='execute') on a batch.")
+    say("server ms/q: request bytes -> response bytes in the scoring code (fast: the fresh public-key")
+    say("encryptions of zero included). batch samples/s: fast = column layout, seeded, 1 BLAS thread;")
+    say("seal = 1000/ms (no batching); Concrete-ML = decision_function(fhe='execute') on a batch.")
     say("max |err|: decrypted logits vs the plaintext model (Concrete-ML: 8-bit quantisation error).")
     if "error" in cml:
         say(f"Concrete-ML: not importable ({cml['error']})")
@@ -448,19 +432,17 @@ def main() -> None:
 
     say("")
     say("== fast batch mode (column layout, one query; samples/s of server compute) ==")
-    headers = ["model", "upload", "B/sample up", "B/sample down", "BLAS 1, pool cold", "BLAS 1, pool warm",
-               "BLAS default, cold", "BLAS default, warm"]
+    headers = ["model", "upload", "B/sample up", "B/sample down", "BLAS 1 thread", "BLAS default"]
     rows = []
     for name in data:
         b = fast[name]["batch"]
         for seeded in (True, False):
             rows.append([name, "seeded" if seeded else "unseeded", fmt_bytes(b[(seeded, "query_B_per_sample")]),
                          fmt_bytes(b[(seeded, "response_B_per_sample")]),
-                         *(f"{b[(seeded, blas, pool)]:,.0f}" for blas in ("1", "default") for pool in ("cold", "warm"))])
+                         *(f"{b[(seeded, blas)]:,.0f}" for blas in ("1", "default"))])
     print_table(headers, rows)
-    say(f"{batch} samples per query; pool cold = the batch pays for its encryptions of zero (SEAL public-key")
-    say(f"encryption), warm = they were made beforehand. BLAS default = {blas_threads()} OpenBLAS threads; the")
-    say("service gives each worker cores/workers threads (score.py).")
+    say(f"{batch} samples per query, encryptions of zero included. BLAS default = {blas_threads()} OpenBLAS")
+    say("threads; the service gives each worker cores/workers threads (score.py).")
     f784 = fast["784x10"]
     say(f"784x10 single query with BLAS default threads: {f784['server_ms_default_blas']:.3f} ms "
         f"(vs {f784['server_ms']:.3f} ms with 1 thread). Key bundle load (one-off, cached): "
@@ -497,8 +479,7 @@ def main() -> None:
         if name in concrete:
             parts.append(("Concrete-ML LogisticRegression", concrete[name]["server_ms"]))
         for label, anchor in parts:
-            say(f"{name}  fast vs {label:<47} {anchor / f['server_ms']:>12,.0f}x  "
-                f"(incl. pool refill: {anchor / f['total_ms']:>10,.0f}x)")
+            say(f"{name}  fast vs {label:<47} {anchor / f['server_ms']:>12,.0f}x")
 
     # ------------------------------------------------------------------ targets
     say("")
@@ -506,29 +487,20 @@ def main() -> None:
     f, f64, s = fast["784x10"], fast["64x10"], seal["784x10"]
     c = concrete.get("784x10")
     http_ok = http.get("status") == "ok"
-    seeded_b, unseeded_b = f["batch"][(True, "1", "cold")], f["batch"][(False, "1", "cold")]
-
-    def verdict(server_only: bool, amortised: bool) -> object:
-        if server_only == amortised:
-            return server_only
-        return "server only; NO incl. refill" if server_only else "incl. refill only"
+    seeded_b, unseeded_b = f["batch"][(True, "1")], f["batch"][(False, "1")]
 
     targets = [
-        ("server compute per query median <= 0.5 ms", f"{f['server_ms']:.3f} ms (+{f['refill_ms']:.2f} ms refill "
-         f"= {f['total_ms']:.2f} ms)", verdict(f["server_ms"] <= TARGETS_MS["server_784"],
-                                               f["total_ms"] <= TARGETS_MS["server_784"])),
-        (">= 100x faster than Concrete-ML", f"{c['server_ms'] / f['server_ms']:,.0f}x (incl. refill "
-         f"{c['server_ms'] / f['total_ms']:,.0f}x)" if c else "n/a (Concrete-ML not run)",
-         verdict(c["server_ms"] / f["server_ms"] >= 100, c["server_ms"] / f["total_ms"] >= 100) if c else None),
-        (">= 10,000x faster than encrypted-inference", f"{s['lib_ms'] / f['server_ms']:,.0f}x vs EIServer (incl. "
-         f"refill {s['lib_ms'] / f['total_ms']:,.0f}x); {s['server_ms'] / f['server_ms']:,.0f}x vs SealLinearServer",
-         verdict(s["lib_ms"] / f["server_ms"] >= 10_000, s["lib_ms"] / f["total_ms"] >= 10_000)),
-        ("64x10 server per query <= 0.1 ms", f"{f64['server_ms']:.3f} ms (+{f64['refill_ms']:.2f} ms refill)",
-         verdict(f64["server_ms"] <= TARGETS_MS["server_64"], f64["total_ms"] <= TARGETS_MS["server_64"])),
+        ("server compute per query median <= 0.5 ms", f"{f['server_ms']:.3f} ms",
+         f["server_ms"] <= TARGETS_MS["server_784"]),
+        (">= 100x faster than Concrete-ML", f"{c['server_ms'] / f['server_ms']:,.0f}x" if c
+         else "n/a (Concrete-ML not run)", (c["server_ms"] / f["server_ms"] >= 100) if c else None),
+        (">= 10,000x faster than encrypted-inference", f"{s['lib_ms'] / f['server_ms']:,.0f}x vs EIServer; "
+         f"{s['server_ms'] / f['server_ms']:,.0f}x vs SealLinearServer", s["lib_ms"] / f["server_ms"] >= 10_000),
+        ("64x10 server per query <= 0.1 ms", f"{f64['server_ms']:.3f} ms", f64["server_ms"] <= TARGETS_MS["server_64"]),
         ("query <= 40 KB (40,960 B)", f"{f['query_B']:,} B", f["query_B"] <= 40 * 1024),
         ("response <= 70 KB (71,680 B)", f"{f['response_B']:,} B", f["response_B"] <= 70 * 1024),
         ("key material uploaded <= 256 KB", f"{f['key_B']:,} B", f["key_B"] <= 256 * 1024),
-        (">= 100,000 samples/s batch (refill incl., 1 BLAS thread)",
+        (">= 100,000 samples/s batch (1 BLAS thread)",
          f"seeded {seeded_b:,.0f}/s, unseeded {unseeded_b:,.0f}/s",
          True if seeded_b >= 100_000 else ("unseeded only" if unseeded_b >= 100_000 else False)),
         ("HTTP round trip p50 <= 20 ms", f"{http['latency_ms']['p50']:.2f} ms" if http_ok else "n/a",

@@ -15,7 +15,7 @@ from aideploy_scoring.fastlinear import FastClient, FastParams, FastSchemeError
 from aideploy_scoring.service import BINARY_TYPE, KEY_HEADERS, SCHEME_HEADER
 
 SCHEME = "fast"
-RUNTIME = ["seal-python==4.4.0", "cryptography>=41", "azure-storage-blob>=12.19", "cachetools>=5.3"]
+RUNTIME = ["seal-python==4.4.0", "cryptography>=41", "numba>=0.68", "azure-storage-blob>=12.19", "cachetools>=5.3"]
 
 
 @hookimpl

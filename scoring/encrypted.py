@@ -6,7 +6,6 @@ import base64
 import binascii
 import os
 import threading
-import weakref
 from typing import Any, Callable
 
 from cachetools import LRUCache
@@ -78,11 +77,8 @@ class FastScheme:
 
     A server is built per parameter set a client's bundle asks for (the model's error
     guarantee is checked then); the last ``MAX_SERVERS`` are kept, as the parameters come
-    from clients. Each output ciphertext consumes one fresh public-key encryption of zero; a
-    daemon thread tops the pools up between requests, so that cost stays off the request
-    path while the service is not saturated. Only keys still in the key cache (or in use by
-    a request) are topped up: the pools hold weak references, so memory stays bounded by
-    ``AIDEPLOY_KEY_CACHE_BYTES`` however many clients come and go.
+    from clients. Each output ciphertext gets a fresh public-key encryption of zero, made on
+    the request path (compiled kernels, no GIL held): nothing runs between requests.
     """
 
     name = "fast"
@@ -96,11 +92,7 @@ class FastScheme:
         self.fetcher = fetcher
         self._servers: LRUCache[bytes, Any] = LRUCache(maxsize=self.MAX_SERVERS)
         self._lock = threading.Lock()
-        self._keys_in_use: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
-        self._keys_lock = threading.Lock()
-        self._wake = threading.Event()
         self._load = self._load_bundle  # one object: the key cache is keyed by the transform
-        threading.Thread(target=self._refill_forever, name="fast-pool-refill", daemon=True).start()
 
     def _server_for(self, params: Any) -> Any:
         fingerprint = params.fingerprint()
@@ -121,13 +113,9 @@ class FastScheme:
     def score_binary(self, payload: dict, query: bytes) -> bytes:
         server, public = fetch_keys(self.fetcher, payload, self._load)
         try:
-            answer = server.predict(query, public)
+            return server.predict(query, public)
         except self._fl.FastSchemeError as exc:
             raise RequestError(str(exc)) from None
-        with self._keys_lock:
-            self._keys_in_use[public.key_id] = public
-        self._wake.set()
-        return answer
 
     def score(self, payload: dict) -> Any:
         data = require(payload, "data", str, "a base64 query")
@@ -136,12 +124,3 @@ class FastScheme:
         except (binascii.Error, ValueError):
             raise RequestError("field 'data' is not valid base64") from None
         return {"data": base64.b64encode(self.score_binary(payload, query)).decode()}
-
-    def _refill_forever(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            with self._keys_lock:
-                keys = list(self._keys_in_use.values())
-            while keys:  # no strong reference may outlive the round
-                keys.pop().refill()

@@ -3,8 +3,9 @@
 This module is the whole cryptographic core of the fast scheme: the client half
 (:class:`FastClient`: key generation, query encryption, response decryption) and
 the server half (:class:`FastServer`: model precomputation, homomorphic scoring).
-It imports only numpy, the standard library and the SEAL binding, because it is
-deployed as-is inside the scoring container.
+It imports numpy, the standard library, the SEAL binding, ``cryptography`` (AES) and
+numba (through :mod:`fastkernels`, the compiled hot path), because it is deployed as-is
+inside the scoring container.
 
 Technique (Cheetah, Huang et al., USENIX Security 2022)
 -------------------------------------------------------
@@ -28,10 +29,11 @@ machine.  ``seal-python`` has a fast bytes API (``to_string``/``load_bytes``,
 ciphertexts, and parms_id checks, but is built *without* zlib/zstd and drops the
 seed of ``encrypt_symmetric``.  We use ``seal-python`` for everything SEAL is
 good at -- parameter validation against the 128-bit HE standard, key
-generation, noise sampling and secret-key encryption (client), public-key
-encryptions of zero (server), NTT transforms, and loading/validating the public
-key -- and do the seeding, the packing and the hot-path arithmetic ourselves,
-vectorised in numpy:
+generation, noise sampling and secret-key encryption (client), NTT transforms on
+the client, and loading/validating the public key -- and do the seeding, the
+packing and the server's arithmetic ourselves: the request path (NTTs in SEAL's
+domain, public-key encryptions of zero, the fused row scorer) is compiled with
+numba in :mod:`fastkernels`, the batch layout is float64 BLAS:
 
 * seeding: the client's uniform polynomial ``a`` is *defined* as
   the AES-128-CTR keystream of a key derived from the seed (SHA-256), expanded by
@@ -72,8 +74,8 @@ and the noise are simply below the precision we care about.  Therefore
                     + 1/(2S) + E * t/(q*S),
 
 with ``dw = wh - s_w*w`` (|dw| <= 1/2) and ``E <= 20*||W_g||_1`` (client noise
-times the group's weight polynomial) ``+ 2^12`` (public-key encryption noise,
-already divided by the special prime) ``+ F`` (flooding) ``+ 1``.  No wrap-around
+times the group's weight polynomial) ``+ 40N + 21`` (the server's public-key
+encryption of zero, :func:`_pk_noise_bound`) ``+ F`` (flooding) ``+ 1``.  No wrap-around
 requires ``(q/t)*max|yh| + E < q/2``.  The server evaluates this bound for its
 actual model when it is constructed and raises :class:`FastSchemeError` if the
 bound exceeds ``max_error`` (default 1e-3) or a logit could wrap.  With the
@@ -109,29 +111,38 @@ themselves reveal (a linear model is extractable from ``n+1`` logit queries
 through the legitimate API).  A malicious client (hand-crafted noise) is out of
 scope.  The server never learns anything about ``x`` (RLWE, SEAL parameters).
 
-Re-randomisation cost: SEAL's public-key ``encrypt_zero`` costs ~1 ms here, so
-:class:`FastPublicKey` keeps a pool of encryptions of zero made from the
-client's public key.  Each entry is popped under a lock and used for exactly one
-output ciphertext (reusing one would reveal ``a*(W_1 - W_2)``); an empty pool is
-refilled synchronously.  Call :meth:`FastPublicKey.refill` off the request path.
+Re-randomisation.  Each output ciphertext gets its own fresh public-key encryption
+of zero ``(pk0*u + e0, pk1*u + e1) mod q``, made on the request path (reusing one would
+reveal ``a*(W_1 - W_2)``).  ``(pk0, pk1)`` are the residues mod ``q1, q2`` of the client's
+SEAL public key (an RLWE sample ``(-(a's + e), a')`` modulo ``q``), ``u`` is ternary
+(centered binomial, eta 1) and ``e0, e1`` are centered binomial with eta 21 (sigma 3.24,
+SEAL's 3.2), all drawn from AES-128-CTR keyed from ``os.urandom``; under RLWE
+(N = 4096, log q = 64, well inside the 128-bit table) ``pk1*u + e1`` is pseudorandom even to
+the client, who knows ``s``.  Its phase ``e*u + e0 + e1*s`` is at most ``40N + 21 < 2^18``.
+The server needs ``NTT(u)`` and ``NTT(e1)`` for both primes -- four NTTs -- plus, for the
+row layout, only the logit coefficients of ``pk0*u`` (dot products), never a full
+``z0``.  SEAL's own ``encrypt_zero`` (key level, then a division by the special prime)
+took ~1 ms here; the compiled version takes ~0.06 ms, so no pool or background refill is
+needed: the figures in ``bench/RESULTS.md`` are whole-request costs.
 
 Layouts
 -------
 * ``row`` (single query, small batches): one ciphertext per sample, classes in
   ``ceil(C/G)`` groups of ``G = min(C, N//n)`` (784x10 -> 2 groups of 5).
-  Server work per sample: seed expansion, ``a (.) W_g`` pointwise mod q in the NTT
-  domain, and the ``G`` needed coefficients of ``c0*W_g`` as exact dot products
-  (float64 BLAS on 16-bit limbs).  No NTT on the request path.
+  Server work per sample (one compiled call, :func:`fastkernels.row_outputs`): seed
+  expansion, per group a fresh encryption of zero, ``a (.) W_g + z1`` pointwise mod q
+  in the NTT domain (Shoup products against the precomputed weights), and the ``G``
+  needed coefficients of ``c0*W_g`` and of ``z0`` as exact float64 dot products
+  (16-bit limbs).
 * ``column`` (batches): one ciphertext per feature, up to N samples in the
   coefficients; class c is ``sum_i wh_{c,i} * ct_i`` -- a scalar linear
   combination, computed as exact float64 matrix products for the whole
   block.  Every coefficient of an output ciphertext is a logit.  The client
   picks the layout with the smaller upload unless told otherwise.  Expanding
-  the seeds (AES-128-CTR with AES-NI, ~800 MB/s here; SHAKE-128 managed ~470
-  and cost 54 us of a 64-feature query's ~180) bounds seeded batches for 784
-  features; ``encrypt(..., seeded=False)`` ships
-  the uniform polynomials instead (2x upload, 12.5 KB/sample) and the server
-  then reaches >100k samples/s.  On a 2-core box run the server with
+  the seeds (AES-128-CTR with AES-NI; SHAKE-128 was twice as slow) bounds seeded
+  batches for 784 features; ``encrypt(..., seeded=False)`` ships the uniform
+  polynomials instead (2x upload, 12.5 KB/sample) and the server then reaches
+  >100k samples/s.  On a 2-core box run the server with
   ``OPENBLAS_NUM_THREADS=1``: OpenBLAS's spinning worker threads otherwise
   starve the numpy work between matrix products (batch throughput drops ~5x).
 
@@ -144,11 +155,14 @@ Wire formats (little-endian, versioned; every field is validated)
 * response: ``b"AIFR" ver u8, layout u8, u16 0, key id[16], n_features u32,
   n_classes u32, n_samples u32, n_cts u32, c1' u32[n_cts][2][N], c0' logits u32``
   (row: ``[n_samples][2][C]``, column: ``[C][2][n_samples]``).
+
+NTT-domain polynomials (``a``, ``c1'``) are in the tiled order of :mod:`fastkernels`
+(SEAL's order as an (N/16, 16) matrix, transposed); the public key in the bundle and
+coefficient-domain polynomials (``c0``, ``c0'``) are in SEAL's / natural order.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import hashlib
 import json
@@ -163,9 +177,13 @@ import numpy as np
 import seal
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from . import fastkernels as fk
+
 __all__ = ["FastSchemeError", "FastParams", "FastClient", "FastServer", "FastPublicKey"]
 
-WIRE_VERSION = 2  # 2: the uniform polynomials are expanded with AES-128-CTR, not SHAKE-128
+# 2: the uniform polynomials are expanded with AES-128-CTR, not SHAKE-128.
+# 3: NTT-domain polynomials travel in tiled order (fastkernels.to_seal_order).
+WIRE_VERSION = 3
 _BUNDLE_MAGIC = b"AIFB"
 _QUERY_MAGIC = b"AIFQ"
 _RESPONSE_MAGIC = b"AIFR"
@@ -178,7 +196,7 @@ _FLAG_UNSEEDED = 1
 _SEED_BYTES = 32
 _KEY_ID_BYTES = 16
 _FP_BYTES = 8
-_DOMAIN_A = b"aideploy-fastlinear-a-v2"
+_DOMAIN_A = b"aideploy-fastlinear-a-v3"
 _DOMAIN_KEY = b"aideploy-fastlinear-key-v1"
 # query header: magic, ver, layout, flags, params fp, key id, n_features, n_samples, n_cts, seed
 _QUERY_HEADER = struct.Struct(f"<4sBBH{_FP_BYTES}s{_KEY_ID_BYTES}sIII{_SEED_BYTES}s")
@@ -192,9 +210,12 @@ _COLUMN_CHUNK = 2048
 # SEAL's clipped-normal noise: sigma 3.2, clipped at 6 sigma -> |e| <= 19; plus the
 # encoding rounding |eps| <= 1/2 -> 20 is a safe per-coefficient bound.
 _FRESH_NOISE_BOUND = 20
-# Bound on the noise of a public-key encryption of zero after SEAL divides it by
-# the special prime: (|e0| + |e1*s| + |e*u|)/p + (1 + ||s||_1)/2 < 2^12 for N <= 8192.
-_PK_NOISE_BOUND = 1 << 12
+
+
+def _pk_noise_bound(n: int) -> int:
+    """Bound on the phase of the server's encryption of zero, ``e*u + e0 + e1*s``: the key's
+    error |e| <= 19 (SEAL) times ternary u, |e1|, |e0| <= 21 (centered binomial), s ternary."""
+    return 19 * n + 21 * n + 21
 
 
 class FastSchemeError(ValueError):
@@ -356,6 +377,18 @@ class _Context:
         # Header version bytes of the SEAL build, read from a real serialisation.
         probe = seal.Plaintext("1").to_bytes()
         self.seal_version = (probe[3], probe[4])
+        self.primes_u64 = np.array(self.primes, dtype=np.uint64)
+        self._tables: fk.NttTables | None = None
+
+    @property
+    def tables(self) -> fk.NttTables:
+        """Our NTT's twiddles, rooted where SEAL's are: SEAL's transform of ``X`` is the root."""
+        if self._tables is None:
+            x = np.zeros((1, 2, self.n), dtype=np.uint64)
+            x[0, :, 1] = 1
+            roots = tuple(int(r) for r in self.ntt(x)[0, :, 0])
+            self._tables = fk.NttTables(self.n, self.primes, roots)
+        return self._tables
 
     # -- raw SEAL byte layouts
     def _header(self, total: int) -> bytes:
@@ -426,32 +459,23 @@ class _Context:
 
     # -- the client's public uniform polynomials
     def expand_a(self, seed: bytes, n_cts: int) -> np.ndarray:
-        """Uniform ``a`` for ``n_cts`` ciphertexts, NTT domain, shape (n_cts, 2, N), uint32.
+        """Uniform ``a`` for ``n_cts`` ciphertexts, NTT domain (tiled order), shape (n_cts, 2, N), uint32.
 
-        Residues mod q_j are the 32-bit words, below q_j and in order, of the AES-128-CTR
-        keystream under key SHA-256(domain || seed || j)[:16] and a zero counter block
-        (rejection sampling: exactly uniform given a PRF).  Any secure PRG would do; AES-CTR
-        is what the hardware makes cheap, as in Kyber-90s.  A longer keystream extends a
-        shorter one, so the retry loop is deterministic.
+        One AES-128-CTR keystream, key SHA-256(domain || seed)[:16], zero counter block, read
+        as little-endian 32-bit words: residues mod q_j are the words at positions = j (mod 2)
+        that are below q_j, in order (rejection sampling: exactly uniform given a PRF).  Any
+        secure PRG would do; AES-CTR is what the hardware makes cheap, as in Kyber-90s.  A
+        longer keystream extends a shorter one, so the retry loop is deterministic.
         """
         out = np.empty((n_cts, 2, self.n), dtype=np.uint32)
         need = n_cts * self.n
-        for j, qj in enumerate(self.primes):
-            key = hashlib.sha256(_DOMAIN_A + seed + bytes([j])).digest()[:16]
-            nwords = need + need // 1024 + 64  # q_j > 2^32 - 2^20: rejections are rare
-            while True:
-                words = _aes_ctr_words(key, nwords)
-                head = words[:need]
-                if int(head.max()) < qj:  # common case: nothing rejected in the prefix
-                    acc = head
-                    break
-                acc = words[words < qj]
-                if acc.size >= need:
-                    acc = acc[:need]
-                    break
-                nwords *= 2
-            out[:, j, :] = acc.reshape(n_cts, self.n)
-        return out
+        key = hashlib.sha256(_DOMAIN_A + seed).digest()[:16]
+        nwords = 2 * (need + need // 1024 + 64)  # q_j > 2^32 - 2^20: rejections are rare
+        while True:
+            words = _aes_ctr_words(key, nwords)
+            if all(fk.accept_below(words, j, q, out[:, j, :]) >= need for j, q in enumerate(self.primes)):
+                return out
+            nwords *= 2
 
     def crt_centered(self, r: np.ndarray) -> np.ndarray:
         """CRT of residues ``r[..., 0, :]`` (mod q1) and ``r[..., 1, :]`` (mod q2).
@@ -475,19 +499,23 @@ _ZEROS = bytearray()  # plaintext for the keystream: only ever read, grown by re
 
 
 def _aes_ctr_words(key: bytes, nwords: int) -> np.ndarray:
-    """The first ``nwords`` little-endian 32-bit words of AES-128-CTR(key, counter 0).
+    """The first ``nwords`` little-endian 32-bit words of AES-128-CTR(key, counter 0)."""
+    return _keystream(Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor(), 4 * nwords).view("<u4")
 
-    Encrypts a shared zero buffer straight into a fresh array (``update_into``): a large
-    batch needs ~100 MB of keystream per prime, and allocating input and output bytes for
-    it cost about as much as the AES itself.
+
+def _keystream(encryptor: Any, nbytes: int) -> np.ndarray:
+    """The next ``nbytes`` of a CTR keystream, as a fresh uint8 array.
+
+    Encrypts a shared zero buffer straight into the array (``update_into``): a large
+    batch needs ~100 MB of keystream, and allocating input and output bytes for it
+    cost about as much as the AES itself.
     """
     global _ZEROS
-    nbytes = 4 * nwords
     if len(_ZEROS) < nbytes:
         _ZEROS = bytearray(nbytes)
     out = np.empty(nbytes + 15, dtype=np.uint8)  # update_into wants a block's slack
-    Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update_into(memoryview(_ZEROS)[:nbytes], out)
-    return out[:nbytes].view("<u4")
+    encryptor.update_into(memoryview(_ZEROS)[:nbytes], out)
+    return out[:nbytes]
 
 
 @functools.lru_cache(maxsize=8)
@@ -610,7 +638,7 @@ class FastClient:
             c0s[i] = raw[0]
             c1s[i] = raw[1]
         c1_ntt = ctx.ntt(c1s)
-        diff = (c1_ntt + ctx.q_col - a) % ctx.q_col
+        diff = (c1_ntt + ctx.q_col - fk.to_seal_order(a)) % ctx.q_col
         corr = ctx.intt((diff * self._s_ntt) % ctx.q_col)
         return _mod_add(c0s, corr, ctx.q_col)
 
@@ -697,8 +725,8 @@ class FastClient:
         c0 = np.frombuffer(body, dtype="<u4", offset=4 * c1_count).astype(np.uint64)
         if np.any(c1 >= ctx.q_col):
             raise FastSchemeError("response coefficient out of range")
-        # phase at position k = c0'_k + (c1' * s)_k ; c1' is in the NTT domain.
-        cs = ctx.intt((c1 * self._s_ntt) % ctx.q_col)
+        # phase at position k = c0'_k + (c1' * s)_k ; c1' is in the NTT domain (tiled order).
+        cs = ctx.intt((fk.to_seal_order(c1) * self._s_ntt) % ctx.q_col)
         if code == _LAYOUT_ROW:
             c0 = c0.reshape(ns, 2, nc)
             cs = cs.reshape(ns, len(self._groups), 2, n)
@@ -724,72 +752,70 @@ class FastClient:
 
 
 class FastPublicKey:
-    """A validated client public key plus a pool of fresh public-key encryptions of zero.
+    """A validated client public key, prepared for making encryptions of zero.
 
-    Each pool entry ``(z0, z1)`` (``z0`` coefficient domain, ``z1`` NTT domain) is
-    used for exactly one output ciphertext and then discarded; an empty pool is
-    refilled synchronously.  :meth:`refill` can be called in idle time.  Note that
-    seal-python holds the GIL while encrypting, so a background refill thread would
-    stall concurrent requests; refilling between requests is the better pattern.
+    Holds the key's two polynomials modulo the data primes (SEAL's key is at the key
+    level ``q1*q2*p``; its residues mod ``q1, q2`` are an RLWE public key modulo ``q``) in
+    tiled NTT order with Shoup companions, plus a table for single coefficients of
+    ``pk0 * u``.  Each output ciphertext gets a fresh encryption of zero, made on the
+    request path by :func:`fastkernels.encrypt_zero` (no pool, nothing ever reused).
     """
 
-    def __init__(self, ctx: _Context, public_key: "seal.PublicKey", key_id: bytes, pool_target: int):
+    def __init__(self, ctx: _Context, pk_ntt: np.ndarray, key_id: bytes):
         self.params = ctx.params
         self._ctx = ctx
         self._key_id = key_id
         self.key_id = key_id.hex()
-        self._encryptor = seal.Encryptor(ctx.ctx, public_key)
-        self._pool: collections.deque[np.ndarray] = collections.deque()
-        self._lock = threading.Lock()
-        self.pool_target = pool_target
-        self.generated = 0  # number of encryptions of zero made so far (for benchmarks)
+        tables = ctx.tables
+        self._pk = fk.from_seal_order(pk_ntt[:, :2, :])  # (2 polys, 2 primes, N) u64, tiled
+        self._pkp = np.stack([[fk.shoup(self._pk[p, j], q) for j, q in enumerate(ctx.primes)] for p in range(2)])
+        pk0 = np.empty((2, ctx.n), dtype=np.uint64)
+        for j, q in enumerate(ctx.primes):
+            fk.ntt_inverse(self._pk[0, j].copy(), pk0[j], q, tables.big[j], tables.tail[j], tables.n_inv[j])
+        self._pk0_rev = fk.pk0_reversed(pk0)
 
     def __repr__(self) -> str:
-        return f"FastPublicKey(key_id={self.key_id!r}, pool={len(self._pool)}/{self.pool_target})"
-
-    @property
-    def pool_size(self) -> int:
-        return len(self._pool)
+        return f"FastPublicKey(key_id={self.key_id!r})"
 
     @property
     def nbytes(self) -> int:
-        """Memory this key holds, for sizing a key cache: a full pool plus the public key,
-        which SEAL keeps twice (the loaded key and the encryptor's copy)."""
-        n, primes = self._ctx.n, len(self._ctx.key_primes)
-        return self.pool_target * 2 * 2 * n * 8 + 2 * 2 * primes * n * 8
+        """Memory this key holds, for sizing a key cache."""
+        return self._pk.nbytes + self._pkp.nbytes + self._pk0_rev.nbytes
 
-    def _make(self, k: int) -> list[np.ndarray]:
-        out = []
-        for _ in range(k):
-            ct = self._encryptor.encrypt_zero()
-            entry = np.empty((2, 2, self._ctx.n), dtype=np.uint64)
-            entry[0] = _Context.ct_array(ct)[0]
-            self._ctx.evaluator.transform_to_ntt_inplace(ct)
-            entry[1] = _Context.ct_array(ct)[1]
-            out.append(entry)
-        self.generated += k
+    def zeros(self, k: int) -> np.ndarray:
+        """``k`` fresh encryptions of zero: array (k, 2, 2, N) of [z0 coefficients, z1 tiled NTT]."""
+        ctx = self._ctx
+        tables = ctx.tables
+        n = ctx.n
+        words = _noise_words(k * 2 * n).reshape(k, 2 * n)
+        out = np.empty((k, 2, 2, n), dtype=np.uint64)
+        for i in range(k):
+            fk.encrypt_zero(words[i], ctx.primes_u64, self._pk, self._pkp, tables.big, tables.tail,
+                            tables.n_inv, out[i, 1], out[i, 0], True)
         return out
 
-    def refill(self, target: int | None = None) -> int:
-        """Top the pool up to ``target`` (default ``pool_target``); returns entries added."""
-        target = self.pool_target if target is None else int(target)
-        added = 0
-        while len(self._pool) < target:
-            self._pool.extend(self._make(1))
-            added += 1
-        return added
 
-    def take(self, k: int) -> np.ndarray:
-        """Remove ``k`` entries (never handed out twice): array (k, 2, 2, N) of [z0, z1]."""
-        got: list[np.ndarray] = []
-        with self._lock:
-            while self._pool and len(got) < k:
-                got.append(self._pool.popleft())
-        if len(got) < k:
-            got.extend(self._make(k - len(got)))
-        if not got:
-            return np.empty((0, 2, 2, self._ctx.n), dtype=np.uint64)
-        return got[0][None] if k == 1 else np.stack(got)
+class _NoiseStream(threading.local):
+    """The server's randomness: AES-128-CTR keyed from the OS CSPRNG, one stream per thread
+    (and per process: a forked worker re-keys), re-keyed every 2^32 words."""
+
+    pid = -1
+    left = 0
+
+    def words(self, count: int) -> np.ndarray:
+        """``count`` uniform 64-bit words."""
+        if self.pid != os.getpid() or self.left < count:
+            self.encryptor = Cipher(algorithms.AES(os.urandom(16)), modes.CTR(os.urandom(16))).encryptor()
+            self.pid, self.left = os.getpid(), 1 << 32
+        self.left -= count
+        return _keystream(self.encryptor, 8 * count).view("<u8")
+
+
+_noise = _NoiseStream()
+
+
+def _noise_words(count: int) -> np.ndarray:
+    return _noise.words(count)
 
 
 def _read_bundle_params(bundle: Any) -> tuple[FastParams, int]:
@@ -822,8 +848,7 @@ class FastServer:
     served within ``params.max_error`` raises :class:`FastSchemeError`.
     """
 
-    def __init__(self, coef: np.ndarray, intercept: np.ndarray | float, params: FastParams | None = None,
-                 pool_target: int | None = None):
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray | float, params: FastParams | None = None):
         self.params = params if params is not None else FastParams()
         if not isinstance(self.params, FastParams):
             raise FastSchemeError("params must be a FastParams")
@@ -863,7 +888,8 @@ class FastServer:
         b_w = _FRESH_NOISE_BOUND * max(group_l1)  # row layout is the worst case
         to_output = float(t) / (float(ctx.q) * S)  # phase units -> output units
         budget = self.params.max_error - float(quant.max())
-        fixed_noise = (b_w + _PK_NOISE_BOUND + 2) * to_output
+        pk_noise = _pk_noise_bound(n)
+        fixed_noise = (b_w + pk_noise + 2) * to_output
         if budget - fixed_noise <= 0:
             raise FastSchemeError(
                 f"model cannot be served within max_error={self.params.max_error:g}: quantisation error "
@@ -873,7 +899,7 @@ class FastServer:
         if self._flood_bits < 1:
             raise FastSchemeError("no room for flooding noise within max_error")
         F = 1 << self._flood_bits
-        noise_total = b_w + _PK_NOISE_BOUND + 2 + F
+        noise_total = b_w + pk_noise + 2 + F
         # no wrap-around: (q/t)*|yh| + E < q/2  <=>  |yh| < t/2 - E*t/q
         yh_max = (R * sx + 0.5) * np.abs(wh).sum(axis=1) + np.abs(np.array(bh, dtype=np.float64))
         wrap_limit = t / 2.0 - noise_total * float(t) / float(ctx.q)
@@ -888,28 +914,29 @@ class FastServer:
         if max(group_l1) * (1 << 16) >= 1 << 53:
             raise FastSchemeError("weights too large for exact evaluation")
 
-        # ---- row layout: NTT-form weight plaintexts and coefficient-domain rows
-        self._w_ntt: list[np.ndarray] = []
-        self._w_rows: list[np.ndarray] = []
-        self._positions: list[list[int]] = []
-        for classes in self._groups:
+        # ---- row layout: NTT-form weight plaintexts (tiled order, Shoup companions) and, for
+        # the logit coefficients of c0*W_g, each group's weight polynomial reversed
+        tables = ctx.tables
+        n_groups = len(self._groups)
+        self._w_ntt = np.empty((n_groups, 2, n), dtype=np.uint64)
+        self._rw = np.zeros((n_groups, max(len(g) for g in self._groups) * nf), dtype=np.int64)
+        self._rw_len = np.empty(n_groups, dtype=np.int64)
+        self._pos = np.empty(C, dtype=np.int64)  # logit coefficient of each class in its group
+        self._group = np.empty(C, dtype=np.int64)
+        for g, classes in enumerate(self._groups):
             poly = np.zeros(n, dtype=np.int64)
             for cl, c in enumerate(classes):
                 poly[cl * nf: cl * nf + nf] = wh[c, ::-1]  # X^{-i} ordering
-            pos = [cl * nf + nf - 1 for cl in range(len(classes))]
-            pt = ctx.plain_load(np.where(poly < 0, poly + t, poly).astype(np.uint64))
-            ctx.evaluator.transform_to_ntt_inplace(pt, ctx.data_parms_id)
-            raw = pt.to_bytes()
-            w_ntt = np.frombuffer(raw, dtype="<u8", count=2 * n, offset=len(raw) - 16 * n).reshape(2, n)
-            self._w_ntt.append(w_ntt.copy())
-            # coefficient k of c0*W is sum_i c0_i * W~[k, i] with the negacyclic sign
-            rows = np.empty((len(pos), n), dtype=np.float64)
-            idx = np.arange(n)
-            for r, k in enumerate(pos):
-                j = k - idx
-                rows[r] = np.where(j >= 0, 1.0, -1.0) * poly[j % n]
-            self._w_rows.append(rows)
-            self._positions.append(pos)
+                self._pos[c] = cl * nf + nf - 1
+                self._group[c] = g
+            size = len(classes) * nf
+            self._rw[g, :size] = poly[:size][::-1]
+            self._rw_len[g] = size
+            for j, q in enumerate(ctx.primes):
+                fk.ntt_forward(np.where(poly < 0, poly + q, poly).astype(np.uint64), self._w_ntt[g, j], q,
+                               tables.big[j], tables.tail[j])
+        self._w_ntt_p = np.stack([[fk.shoup(self._w_ntt[g, j], q) for j, q in enumerate(ctx.primes)]
+                                  for g in range(n_groups)])
         # ---- column layout: weights split as wh = hi*256 + lo so float64 sums stay exact
         self._wcol = np.vstack([(wh >> 8).astype(np.float64), (wh & 255).astype(np.float64)])
         if float(np.abs(wh >> 8).sum(axis=1).max()) * 2.0**32 >= 2.0**53 or nf * 255 * 2.0**32 >= 2.0**53:
@@ -920,7 +947,6 @@ class FastServer:
         self._bias_i64 = np.array([[bp % qj for qj in ctx.primes] for bp in bias_phase], dtype=np.int64)  # (C, 2)
         self._fingerprint = self.params.fingerprint()
         self._q_u32 = np.array(ctx.primes, dtype=np.uint32)
-        self.pool_target = pool_target if pool_target is not None else 4 * len(self._groups)
 
     def __repr__(self) -> str:
         return (f"FastServer(n_features={self.n_features}, n_classes={self.n_classes}, "
@@ -956,9 +982,7 @@ class FastServer:
             raise FastSchemeError(f"SEAL rejected the public key: {exc}") from None
         if list(public_key.parms_id()) != ctx.key_parms_id:
             raise FastSchemeError("public key is not at the key level of these parameters")
-        key = FastPublicKey(ctx, public_key, _key_id(params, pk_raw), self.pool_target)
-        key.refill()
-        return key
+        return FastPublicKey(ctx, pk, _key_id(params, pk_raw))
 
     # -- scoring
     def _parse_query(self, query: Any, public: FastPublicKey) -> tuple[int, int, np.ndarray, np.ndarray]:
@@ -1021,54 +1045,39 @@ class FastServer:
     def predict(self, query: bytes, public: FastPublicKey) -> bytes:
         """Score an encrypted query with the model; returns the encrypted response."""
         code, ns, c0, a = self._parse_query(query, public)
-        if code == _LAYOUT_ROW:
-            c1_out, c0_out = self._predict_row(ns, c0, a, public)
-        else:
-            c1_out, c0_out = self._predict_column(ns, c0, a, public)
-        n_cts = c1_out.shape[0]
+        n, C = self._ctx.n, self.n_classes
+        n_cts = ns * len(self._groups) if code == _LAYOUT_ROW else -(-ns // n) * C
         header = _RESPONSE_HEADER.pack(_RESPONSE_MAGIC, WIRE_VERSION, code, 0, public._key_id,
-                                       self.n_features, self.n_classes, ns, n_cts)
-        out = bytearray(len(header) + 4 * (c1_out.size + c0_out.size))
+                                       self.n_features, C, ns, n_cts)
+        out = bytearray(len(header) + 4 * (n_cts * 2 * n + ns * 2 * C))
         out[: len(header)] = header
-        np.frombuffer(out, dtype="<u4", count=c1_out.size, offset=len(header))[:] = c1_out.reshape(-1)
-        np.frombuffer(out, dtype="<u4", offset=len(header) + 4 * c1_out.size)[:] = c0_out.reshape(-1)
+        c1_out = np.frombuffer(out, dtype="<u4", count=n_cts * 2 * n, offset=len(header))
+        c0_out = np.frombuffer(out, dtype="<u4", offset=len(header) + 4 * c1_out.size)
+        if code == _LAYOUT_ROW:
+            self._predict_row(ns, c0, a, public, c1_out.reshape(ns, -1, 2, n), c0_out.reshape(ns, 2, C))
+        else:
+            self._predict_column(ns, c0, a, public, c1_out.reshape(-1, C, 2, n), c0_out.reshape(C, 2, ns))
         return bytes(out)
 
-    def _predict_row(self, ns: int, c0: np.ndarray, a: np.ndarray,
-                     public: FastPublicKey) -> tuple[np.ndarray, np.ndarray]:
+    def _predict_row(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey,
+                     c1_out: np.ndarray, c0_out: np.ndarray) -> None:
         """One ciphertext per sample; output ciphertext (sample, group) = ct * W_g + Enc(0)."""
         ctx = self._ctx
-        qc = ctx.q_col
-        n_groups = len(self._groups)
-        z = public.take(ns * n_groups).reshape(ns, n_groups, 2, 2, ctx.n)
-        c1_out = np.empty((ns, n_groups, 2, ctx.n), dtype=np.uint64)
-        for g in range(n_groups):
-            # a*w < q^2 and + z1 < q stays below 2^64: one reduction
-            np.multiply(a, self._w_ntt[g], out=c1_out[:, g])
-            c1_out[:, g] += z[:, g, 1]
-            np.remainder(c1_out[:, g], qc, out=c1_out[:, g])
-        # logit coefficients of c0*W_g: exact float64 dot products on 16-bit limbs
-        limbs = np.stack([c0 & np.uint32(0xFFFF), c0 >> np.uint32(16)]).astype(np.float64)  # (2, ns, 2, N)
-        qi = ctx.q_i64.reshape(2, 1)
-        c0_out = np.empty((ns, 2, self.n_classes), dtype=np.int64)
-        for g, classes in enumerate(self._groups):
-            s = (limbs @ self._w_rows[g].T).astype(np.int64)  # (2, ns, 2, G), |s| < 2^53
-            c0_out[:, :, classes[0]:classes[-1] + 1] = ((s[1] % qi) << 16) + s[0]
-            c0_out[:, :, classes[0]:classes[-1] + 1] += z[:, g, 0][:, :, self._positions[g]].astype(np.int64)
-        c0_out += self._bias_i64.T
-        c0_out += self._flood((ns, 2, self.n_classes)).astype(np.int64)
-        np.remainder(c0_out, qi, out=c0_out)
-        return c1_out.reshape(ns * n_groups, 2, ctx.n), c0_out
+        tables = ctx.tables
+        n, n_groups = ctx.n, len(self._groups)
+        words = _noise_words(ns * (n_groups * 2 * n + 2 * self.n_classes)).reshape(ns, -1)
+        fk.row_outputs(c0, a, words, ctx.primes_u64, self._w_ntt, self._w_ntt_p, self._rw, self._rw_len,
+                       self._pos, self._group, self._bias_i64, public._pk, public._pkp, public._pk0_rev,
+                       tables.big, tables.tail, tables.n_inv, self._flood_bits, c1_out, c0_out)
 
-    def _predict_column(self, ns: int, c0: np.ndarray, a: np.ndarray,
-                        public: FastPublicKey) -> tuple[np.ndarray, np.ndarray]:
+    def _predict_column(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey,
+                        c1_out: np.ndarray, c0_out: np.ndarray) -> None:
         """One ciphertext per feature and block of N samples; class c = sum_i wh_ci * ct_i."""
         ctx = self._ctx
         n, nf, C = ctx.n, self.n_features, self.n_classes
         qi = ctx.q_i64.reshape(2, 1)
         n_blocks = -(-ns // n)
-        z = public.take(n_blocks * C).reshape(n_blocks, C, 2, 2, n)
-        c1_out = np.empty((n_blocks, C, 2, n), dtype=np.uint64)
+        z = public.zeros(n_blocks * C).reshape(n_blocks, C, 2, 2, n)
         c0_full = np.empty((C, 2, n_blocks * n), dtype=np.int64)
         # Column chunks keep the float64 copy of the operand small and reused (fresh
         # multi-MB allocations page-fault on every call).
@@ -1090,8 +1099,7 @@ class FastServer:
                 else:
                     comb += z[blk, :, 0].astype(np.int64)
                     c0_full[:, :, blk * n:(blk + 1) * n] = comb
-        c0_out = c0_full[:, :, :ns]
-        c0_out += self._bias_i64[:, :, None]
-        c0_out += self._flood((C, 2, ns)).astype(np.int64)
-        np.remainder(c0_out, qi, out=c0_out)
-        return c1_out.reshape(n_blocks * C, 2, n), c0_out
+        logits = c0_full[:, :, :ns]
+        logits += self._bias_i64[:, :, None]
+        logits += self._flood((C, 2, ns)).astype(np.int64)
+        np.remainder(logits, qi, out=c0_out, casting="unsafe")

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aideploy_scoring import fastkernels as fk
 from aideploy_scoring import fastlinear as fl
 from aideploy_scoring.fastlinear import FastClient, FastParams, FastPublicKey, FastSchemeError, FastServer
 
@@ -126,7 +127,7 @@ def test_property_roundtrip(n, c, samples, seed, w_scale, x_lo):
     b = rng.uniform(-5, 5, c)
     X = rng.uniform(x_lo, 1.0, (samples, n))
     client = client_for(n, c)
-    server = FastServer(w, b, pool_target=0)
+    server = FastServer(w, b)
     public = server.load_public(client.public_bundle())
     layout = "row" if seed % 2 else "column"
     got = roundtrip(client, server, public, X, layout=layout)
@@ -380,9 +381,10 @@ def test_privacy_checks_have_power(env64):
     q = client.encrypt(x)
     _, _, c0, a = server._parse_query(q, public)
     ctx = server._ctx
-    raw_c1 = (a.astype(np.uint64) * server._w_ntt[0]) % ctx.q_col  # the product, no Enc(0) added
+    w_seal = fk.to_seal_order(server._w_ntt[0])  # SEAL's NTT order, as ctx.ntt/intt use
+    raw_c1 = (fk.to_seal_order(a.astype(np.uint64)) * w_seal) % ctx.q_col  # the product, no Enc(0) added
     cs = ctx.intt((raw_c1 * client._s_ntt) % ctx.q_col)
-    c0w = ctx.intt((ctx.ntt(c0.astype(np.uint64)) * server._w_ntt[0]) % ctx.q_col)  # c0*W, all coefficients
+    c0w = ctx.intt((ctx.ntt(c0.astype(np.uint64)) * w_seal) % ctx.q_col)  # c0*W, all coefficients
     phase = fl._mod_add(c0w, cs, ctx.q_col)
     vals = ctx.crt_centered(phase)[0] * ctx.t / ctx.q / (client.params.x_scale * client.params.w_scale)
     logit_pos = [c * 64 + 63 for c in range(10)]
@@ -390,7 +392,7 @@ def test_privacy_checks_have_power(env64):
     other = np.delete(vals, logit_pos)
     assert np.abs(other).max() < 10  # the partial sums, in the clear: what the checks must rule out
     # and c1 = a.W alone reveals W to anyone who knows a (the client does)
-    assert _divide_by_a(raw_c1[0, 0], a[0, 0], ctx.primes[0]) == [int(v) for v in server._w_ntt[0][0, :64]]
+    assert _divide_by_a(raw_c1[0, 0], fk.to_seal_order(a[0, 0]), ctx.primes[0]) == [int(v) for v in w_seal[0, :64]]
 
 
 def test_rerandomised_and_flooded(env64):
@@ -415,21 +417,51 @@ def test_rerandomised_and_flooded(env64):
     assert 0.3 * flood < errs.std() < 1.0 * flood  # uniform on [-F, F): std = F/sqrt(3)
 
 
-def test_pool_entries_are_used_once(env64):
+def test_encryptions_of_zero_are_fresh_and_decrypt_to_bounded_noise(env64):
+    """The server's re-randomisers: each a distinct public-key encryption of zero whose phase
+    under the client's secret key stays within the bound the error guarantee assumes."""
     rng, w, b, client, server, public = env64
-    public.refill(6)
-    before = public.pool_size
-    taken = public.take(3)
-    assert public.pool_size == before - 3
-    flat = taken.reshape(3, -1)
-    assert len({row.tobytes() for row in flat}) == 3
-    server.predict(client.encrypt(rng.random((1, 64))), public)
-    assert public.pool_size == before - 4
-    empty = server.load_public(client.public_bundle())
-    empty.take(empty.pool_size)
-    assert empty.pool_size == 0
-    server.predict(client.encrypt(rng.random((1, 64))), empty)  # refills synchronously
-    assert isinstance(empty, FastPublicKey) and "key_id" in repr(empty)
+    ctx = client._ctx
+    z = public.zeros(3)  # (3, [z0 coefficients, z1 tiled NTT], 2 primes, N)
+    assert len({zz.tobytes() for zz in z}) == 3
+    for z0, z1 in z:
+        cs = ctx.intt((fk.to_seal_order(z1)[None] * client._s_ntt) % ctx.q_col)[0]
+        phase = ctx.crt_centered(fl._mod_add(z0, cs, ctx.q_col))
+        assert 0 < np.abs(phase).max() <= fl._pk_noise_bound(ctx.n)
+        assert np.abs(phase).std() > 10  # noise, not an all-zero (transparent) ciphertext
+    assert isinstance(public, FastPublicKey) and "key_id" in repr(public)
+
+
+def test_ntt_matches_seal_and_inverts():
+    """Our compiled NTT must agree with SEAL's (the client decrypts with SEAL) up to the
+    documented tiled order, and the inverse must undo it."""
+    ctx = fl._context(fl.FastParams())
+    tables = ctx.tables
+    rng = np.random.default_rng(5)
+    v = np.stack([rng.integers(0, q, ctx.n, dtype=np.uint64) for q in ctx.primes])
+    ref = ctx.ntt(v[None])[0]
+    for j, q in enumerate(ctx.primes):
+        out = np.empty(ctx.n, dtype=np.uint64)
+        fk.ntt_forward(v[j].copy(), out, q, tables.big[j], tables.tail[j])
+        assert np.array_equal(fk.to_seal_order(out), ref[j])
+        assert np.array_equal(fk.from_seal_order(ref[j]), out)
+        back = np.empty(ctx.n, dtype=np.uint64)
+        fk.ntt_inverse(out, back, q, tables.big[j], tables.tail[j], tables.n_inv[j])
+        assert np.array_equal(back, v[j])
+
+
+@pytest.mark.parametrize("q", [4294483969, 1 << 31, 1 << 20])
+def test_rejection_sampling_takes_the_accepted_words_in_order(q):
+    """``a`` is defined by this rule on both sides; pin it, including heavy rejection."""
+    words = fl._aes_ctr_words(b"k" * 16, 2 * 3000)
+    for offset in (0, 1):
+        cand = words[offset::2]
+        accepted = cand[cand < q]
+        out = np.zeros((2, 3, 512), dtype=np.uint32)[:, 1, :]  # strided rows, as expand_a passes them
+        got = fk.accept_below(words, offset, q, out)
+        assert got == accepted.size
+        filled = min(got, out.size)
+        assert np.array_equal(out.reshape(-1)[:filled], accepted[:filled])
 
 
 @pytest.mark.parametrize("nwords", [1, 7, 4096, 100_003])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import gc
 import importlib.util
 import json
 import os
@@ -220,7 +219,7 @@ def test_fast_key_cache_is_bounded_in_bytes(azurite):
 
     rng = np.random.default_rng(0)
     model = LinearModel(SimpleNamespace(coef_=rng.normal(0, 0.1, (10, 64)), intercept_=np.zeros(10)))
-    limit = 3 * 1024 * 1024
+    limit = 1024 * 1024
     fetcher = KeyFetcher(max_cache_bytes=limit)
     scheme = FastScheme(model, fetcher)
     store = BlobKeyStore.from_connection_string(azurite.connection_string, "cachebound")
@@ -233,9 +232,7 @@ def test_fast_key_cache_is_bounded_in_bytes(azurite):
         store.delete(client.key_id)
     stats = fetcher.stats
     assert 1 <= stats["items"] <= 3 and stats["bytes"] <= limit
-    assert stats["bytes"] >= stats["items"] * 500_000  # a key's real size (pool + SEAL key), not len(tuple)
-    gc.collect()
-    assert len(scheme._keys_in_use) <= stats["items"] + 1  # evicted keys are not kept alive for refills
+    assert stats["bytes"] >= stats["items"] * 300_000  # a key's real size (prepared key tables), not len(tuple)
 
 
 def test_load_has_no_errors_and_memory_stays_bounded(tmp_path):

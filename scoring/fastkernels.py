@@ -1,0 +1,729 @@
+"""Compiled kernels of the fast scheme: NTTs, noise sampling and the fused row scorer.
+
+numpy alone spends most of a single query in a dozen passes over 2 x 4096-word arrays
+(and the NTTs of a public-key encryption of zero are out of its reach), so the hot
+path is compiled with numba (LLVM; vectorised for the CPU it runs on, no GIL held).
+Every kernel works on 32-bit residues modulo primes ``q < 2^32`` and multiplies them
+with Shoup's method: for a fixed factor ``w`` and ``w' = floor(w * 2^32 / q)``,
+``x * w - floor(x * w' / 2^32) * q`` lies in ``[0, 2q)`` for every ``x < 2^32``,
+so one conditional subtraction reduces it (all products fit in uint64).
+
+NTT-domain order.  The negacyclic NTT here is SEAL's (same primes, same minimal
+2N-th root, Cooley-Tukey with bit-reversed twiddles), but its output is written in
+*tiled* order: SEAL's vector viewed as an ``(N/16, 16)`` matrix and transposed.  That
+saves the transpose back after the last four butterfly layers, which are done on
+the transposed tile so that every layer runs over contiguous memory.  Arrays in the
+NTT domain are in tiled order everywhere on the server and on the wire;
+:func:`to_seal_order` / :func:`from_seal_order` convert on the client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numba as nb
+import numpy as np
+from numba.core import caching as _caching
+
+__all__ = ["NttTables", "to_seal_order", "from_seal_order", "ntt_forward", "ntt_inverse",
+           "accept_below", "sample_noise", "encrypt_zero", "row_outputs", "shoup", "pk0_reversed"]
+
+
+
+class _ContentCacheLocator(_caching._SourceFileBackedLocatorMixin, _caching._CacheLocator):
+    """Numba's on-disk cache for this module, found by the module's *content*.
+
+    Numba files its cache under the source file's directory (or a directory derived from its
+    path), but this module runs from a fresh staged copy of the scoring package in every
+    deployment, so each service would compile from scratch (seconds per worker).  Keyed by
+    a hash of this file instead, every copy shares one cache: ``$NUMBA_CACHE_DIR`` if set,
+    else ``$XDG_CACHE_HOME/aideploy/numba`` (``~/.cache/aideploy/numba``).  Numba still checks
+    the source stamp and the CPU; an unwritable location falls back to numba's own locators.
+    """
+
+    def __init__(self, py_func, py_file):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        with open(py_file, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:24]
+        root = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "aideploy", "numba")
+        self._cache_path = os.path.join(root, f"fastkernels-{digest}")
+
+    def get_cache_path(self):
+        return self._cache_path
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if py_func.__module__ != __name__ or not os.path.isfile(py_file):
+            return None
+        locator = cls(py_func, py_file)
+        try:
+            locator.ensure_cache_path()
+        except OSError:
+            return None
+        return locator
+
+
+_caching.CacheImpl._locator_classes.insert(0, _ContentCacheLocator)  # numba >= 0.68 (pyproject pins it)
+
+_TILE = 16  # the last log2(_TILE) layers run on the transposed (16, N/16) tile
+_U32 = np.uint32
+_U64 = np.uint64
+_JIT = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+
+
+def to_seal_order(x: np.ndarray) -> np.ndarray:
+    """Tiled NTT order (last axis) -> SEAL's NTT order."""
+    n = x.shape[-1]
+    return np.ascontiguousarray(x.reshape(*x.shape[:-1], _TILE, n // _TILE).swapaxes(-1, -2)).reshape(x.shape)
+
+
+def from_seal_order(x: np.ndarray) -> np.ndarray:
+    """SEAL's NTT order (last axis) -> tiled NTT order."""
+    n = x.shape[-1]
+    return np.ascontiguousarray(x.reshape(*x.shape[:-1], n // _TILE, _TILE).swapaxes(-1, -2)).reshape(x.shape)
+
+
+def shoup(w: np.ndarray, q: int) -> np.ndarray:
+    """Shoup companions ``floor(w * 2^32 / q)`` of residues ``w < q < 2^32`` (uint64)."""
+    return (np.asarray(w, dtype=np.uint64) << _U64(32)) // _U64(q)
+
+
+def _bitrev(i: int, bits: int) -> int:
+    return int(format(i, f"0{bits}b")[::-1], 2) if bits else 0
+
+
+class NttTables:
+    """Twiddle tables for the negacyclic NTT modulo ``primes``, matching SEAL's transform.
+
+    ``roots[j]`` is the 2N-th primitive root SEAL uses for ``primes[j]`` (read from
+    SEAL's transform of ``X``, so the two agree by construction; the tests check it).
+    """
+
+    def __init__(self, n: int, primes: tuple[int, ...], roots: tuple[int, ...]):
+        if n % (2 * _TILE) or n < 2 * _TILE:
+            raise ValueError(f"N={n} is not a supported power of two")
+        bits = n.bit_length() - 1
+        self.n = n
+        self.primes = np.array(primes, dtype=np.uint64)
+        k = len(primes)
+        nb_ = n // _TILE
+        # big[j] rows: forward twiddles, their Shoup companions, inverse twiddles, companions
+        self.big = np.empty((k, 4, n), dtype=np.uint64)
+        # tail[j, r, i, b]: twiddle of heap index i = p + s (p = 8/t) for block b, where s is
+        # the butterfly group of tail layer t = 8, 4, 2, 1 within the block (row 0 unused)
+        self.tail = np.zeros((k, 4, _TILE, nb_), dtype=np.uint64)
+        self.n_inv = np.empty((k, 2), dtype=np.uint64)
+        for j, (q, psi) in enumerate(zip(primes, roots)):
+            if pow(psi, n, q) != q - 1:
+                raise ValueError(f"{psi} is not a primitive 2N-th root of unity mod {q}")
+            inv = pow(psi, -1, q)
+            fwd = np.array([pow(psi, _bitrev(i, bits), q) for i in range(n)], dtype=np.uint64)
+            bwd = np.array([pow(inv, _bitrev(i, bits), q) for i in range(n)], dtype=np.uint64)
+            for r, tab in enumerate((fwd, shoup(fwd, q), bwd, shoup(bwd, q))):
+                self.big[j, r] = tab
+            for layer, t in enumerate((8, 4, 2, 1)):
+                m = n // (2 * t)  # twiddle index base of this layer
+                per = (_TILE // 2) // t  # distinct twiddles per 16-element block
+                idx = m + np.arange(nb_)[None, :] * per + np.arange(per)[:, None]
+                for r in range(4):
+                    self.tail[j, r, per:2 * per] = self.big[j, r][idx]
+            ninv = pow(n, -1, q)
+            self.n_inv[j] = (ninv, (ninv << 32) // q)
+
+
+# ------------------------------------------------------------------------ primitives
+
+
+@nb.njit(inline="always")
+def _mulmod(x, w, wp, q):
+    """x * w mod q for x, w < q < 2^32 given Shoup's wp (all uint64 values)."""
+    r = x * w - ((x * wp) >> _U64(32)) * q
+    return min(r, r - q)  # r in [0, 2q): unsigned wrap makes min() the conditional subtract
+
+
+@nb.njit(inline="always")
+def _ct_layer(x, y, w, wp, q):
+    """Cooley-Tukey butterflies over contiguous runs, one twiddle."""
+    for i in range(x.shape[0]):
+        u = x[i]
+        v = _mulmod(y[i], w, wp, q)
+        s = u + v
+        x[i] = min(s, s - q)
+        d = u + q - v
+        y[i] = min(d, d - q)
+
+
+@nb.njit(inline="always")
+def _ct_layer_v(x, y, w, wp, q):
+    """Cooley-Tukey butterflies, one twiddle per butterfly."""
+    for i in range(x.shape[0]):
+        u = x[i]
+        v = _mulmod(y[i], w[i], wp[i], q)
+        s = u + v
+        x[i] = min(s, s - q)
+        d = u + q - v
+        y[i] = min(d, d - q)
+
+
+@nb.njit(inline="always")
+def _gs_layer(x, y, w, wp, q):
+    """Gentleman-Sande butterflies over contiguous runs, one twiddle."""
+    for i in range(x.shape[0]):
+        u = x[i]
+        v = y[i]
+        s = u + v
+        x[i] = min(s, s - q)
+        d = u + q - v
+        y[i] = _mulmod(min(d, d - q), w, wp, q)
+
+
+@nb.njit(inline="always")
+def _gs_layer_v(x, y, w, wp, q):
+    """Gentleman-Sande butterflies, one twiddle per butterfly."""
+    for i in range(x.shape[0]):
+        u = x[i]
+        v = y[i]
+        s = u + v
+        x[i] = min(s, s - q)
+        d = u + q - v
+        y[i] = _mulmod(min(d, d - q), w[i], wp[i], q)
+
+
+@nb.njit(nogil=True, cache=True)
+def _ct_tail_layer(tile, w, wp, t, q):
+    """One Cooley-Tukey layer of half-distance t < 16 on the transposed tile (generic N)."""
+    per = (_TILE // 2) // t
+    for r0 in range(0, _TILE, 2 * t):
+        s = per + r0 // (2 * t)
+        for r in range(r0, r0 + t):
+            _ct_layer_v(tile[r], tile[r + t], w[s], wp[s], q)
+
+
+@nb.njit(nogil=True, cache=True)
+def _gs_tail_layer(tile, w, wp, t, q):
+    """One Gentleman-Sande layer of half-distance t < 16 on the transposed tile (generic N)."""
+    per = (_TILE // 2) // t
+    for r0 in range(0, _TILE, 2 * t):
+        s = per + r0 // (2 * t)
+        for r in range(r0, r0 + t):
+            _gs_layer_v(tile[r], tile[r + t], w[s], wp[s], q)
+
+
+# N = 4096 kernels.  Sixteen values per loop iteration go through four layers in registers
+# (radix 16), so the twelve layers take three passes over the data.  Every index is a
+# compile-time-constant stride plus the loop counter: LLVM then proves the sixteen streams
+# disjoint and vectorises (with the strides as runtime values it gives up).  The masks in
+# _mulmod32 let it use vpmuludq (32x32->64) instead of a full 64-bit multiply.
+
+_N4K = 4096
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+@nb.njit(inline="always")
+def _mulmod32(x, w, wp, q):
+    """:func:`_mulmod` for ``q`` already masked to 32 bits."""
+    x = x & _M32
+    r = x * (w & _M32) - (((x * (wp & _M32)) >> _U64(32)) * q)
+    return min(r, r - q)
+
+
+@nb.njit(inline="always")
+def _ct(u, v, w, wp, q):
+    t = _mulmod32(v, w, wp, q)
+    s = u + t
+    d = u - t
+    return min(s, s - q), min(d, d + q)
+
+
+@nb.njit(inline="always")
+def _gs(u, v, w, wp, q):
+    s = u + v
+    d = u - v
+    return min(s, s - q), _mulmod32(min(d, d + q), w, wp, q)
+
+
+@nb.njit(inline="always")
+def _ct16(x, w, wp, q):
+    """Four Cooley-Tukey layers on 16 values (half-distances 8, 4, 2, 1; heap-ordered twiddles)."""
+    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = x
+    w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15 = w
+    wp1, wp2, wp3, wp4, wp5, wp6, wp7, wp8, wp9, wp10, wp11, wp12, wp13, wp14, wp15 = wp
+    x0, x8 = _ct(x0, x8, w1, wp1, q)
+    x1, x9 = _ct(x1, x9, w1, wp1, q)
+    x2, x10 = _ct(x2, x10, w1, wp1, q)
+    x3, x11 = _ct(x3, x11, w1, wp1, q)
+    x4, x12 = _ct(x4, x12, w1, wp1, q)
+    x5, x13 = _ct(x5, x13, w1, wp1, q)
+    x6, x14 = _ct(x6, x14, w1, wp1, q)
+    x7, x15 = _ct(x7, x15, w1, wp1, q)
+    x0, x4 = _ct(x0, x4, w2, wp2, q)
+    x1, x5 = _ct(x1, x5, w2, wp2, q)
+    x2, x6 = _ct(x2, x6, w2, wp2, q)
+    x3, x7 = _ct(x3, x7, w2, wp2, q)
+    x8, x12 = _ct(x8, x12, w3, wp3, q)
+    x9, x13 = _ct(x9, x13, w3, wp3, q)
+    x10, x14 = _ct(x10, x14, w3, wp3, q)
+    x11, x15 = _ct(x11, x15, w3, wp3, q)
+    x0, x2 = _ct(x0, x2, w4, wp4, q)
+    x1, x3 = _ct(x1, x3, w4, wp4, q)
+    x4, x6 = _ct(x4, x6, w5, wp5, q)
+    x5, x7 = _ct(x5, x7, w5, wp5, q)
+    x8, x10 = _ct(x8, x10, w6, wp6, q)
+    x9, x11 = _ct(x9, x11, w6, wp6, q)
+    x12, x14 = _ct(x12, x14, w7, wp7, q)
+    x13, x15 = _ct(x13, x15, w7, wp7, q)
+    x0, x1 = _ct(x0, x1, w8, wp8, q)
+    x2, x3 = _ct(x2, x3, w9, wp9, q)
+    x4, x5 = _ct(x4, x5, w10, wp10, q)
+    x6, x7 = _ct(x6, x7, w11, wp11, q)
+    x8, x9 = _ct(x8, x9, w12, wp12, q)
+    x10, x11 = _ct(x10, x11, w13, wp13, q)
+    x12, x13 = _ct(x12, x13, w14, wp14, q)
+    x14, x15 = _ct(x14, x15, w15, wp15, q)
+    return (x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15)
+
+
+@nb.njit(inline="always")
+def _gs16(x, w, wp, q):
+    """Four Gentleman-Sande layers on 16 values (half-distances 1, 2, 4, 8), inverse of :func:`_ct16`."""
+    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = x
+    w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15 = w
+    wp1, wp2, wp3, wp4, wp5, wp6, wp7, wp8, wp9, wp10, wp11, wp12, wp13, wp14, wp15 = wp
+    x0, x1 = _gs(x0, x1, w8, wp8, q)
+    x2, x3 = _gs(x2, x3, w9, wp9, q)
+    x4, x5 = _gs(x4, x5, w10, wp10, q)
+    x6, x7 = _gs(x6, x7, w11, wp11, q)
+    x8, x9 = _gs(x8, x9, w12, wp12, q)
+    x10, x11 = _gs(x10, x11, w13, wp13, q)
+    x12, x13 = _gs(x12, x13, w14, wp14, q)
+    x14, x15 = _gs(x14, x15, w15, wp15, q)
+    x0, x2 = _gs(x0, x2, w4, wp4, q)
+    x1, x3 = _gs(x1, x3, w4, wp4, q)
+    x4, x6 = _gs(x4, x6, w5, wp5, q)
+    x5, x7 = _gs(x5, x7, w5, wp5, q)
+    x8, x10 = _gs(x8, x10, w6, wp6, q)
+    x9, x11 = _gs(x9, x11, w6, wp6, q)
+    x12, x14 = _gs(x12, x14, w7, wp7, q)
+    x13, x15 = _gs(x13, x15, w7, wp7, q)
+    x0, x4 = _gs(x0, x4, w2, wp2, q)
+    x1, x5 = _gs(x1, x5, w2, wp2, q)
+    x2, x6 = _gs(x2, x6, w2, wp2, q)
+    x3, x7 = _gs(x3, x7, w2, wp2, q)
+    x8, x12 = _gs(x8, x12, w3, wp3, q)
+    x9, x13 = _gs(x9, x13, w3, wp3, q)
+    x10, x14 = _gs(x10, x14, w3, wp3, q)
+    x11, x15 = _gs(x11, x15, w3, wp3, q)
+    x0, x8 = _gs(x0, x8, w1, wp1, q)
+    x1, x9 = _gs(x1, x9, w1, wp1, q)
+    x2, x10 = _gs(x2, x10, w1, wp1, q)
+    x3, x11 = _gs(x3, x11, w1, wp1, q)
+    x4, x12 = _gs(x4, x12, w1, wp1, q)
+    x5, x13 = _gs(x5, x13, w1, wp1, q)
+    x6, x14 = _gs(x6, x14, w1, wp1, q)
+    x7, x15 = _gs(x7, x15, w1, wp1, q)
+    return (x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15)
+
+
+@nb.njit(inline="always")
+def _load16(a, o, s):
+    return (a[o], a[o + 1 * s], a[o + 2 * s], a[o + 3 * s], a[o + 4 * s], a[o + 5 * s], a[o + 6 * s], a[o + 7 * s], a[o + 8 * s], a[o + 9 * s], a[o + 10 * s], a[o + 11 * s], a[o + 12 * s], a[o + 13 * s], a[o + 14 * s], a[o + 15 * s])
+
+
+@nb.njit(inline="always")
+def _store16(a, o, s, x):
+    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = x
+    a[o] = x0
+    a[o + 1 * s] = x1
+    a[o + 2 * s] = x2
+    a[o + 3 * s] = x3
+    a[o + 4 * s] = x4
+    a[o + 5 * s] = x5
+    a[o + 6 * s] = x6
+    a[o + 7 * s] = x7
+    a[o + 8 * s] = x8
+    a[o + 9 * s] = x9
+    a[o + 10 * s] = x10
+    a[o + 11 * s] = x11
+    a[o + 12 * s] = x12
+    a[o + 13 * s] = x13
+    a[o + 14 * s] = x14
+    a[o + 15 * s] = x15
+
+
+@nb.njit(inline="always")
+def _heap15(w, g):
+    """Twiddles ``w[i + p(i) * g]``, i = 1..15, p(i) the largest power of two <= i."""
+    return (w[1 + 1 * g], w[2 + 2 * g], w[3 + 2 * g], w[4 + 4 * g], w[5 + 4 * g], w[6 + 4 * g], w[7 + 4 * g], w[8 + 8 * g], w[9 + 8 * g], w[10 + 8 * g], w[11 + 8 * g], w[12 + 8 * g], w[13 + 8 * g], w[14 + 8 * g], w[15 + 8 * g])
+
+
+@nb.njit(inline="always")
+def _col15(tw, r, b):
+    """Per-column tail twiddles ``tw[r, i, b]``, i = 1..15."""
+    return (tw[r, 1, b], tw[r, 2, b], tw[r, 3, b], tw[r, 4, b], tw[r, 5, b], tw[r, 6, b], tw[r, 7, b], tw[r, 8, b], tw[r, 9, b], tw[r, 10, b], tw[r, 11, b], tw[r, 12, b], tw[r, 13, b], tw[r, 14, b], tw[r, 15, b])
+
+
+@nb.njit(nogil=True, cache=True)
+def _to_tile(a, out):
+    """out (16, 256) = a (256, 16) transposed, in 8x8 blocks."""
+    blocks = a.reshape(256, 16)
+    tile = out.reshape(16, 256)
+    for b0 in range(0, 256, 8):
+        for r0 in range(0, 16, 8):
+            for r in range(r0, r0 + 8):
+                for b in range(b0, b0 + 8):
+                    tile[r, b] = blocks[b, r]
+
+
+@nb.njit(nogil=True, cache=True)
+def _from_tile(x, out):
+    """Inverse of :func:`_to_tile`."""
+    tile = x.reshape(16, 256)
+    blocks = out.reshape(256, 16)
+    for b0 in range(0, 256, 8):
+        for r0 in range(0, 16, 8):
+            for r in range(r0, r0 + 8):
+                for b in range(b0, b0 + 8):
+                    blocks[b, r] = tile[r, b]
+
+
+@nb.njit(nogil=True, cache=True)
+def _ct_pass1(a, q, w, wp):
+    """Layers t = 2048 .. 256: sixteen values 256 apart, twiddles w[1..15]."""
+    w = _heap15(w, 0)
+    wp = _heap15(wp, 0)
+    for j in range(256):
+        _store16(a, j, 256, _ct16(_load16(a, j, 256), w, wp, q))
+
+
+@nb.njit(nogil=True, cache=True)
+def _ct_pass2(a, q, w, wp):
+    """Layers t = 128 .. 16: in each run of 256, sixteen values 16 apart."""
+    for g in range(16):
+        wg = _heap15(w, 15 + g)
+        wpg = _heap15(wp, 15 + g)
+        o = g * 256
+        for j in range(16):
+            _store16(a, o + j, 16, _ct16(_load16(a, o + j, 16), wg, wpg, q))
+
+
+@nb.njit(nogil=True, cache=True)
+def _ct_pass3(x, q, tail):
+    """Layers t = 8 .. 1 on the (16, 256) tile: values 256 apart, per-column twiddles."""
+    for b in range(256):
+        _store16(x, b, 256, _ct16(_load16(x, b, 256), _col15(tail, 0, b), _col15(tail, 1, b), q))
+
+
+@nb.njit(nogil=True, cache=True)
+def _gs_pass3(x, q, tail):
+    for b in range(256):
+        _store16(x, b, 256, _gs16(_load16(x, b, 256), _col15(tail, 2, b), _col15(tail, 3, b), q))
+
+
+@nb.njit(nogil=True, cache=True)
+def _gs_pass2(a, q, w, wp):
+    for g in range(16):
+        wg = _heap15(w, 15 + g)
+        wpg = _heap15(wp, 15 + g)
+        o = g * 256
+        for j in range(16):
+            _store16(a, o + j, 16, _gs16(_load16(a, o + j, 16), wg, wpg, q))
+
+
+@nb.njit(nogil=True, cache=True)
+def _gs_pass1(a, q, w, wp, n_inv):
+    """Layers t = 256 .. 2048, with the 1/N scaling folded into the last layer."""
+    ni = n_inv[0]
+    nip = n_inv[1]
+    w1 = _mulmod32(w[1], ni, nip, q)
+    w = (w1,) + _heap15(w, 0)[1:]
+    wp = ((w1 << _U64(32)) // q,) + _heap15(wp, 0)[1:]
+    for j in range(256):
+        y = _gs16(_load16(a, j, 256), w, wp, q)
+        _store16(a, j, 256, (_mulmod32(y[0], ni, nip, q), _mulmod32(y[1], ni, nip, q),
+                             _mulmod32(y[2], ni, nip, q), _mulmod32(y[3], ni, nip, q),
+                             _mulmod32(y[4], ni, nip, q), _mulmod32(y[5], ni, nip, q),
+                             _mulmod32(y[6], ni, nip, q), _mulmod32(y[7], ni, nip, q),
+                             y[8], y[9], y[10], y[11], y[12], y[13], y[14], y[15]))
+
+
+@nb.njit(**_JIT)
+def ntt_forward(a, out, q, big, tail):
+    """Negacyclic NTT of ``a`` (natural order, residues < q; overwritten) into ``out`` (tiled order).
+
+    ``big``/``tail`` are one prime's rows of :class:`NttTables` (``tables.big[j]``,
+    ``tables.tail[j]``).
+    """
+    n = a.shape[0]
+    if n == _N4K:
+        q = _U64(q) & _M32
+        _ct_pass1(a, q, big[0], big[1])
+        _ct_pass2(a, q, big[0], big[1])
+        _to_tile(a, out)
+        _ct_pass3(out, q, tail)
+        return
+    q = _U64(q)
+    t = n
+    m = 1
+    while t > _TILE:
+        t >>= 1
+        for i in range(m):
+            j = 2 * i * t
+            _ct_layer(a[j:j + t], a[j + t:j + 2 * t], big[0, m + i], big[1, m + i], q)
+        m <<= 1
+    nb_ = n // _TILE
+    tile = out.reshape(_TILE, nb_)
+    blocks = a.reshape(nb_, _TILE)
+    for b in range(nb_):
+        for r in range(_TILE):
+            tile[r, b] = blocks[b, r]
+    _ct_tail_layer(tile, tail[0], tail[1], 8, q)
+    _ct_tail_layer(tile, tail[0], tail[1], 4, q)
+    _ct_tail_layer(tile, tail[0], tail[1], 2, q)
+    _ct_tail_layer(tile, tail[0], tail[1], 1, q)
+
+
+@nb.njit(**_JIT)
+def ntt_inverse(x, out, q, big, tail, n_inv):
+    """Inverse of :func:`ntt_forward`: ``x`` (tiled order; overwritten) into ``out`` (natural)."""
+    n = x.shape[0]
+    if n == _N4K:
+        q = _U64(q) & _M32
+        _gs_pass3(x, q, tail)
+        _from_tile(x, out)
+        _gs_pass2(out, q, big[2], big[3])
+        _gs_pass1(out, q, big[2], big[3], n_inv)
+        return
+    q = _U64(q)
+    nb_ = n // _TILE
+    tile = x.reshape(_TILE, nb_)
+    _gs_tail_layer(tile, tail[2], tail[3], 1, q)
+    _gs_tail_layer(tile, tail[2], tail[3], 2, q)
+    _gs_tail_layer(tile, tail[2], tail[3], 4, q)
+    _gs_tail_layer(tile, tail[2], tail[3], 8, q)
+    t = _TILE
+    blocks = out.reshape(nb_, _TILE)
+    for b in range(nb_):
+        for r in range(_TILE):
+            blocks[b, r] = tile[r, b]
+    m = n // (2 * t)
+    while t < n:
+        for i in range(m):
+            j = 2 * i * t
+            _gs_layer(out[j:j + t], out[j + t:j + 2 * t], big[2, m + i], big[3, m + i], q)
+        t <<= 1
+        m >>= 1
+    w = n_inv[0]
+    wp = n_inv[1]
+    for i in range(n):
+        out[i] = _mulmod(out[i], w, wp, q)
+
+
+# ---------------------------------------------------------------- uniform sampling
+
+
+@nb.njit(**_JIT)
+def accept_below(words, offset, q, out):
+    """Rejection sampling: fill ``out`` (rows, N), N a power of two, row by row with the words
+    ``words[offset::2]`` that are below ``q``, in order; returns how many candidates were
+    accepted (fewer than rows*N: ``words`` ran out)."""
+    rows, n = out.shape
+    shift = 0
+    while (1 << shift) < n:
+        shift += 1
+    need = rows * n
+    k = 0
+    for i in range(offset, words.shape[0], 2):
+        w = words[i]
+        if k < need:
+            out[k >> shift, k & (n - 1)] = w
+        k += w < q
+    return k
+
+
+# ------------------------------------------------------------------- noise sampling
+
+_M21 = _U64((1 << 21) - 1)
+
+
+@nb.njit(inline="always")
+def _popcount(x):
+    x = x - ((x >> _U64(1)) & _U64(0x5555555555555555))
+    x = (x & _U64(0x3333333333333333)) + ((x >> _U64(2)) & _U64(0x3333333333333333))
+    x = (x + (x >> _U64(4))) & _U64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * _U64(0x0101010101010101)) >> _U64(56))
+
+
+@nb.njit(inline="always")
+def _cbd21(word):
+    """Centered binomial sample in [-21, 21] (sigma ~3.24, SEAL's 3.2) from bits 0..41 of ``word``."""
+    return _popcount(word & _M21) - _popcount((word >> _U64(21)) & _M21)
+
+
+@nb.njit(inline="always")
+def _ternary(word):
+    """u in {-1, 0, 1} with probabilities 1/4, 1/2, 1/4 from bits 42 and 43 of ``word``."""
+    return np.int64((word >> _U64(42)) & _U64(1)) - np.int64((word >> _U64(43)) & _U64(1))
+
+
+@nb.njit(inline="always")
+def _residue(v, q):
+    """Residue of a small signed integer ``v`` (|v| < q) modulo q, as uint64."""
+    return _U64(v + np.int64(q)) if v < 0 else _U64(v)
+
+
+@nb.njit(**_JIT)
+def sample_noise(words, u, e):
+    """Fill ``u`` (ternary) and ``e`` (centered binomial, eta 21) from uniform 64-bit ``words``."""
+    for i in range(words.shape[0]):
+        u[i] = _ternary(words[i])
+        e[i] = _cbd21(words[i])
+
+
+# ------------------------------------------------------- public-key encryption of zero
+
+
+@nb.njit(inline="always")
+def _ntt_small(v, q, big, tail, tmp, out):
+    """NTT (tiled) of a polynomial with small signed coefficients ``v`` modulo ``q``."""
+    for i in range(v.shape[0]):
+        tmp[i] = _residue(v[i], q)
+    ntt_forward(tmp, out, q, big, tail)
+
+
+@nb.njit(**_JIT)
+def encrypt_zero(words, primes, pk, pkp, big, tail, n_inv, z1, z0, want_z0):
+    """A fresh public-key encryption of zero ``(pk0*u + e0, pk1*u + e1)`` modulo each prime.
+
+    ``words``: 2N uniform 64-bit words (u and e1 from the first N, e0 from the rest);
+    ``pk``/``pkp``: the public key's two polynomials (tiled NTT order) per prime and their
+    Shoup companions, shape (2 polys, 2 primes, N).  Writes ``z1`` (tiled NTT order, every
+    prime) and, if ``want_z0``, ``z0`` in the coefficient domain.  Returns ``u`` (int64),
+    which callers that need only a few coefficients of ``z0`` use instead.
+    """
+    n = z1.shape[1]
+    u = np.empty(n, dtype=np.int64)
+    e = np.empty(n, dtype=np.int64)
+    sample_noise(words[:n], u, e)
+    tmp = np.empty(n, dtype=np.uint64)
+    uh = np.empty(n, dtype=np.uint64)
+    eh = np.empty(n, dtype=np.uint64)
+    for j in range(primes.shape[0]):
+        q = primes[j]
+        _ntt_small(u, q, big[j], tail[j], tmp, uh)
+        _ntt_small(e, q, big[j], tail[j], tmp, eh)
+        for i in range(n):
+            v = _mulmod(uh[i], pk[1, j, i], pkp[1, j, i], q) + eh[i]
+            z1[j, i] = min(v, v - q)
+        if want_z0:
+            for i in range(n):
+                uh[i] = _mulmod(uh[i], pk[0, j, i], pkp[0, j, i], q)
+            ntt_inverse(uh, tmp, q, big[j], tail[j], n_inv[j])
+            for i in range(n):
+                v = tmp[i] + _residue(_cbd21(words[n + i]), q)
+                z0[j, i] = min(v, v - q)
+    return u
+
+
+# ---------------------------------------------------------------------- row scoring
+
+
+@nb.njit(nogil=True, cache=True, fastmath=True)
+def _dot(x, y):
+    """Sum of x[i] * y[i] in float64, in any order: callers keep every partial sum an
+    integer below 2^53, so reassociation (which lets LLVM vectorise) changes nothing."""
+    acc = 0.0
+    for i in range(x.shape[0]):
+        acc += x[i] * y[i]
+    return acc
+
+
+@nb.njit(inline="always")
+def _window_dot(lo16, hi16, rw, k):
+    """Exact ``sum_m rw[m] * c0[k - L + 1 + m]``, L = len(rw), negative indices wrapping
+    negacyclically (index + N, minus sign), for ``c0`` given as 16-bit limbs; returns the
+    (lo, hi) limb sums, each an integer below 2^53 (the server checks its weights for that)."""
+    n = lo16.shape[0]
+    base = k - rw.shape[0] + 1
+    if base >= 0:
+        return _dot(rw, lo16[base:base + rw.shape[0]]), _dot(rw, hi16[base:base + rw.shape[0]])
+    wrap = -base
+    lo = _dot(rw[wrap:], lo16[:k + 1]) - _dot(rw[:wrap], lo16[n - wrap:])
+    hi = _dot(rw[wrap:], hi16[:k + 1]) - _dot(rw[:wrap], hi16[n - wrap:])
+    return lo, hi
+
+
+@nb.njit(**_JIT)
+def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bias, pk, pkp, pk0_rev,
+                big, tail, n_inv, flood_bits, c1_out, logits_out):
+    """Score ``ns`` row-layout ciphertexts: the whole request path after parsing.
+
+    Per sample s and class group g the output ciphertext is ``ct_s * W_g + Enc_pk(0)``:
+    ``c1_out[s, g]`` (tiled NTT order, every coefficient) and, in ``logits_out[s, :, c]``,
+    the coefficient of ``c0`` that holds class c's logit (the others are never computed),
+    plus the bias and a fresh flooding value in ``[-2^flood_bits, 2^flood_bits)``.
+
+    c0 (ns, 2, N) u32 coefficients; a (ns, 2, N) u32 tiled NTT; words (ns, n_groups*2N + 2C)
+    uniform u64; w_ntt/w_ntt_p (n_groups, 2, N) u64 tiled; rw (n_groups, Lmax) float64 reversed
+    group weight polynomials, the first rw_len[g] used; pos/group (C,) logit coefficient and group of each class;
+    bias (C, 2) int64 residues; pk/pkp (2, 2, N) u64; pk0_rev (2, 2N) float64 (see
+    :func:`pk0_reversed`).
+    """
+    ns = c0.shape[0]
+    n = c0.shape[2]
+    n_groups = w_ntt.shape[0]
+    n_classes = pos.shape[0]
+    z1 = np.empty((2, n), dtype=np.uint64)
+    z0_unused = np.empty((2, n), dtype=np.uint64)
+    uf = np.empty(n, dtype=np.float64)
+    lo16 = np.empty((2, n), dtype=np.float64)
+    hi16 = np.empty((2, n), dtype=np.float64)
+    flood_shift = _U64(63 - flood_bits)
+    flood_half = np.int64(1) << flood_bits
+    tail_words = n_groups * 2 * n
+    for s in range(ns):
+        for j in range(2):
+            for i in range(n):
+                lo16[j, i] = c0[s, j, i] & 0xFFFF
+                hi16[j, i] = c0[s, j, i] >> 16
+        for g in range(n_groups):
+            zw = words[s, g * 2 * n:(g + 1) * 2 * n]
+            u = encrypt_zero(zw, primes, pk, pkp, big, tail, n_inv, z1, z0_unused, False)
+            for i in range(n):
+                uf[i] = u[i]
+            for j in range(2):
+                q = primes[j]
+                wj = w_ntt[g, j]
+                wpj = w_ntt_p[g, j]
+                aj = a[s, j]
+                zj = z1[j]
+                out = c1_out[s, g, j]
+                for i in range(n):
+                    v = _mulmod(_U64(aj[i]), wj[i], wpj[i], q) + zj[i]
+                    out[i] = _U32(min(v, v - q))
+            for c in range(n_classes):
+                if group[c] != g:
+                    continue
+                k = pos[c]
+                e0 = _cbd21(words[s, tail_words + 2 * c])
+                f = np.int64(words[s, tail_words + 2 * c + 1] >> flood_shift) - flood_half
+                for j in range(2):
+                    q = np.int64(primes[j])
+                    lo, hi = _window_dot(lo16[j], hi16[j], rw[g, :rw_len[g]], k)
+                    z0 = np.int64(_dot(uf, pk0_rev[j, n - 1 - k:2 * n - 1 - k]))  # coefficient k of pk0*u
+                    v = ((np.int64(hi) % q) << 16) + np.int64(lo) + z0 + e0 + bias[c, j] + f
+                    logits_out[s, j, c] = _U32(v % q)
+
+
+def pk0_reversed(pk0: np.ndarray) -> np.ndarray:
+    """Table for single coefficients of ``pk0 * u`` (negacyclic), from ``pk0`` in the coefficient domain.
+
+    Coefficient k of ``pk0 * u`` is ``sum_i u_i * R[N - 1 - k + i]`` with ``R[x] = D[2N - 1 - x]``,
+    ``D[d + N] = pk0[d]`` for ``d >= 0`` and ``-pk0[d + N]`` for ``d < 0``.  Shape (primes, 2N),
+    float64 (exact: |entries| < 2^32).
+    """
+    p = pk0.astype(np.float64)
+    d = np.concatenate([-p, p], axis=-1)  # D[0..2N): d = -N..N-1
+    return np.ascontiguousarray(d[..., ::-1])
