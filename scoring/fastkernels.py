@@ -12,7 +12,9 @@ NTT-domain order.  The negacyclic NTT here is SEAL's (same primes, same minimal
 2N-th root, Cooley-Tukey with bit-reversed twiddles), but its output is written in
 *tiled* order: SEAL's vector viewed as an ``(N/16, 16)`` matrix and transposed.  That
 saves the transpose back after the last four butterfly layers, which are done on
-the transposed tile so that every layer runs over contiguous memory.  Arrays in the
+the transposed tile so that every layer runs over contiguous memory.  For N = 4096
+the twelve layers run as three radix-16 passes (four layers in registers per pass,
+~9 us per transform on the benchmark machine); other N take a generic radix-2 path.  Arrays in the
 NTT domain are in tiled order everywhere on the server and on the wire;
 :func:`to_seal_order` / :func:`from_seal_order` convert on the client.
 """
@@ -27,7 +29,7 @@ import numpy as np
 from numba.core import caching as _caching
 
 __all__ = ["NttTables", "to_seal_order", "from_seal_order", "ntt_forward", "ntt_inverse",
-           "accept_below", "sample_noise", "encrypt_zero", "row_outputs", "shoup", "pk0_reversed"]
+           "accept_below", "expand_uniform", "residues_below", "sample_noise", "encrypt_zero", "row_outputs", "workspace", "shoup", "pk0_reversed"]
 
 
 
@@ -95,6 +97,14 @@ def _bitrev(i: int, bits: int) -> int:
     return int(format(i, f"0{bits}b")[::-1], 2) if bits else 0
 
 
+def _powers(x: int, n: int, q: int) -> np.ndarray:
+    """``x^0 .. x^(n-1) mod q`` as uint64."""
+    out = [1] * n
+    for i in range(1, n):
+        out[i] = out[i - 1] * x % q
+    return np.array(out, dtype=np.uint64)
+
+
 class NttTables:
     """Twiddle tables for the negacyclic NTT modulo ``primes``, matching SEAL's transform.
 
@@ -106,6 +116,7 @@ class NttTables:
         if n % (2 * _TILE) or n < 2 * _TILE:
             raise ValueError(f"N={n} is not a supported power of two")
         bits = n.bit_length() - 1
+        rev = np.array([_bitrev(i, bits) for i in range(n)])
         self.n = n
         self.primes = np.array(primes, dtype=np.uint64)
         k = len(primes)
@@ -119,9 +130,8 @@ class NttTables:
         for j, (q, psi) in enumerate(zip(primes, roots)):
             if pow(psi, n, q) != q - 1:
                 raise ValueError(f"{psi} is not a primitive 2N-th root of unity mod {q}")
-            inv = pow(psi, -1, q)
-            fwd = np.array([pow(psi, _bitrev(i, bits), q) for i in range(n)], dtype=np.uint64)
-            bwd = np.array([pow(inv, _bitrev(i, bits), q) for i in range(n)], dtype=np.uint64)
+            fwd = _powers(psi, n, q)[rev]
+            bwd = _powers(pow(psi, -1, q), n, q)[rev]
             for r, tab in enumerate((fwd, shoup(fwd, q), bwd, shoup(bwd, q))):
                 self.big[j, r] = tab
             for layer, t in enumerate((8, 4, 2, 1)):
@@ -543,6 +553,50 @@ def accept_below(words, offset, q, out):
     return k
 
 
+@nb.njit(**_JIT)
+def expand_uniform(words, primes, out):
+    """``out`` (k, 2, N) from the keystream ``words`` (uint32) by the rule of
+    :func:`accept_below` (prime j takes the words at positions = j mod 2 that are below it);
+    returns False if ``words`` ran out.  Usually nothing is rejected: then it is one pass
+    over the word pairs (read as uint64: low half for prime 0, high half for prime 1)."""
+    k, n_primes, n = out.shape
+    need = k * n
+    if 2 * need <= words.shape[0]:
+        pairs = words[:2 * need].view(np.uint64)
+        q0 = np.uint64(primes[0])
+        q1 = np.uint64(primes[1])
+        ok0 = True
+        ok1 = True
+        for r in range(k):
+            row = pairs[r * n:(r + 1) * n]
+            for c in range(n):
+                lo = row[c] & np.uint64(0xFFFFFFFF)
+                hi = row[c] >> np.uint64(32)
+                ok0 &= lo < q0
+                ok1 &= hi < q1
+                out[r, 0, c] = lo
+                out[r, 1, c] = hi
+        redo = (not ok0, not ok1)
+    else:
+        redo = (True, True)
+    for j in range(n_primes):
+        if redo[j] and accept_below(words, j, primes[j], out[:, j, :]) < need:
+            return False
+    return True
+
+
+@nb.njit(**_JIT)
+def residues_below(polys, primes):
+    """True if every residue of ``polys`` (..., 2 primes, N) is below its prime."""
+    flat = polys.reshape(-1, polys.shape[-2], polys.shape[-1])
+    for k in range(flat.shape[0]):
+        for j in range(flat.shape[1]):
+            top = flat[k, j].max()
+            if top >= primes[j]:
+                return False
+    return True
+
+
 # ------------------------------------------------------------------- noise sampling
 
 _M21 = _U64((1 << 21) - 1)
@@ -594,22 +648,24 @@ def _ntt_small(v, q, big, tail, tmp, out):
 
 
 @nb.njit(**_JIT)
-def encrypt_zero(words, primes, pk, pkp, big, tail, n_inv, z1, z0, want_z0):
+def encrypt_zero(words, primes, pk, pkp, big, tail, n_inv, z1, z0, want_z0, work):
     """A fresh public-key encryption of zero ``(pk0*u + e0, pk1*u + e1)`` modulo each prime.
 
-    ``words``: 2N uniform 64-bit words (u and e1 from the first N, e0 from the rest);
+    ``words``: uniform 64-bit words, N of them (u and e1), or 2N if ``want_z0`` (e0 from the rest);
     ``pk``/``pkp``: the public key's two polynomials (tiled NTT order) per prime and their
     Shoup companions, shape (2 polys, 2 primes, N).  Writes ``z1`` (tiled NTT order, every
-    prime) and, if ``want_z0``, ``z0`` in the coefficient domain.  Returns ``u`` (int64),
-    which callers that need only a few coefficients of ``z0`` use instead.
+    prime) and, if ``want_z0``, ``z0`` in the coefficient domain.  ``work`` is a (5, N) int64
+    scratch array (see :func:`workspace`); the function returns ``u`` (a view of it), which
+    callers that need only a few coefficients of ``z0`` use instead.
     """
     n = z1.shape[1]
-    u = np.empty(n, dtype=np.int64)
-    e = np.empty(n, dtype=np.int64)
+    u = work[0]
+    e = work[1]
     sample_noise(words[:n], u, e)
-    tmp = np.empty(n, dtype=np.uint64)
-    uh = np.empty(n, dtype=np.uint64)
-    eh = np.empty(n, dtype=np.uint64)
+    scratch = work[2:].view(np.uint64)
+    tmp = scratch[0]
+    uh = scratch[1]
+    eh = scratch[2]
     for j in range(primes.shape[0]):
         q = primes[j]
         _ntt_small(u, q, big[j], tail[j], tmp, uh)
@@ -631,33 +687,47 @@ def encrypt_zero(words, primes, pk, pkp, big, tail, n_inv, z1, z0, want_z0):
 
 
 @nb.njit(nogil=True, cache=True, fastmath=True)
-def _dot(x, y):
-    """Sum of x[i] * y[i] in float64, in any order: callers keep every partial sum an
-    integer below 2^53, so reassociation (which lets LLVM vectorise) changes nothing."""
-    acc = 0.0
+def _dot2(x, y0, y1):
+    """``(sum x*y0, sum x*y1)`` in float64, summed in any order: callers keep every partial
+    sum an integer below 2^53, so reassociation (which lets LLVM vectorise) changes nothing."""
+    a0 = 0.0
+    a1 = 0.0
     for i in range(x.shape[0]):
-        acc += x[i] * y[i]
-    return acc
+        a0 += x[i] * y0[i]
+        a1 += x[i] * y1[i]
+    return a0, a1
+
+
+@nb.njit(nogil=True, cache=True, fastmath=True)
+def _dot2_i32(x, y0, y1):
+    """:func:`_dot2` with int32 ``y0``, ``y1`` (|x| <= 1 here, so partial sums stay below 2^44)."""
+    a0 = 0.0
+    a1 = 0.0
+    for i in range(x.shape[0]):
+        a0 += x[i] * np.float64(y0[i])
+        a1 += x[i] * np.float64(y1[i])
+    return a0, a1
 
 
 @nb.njit(inline="always")
-def _window_dot(lo16, hi16, rw, k):
-    """Exact ``sum_m rw[m] * c0[k - L + 1 + m]``, L = len(rw), negative indices wrapping
-    negacyclically (index + N, minus sign), for ``c0`` given as 16-bit limbs; returns the
-    (lo, hi) limb sums, each an integer below 2^53 (the server checks its weights for that)."""
-    n = lo16.shape[0]
-    base = k - rw.shape[0] + 1
-    if base >= 0:
-        return _dot(rw, lo16[base:base + rw.shape[0]]), _dot(rw, hi16[base:base + rw.shape[0]])
-    wrap = -base
-    lo = _dot(rw[wrap:], lo16[:k + 1]) - _dot(rw[:wrap], lo16[n - wrap:])
-    hi = _dot(rw[wrap:], hi16[:k + 1]) - _dot(rw[:wrap], hi16[n - wrap:])
-    return lo, hi
+def _limbs(c, lo, hi):
+    """lo, hi (2N) = the negacyclic extension of c's 16-bit limbs, ``[-limb(c), limb(c)]``, so
+    that coefficient k of ``c * W`` is one contiguous dot product with W reversed.  Two loops
+    with two store streams each: LLVM vectorises those, not one loop with four."""
+    n = c.shape[0]
+    top_lo = lo[n:]
+    top_hi = hi[n:]
+    for i in range(n):
+        top_lo[i] = np.float64(c[i] & np.uint32(0xFFFF))
+        top_hi[i] = np.float64(c[i] >> np.uint32(16))
+    for i in range(n):
+        lo[i] = -np.float64(c[i] & np.uint32(0xFFFF))
+        hi[i] = -np.float64(c[i] >> np.uint32(16))
 
 
 @nb.njit(**_JIT)
 def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bias, pk, pkp, pk0_rev,
-                big, tail, n_inv, flood_bits, c1_out, logits_out):
+                big, tail, n_inv, flood_bits, c1_out, logits_out, work):
     """Score ``ns`` row-layout ciphertexts: the whole request path after parsing.
 
     Per sample s and class group g the output ciphertext is ``ct_s * W_g + Enc_pk(0)``:
@@ -665,32 +735,30 @@ def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bi
     the coefficient of ``c0`` that holds class c's logit (the others are never computed),
     plus the bias and a fresh flooding value in ``[-2^flood_bits, 2^flood_bits)``.
 
-    c0 (ns, 2, N) u32 coefficients; a (ns, 2, N) u32 tiled NTT; words (ns, n_groups*2N + 2C)
+    c0 (ns, 2, N) u32 coefficients; a (ns, 2, N) u32 tiled NTT; words (ns, n_groups*N + 2C)
     uniform u64; w_ntt/w_ntt_p (n_groups, 2, N) u64 tiled; rw (n_groups, Lmax) float64 reversed
     group weight polynomials, the first rw_len[g] used; pos/group (C,) logit coefficient and group of each class;
-    bias (C, 2) int64 residues; pk/pkp (2, 2, N) u64; pk0_rev (2, 2N) float64 (see
-    :func:`pk0_reversed`).
+    bias (C, 2) int64 residues; pk/pkp (2, 2, N) u64; pk0_rev (2, 2N) int32 (see
+    :func:`pk0_reversed`); work: scratch from :func:`workspace`.
     """
     ns = c0.shape[0]
     n = c0.shape[2]
     n_groups = w_ntt.shape[0]
     n_classes = pos.shape[0]
-    z1 = np.empty((2, n), dtype=np.uint64)
-    z0_unused = np.empty((2, n), dtype=np.uint64)
-    uf = np.empty(n, dtype=np.float64)
-    lo16 = np.empty((2, n), dtype=np.float64)
-    hi16 = np.empty((2, n), dtype=np.float64)
+    ints, floats = work
+    z1 = ints[5:7].view(np.uint64)
+    uf = floats[4, :n]
+    lo16 = floats[0:2]  # c0's 16-bit limbs, extended negacyclically (see _limbs)
+    hi16 = floats[2:4]
     flood_shift = _U64(63 - flood_bits)
     flood_half = np.int64(1) << flood_bits
-    tail_words = n_groups * 2 * n
+    tail_words = n_groups * n
     for s in range(ns):
         for j in range(2):
-            for i in range(n):
-                lo16[j, i] = c0[s, j, i] & 0xFFFF
-                hi16[j, i] = c0[s, j, i] >> 16
+            _limbs(c0[s, j], lo16[j], hi16[j])
         for g in range(n_groups):
-            zw = words[s, g * 2 * n:(g + 1) * 2 * n]
-            u = encrypt_zero(zw, primes, pk, pkp, big, tail, n_inv, z1, z0_unused, False)
+            zw = words[s, g * n:(g + 1) * n]
+            u = encrypt_zero(zw, primes, pk, pkp, big, tail, n_inv, z1, z1, False, ints[:5])
             for i in range(n):
                 uf[i] = u[i]
             for j in range(2):
@@ -709,21 +777,38 @@ def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bi
                 k = pos[c]
                 e0 = _cbd21(words[s, tail_words + 2 * c])
                 f = np.int64(words[s, tail_words + 2 * c + 1] >> flood_shift) - flood_half
+                # coefficient k of pk0*u, both primes
+                z00, z01 = _dot2_i32(uf, pk0_rev[0, n - 1 - k:2 * n - 1 - k], pk0_rev[1, n - 1 - k:2 * n - 1 - k])
+                L = rw_len[g]
+                w = rw[g, :L]
+                base = n + k - L + 1  # coefficient k of c0*W_g = sum_m w[m] * ext[base + m]
                 for j in range(2):
                     q = np.int64(primes[j])
-                    lo, hi = _window_dot(lo16[j], hi16[j], rw[g, :rw_len[g]], k)
-                    z0 = np.int64(_dot(uf, pk0_rev[j, n - 1 - k:2 * n - 1 - k]))  # coefficient k of pk0*u
+                    lo, hi = _dot2(w, lo16[j, base:base + L], hi16[j, base:base + L])  # each |.| < 2^53
+                    z0 = np.int64(z00 if j == 0 else z01)
                     v = ((np.int64(hi) % q) << 16) + np.int64(lo) + z0 + e0 + bias[c, j] + f
                     logits_out[s, j, c] = _U32(v % q)
 
 
-def pk0_reversed(pk0: np.ndarray) -> np.ndarray:
+def workspace(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scratch memory for :func:`row_outputs` (and, its first five rows, :func:`encrypt_zero`).
+
+    Reused across calls by one thread: fresh arrays of this size come from mmap and
+    page-fault on every request (~10 us), more than the arithmetic that fills them.
+    """
+    return np.empty((7, n), dtype=np.int64), np.empty((5, 2 * n), dtype=np.float64)
+
+
+def pk0_reversed(pk0: np.ndarray, primes: tuple[int, ...]) -> np.ndarray:
     """Table for single coefficients of ``pk0 * u`` (negacyclic), from ``pk0`` in the coefficient domain.
 
-    Coefficient k of ``pk0 * u`` is ``sum_i u_i * R[N - 1 - k + i]`` with ``R[x] = D[2N - 1 - x]``,
-    ``D[d + N] = pk0[d]`` for ``d >= 0`` and ``-pk0[d + N]`` for ``d < 0``.  Shape (primes, 2N),
-    float64 (exact: |entries| < 2^32).
+    Coefficient k of ``pk0 * u`` is ``sum_i u_i * R[N - 1 - k + i]`` (mod q) with
+    ``R[x] = D[2N - 1 - x]``, ``D[d + N] = pk0[d]`` for ``d >= 0`` and ``-pk0[d + N]`` for
+    ``d < 0``.  Shape (primes, 2N), int32: residues centered in (-q/2, q/2] fit, and half the
+    bytes of float64 make the dot products (memory-bound) twice as fast.
     """
-    p = pk0.astype(np.float64)
+    q = np.array(primes, dtype=np.int64).reshape(-1, 1)
+    p = pk0.astype(np.int64)
+    p = np.where(p > q // 2, p - q, p).astype(np.int32)
     d = np.concatenate([-p, p], axis=-1)  # D[0..2N): d = -N..N-1
     return np.ascontiguousarray(d[..., ::-1])

@@ -378,6 +378,7 @@ class _Context:
         probe = seal.Plaintext("1").to_bytes()
         self.seal_version = (probe[3], probe[4])
         self.primes_u64 = np.array(self.primes, dtype=np.uint64)
+        self.primes_u32 = self.primes_u64.astype(np.uint32)
         self._tables: fk.NttTables | None = None
 
     @property
@@ -473,7 +474,7 @@ class _Context:
         nwords = 2 * (need + need // 1024 + 64)  # q_j > 2^32 - 2^20: rejections are rare
         while True:
             words = _aes_ctr_words(key, nwords)
-            if all(fk.accept_below(words, j, q, out[:, j, :]) >= need for j, q in enumerate(self.primes)):
+            if fk.expand_uniform(words, self.primes_u32, out):
                 return out
             nwords *= 2
 
@@ -772,7 +773,7 @@ class FastPublicKey:
         pk0 = np.empty((2, ctx.n), dtype=np.uint64)
         for j, q in enumerate(ctx.primes):
             fk.ntt_inverse(self._pk[0, j].copy(), pk0[j], q, tables.big[j], tables.tail[j], tables.n_inv[j])
-        self._pk0_rev = fk.pk0_reversed(pk0)
+        self._pk0_rev = fk.pk0_reversed(pk0, ctx.primes)
 
     def __repr__(self) -> str:
         return f"FastPublicKey(key_id={self.key_id!r})"
@@ -789,9 +790,10 @@ class FastPublicKey:
         n = ctx.n
         words = _noise_words(k * 2 * n).reshape(k, 2 * n)
         out = np.empty((k, 2, 2, n), dtype=np.uint64)
+        work = _workspace(n)[0][:5]
         for i in range(k):
             fk.encrypt_zero(words[i], ctx.primes_u64, self._pk, self._pkp, tables.big, tables.tail,
-                            tables.n_inv, out[i, 1], out[i, 0], True)
+                            tables.n_inv, out[i, 1], out[i, 0], True, work)
         return out
 
 
@@ -812,6 +814,23 @@ class _NoiseStream(threading.local):
 
 
 _noise = _NoiseStream()
+
+
+class _Workspaces(threading.local):
+    """Each thread's kernel scratch memory (:func:`fastkernels.workspace`), by N."""
+
+    def __init__(self) -> None:
+        self.by_n: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+_workspaces = _Workspaces()
+
+
+def _workspace(n: int) -> tuple[np.ndarray, np.ndarray]:
+    work = _workspaces.by_n.get(n)
+    if work is None:
+        work = _workspaces.by_n[n] = fk.workspace(n)
+    return work
 
 
 def _noise_words(count: int) -> np.ndarray:
@@ -946,7 +965,6 @@ class FastServer:
         bias_phase = [((2 * q * v + t) // (2 * t)) % q for v in bh]
         self._bias_i64 = np.array([[bp % qj for qj in ctx.primes] for bp in bias_phase], dtype=np.int64)  # (C, 2)
         self._fingerprint = self.params.fingerprint()
-        self._q_u32 = np.array(ctx.primes, dtype=np.uint32)
 
     def __repr__(self) -> str:
         return (f"FastServer(n_features={self.n_features}, n_classes={self.n_classes}, "
@@ -1025,7 +1043,7 @@ class FastServer:
         if len(query) != size:
             raise FastSchemeError(f"query has {len(query)} bytes, expected {size} (truncated or padded)")
         body = np.frombuffer(query, dtype="<u4", offset=_QUERY_HEADER.size).reshape(polys, n_cts, 2, n)
-        if np.any(body.max(axis=(0, 1, 3)) >= self._q_u32):
+        if not fk.residues_below(body, ctx.primes_u32):
             raise FastSchemeError("query coefficient out of range for these parameters")
         a = body[1] if polys == 2 else ctx.expand_a(seed, n_cts)
         return code, ns, body[0], a
@@ -1065,10 +1083,10 @@ class FastServer:
         ctx = self._ctx
         tables = ctx.tables
         n, n_groups = ctx.n, len(self._groups)
-        words = _noise_words(ns * (n_groups * 2 * n + 2 * self.n_classes)).reshape(ns, -1)
+        words = _noise_words(ns * (n_groups * n + 2 * self.n_classes)).reshape(ns, -1)
         fk.row_outputs(c0, a, words, ctx.primes_u64, self._w_ntt, self._w_ntt_p, self._rw, self._rw_len,
                        self._pos, self._group, self._bias_i64, public._pk, public._pkp, public._pk0_rev,
-                       tables.big, tables.tail, tables.n_inv, self._flood_bits, c1_out, c0_out)
+                       tables.big, tables.tail, tables.n_inv, self._flood_bits, c1_out, c0_out, _workspace(n))
 
     def _predict_column(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey,
                         c1_out: np.ndarray, c0_out: np.ndarray) -> None:

@@ -432,10 +432,11 @@ def test_encryptions_of_zero_are_fresh_and_decrypt_to_bounded_noise(env64):
     assert isinstance(public, FastPublicKey) and "key_id" in repr(public)
 
 
-def test_ntt_matches_seal_and_inverts():
+@pytest.mark.parametrize("n", [4096, 8192])  # the radix-16 N=4096 kernels and the generic path
+def test_ntt_matches_seal_and_inverts(n):
     """Our compiled NTT must agree with SEAL's (the client decrypts with SEAL) up to the
     documented tiled order, and the inverse must undo it."""
-    ctx = fl._context(fl.FastParams())
+    ctx = fl._context(fl.FastParams(poly_modulus_degree=n))
     tables = ctx.tables
     rng = np.random.default_rng(5)
     v = np.stack([rng.integers(0, q, ctx.n, dtype=np.uint64) for q in ctx.primes])
@@ -448,6 +449,24 @@ def test_ntt_matches_seal_and_inverts():
         back = np.empty(ctx.n, dtype=np.uint64)
         fk.ntt_inverse(out, back, q, tables.big[j], tables.tail[j], tables.n_inv[j])
         assert np.array_equal(back, v[j])
+
+
+def test_expand_a_follows_the_documented_rule():
+    """Reference implementation of expand_a's docstring, over seeds with and without rejections."""
+    import hashlib
+
+    ctx = fl._context(FastParams())
+    rejected = 0
+    for i in range(12):
+        seed = bytes([i]) * 32
+        key = hashlib.sha256(fl._DOMAIN_A + seed).digest()[:16]
+        words = fl._aes_ctr_words(key, 4 * 2 * ctx.n)
+        got = ctx.expand_a(seed, 2)
+        for j, q in enumerate(ctx.primes):
+            cand = words[j::2]
+            rejected += int((cand[: 2 * ctx.n] >= q).any())
+            assert np.array_equal(got[:, j, :].reshape(-1), cand[cand < q][: 2 * ctx.n])
+    assert rejected  # the slow path ran too
 
 
 @pytest.mark.parametrize("q", [4294483969, 1 << 31, 1 << 20])
