@@ -122,7 +122,7 @@ the client, who knows ``s``.  Its phase ``e*u + e0 + e1*s`` is at most ``40N + 2
 The server needs ``NTT(u)`` and ``NTT(e1)`` for both primes -- four NTTs -- plus, for the
 row layout, only the logit coefficients of ``pk0*u`` (dot products), never a full
 ``z0``.  SEAL's own ``encrypt_zero`` (key level, then a division by the special prime)
-took ~1 ms here; the compiled version takes ~0.06 ms, so no pool or background refill is
+took ~1 ms here; the compiled version takes ~0.045 ms, so no pool or background refill is
 needed: the figures in ``bench/RESULTS.md`` are whole-request costs.
 
 Layouts
@@ -768,8 +768,9 @@ class FastPublicKey:
         self._key_id = key_id
         self.key_id = key_id.hex()
         tables = ctx.tables
-        self._pk = fk.from_seal_order(pk_ntt[:, :2, :])  # (2 polys, 2 primes, N) u64, tiled
-        self._pkp = np.stack([[fk.shoup(self._pk[p, j], q) for j, q in enumerate(ctx.primes)] for p in range(2)])
+        self._pk = fk.aligned(fk.from_seal_order(pk_ntt[:, :2, :]))  # (2 polys, 2 primes, N) u64, tiled
+        self._pkp = fk.aligned(np.stack([[fk.shoup(self._pk[p, j], q) for j, q in enumerate(ctx.primes)]
+                                         for p in range(2)]))
         pk0 = np.empty((2, ctx.n), dtype=np.uint64)
         for j, q in enumerate(ctx.primes):
             fk.ntt_inverse(self._pk[0, j].copy(), pk0[j], q, tables.big[j], tables.tail[j], tables.n_inv[j])
@@ -937,7 +938,7 @@ class FastServer:
         # the logit coefficients of c0*W_g, each group's weight polynomial reversed
         tables = ctx.tables
         n_groups = len(self._groups)
-        self._w_ntt = np.empty((n_groups, 2, n), dtype=np.uint64)
+        self._w_ntt = fk.aligned(np.empty((n_groups, 2, n), dtype=np.uint64))
         self._rw = np.zeros((n_groups, max(len(g) for g in self._groups) * nf), dtype=np.int64)
         self._rw_len = np.empty(n_groups, dtype=np.int64)
         self._pos = np.empty(C, dtype=np.int64)  # logit coefficient of each class in its group
@@ -954,8 +955,8 @@ class FastServer:
             for j, q in enumerate(ctx.primes):
                 fk.ntt_forward(np.where(poly < 0, poly + q, poly).astype(np.uint64), self._w_ntt[g, j], q,
                                tables.big[j], tables.tail[j])
-        self._w_ntt_p = np.stack([[fk.shoup(self._w_ntt[g, j], q) for j, q in enumerate(ctx.primes)]
-                                  for g in range(n_groups)])
+        self._w_ntt_p = fk.aligned(np.stack([[fk.shoup(self._w_ntt[g, j], q) for j, q in enumerate(ctx.primes)]
+                                             for g in range(n_groups)]))
         # ---- column layout: weights split as wh = hi*256 + lo so float64 sums stay exact
         self._wcol = np.vstack([(wh >> 8).astype(np.float64), (wh & 255).astype(np.float64)])
         if float(np.abs(wh >> 8).sum(axis=1).max()) * 2.0**32 >= 2.0**53 or nf * 255 * 2.0**32 >= 2.0**53:
@@ -1007,7 +1008,7 @@ class FastServer:
         """Validate a query; returns (layout, n_samples, c0 u32 (k, 2, N), a u32 (k, 2, N))."""
         if not isinstance(public, FastPublicKey):
             raise FastSchemeError("public must be the FastPublicKey returned by load_public()")
-        if public.params != self.params:
+        if public._ctx is not self._ctx and public.params != self.params:
             raise FastSchemeError("public key was loaded for other parameters")
         if not isinstance(query, (bytes, bytearray, memoryview)):
             raise FastSchemeError("query must be bytes")
