@@ -263,6 +263,25 @@ def sdk_error(exc: BaseException, doing: str, settings: WorkspaceSettings | None
                  hint=hint or "see the message above; the run's log has the rest")
 
 
+def delete_by_name(ctx: Any, session: Session, kind: str, name: str, delete: Callable[[], bool]) -> bool:
+    """``mode=delete`` for an Azure target: run ``delete`` (True if ``name`` existed); SDK errors
+    become one scrubbed message, and a name that is not there is a warning, not a failure."""
+    try:
+        deleted = delete()
+    except Exception as exc:
+        raise sdk_error(exc, f"deleting the {kind} {name!r}", session.settings) from None
+    if not deleted:
+        ctx.log.warning("no %s named %r in the workspace; nothing to delete", kind, name)
+    return deleted
+
+
+def teardown_note(ctx: Any, name: str) -> str:
+    """When a plan's delete action runs: at teardown, or never for ``mode=serve``."""
+    if ctx.mode is Mode.serve:
+        return f"never: mode=serve keeps it (mode=delete deployment_name={name})"
+    return "at teardown"
+
+
 # ----------------------------------------------------------------------------- pre-flight
 
 

@@ -19,8 +19,8 @@ from typing import Any
 from aideploy import hookimpl
 from aideploy.artifacts import Endpoint, Secret
 from aideploy.azure_workspace import (ACI_DELEGATION, SESSION_KEY, Session, WorkspaceSettings,
-                                      check_subnet_delegation, deployment_name, fetch_subnet, preflight_due,
-                                      require_sdk, sdk_error, v1_auth)
+                                      check_subnet_delegation, delete_by_name, deployment_name, fetch_subnet,
+                                      preflight_due, require_sdk, sdk_error, teardown_note, v1_auth)
 from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import ConfigError, DeployError
 from aideploy.http import post_all
@@ -298,9 +298,7 @@ def aideploy_plan(cfg, ctx, model, environment):
                                                 "wait_for_deployment": {"show_output": True,
                                                                         "timeout_sec": cfg.deploy_timeout},
                                                 "get_keys": bool(cfg.auth_enabled)}},
-        {"action": "Webservice.delete", "settings": {
-            "name": name, "when": f"never: mode=serve keeps it (mode=delete deployment_name={name})"
-            if ctx.mode is Mode.serve else "at teardown"}},
+        {"action": "Webservice.delete", "settings": {"name": name, "when": teardown_note(ctx, name)}},
     ]
     return {"target": "aci", "sdk": f"azureml-core {azureml.core.VERSION}", "actions": actions}
 
@@ -314,10 +312,4 @@ def aideploy_predict(cfg, endpoint, network, requests):
 def aideploy_delete(cfg, ctx, name):
     require_sdk(PLUGIN_NAME, *SDK_MODULES)
     session = connect(cfg)
-    try:
-        deleted = delete_service(session.workspace, name)
-    except Exception as exc:
-        raise sdk_error(exc, f"deleting the ACI service {name!r}", session.settings) from None
-    if not deleted:
-        ctx.log.warning("no ACI service named %r in the workspace; nothing to delete", name)
-    return deleted
+    return delete_by_name(ctx, session, "ACI service", name, lambda: delete_service(session.workspace, name))

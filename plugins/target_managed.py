@@ -18,8 +18,8 @@ from typing import Any
 
 from aideploy import hookimpl
 from aideploy.artifacts import Endpoint, Secret
-from aideploy.azure_workspace import (SESSION_KEY, Session, WorkspaceSettings, deployment_name, preflight_due,
-                                      require_sdk, sdk_error)
+from aideploy.azure_workspace import (SESSION_KEY, Session, WorkspaceSettings, delete_by_name, deployment_name,
+                                      preflight_due, require_sdk, sdk_error, teardown_note)
 from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import DeployError
 from aideploy.http import post_all
@@ -237,9 +237,7 @@ def aideploy_plan(cfg, ctx, model, environment):
         {"action": "online_endpoints.begin_create_or_update", "settings": {"name": name,
                                                                            "traffic": {cfg.deployment: 100}}},
         {"action": "online_endpoints.get_keys", "settings": {"name": name, "auth_mode": auth_mode(cfg)}},
-        {"action": "online_endpoints.begin_delete", "settings": {
-            "name": name, "when": f"never: mode=serve keeps it (mode=delete deployment_name={name})"
-            if ctx.mode is Mode.serve else "at teardown"}},
+        {"action": "online_endpoints.begin_delete", "settings": {"name": name, "when": teardown_note(ctx, name)}},
     ]}
 
 
@@ -252,10 +250,4 @@ def aideploy_predict(cfg, endpoint, network, requests):
 def aideploy_delete(cfg, ctx, name):
     require_sdk(PLUGIN_NAME, *SDK_MODULES)
     session = connect(cfg)
-    try:
-        deleted = delete_endpoint(session.workspace, name, cfg.deploy_timeout)
-    except Exception as exc:
-        raise sdk_error(exc, f"deleting the online endpoint {name!r}", session.settings) from None
-    if not deleted:
-        ctx.log.warning("no online endpoint named %r in the workspace; nothing to delete", name)
-    return deleted
+    return delete_by_name(ctx, session, "online endpoint", name, lambda: delete_endpoint(session.workspace, name, cfg.deploy_timeout))
