@@ -377,28 +377,26 @@ def _col15(tw, r, b):
     return (tw[r, 1, b], tw[r, 2, b], tw[r, 3, b], tw[r, 4, b], tw[r, 5, b], tw[r, 6, b], tw[r, 7, b], tw[r, 8, b], tw[r, 9, b], tw[r, 10, b], tw[r, 11, b], tw[r, 12, b], tw[r, 13, b], tw[r, 14, b], tw[r, 15, b])
 
 
+@nb.njit(inline="always")
+def _transpose(src, dst, rows, cols):
+    """dst (cols, rows) = src (rows, cols) transposed, in 8x8 blocks; both flat arrays."""
+    for i0 in range(0, rows, 8):
+        for j0 in range(0, cols, 8):
+            for j in range(j0, j0 + 8):
+                for i in range(i0, i0 + 8):
+                    dst[j * rows + i] = src[i * cols + j]
+
+
 @nb.njit(nogil=True, cache=True)
 def _to_tile(a, out):
-    """out (16, 256) = a (256, 16) transposed, in 8x8 blocks."""
-    blocks = a.reshape(256, 16)
-    tile = out.reshape(16, 256)
-    for b0 in range(0, 256, 8):
-        for r0 in range(0, 16, 8):
-            for r in range(r0, r0 + 8):
-                for b in range(b0, b0 + 8):
-                    tile[r, b] = blocks[b, r]
+    """out (16, 256) = a (256, 16) transposed."""
+    _transpose(a, out, 256, 16)
 
 
 @nb.njit(nogil=True, cache=True)
 def _from_tile(x, out):
     """Inverse of :func:`_to_tile`."""
-    tile = x.reshape(16, 256)
-    blocks = out.reshape(256, 16)
-    for b0 in range(0, 256, 8):
-        for r0 in range(0, 16, 8):
-            for r in range(r0, r0 + 8):
-                for b in range(b0, b0 + 8):
-                    blocks[b, r] = tile[r, b]
+    _transpose(x, out, 16, 256)
 
 
 @nb.njit(nogil=True, cache=True)

@@ -789,7 +789,7 @@ class FastPublicKey:
         ctx = self._ctx
         tables = ctx.tables
         n = ctx.n
-        words = _noise_words(k * 2 * n).reshape(k, 2 * n)
+        words = _noise.words(k * 2 * n).reshape(k, 2 * n)
         out = np.empty((k, 2, 2, n), dtype=np.uint64)
         work = _workspace(n)[0][:5]
         for i in range(k):
@@ -832,10 +832,6 @@ def _workspace(n: int) -> tuple[np.ndarray, np.ndarray]:
     if work is None:
         work = _workspaces.by_n[n] = fk.workspace(n)
     return work
-
-
-def _noise_words(count: int) -> np.ndarray:
-    return _noise.words(count)
 
 
 def _read_bundle_params(bundle: Any) -> tuple[FastParams, int]:
@@ -1084,7 +1080,7 @@ class FastServer:
         ctx = self._ctx
         tables = ctx.tables
         n, n_groups = ctx.n, len(self._groups)
-        words = _noise_words(ns * (n_groups * n + 2 * self.n_classes)).reshape(ns, -1)
+        words = _noise.words(ns * (n_groups * n + 2 * self.n_classes)).reshape(ns, -1)
         fk.row_outputs(c0, a, words, ctx.primes_u64, self._w_ntt, self._w_ntt_p, self._rw, self._rw_len,
                        self._pos, self._group, self._bias_i64, public._pk, public._pkp, public._pk0_rev,
                        tables.big, tables.tail, tables.n_inv, self._flood_bits, c1_out, c0_out, _workspace(n))
