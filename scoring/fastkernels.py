@@ -29,7 +29,7 @@ import numpy as np
 from numba.core import caching as _caching
 
 __all__ = ["NttTables", "to_seal_order", "from_seal_order", "ntt_forward", "ntt_inverse",
-           "accept_below", "expand_uniform", "residues_below", "sample_noise", "encrypt_zero", "row_outputs", "workspace", "aligned", "shoup", "pk0_reversed"]
+           "expand_uniform", "residues_below", "sample_noise", "encrypt_zero", "row_outputs", "workspace", "aligned", "shoup", "pk0_reversed"]
 
 
 
@@ -535,53 +535,45 @@ def ntt_inverse(x, out, q, big, tail, n_inv):
 
 
 @nb.njit(**_JIT)
-def accept_below(words, offset, q, out):
-    """Rejection sampling: fill ``out`` (rows, N), N a power of two, row by row with the words
-    ``words[offset::2]`` that are below ``q``, in order; returns how many candidates were
-    accepted (fewer than rows*N: ``words`` ran out)."""
-    rows, n = out.shape
-    shift = 0
-    while (1 << shift) < n:
-        shift += 1
-    need = rows * n
-    k = 0
-    for i in range(offset, words.shape[0], 2):
-        w = words[i]
-        if k < need:
-            out[k >> shift, k & (n - 1)] = w
-        k += w < q
-    return k
+def expand_uniform(stream, primes, masks, out):
+    """One ciphertext's uniform polynomial ``out`` (2 primes, N) from its keystream ``stream``.
 
-
-@nb.njit(**_JIT)
-def expand_uniform(words, primes, out):
-    """``out`` (k, 2, N) from the keystream ``words`` (uint32) by the rule of
-    :func:`accept_below` (prime j takes the words at positions = j mod 2 that are below it);
-    returns False if ``words`` ran out.  Usually nothing is rejected: then it is one pass
-    over the word pairs (read as uint64: low half for prime 0, high half for prime 1)."""
-    k, n_primes, n = out.shape
-    need = k * n
-    if 2 * need <= words.shape[0]:
-        pairs = words[:2 * need].view(np.uint64)
-        q0 = np.uint64(primes[0])
-        q1 = np.uint64(primes[1])
-        ok0 = True
-        ok1 = True
-        for r in range(k):
-            row = pairs[r * n:(r + 1) * n]
-            for c in range(n):
-                lo = row[c] & np.uint64(0xFFFFFFFF)
-                hi = row[c] >> np.uint64(32)
-                ok0 &= lo < q0
-                ok1 &= hi < q1
-                out[r, 0, c] = lo
-                out[r, 1, c] = hi
-        redo = (not ok0, not ok1)
-    else:
-        redo = (True, True)
-    for j in range(n_primes):
-        if redo[j] and accept_below(words, j, primes[j], out[:, j, :]) < need:
-            return False
+    ``stream`` holds 32-bit words, at least ``2N``.  Coefficient ``c`` takes, for prime ``j``,
+    the word ``stream[2c + j] & masks[j]`` if it is below ``primes[j]``.  The rejected ones, in
+    order of ``(c, j)``, take the next spare words ``stream[2N:]`` (masked alike) that are
+    below their prime: rejection sampling, so every residue is exactly uniform.  Returns
+    False if the spare words ran out (the caller retries with a longer stream).  Rejections
+    are rare (``q_j > 2^32 - 2^20`` by default), so this is one pass over the word pairs,
+    read as uint64 (low half for prime 0, high half for prime 1), and a scan for the few
+    rejected residues when there are any.
+    """
+    n = out.shape[1]
+    pairs = stream[:2 * n].view(np.uint64)
+    q0 = np.uint64(primes[0])
+    q1 = np.uint64(primes[1])
+    m0 = np.uint64(masks[0])
+    m1 = np.uint64(masks[1])
+    bad = False
+    for c in range(n):
+        lo = pairs[c] & m0
+        hi = (pairs[c] >> np.uint64(32)) & m1
+        bad |= (lo >= q0) | (hi >= q1)
+        out[0, c] = lo
+        out[1, c] = hi
+    if not bad:
+        return True
+    s = 2 * n
+    for c in range(n):
+        for j in range(2):
+            if out[j, c] >= primes[j]:
+                while True:
+                    if s >= stream.shape[0]:
+                        return False
+                    w = stream[s] & masks[j]
+                    s += 1
+                    if w < primes[j]:
+                        out[j, c] = w
+                        break
     return True
 
 

@@ -451,36 +451,59 @@ def test_ntt_matches_seal_and_inverts(n):
         assert np.array_equal(back, v[j])
 
 
+def _expand_reference(words: np.ndarray, primes, masks, n: int) -> np.ndarray | None:
+    """fastkernels.expand_uniform's documented rule, written plainly (None: spares ran out)."""
+    main = words[: 2 * n].reshape(n, 2) & np.asarray(masks, dtype=np.uint32)
+    spare = iter(words[2 * n:])
+    out = main.T.copy()
+    for c, j in np.argwhere(main >= np.asarray(primes, dtype=np.uint32)):  # (c, j) order
+        for w in spare:
+            if w & masks[j] < primes[j]:
+                out[j, c] = w & masks[j]
+                break
+        else:
+            return None
+    return out
+
+
 def test_expand_a_follows_the_documented_rule():
-    """Reference implementation of expand_a's docstring, over seeds with and without rejections."""
+    """Reference implementation of expand_a's docstring, over enough ciphertexts to see rejections."""
     import hashlib
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     ctx = fl._context(FastParams())
     rejected = 0
-    for i in range(12):
+    for i in range(16):
         seed = bytes([i]) * 32
         key = hashlib.sha256(fl._DOMAIN_A + seed).digest()[:16]
-        words = fl._aes_ctr_words(key, 4 * 2 * ctx.n)
-        got = ctx.expand_a(seed, 2)
-        for j, q in enumerate(ctx.primes):
-            cand = words[j::2]
-            rejected += int((cand[: 2 * ctx.n] >= q).any())
-            assert np.array_equal(got[:, j, :].reshape(-1), cand[cand < q][: 2 * ctx.n])
-    assert rejected  # the slow path ran too
+        got = ctx.expand_a(seed, 4)
+        for ct in range(4):
+            counter = ct.to_bytes(12, "little") + (2).to_bytes(4, "big")
+            stream = Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor().update(bytes(4 * ctx.stream_words))
+            words = np.frombuffer(stream, dtype="<u4")
+            rejected += int((words[: 2 * ctx.n].reshape(-1, 2) >= ctx.primes_u32).sum())
+            assert np.array_equal(got[ct], _expand_reference(words, ctx.primes, ctx.prime_masks, ctx.n))
+    assert rejected  # the spare words were used too
 
 
-@pytest.mark.parametrize("q", [4294483969, 1 << 31, 1 << 20])
-def test_rejection_sampling_takes_the_accepted_words_in_order(q):
-    """``a`` is defined by this rule on both sides; pin it, including heavy rejection."""
-    words = fl._aes_ctr_words(b"k" * 16, 2 * 3000)
-    for offset in (0, 1):
-        cand = words[offset::2]
-        accepted = cand[cand < q]
-        out = np.zeros((2, 3, 512), dtype=np.uint32)[:, 1, :]  # strided rows, as expand_a passes them
-        got = fk.accept_below(words, offset, q, out)
-        assert got == accepted.size
-        filled = min(got, out.size)
-        assert np.array_equal(out.reshape(-1)[:filled], accepted[:filled])
+@pytest.mark.parametrize("primes", [(4294483969, 4294729729), (1 << 31, 3 << 29), (1 << 20, 5 << 18)])
+def test_rejection_sampling_takes_spare_words_in_order(primes):
+    """``a`` is defined by this rule on both sides; pin it, with heavy rejection and a short stream."""
+    rng = np.random.default_rng(7)
+    n = 512
+    masks = np.array([(1 << q.bit_length()) - 1 for q in primes], dtype=np.uint32)
+    # masks of 32 bits make a prime of 2^20 reject ~all words: the rule must still hold
+    for mask in (masks, np.full(2, 0xFFFFFFFF, dtype=np.uint32)):
+        for length in (2 * n, 2 * n + 40, 2 * n + 4000):
+            words = rng.integers(0, 1 << 32, length, dtype=np.uint32)
+            out = np.zeros((2, n), dtype=np.uint32)
+            ok = fk.expand_uniform(words, np.array(primes, dtype=np.uint32), mask, out)
+            expect = _expand_reference(words, primes, mask, n)
+            assert ok == (expect is not None)
+            if ok:
+                assert np.array_equal(out, expect)
+                assert (out < np.array(primes, dtype=np.uint32).reshape(2, 1)).all()
 
 
 @pytest.mark.parametrize("nwords", [1, 7, 4096, 100_003])
@@ -489,7 +512,20 @@ def test_seed_expansion_is_the_documented_aes_ctr_keystream(nwords):
     import os
 
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    key = os.urandom(16)
-    reference = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(4 * nwords))
-    assert np.array_equal(fl._aes_ctr_words(key, nwords), np.frombuffer(reference, dtype="<u4"))
+    key, nonce = os.urandom(16), os.urandom(12)
+    reference = Cipher(algorithms.AES(key), modes.CTR(nonce + (2).to_bytes(4, "big"))).encryptor()
+    expect = np.frombuffer(reference.update(bytes(4 * nwords)), dtype="<u4")
+    assert np.array_equal(fl._aes_words(AESGCM(key), nonce, nwords), expect)
+
+
+def test_noise_words_are_fresh_across_calls_and_long_requests(monkeypatch):
+    """Each call reads a new stream (its own nonce); requests longer than one AES call are split."""
+    monkeypatch.setattr(fl, "_NOISE_CALL_WORDS", 1000)
+    stream = fl._NoiseStream()
+    a, b = stream.words(2500), stream.words(2500)
+    assert a.shape == b.shape == (2500,) and a.dtype == np.uint64
+    chunks = np.concatenate([a, b]).reshape(-1, 500)  # no two 500-word pieces alike
+    assert len({c.tobytes() for c in chunks}) == len(chunks)
+    assert stream.words(0).shape == (0,)
