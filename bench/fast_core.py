@@ -13,14 +13,12 @@ inputs in [0, 1]) it prints, per model:
   samples, seeded and unseeded, and the max
   logit error seen.
 
-Run the server side with ``OPENBLAS_NUM_THREADS=1`` on small machines (see the
-module docstring of fastlinear); the value in effect is printed.
+The server's kernels are compiled with numba and single-threaded (no BLAS).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -126,8 +124,7 @@ def main() -> None:
         print("  ".join(cell.rjust(widths[i]) for i, cell in enumerate(row)))
         if j == 0:
             print("  ".join("-" * wd for wd in widths))
-    print(f"(repeat={args.repeat}, batch={args.batch} samples, column layout; "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")
+    print(f"(repeat={args.repeat}, batch={args.batch} samples, column layout)")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import numpy as np
 from numba.core import caching as _caching
 
 __all__ = ["NttTables", "to_seal_order", "from_seal_order", "ntt_forward", "ntt_inverse",
-           "expand_uniform", "residues_below", "sample_noise", "encrypt_zero", "row_outputs", "workspace", "aligned", "shoup", "pk0_reversed"]
+           "expand_uniform", "residues_below", "sample_noise", "encrypt_zero", "row_outputs", "column_outputs", "workspace", "aligned", "shoup", "pk0_reversed"]
 
 
 
@@ -780,6 +780,64 @@ def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bi
                     z0 = np.int64(z00 if j == 0 else z01)
                     v = ((np.int64(hi) % q) << 16) + np.int64(lo) + z0 + e0 + bias[c, j] + f
                     logits_out[s, j, c] = _U32(v % q)
+
+
+_COLS = 128  # coefficients per accumulator tile of column_outputs: (C, 256) int64 stays in L1/L2
+
+
+@nb.njit(**_JIT)
+def column_outputs(ct, w, fold, primes, z, out):
+    """``out[c, j] = (sum_i w[c, i] * ct[i, j] + z[c, j]) mod primes[j]``, exactly.
+
+    The batch layout's scalar linear combinations: ``ct`` (nf, 2, N) uint32 residues, ``w``
+    (C, nf) int32 signed weights, ``z`` (C, 2, N) residues to add (an encryption of zero),
+    ``out`` (C, 2, N) uint32.  Residues are centred to ``x - 2^31`` so that every product is
+    a signed 32 x 32 -> 64-bit multiply (``vpmuldq``, twice the rate of a 64-bit multiply);
+    ``2^31 * sum_i w[c, i]`` is added back at the end.  Each partial sum runs over at most
+    ``fold`` features, chosen by the caller so that it cannot overflow
+    (``fold * max|w| * 2^31 < 2^63``), and is then split into its high and low 32 bits,
+    which are summed apart and reduced once per coefficient.
+    """
+    nf = ct.shape[0]
+    n = ct.shape[2]
+    n_classes = w.shape[0]
+    acc = np.empty((n_classes, _COLS), dtype=np.int64)
+    hi = np.empty((n_classes, _COLS), dtype=np.int64)
+    lo = np.empty((n_classes, _COLS), dtype=np.int64)
+    offset = np.empty(n_classes, dtype=np.int64)
+    m32 = np.int64(0xFFFFFFFF)
+    flip = _U32(0x80000000)
+    for j in range(2):
+        q = np.int64(primes[j])
+        r32 = _U64((1 << 32) % q)
+        for c in range(n_classes):  # 2^31 * sum_i w[c, i] mod q
+            total = np.int64(0)
+            for i in range(nf):
+                total += np.int64(w[c, i])
+            offset[c] = np.int64((_U64(total % q) * _U64((1 << 31) % q)) % _U64(q))
+        for col in range(0, n, _COLS):
+            hi[:] = 0
+            lo[:] = 0
+            for i0 in range(0, nf, fold):
+                acc[:] = 0
+                for i in range(i0, min(nf, i0 + fold)):
+                    x = ct[i, j, col:col + _COLS]
+                    for c in range(n_classes):
+                        wc = np.int64(w[c, i])
+                        a = acc[c]
+                        for k in range(_COLS):
+                            a[k] += wc * np.int64(np.int32(x[k] ^ flip))
+                for c in range(n_classes):
+                    for k in range(_COLS):
+                        v = acc[c, k]
+                        hi[c, k] += v >> 32
+                        lo[c, k] += v & m32
+            for c in range(n_classes):
+                zc = z[c, j, col:col + _COLS]
+                oc = out[c, j, col:col + _COLS]
+                for k in range(_COLS):
+                    h = (_U64(hi[c, k] % q) * r32) % _U64(q)  # hi*2^32 = hi*r32 (mod q), < 2^64
+                    oc[k] = _U32((np.int64(h) + lo[c, k] + offset[c] + np.int64(zc[k])) % q)  # lo < 2^46
 
 
 def workspace(n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,8 +32,8 @@ good at -- parameter validation against the 128-bit HE standard, key
 generation, noise sampling and secret-key encryption (client), NTT transforms on
 the client, and loading/validating the public key -- and do the seeding, the
 packing and the server's arithmetic ourselves: the request path (NTTs in SEAL's
-domain, public-key encryptions of zero, the fused row scorer) is compiled with
-numba in :mod:`fastkernels`, the batch layout is float64 BLAS:
+domain, public-key encryptions of zero, the fused row scorer, the batch
+combinations) is compiled with numba in :mod:`fastkernels`:
 
 * seeding: the client's uniform polynomial ``a`` is *defined* by AES-128-CTR
   keystreams (one per ciphertext) under a key derived from the seed (SHA-256),
@@ -135,16 +135,14 @@ Layouts
   needed coefficients of ``c0*W_g`` and of ``z0`` as exact float64 dot products
   (16-bit limbs).
 * ``column`` (batches): one ciphertext per feature, up to N samples in the
-  coefficients; class c is ``sum_i wh_{c,i} * ct_i`` -- a scalar linear
-  combination, computed as exact float64 matrix products for the whole
-  block.  Every coefficient of an output ciphertext is a logit.  The client
-  picks the layout with the smaller upload unless told otherwise.  Expanding
-  the seeds (AES-128-CTR with AES-NI; SHAKE-128 was twice as slow) bounds seeded
-  batches for 784 features; ``encrypt(..., seeded=False)`` ships the uniform
-  polynomials instead (2x upload, 12.5 KB/sample) and the server then reaches
-  >100k samples/s.  On a 2-core box run the server with
-  ``OPENBLAS_NUM_THREADS=1``: OpenBLAS's spinning worker threads otherwise
-  starve the numpy work between matrix products (batch throughput drops ~5x).
+  coefficients; class c is ``sum_i wh_{c,i} * ct_i`` plus a fresh encryption of
+  zero -- a scalar linear combination, computed exactly with 64-bit integer
+  products by :func:`fastkernels.column_outputs` (one thread; it outran float64
+  BLAS, which needs two limbs per weight to stay exact, by ~1.5x).  Every
+  coefficient of an output ciphertext is a logit.  The client picks the layout
+  with the smaller upload unless told otherwise.  Expanding the seeds costs about
+  a third of a seeded 784-feature batch; ``encrypt(..., seeded=False)`` ships the
+  uniform polynomials instead (2x upload, 12.5 KB/sample) and skips it.
 
 Wire formats (little-endian, versioned; every field is validated)
 -----------------------------------------------------------------
@@ -208,8 +206,6 @@ _BUNDLE_HEADER = struct.Struct("<4sB3sI")
 _MAX_CTS = 1 << 16
 # 64-bit noise words per AES call (cryptography's one-shot AEAD takes under 2^31 bytes).
 _NOISE_CALL_WORDS = 1 << 27
-# Columns per float64 matrix product in the batch layout.
-_COLUMN_CHUNK = 2048
 # SEAL's clipped-normal noise: sigma 3.2, clipped at 6 sigma -> |e| <= 19; plus the
 # encoding rounding |eps| <= 1/2 -> 20 is a safe per-coefficient bound.
 _FRESH_NOISE_BOUND = 20
@@ -958,10 +954,13 @@ class FastServer:
                                tables.big[j], tables.tail[j])
         self._w_ntt_p = fk.aligned(np.stack([[fk.shoup(self._w_ntt[g, j], q) for j, q in enumerate(ctx.primes)]
                                              for g in range(n_groups)]))
-        # ---- column layout: weights split as wh = hi*256 + lo so float64 sums stay exact
-        self._wcol = np.vstack([(wh >> 8).astype(np.float64), (wh & 255).astype(np.float64)])
-        if float(np.abs(wh >> 8).sum(axis=1).max()) * 2.0**32 >= 2.0**53 or nf * 255 * 2.0**32 >= 2.0**53:
+        # ---- column layout (fastkernels.column_outputs): int32 weights times centred residues
+        # (|x| <= 2^31); a partial sum over `fold` features cannot overflow int64
+        w_max = int(np.abs(wh).max())
+        if w_max >= 1 << 31:
             raise FastSchemeError("weights too large for exact batch evaluation")
+        self._wh = wh.astype(np.int32)
+        self._fold = min(nf, ((1 << 63) - 1) // (max(w_max, 1) << 31))
         # ---- bias as a phase: round(q * bh / t) mod q_j, per class
         q = ctx.q
         bias_phase = [((2 * q * v + t) // (2 * t)) % q for v in bh]
@@ -1092,34 +1091,18 @@ class FastServer:
 
     def _predict_column(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey,
                         c1_out: np.ndarray, c0_out: np.ndarray) -> None:
-        """One ciphertext per feature and block of N samples; class c = sum_i wh_ci * ct_i."""
+        """One ciphertext per feature and block of N samples; class c = sum_i wh_ci * ct_i + Enc(0)."""
         ctx = self._ctx
         n, nf, C = ctx.n, self.n_features, self.n_classes
-        qi = ctx.q_i64.reshape(2, 1)
         n_blocks = -(-ns // n)
-        z = public.zeros(n_blocks * C).reshape(n_blocks, C, 2, 2, n)
-        c0_full = np.empty((C, 2, n_blocks * n), dtype=np.int64)
-        # Column chunks keep the float64 copy of the operand small and reused (fresh
-        # multi-MB allocations page-fault on every call).
-        chunk = min(_COLUMN_CHUNK, 2 * n)
-        buf = np.empty((nf, chunk), dtype=np.float64)
-        r = np.empty((2 * C, 2 * n), dtype=np.float64)
+        z = public.zeros(n_blocks * C).reshape(n_blocks, C, 2, 2, n)  # [..., 0, :, :] z0, [..., 1, :, :] z1
+        c0_full = np.empty((C, 2, n_blocks * n), dtype=np.uint32)
         for blk in range(n_blocks):
-            for poly, src in ((0, c0), (1, a)):
-                v = src[blk * nf:(blk + 1) * nf].reshape(nf, 2 * n)
-                for lo in range(0, 2 * n, chunk):
-                    np.copyto(buf, v[:, lo:lo + chunk], casting="unsafe")
-                    np.matmul(self._wcol, buf, out=r[:, lo:lo + chunk])  # exact: |r| < 2^53
-                ri = r.astype(np.int64).reshape(2, C, 2, n)
-                comb = ((ri[0] % qi) << 8) + ri[1]  # wh = hi*256 + lo
-                if poly == 1:
-                    comb += z[blk, :, 1].astype(np.int64)
-                    np.remainder(comb, qi, out=comb)
-                    c1_out[blk] = comb
-                else:
-                    comb += z[blk, :, 0].astype(np.int64)
-                    c0_full[:, :, blk * n:(blk + 1) * n] = comb
-        logits = c0_full[:, :, :ns]
+            rows = slice(blk * nf, (blk + 1) * nf)
+            fk.column_outputs(a[rows], self._wh, self._fold, ctx.primes_u64, z[blk, :, 1], c1_out[blk])
+            fk.column_outputs(c0[rows], self._wh, self._fold, ctx.primes_u64, z[blk, :, 0],
+                              c0_full[:, :, blk * n:(blk + 1) * n])
+        logits = c0_full[:, :, :ns].astype(np.int64)
         logits += self._bias_i64[:, :, None]
         logits += self._flood((C, 2, ns)).astype(np.int64)
-        np.remainder(logits, qi, out=c0_out, casting="unsafe")
+        np.remainder(logits, ctx.q_i64.reshape(2, 1), out=c0_out, casting="unsafe")

@@ -529,3 +529,29 @@ def test_noise_words_are_fresh_across_calls_and_long_requests(monkeypatch):
     chunks = np.concatenate([a, b]).reshape(-1, 500)  # no two 500-word pieces alike
     assert len({c.tobytes() for c in chunks}) == len(chunks)
     assert stream.words(0).shape == (0,)
+
+
+@pytest.mark.parametrize("w_bits", [8, 26, 30])
+def test_column_outputs_are_exact_at_the_overflow_limit(w_bits):
+    """The batch kernel's int64 partial sums, with the largest weights its fold allows.
+
+    Class 0 has every weight at -2^w_bits against residues 0 (centred to -2^31): each partial
+    sum is then the largest the fold permits.  Checked against Python integers."""
+    ctx = fl._context(FastParams())
+    rng = np.random.default_rng(w_bits)
+    nf, n_classes, n = 37, 3, 512
+    top = 1 << w_bits
+    w = rng.integers(-top, top, (n_classes, nf), dtype=np.int64)
+    w[0] = -top
+    w[1] = top - 1
+    ct = np.stack([rng.integers(0, q, (nf, n), dtype=np.uint32) for q in ctx.primes], axis=1)
+    ct[:, :, :128] = 0
+    ct[:, 0, 128:256] = ctx.primes[0] - 1
+    ct[:, 1, 128:256] = ctx.primes[1] - 1
+    z = np.stack([rng.integers(0, q, (n_classes, n), dtype=np.uint64) for q in ctx.primes], axis=1)
+    fold = ((1 << 63) - 1) // (top << 31)
+    out = np.empty((n_classes, 2, n), dtype=np.uint32)
+    fk.column_outputs(ct, w.astype(np.int32), fold, ctx.primes_u64, z, out)
+    for j, q in enumerate(ctx.primes):
+        expect = (w.astype(object) @ ct[:, j, :].astype(object) + z[:, j, :].astype(object)) % q
+        assert np.array_equal(out[:, j, :].astype(object), expect)
