@@ -791,9 +791,9 @@ def column_outputs(ct, w, fold, primes, z, out):
 
     The batch layout's scalar linear combinations: ``ct`` (nf, 2, N) uint32 residues, ``w``
     (C, nf) int32 signed weights, ``z`` (C, 2, N) residues to add (an encryption of zero),
-    ``out`` (C, 2, N) uint32.  Residues are centred to ``x - 2^31`` so that every product is
-    a signed 32 x 32 -> 64-bit multiply (``vpmuldq``, twice the rate of a 64-bit multiply);
-    ``2^31 * sum_i w[c, i]`` is added back at the end.  Each partial sum runs over at most
+    ``out`` (C, 2, N) uint32; N a multiple of ``_COLS``.  Residues are centred to ``x - 2^31``
+    so that every product is a signed 32 x 32 -> 64-bit multiply (``vpmuldq``) and bounded by
+    ``max|w| * 2^31``; ``2^31 * sum_i w[c, i]`` is added back at the end.  Each partial sum runs over at most
     ``fold`` features, chosen by the caller so that it cannot overflow
     (``fold * max|w| * 2^31 < 2^63``), and is then split into its high and low 32 bits,
     which are summed apart and reduced once per coefficient.
