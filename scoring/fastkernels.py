@@ -484,11 +484,8 @@ def ntt_forward(a, out, q, big, tail):
             _ct_layer(a[j:j + t], a[j + t:j + 2 * t], big[0, m + i], big[1, m + i], q)
         m <<= 1
     nb_ = n // _TILE
+    _transpose(a, out, nb_, _TILE)
     tile = out.reshape(_TILE, nb_)
-    blocks = a.reshape(nb_, _TILE)
-    for b in range(nb_):
-        for r in range(_TILE):
-            tile[r, b] = blocks[b, r]
     _ct_tail_layer(tile, tail[0], tail[1], 8, q)
     _ct_tail_layer(tile, tail[0], tail[1], 4, q)
     _ct_tail_layer(tile, tail[0], tail[1], 2, q)
@@ -513,11 +510,8 @@ def ntt_inverse(x, out, q, big, tail, n_inv):
     _gs_tail_layer(tile, tail[2], tail[3], 2, q)
     _gs_tail_layer(tile, tail[2], tail[3], 4, q)
     _gs_tail_layer(tile, tail[2], tail[3], 8, q)
+    _transpose(x, out, _TILE, nb_)
     t = _TILE
-    blocks = out.reshape(nb_, _TILE)
-    for b in range(nb_):
-        for r in range(_TILE):
-            blocks[b, r] = tile[r, b]
     m = n // (2 * t)
     while t < n:
         for i in range(m):
@@ -728,7 +722,7 @@ def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bi
     plus the bias and a fresh flooding value in ``[-2^flood_bits, 2^flood_bits)``.
 
     c0 (ns, 2, N) u32 coefficients; a (ns, 2, N) u32 tiled NTT; words (ns, n_groups*N + 2C)
-    uniform u64; w_ntt/w_ntt_p (n_groups, 2, N) u64 tiled; rw (n_groups, Lmax) float64 reversed
+    uniform u64; w_ntt/w_ntt_p (n_groups, 2, N) u64 tiled; rw (n_groups, Lmax) int64 reversed
     group weight polynomials, the first rw_len[g] used; pos/group (C,) logit coefficient and group of each class;
     bias (C, 2) int64 residues; pk/pkp (2, 2, N) u64; pk0_rev (2, 2N) int32 (see
     :func:`pk0_reversed`); work: scratch from :func:`workspace`.
@@ -782,7 +776,7 @@ def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bi
                     logits_out[s, j, c] = _U32(v % q)
 
 
-_COLS = 128  # coefficients per accumulator tile of column_outputs: (C, 256) int64 stays in L1/L2
+_COLS = 128  # coefficients per accumulator tile of column_outputs: (C, 128) int64 stays in L1
 
 
 @nb.njit(**_JIT)
@@ -793,8 +787,8 @@ def column_outputs(ct, w, fold, primes, z, out):
     (C, nf) int32 signed weights, ``z`` (C, 2, N) residues to add (an encryption of zero),
     ``out`` (C, 2, N) uint32; N a multiple of ``_COLS``.  Residues are centred to ``x - 2^31``
     so that every product is a signed 32 x 32 -> 64-bit multiply (``vpmuldq``) and bounded by
-    ``max|w| * 2^31``; ``2^31 * sum_i w[c, i]`` is added back at the end.  Each partial sum runs over at most
-    ``fold`` features, chosen by the caller so that it cannot overflow
+    ``max|w| * 2^31``; ``2^31 * sum_i w[c, i]`` is added back at the end.  Each partial sum
+    runs over at most ``fold`` features, chosen by the caller so that it cannot overflow
     (``fold * max|w| * 2^31 < 2^63``), and is then split into its high and low 32 bits,
     which are summed apart and reduced once per coefficient.
     """
