@@ -153,7 +153,6 @@ def bench_fast(d: dict, reps: int, batch: int, rng: np.random.Generator) -> dict
     t0 = time.perf_counter()
     public = server.load_public(bundle)
     load_ms = 1e3 * (time.perf_counter() - t0)
-    groups = len(server.describe()["row_groups"])
 
     xs = [X[i:i + 1] for i in range(16)]
     queries = [client.encrypt(x) for x in xs]
@@ -195,7 +194,7 @@ def bench_fast(d: dict, reps: int, batch: int, rng: np.random.Generator) -> dict
         "enc_ms": enc_ms, "dec_ms": dec_ms, "key_B": len(bundle), "query_B": len(queries[0]),
         "response_B": len(responses[0]), "batch": batch_res, "batch_sps": batch_res[True],
         "max_err": err, "agreement": min(agree, agree_b), "error_bound": server.error_bound,
-        "flood_margin_bits": server.flood_margin_bits, "groups": groups, "reps": reps,
+        "flood_margin_bits": server.flood_margin_bits, "reps": reps,
     }
 
 

@@ -35,10 +35,11 @@ service = None
 def init():
     """Load the model once per worker."""
     global service
-    # BLAS threads: the cores divided among the workers (AIDEPLOY_BLAS_THREADS overrides).
-    # More would oversubscribe: OpenBLAS's spinning threads then starved batch scoring 3-5x on
-    # a busy 2-core machine; fewer leaves cores idle with one worker. threadpoolctl, because
-    # numpy is already imported when init() runs.
+    # BLAS threads (the plaintext model's products; the fast scheme's kernels use none): the
+    # cores divided among the workers (AIDEPLOY_BLAS_THREADS overrides). More would
+    # oversubscribe: OpenBLAS's spinning threads starved numpy work 3-5x on a busy 2-core
+    # machine; fewer leaves cores idle with one worker. threadpoolctl, because numpy is
+    # already imported when init() runs.
     from threadpoolctl import threadpool_limits
 
     workers = max(1, int(os.environ.get("WORKER_COUNT", "1")))
