@@ -18,8 +18,12 @@ CONFIG_MODULE = "aideploy_conf"
 
 def group_choices(hydra_cfg: Any) -> dict[str, str]:
     """The chosen option of each aideploy config group (Hydra's own groups left out)."""
-    return {k: v for k, v in hydra_cfg.runtime.choices.items()
-            if not k.startswith(("hydra/", "schema/")) and k != "aideploy_schema" and v is not None}
+    from aideploy.config import SCHEMAS
+
+    chosen = {k: v for k, v in hydra_cfg.runtime.choices.items()
+              if not k.startswith(("hydra/", "schema/")) and k != "aideploy_schema" and v is not None}
+    order = list(SCHEMAS)  # the order a run uses the groups in
+    return dict(sorted(chosen.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
 def compose(overrides: Iterable[str] = ()) -> tuple[DictConfig, dict[str, str]]:

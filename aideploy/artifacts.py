@@ -55,22 +55,55 @@ class Dataset:
 
 @dataclass
 class RegisteredModel:
-    """A model version in a registry: the estimator in process plus where its files are."""
+    """A model version in a registry: where its files are, and the model loaded in process.
+
+    ``adapter`` is an :class:`aideploy_scoring.models.ModelAdapter`, loaded by the same code the
+    service runs, so what aideploy checks and evaluates in process is what the service serves.
+    """
 
     name: str
     version: int
-    path: Path  # directory holding this version's files
-    filename: str  # the model file inside ``path``
-    estimator: Any
-    n_features: int
-    n_classes: int
+    path: Path  # the version's directory: what is deployed
+    payload: str  # the model file or directory inside ``path``
+    kind: str  # a key of aideploy_scoring.models.KINDS
+    adapter: Any = field(repr=False)
 
     @property
     def file(self) -> Path:
-        return self.path / self.filename
+        return self.path / self.payload
+
+    @property
+    def n_features(self) -> int | None:
+        return self.adapter.n_features
+
+    @property
+    def task(self) -> str | None:
+        return self.adapter.task
+
+    @property
+    def classes(self) -> list | None:
+        return self.adapter.classes
 
     def summary(self) -> dict[str, Any]:
-        return {"model": f"{self.name}:{self.version}", "features": self.n_features, "classes": self.n_classes}
+        return {"model": f"{self.name}:{self.version}", "kind": self.kind, "type": self.adapter.summary,
+                "features": self.n_features, "task": self.task,
+                "classes": len(self.classes) if self.classes is not None else None}
+
+
+@dataclass
+class ScoringCode:
+    """The service's code as every target ships it: a source directory and its entry script."""
+
+    source_dir: Path
+    entry_script: str  # relative to ``source_dir``, with '/'
+    builtin: bool  # aideploy's own score.py (plain and encrypted requests, key auth)
+
+    @property
+    def entry(self) -> Path:
+        return self.source_dir / self.entry_script
+
+    def summary(self) -> dict[str, Any]:
+        return {"scoring": "builtin" if self.builtin else "custom", "entry_script": self.entry_script}
 
 
 @dataclass
@@ -178,12 +211,24 @@ class Responses:
 
 @dataclass
 class Scores:
-    """Decrypted decision scores, shape (n_samples, n_classes); one column for binary models."""
+    """What the service's answers say, decrypted where they were encrypted, in sample order.
 
-    values: np.ndarray
+    Each field is None when the answers do not carry it. ``values`` are decision scores
+    (n_samples, n_outputs), one column for binary classifiers and regressors: what the
+    encrypted schemes return. ``predictions`` are labels or regression values as the service
+    chose them; ``probabilities`` are per class. ``answers`` keeps answers in a shape aideploy
+    does not know (a custom scoring script's), so nothing is lost.
+    """
+
+    values: np.ndarray | None = None
+    predictions: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    answers: list | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {"scores": list(self.values.shape)}
+        shown = {name: list(getattr(self, name).shape) for name in ("values", "predictions", "probabilities")
+                 if getattr(self, name) is not None}
+        return shown or {"answers": len(self.answers or [])}
 
 
 @dataclass

@@ -34,6 +34,11 @@ class DigitsData(DataConfig):
 
 
 @dataclass
+class DiabetesData(DataConfig):
+    plugin: str = "diabetes"
+
+
+@dataclass
 class MnistIdxData(DataConfig):
     plugin: str = "mnist_idx"
     images: str = MISSING
@@ -60,10 +65,48 @@ class SklearnTrainModel(ModelConfig):
 
 
 @dataclass
-class SklearnPickleModel(ModelConfig):
+class ModelFromPath(ModelConfig):
+    """A model the user already has, at ``path`` (a file, or an MLflow model directory)."""
+
+    path: str = MISSING
+
+
+@dataclass
+class SklearnPickleModel(ModelFromPath):
     plugin: str = "sklearn_pickle"
     name: str = "sklearn_model"
-    path: str = MISSING
+
+
+@dataclass
+class OnnxModel(ModelFromPath):
+    plugin: str = "onnx_model"
+    name: str = "onnx_model"
+
+
+@dataclass
+class MlflowModel(ModelFromPath):
+    plugin: str = "mlflow_model"
+    name: str = "mlflow_model"
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class ScoringConfig:
+    plugin: str = MISSING
+
+
+@dataclass
+class BuiltinScoring(ScoringConfig):
+    plugin: str = "builtin_scoring"
+
+
+@dataclass
+class CustomScoring(ScoringConfig):
+    plugin: str = "custom_scoring"
+    source_dir: str = MISSING
+    entry_script: str = "score.py"
 
 
 # ----------------------------------------------------------------------------- environment
@@ -255,6 +298,7 @@ class AideployConfig:
     plugins: List[str] = field(default_factory=list)
     data: Any = MISSING
     model: Any = MISSING
+    scoring: Any = MISSING
     environment: Any = MISSING
     network: Any = MISSING
     encryption: Any = MISSING
@@ -263,8 +307,10 @@ class AideployConfig:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "data": {"digits": DigitsData, "mnist_idx": MnistIdxData},
-    "model": {"sklearn_digits": SklearnTrainModel, "sklearn_pickle": SklearnPickleModel},
+    "data": {"digits": DigitsData, "diabetes": DiabetesData, "mnist_idx": MnistIdxData},
+    "model": {"sklearn_digits": SklearnTrainModel, "sklearn_pickle": SklearnPickleModel, "onnx": OnnxModel,
+              "mlflow": MlflowModel},
+    "scoring": {"builtin": BuiltinScoring, "custom": CustomScoring},
     "environment": {"conda": EnvironmentConfig},
     "network": {"public": PublicNetwork, "vnet": VnetNetwork},
     "encryption": {"none": NoEncryption, "seal": SealEncryption, "fast": FastEncryption},

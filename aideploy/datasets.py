@@ -21,6 +21,26 @@ def digits_split(test_size: float, seed: int):
     return train_test_split(X / 16.0, y, test_size=test_size, random_state=seed, stratify=y)
 
 
+def packaged(name: str, split, cfg):
+    """A :class:`~aideploy.artifacts.Dataset` from a packaged data set's ``split(test_size, seed)``,
+    its test part cut to ``cfg.limit`` samples when set."""
+    from aideploy.artifacts import Dataset
+
+    X_train, X_test, y_train, y_test = split(cfg.test_size, cfg.seed)
+    if cfg.limit is not None:
+        X_test, y_test = X_test[: cfg.limit], y_test[: cfg.limit]
+    return Dataset(name, X_test, y_test, X_train, y_train)
+
+
+def diabetes_split(test_size: float, seed: int):
+    """scikit-learn's diabetes regression data (features already centred and scaled), split."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_diabetes(return_X_y=True)
+    return train_test_split(X, y, test_size=test_size, random_state=seed)
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """An IDX file (MNIST's format), gzipped or not, as an array of its stored shape."""
     path = Path(path)

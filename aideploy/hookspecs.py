@@ -6,7 +6,7 @@ owns the stage (``target.plugin`` serves deploy and predict, ``encryption.plugin
 encrypt and decrypt, and so on). Stage hooks are ``firstresult``: the chosen plugin's return
 value is the stage's result and is handed to later stages by argument name.
 
-*Broadcast hooks* (requirements, evaluate, teardown) are called on every plugin that
+*Broadcast hooks* (requirements, check_model, evaluate, teardown) are called on every plugin that
 implements them. *Observer hooks* (before/after/on-error) are called on every plugin around
 every stage and must not change the run.
 
@@ -15,8 +15,8 @@ Arguments, by name (an implementation may take any subset of its spec's argument
 - ``cfg``: the stage's own config group node (e.g. ``cfg.port`` for ``target=local``);
 - ``ctx``: the :class:`aideploy.context.RunContext` (root config as ``ctx.cfg``, output dir,
   ``ctx.resources`` to register teardown, ``ctx.log``);
-- ``dataset``, ``model``, ``environment``, ``network``, ``endpoint``, ``keys``, ``requests``,
-  ``responses``, ``scores``: earlier stages' results (see :mod:`aideploy.artifacts`).
+- ``dataset``, ``model``, ``code``, ``environment``, ``network``, ``endpoint``, ``keys``,
+  ``requests``, ``responses``, ``scores``: earlier stages' results (see :mod:`aideploy.artifacts`).
 
 Everything a stage acquires (a process, a port, a blob, a namespace, a temp dir) it must
 register with ``ctx.resources`` so that teardown releases it in reverse order, on success,
@@ -75,7 +75,34 @@ def aideploy_prepare_model(cfg, ctx, dataset):
     """Load or train the model and register a version; served by the ``model`` group's plugin.
 
     Return a :class:`~aideploy.artifacts.RegisteredModel`. The runner checks that its feature
-    count matches ``dataset``'s and fails with a clear error if not.
+    count matches ``dataset``'s and fails with a clear error if not, then calls
+    :func:`aideploy_check_model`.
+    """
+
+
+@hookspec
+def aideploy_check_model(ctx, model, dataset):
+    """Refuse a model this run cannot serve, before anything is deployed; called on every plugin.
+
+    Runs inside the model stage, right after the model is registered. Raise
+    :class:`~aideploy.errors.ConfigError` naming what does not fit and what to do (the
+    encryption plugins refuse models that are not one affine map, or whose outputs do not fit
+    the scheme's range). Return value ignored. Check ``ctx.cfg`` to act only when your plugin is
+    the one chosen for its group.
+    """
+
+
+# ----------------------------------------------------------------------------- stage: scoring
+
+
+@hookspec(firstresult=True)
+def aideploy_stage_scoring(cfg, ctx, model):
+    """Lay out the service's code; served by the ``scoring`` group's plugin.
+
+    Return a :class:`~aideploy.artifacts.ScoringCode`: a source directory (under
+    ``ctx.output_dir``) and the entry script in it, exactly what every target serves or
+    uploads (v1 ``InferenceConfig(source_directory=, entry_script=)``, v2
+    ``CodeConfiguration(code=, scoring_script=)``).
     """
 
 
@@ -107,8 +134,11 @@ def aideploy_configure_network(cfg, ctx):
 
 
 @hookspec(firstresult=True)
-def aideploy_deploy(cfg, ctx, model, environment, network):
+def aideploy_deploy(cfg, ctx, model, environment, network, code):
     """Deploy the scoring service and block until it is healthy; served by the ``target`` plugin.
+
+    ``code`` is the :class:`~aideploy.artifacts.ScoringCode` to serve, ``model.path`` the
+    registered version's directory (it goes under ``AZUREML_MODEL_DIR``).
 
     Return an :class:`~aideploy.artifacts.Endpoint`. Register the service's removal with
     ``ctx.resources`` unless it is meant to outlive the run (``mode=serve`` on a remote target).
@@ -117,7 +147,7 @@ def aideploy_deploy(cfg, ctx, model, environment, network):
 
 
 @hookspec(firstresult=True)
-def aideploy_plan(cfg, ctx, model, environment):
+def aideploy_plan(cfg, ctx, model, environment, code):
     """Describe what the deploy stage would create, creating nothing (``dry_run=true``).
 
     Served by the ``target`` plugin; needs no credentials and no network. Return a dict of

@@ -1,4 +1,9 @@
-"""A local model registry: a directory of numbered versions, like ``Model.register``."""
+"""A local model registry: a directory of numbered versions, like ``Model.register``.
+
+A version holds the model as it was given (a file, or a directory such as an MLflow model)
+under its own name, plus ``aideploy-model.json`` recording its kind. The service reads the
+kind from that record, so the whole version directory is what gets deployed.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +14,35 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_FILE = "model.pkl"
-META_FILE = "aideploy-model.json"
+from aideploy_scoring.models import META_FILE
 
 
 @dataclass(frozen=True)
 class Version:
     name: str
     version: int
-    path: Path
+    path: Path  # the version's directory
+    payload: str  # the model file or directory inside ``path``
+    kind: str
     sha256: str
 
 
-class LocalRegistry:
-    """``<root>/<name>/<version>/model.pkl`` plus a metadata file per version.
+def content_digest(payload: Path) -> str:
+    """SHA-256 of a file, or of a directory's relative paths and file contents."""
+    digest = hashlib.sha256()
+    files = [payload] if payload.is_file() else sorted(p for p in payload.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(payload.parent)).encode() + b"\0")
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
-    Registering the same bytes again returns the existing version instead of a new one, so
+
+class LocalRegistry:
+    """``<root>/<name>/<version>/<model file or dir>`` plus a metadata file per version.
+
+    Registering the same content again returns the existing version instead of a new one, so
     repeated runs of the same training do not grow the registry.
     """
 
@@ -37,24 +55,77 @@ class LocalRegistry:
             return []
         return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / META_FILE).exists())
 
-    def register(self, name: str, model_file: Path, tags: dict | None = None) -> Version:
-        """Register ``model_file`` under ``name``; returns the new (or identical existing) version."""
-        digest = hashlib.sha256(Path(model_file).read_bytes()).hexdigest()
+    def _existing(self, name: str, digest: str, kind: str) -> Version | None:
         for version in reversed(self.versions(name)):
-            meta = json.loads((self.root / name / str(version) / META_FILE).read_text())
-            if meta["sha256"] == digest:
-                return Version(name, version, self.root / name / str(version), digest)
+            folder = self.root / name / str(version)
+            meta = json.loads((folder / META_FILE).read_text())
+            if meta["sha256"] == digest and meta.get("kind") == kind:
+                return Version(name, version, folder, meta["path"], kind, digest)
+        return None
+
+    def register(self, name: str, payload: Path, kind: str, tags: dict | None = None) -> Version:
+        """Register ``payload`` (a file or directory) as ``kind``; returns the new or identical version."""
+        payload = Path(payload)
+        digest = content_digest(payload)
+        existing = self._existing(name, digest, kind)
+        if existing:
+            return existing
         version = (self.versions(name) or [0])[-1] + 1
         final = self.root / name / str(version)
         staging = self.root / name / f".{version}.{time.time_ns()}"
         staging.mkdir(parents=True)
-        shutil.copyfile(model_file, staging / MODEL_FILE)
-        meta = {"name": name, "version": version, "sha256": digest, "tags": tags or {},
-                "registered": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2))
         try:
+            if payload.is_dir():
+                shutil.copytree(payload, staging / payload.name)
+            else:
+                shutil.copyfile(payload, staging / payload.name)
+            meta = {"name": name, "version": version, "kind": kind, "path": payload.name, "sha256": digest,
+                    "tags": tags or {}, "registered": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            (staging / META_FILE).write_text(json.dumps(meta, indent=2))
             staging.rename(final)  # atomic: a concurrent run either sees the version or not
-        except OSError:  # another run registered this number first
+        except OSError:
             shutil.rmtree(staging, ignore_errors=True)
-            return self.register(name, model_file, tags)
-        return Version(name, version, final, digest)
+            if final.exists():  # another run registered this number first
+                return self.register(name, payload, kind, tags)
+            raise
+        return Version(name, version, final, payload.name, kind, digest)
+
+
+KIND_NAMES = {"sklearn": "scikit-learn", "onnx": "ONNX", "mlflow": "MLflow"}
+OPTION_OF_KIND = {"sklearn": "model=sklearn_pickle", "onnx": "model=onnx", "mlflow": "model=mlflow"}
+"""The ``model`` option that registers each kind, for hints."""
+
+
+def register_model(ctx, name: str, payload: Path, kind: str, tags: dict | None = None):
+    """Load ``payload`` as ``kind`` (as the service will), then register it; a RegisteredModel.
+
+    A file that does not load is refused before it is registered, with a hint naming the
+    option that fits it when it looks like another kind.
+    """
+    from aideploy.artifacts import RegisteredModel
+    from aideploy.errors import ConfigError
+    from aideploy_scoring import models
+
+    try:
+        adapter = models.load(payload, kind)
+    except models.ModelLoadError as exc:
+        other = models.guess_kind(payload)
+        hint = (f"it looks like a {KIND_NAMES[other]} model: use {OPTION_OF_KIND[other]}" if other and other != kind
+                else f"{OPTION_OF_KIND[kind]} needs a valid {KIND_NAMES[kind]} model; is the file complete and from a "
+                "compatible library version?")
+        raise ConfigError(f"{OPTION_OF_KIND[kind]} cannot load {payload}: {exc}", hint=hint) from None
+    version = LocalRegistry(Path(ctx.cfg.home) / "models").register(name, payload, kind, tags)
+    return RegisteredModel(name, version.version, version.path, version.payload, kind, adapter)
+
+
+def model_path(cfg, what: str, directory: bool = False) -> Path:
+    """``cfg.path`` as an existing file (or directory), else a ConfigError saying what to give."""
+    from aideploy.errors import ConfigError
+
+    path = Path(cfg.path).expanduser()
+    kind = "directory" if directory else "file"
+    if not path.exists():
+        raise ConfigError(f"model {kind} not found: {path} (model.path)", hint=f"give {what}")
+    if path.is_dir() != directory:
+        raise ConfigError(f"model.path {path} is not a {kind}", hint=f"give {what}")
+    return path

@@ -87,13 +87,14 @@ class Runner:
                               hint=f"{stage.hook} must return a result; see aideploy.hookspecs")
         if stage.result == "model":
             dataset = self.ctx.artifacts["dataset"]
-            if result.n_features != dataset.n_features:
+            if result.n_features is not None and result.n_features != dataset.n_features:
                 raise ConfigError(
                     f"feature count mismatch: model {result.name!r} takes {result.n_features} features "
                     f"but data {dataset.name!r} has {dataset.n_features}",
                     hint="pick a model trained on this data, e.g. data=mnist_idx with model=sklearn_pickle "
                     "model.path=<784-feature model>, or data=digits with model=sklearn_digits",
                 )
+            self.ctx.plugins.hook.aideploy_check_model(ctx=self.ctx, model=result, dataset=dataset)
 
     def teardown(self, status: str) -> list[tuple[str, BaseException]]:
         """The teardown stage: plugins' teardown hooks, then resources in reverse order."""

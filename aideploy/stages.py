@@ -33,6 +33,7 @@ class Stage:
 
 DATA = Stage("data", "aideploy_prepare_data", "data", "dataset")
 MODEL = Stage("model", "aideploy_prepare_model", "model", "model")
+SCORING = Stage("scoring", "aideploy_stage_scoring", "scoring", "code")
 ENVIRONMENT = Stage("environment", "aideploy_build_environment", "environment", "environment")
 NETWORK = Stage("network", "aideploy_configure_network", "network", "network")
 DEPLOY = Stage("deploy", "aideploy_deploy", "target", "endpoint")
@@ -49,12 +50,12 @@ TEARDOWN = Stage("teardown", "aideploy_teardown", None, None)
 _CLIENT = [KEYS, ENCRYPT, PREDICT, DECRYPT, EVALUATE]
 
 PIPELINES: dict[Mode, list[Stage]] = {
-    Mode.run: [DATA, MODEL, ENVIRONMENT, NETWORK, DEPLOY, *_CLIENT],
-    Mode.serve: [DATA, MODEL, ENVIRONMENT, NETWORK, DEPLOY],
+    Mode.run: [DATA, MODEL, SCORING, ENVIRONMENT, NETWORK, DEPLOY, *_CLIENT],
+    Mode.serve: [DATA, MODEL, SCORING, ENVIRONMENT, NETWORK, DEPLOY],
     Mode.predict: [DATA, MODEL, *_CLIENT],
     Mode.delete: [DELETE],
 }
 """Stages per mode, in order. TEARDOWN always follows; KEYSTORE runs on demand inside KEYS."""
 
-DRY_RUN: list[Stage] = [DATA, MODEL, ENVIRONMENT, PLAN]
+DRY_RUN: list[Stage] = [DATA, MODEL, SCORING, ENVIRONMENT, PLAN]
 """``dry_run=true``, whatever the mode: describe the deployment, create nothing."""

@@ -28,8 +28,8 @@ def stage_source(dest: Path) -> Path:
 
 
 def stage_model(model, dest: Path) -> Path:
-    """``AZUREML_MODEL_DIR`` as Azure makes it: ``<root>/<name>/<version>/<file>``."""
+    """``AZUREML_MODEL_DIR`` as Azure makes it for one model: ``<root>/<name>/<version>/``, holding
+    the registered version's files (the model file or directory and its kind record)."""
     folder = dest / model.name / str(model.version)
-    folder.mkdir(parents=True)
-    shutil.copyfile(model.file, folder / model.filename)
-    return dest
+    shutil.copytree(model.path, folder)
+    return folder

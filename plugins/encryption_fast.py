@@ -2,7 +2,9 @@
 
 The client keeps the secret key and publishes a ~98 KB bundle (parameters + public key) to
 the key store. Each request carries ``batch_size`` samples in one binary query; the answer
-holds only the logits, re-randomised and flooded by the service.
+holds only the logits, re-randomised and flooded by the service. The fixed-point scales are
+chosen from the model (``fastlinear.choose_params``), so a folded Pipeline with large weights
+is served as well as a plain LogisticRegression.
 """
 
 import numpy as np
@@ -11,7 +13,8 @@ from aideploy import hookimpl
 from aideploy.artifacts import KeySession, Request, Requests, Scores
 from aideploy.errors import ConfigError, PredictError
 from aideploy.keystore import publish_public_keys
-from aideploy_scoring.fastlinear import FastClient, FastParams, FastSchemeError
+from aideploy.linear import linear_model
+from aideploy_scoring.fastlinear import FastClient, FastSchemeError, choose_params
 from aideploy_scoring.service import BINARY_TYPE, KEY_HEADERS, SCHEME_HEADER
 
 SCHEME = "fast"
@@ -23,14 +26,35 @@ def aideploy_scoring_requirements(ctx):
     return RUNTIME if ctx.cfg.encryption.plugin == SCHEME else None
 
 
+def _params(cfg, model):
+    """The scheme's parameters for this model, or a ConfigError naming options that exist."""
+    linear = linear_model(model, SCHEME)
+    try:
+        return linear, choose_params(linear.coef, linear.intercept, cfg.x_bound, cfg.max_error)
+    except FastSchemeError as exc:
+        raise ConfigError(f"encryption=fast cannot serve {model.name}:{model.version}: {exc}",
+                          hint="allow a larger error (encryption.max_error), or, if the inputs are smaller "
+                          "than encryption.x_bound, lower it; the limits are in scoring/fastlinear.py") from None
+
+
+def _check_range(cfg, X: np.ndarray, what: str) -> None:
+    top = float(np.abs(X).max(initial=0.0))
+    if top > cfg.x_bound:
+        raise ConfigError(f"encryption=fast: {what} has values up to {top:g}, outside "
+                          f"[-{cfg.x_bound:g}, {cfg.x_bound:g}]", hint="raise encryption.x_bound (or scale the data)")
+
+
+@hookimpl
+def aideploy_check_model(ctx, model, dataset):
+    if ctx.cfg.encryption.plugin == SCHEME:
+        _check_range(ctx.cfg.encryption, dataset.X_test, f"data {dataset.name!r}")
+        _params(ctx.cfg.encryption, model)
+
+
 @hookimpl
 def aideploy_setup_keys(cfg, ctx, model):
-    n_outputs = int(np.atleast_2d(model.estimator.coef_).shape[0])
-    try:
-        client = FastClient(model.n_features, n_outputs, FastParams(x_bound=cfg.x_bound, max_error=cfg.max_error))
-    except FastSchemeError as exc:
-        raise ConfigError(f"encryption=fast cannot serve this model: {exc}",
-                          hint="see the supported ranges in scoring/fastlinear.py") from None
+    linear, params = _params(cfg, model)
+    client = FastClient(linear.n_features, linear.n_outputs, params)
     bundle = client.public_bundle()
     url = publish_public_keys(ctx, client.key_id, bundle)
     return KeySession(SCHEME, client.key_id, len(bundle), client, {"key_id": client.key_id, "key_url": url})
@@ -39,9 +63,7 @@ def aideploy_setup_keys(cfg, ctx, model):
 @hookimpl
 def aideploy_encrypt(cfg, keys, dataset):
     X = dataset.X_test
-    if np.abs(X).max(initial=0.0) > cfg.x_bound:
-        raise ConfigError(f"encryption=fast: the data has values up to {np.abs(X).max():g}, outside "
-                          f"[-{cfg.x_bound:g}, {cfg.x_bound:g}]", hint="raise encryption.x_bound (or scale the data)")
+    _check_range(cfg, X, f"data {dataset.name!r}")
     headers = {"Content-Type": BINARY_TYPE, SCHEME_HEADER: SCHEME,
                **{KEY_HEADERS[field]: value for field, value in keys.public.items()}}
     step = max(1, int(cfg.batch_size))

@@ -1,4 +1,9 @@
-"""``encryption=none``: features in clear, ``{"data": [[...]]}`` -> ``{"scores": [[...]]}``."""
+"""``encryption=none``: features in clear, ``{"data": [[...]]}`` -> ``{"predictions": [...], ...}``.
+
+The answer format is the plain protocol of :mod:`aideploy_scoring.models`. Answers from other
+scoring scripts are read as far as they go: a bare list is the predictions; anything else is
+kept as it came (``Scores.answers``) and the evaluation says it could not score them.
+"""
 
 import json
 
@@ -7,6 +12,9 @@ import numpy as np
 from aideploy import hookimpl
 from aideploy.artifacts import Request, Requests, Scores
 from aideploy.errors import PredictError
+
+# Answer fields, in the protocol's names, and what they become in Scores.
+FIELDS = {"predictions": "predictions", "probabilities": "probabilities", "scores": "values"}
 
 
 @hookimpl
@@ -22,16 +30,40 @@ def aideploy_encrypt(cfg, dataset):
                      for i in range(0, len(X), step)])
 
 
+def read_answer(body: bytes) -> dict | None:
+    """The protocol's fields in one answer, or None when it is in another format."""
+    try:
+        payload = json.loads(body)
+        if isinstance(payload, str):  # a script that returned json.dumps(...): azmlinfsrv quotes it again
+            payload = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(payload, list):
+        return {"predictions": payload}
+    if isinstance(payload, dict) and ("predictions" in payload or "scores" in payload):
+        return {name: payload[name] for name in FIELDS if isinstance(payload.get(name), list)}
+    return None
+
+
 @hookimpl
 def aideploy_decrypt(requests, responses):
-    rows = []
-    for request, response in zip(requests.items, responses.items):
-        try:
-            scores = json.loads(response.body)["scores"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PredictError(f"the service's answer has no 'scores': {response.body[:200]!r}",
-                               hint="is the service running aideploy's score.py?") from exc
-        if len(scores) != request.n_samples:
-            raise PredictError(f"asked for {request.n_samples} scores, got {len(scores)}")
-        rows.extend(scores)
-    return Scores(np.asarray(rows, dtype=np.float64))
+    columns: dict[str, list] = {name: [] for name in FIELDS}
+    answers = []
+    for index, (request, response) in enumerate(zip(requests.items, responses.items), start=1):
+        answer = read_answer(response.body)
+        answers.append(answer if answer is not None else response.body.decode("utf-8", "replace"))
+        if answer is None:
+            continue
+        for name, values in answer.items():
+            if len(values) != request.n_samples:
+                raise PredictError(f"answer {index} has {len(values)} {name} for {request.n_samples} samples",
+                                   hint="the service must answer one entry per sample it was sent")
+            columns[name].append(values)
+    if any(isinstance(a, str) for a in answers):
+        return Scores(answers=answers)
+    fields = {}
+    for name, parts in columns.items():
+        if len(parts) == len(answers):  # every answer carries it
+            rows = [row for part in parts for row in part]
+            fields[FIELDS[name]] = np.asarray(rows, dtype=np.float64 if name != "predictions" else None)
+    return Scores(**fields)

@@ -15,8 +15,9 @@ import numpy as np
 
 from aideploy import hookimpl
 from aideploy.artifacts import KeySession, Request, Requests, Scores
-from aideploy.errors import PredictError
+from aideploy.errors import ConfigError, PredictError
 from aideploy.keystore import publish_public_keys
+from aideploy.linear import linear_model
 
 SCHEME = "seal"
 RUNTIME = ["encrypted-inference==0.9", "azure-storage-blob>=12.19", "cachetools>=5.3"]
@@ -25,6 +26,20 @@ RUNTIME = ["encrypted-inference==0.9", "azure-storage-blob>=12.19", "cachetools>
 @hookimpl
 def aideploy_scoring_requirements(ctx):
     return RUNTIME if ctx.cfg.encryption.plugin == SCHEME else None
+
+
+@hookimpl
+def aideploy_check_model(ctx, model):
+    if ctx.cfg.encryption.plugin != SCHEME:
+        return
+    linear = linear_model(model, SCHEME)
+    from aideploy_scoring.seal_ei import SealLinearServer
+
+    try:  # the service builds the same server; its limits are the library's
+        SealLinearServer(linear.coef, linear.intercept)
+    except ValueError as exc:
+        raise ConfigError(f"encryption=seal cannot serve {model.name}:{model.version}: {exc}",
+                          hint="encryption=fast serves a wider range of weights; or rescale the model") from None
 
 
 @hookimpl

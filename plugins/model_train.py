@@ -6,9 +6,8 @@ from pathlib import Path
 import joblib
 
 from aideploy import hookimpl
-from aideploy.artifacts import RegisteredModel
 from aideploy.datasets import digits_split
-from aideploy.registry import MODEL_FILE, LocalRegistry
+from aideploy.registry import register_model
 
 
 @hookimpl
@@ -19,9 +18,6 @@ def aideploy_prepare_model(cfg, ctx):
     estimator = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, random_state=cfg.seed)
     estimator.fit(X_train, y_train)
     with tempfile.TemporaryDirectory(prefix="aideploy-model-") as tmp:
-        path = Path(tmp) / MODEL_FILE
+        path = Path(tmp) / "model.pkl"
         joblib.dump(estimator, path)
-        version = LocalRegistry(Path(ctx.cfg.home) / "models").register(
-            cfg.name, path, tags={"trained_on": "sklearn digits", "C": cfg.C})
-    return RegisteredModel(cfg.name, version.version, version.path, MODEL_FILE, estimator,
-                           n_features=estimator.n_features_in_, n_classes=len(estimator.classes_))
+        return register_model(ctx, cfg.name, path, "sklearn", tags={"trained_on": "sklearn digits", "C": cfg.C})

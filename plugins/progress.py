@@ -35,7 +35,8 @@ def aideploy_on_stage_error(stage, ctx, error):
 @hookimpl
 def aideploy_run_end(ctx, results):
     rows = [("status", results["status"]), ("options", " ".join(f"{k}={v}" for k, v in results["options"].items()))]
-    for key in ("n_samples", "accuracy", "plaintext_accuracy", "agreement", "max_score_error"):
+    for key in ("task", "n_samples", "accuracy", "plaintext_accuracy", "agreement", "max_score_error",
+                "max_probability_error", "rmse", "plaintext_rmse", "r2", "max_abs_diff", "evaluation"):
         if results.get(key) is not None:
             value = results[key]
             rows.append((key, f"{value:.6g}" if isinstance(value, float) else value))
@@ -46,4 +47,4 @@ def aideploy_run_end(ctx, results):
     rows.append(("results", ctx.output_dir / "results.json"))
     log.info("--- summary " + "-" * 48)
     for key, value in rows:
-        log.info("%-20s %s", key, value)
+        log.info("%-22s %s", key, value)

@@ -13,7 +13,6 @@ the functions below, so loading this plugin never needs them.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from aideploy import hookimpl
@@ -25,7 +24,6 @@ from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import ConfigError, DeployError
 from aideploy.http import post_all
 from aideploy.stages import Mode
-from aideploy.staging import ENTRY_SCRIPT, stage_source
 
 PLUGIN_NAME = "aci"
 SDK_MODULES = ("azureml.core", "azure.identity", "azure.mgmt.network")
@@ -97,16 +95,16 @@ def environment_dict(env: Any) -> dict[str, Any]:
         return {"name": env.name, "python": {"condaDependencies": env.python.conda_dependencies._conda_dependencies}}
 
 
-def inference_config(source_dir: Path, env: Any) -> Any:
+def inference_config(code: Any, env: Any) -> Any:
     """``InferenceConfig`` for the staged source directory (the SDK checks the entry script exists)."""
     from azureml.core.model import InferenceConfig
 
-    return InferenceConfig(source_directory=str(source_dir), entry_script=ENTRY_SCRIPT, environment=env)
+    return InferenceConfig(source_directory=str(code.source_dir), entry_script=code.entry_script, environment=env)
 
 
 def model_register_args(cfg: Any, model: Any) -> dict[str, Any]:
     """The arguments of ``Model.register`` besides the workspace."""
-    return {"model_path": str(model.file), "model_name": model.name,
+    return {"model_path": str(model.path), "model_name": model.name,
             "tags": {**dict(cfg.tags), "aideploy_model": f"{model.name}:{model.version}"},
             "description": f"{model.name} version {model.version} from aideploy's registry"}
 
@@ -206,7 +204,7 @@ def aideploy_before_stage(stage, ctx):
 
 
 @hookimpl
-def aideploy_deploy(cfg, ctx, model, environment, network):
+def aideploy_deploy(cfg, ctx, model, environment, network, code):
     from azureml.core import Model
 
     vnet = vnet_settings(ctx.cfg.network)
@@ -214,9 +212,7 @@ def aideploy_deploy(cfg, ctx, model, environment, network):
     deploy_config = deploy_configuration(cfg, ctx.cfg.network)
     session = ctx.artifacts.get(SESSION_KEY) or connect(cfg)
     settings, workspace = session.settings, session.workspace
-    source = ctx.output_dir / "deploy" / "source"
-    stage_source(source)
-    config = inference_config(source, build_environment(environment))
+    config = inference_config(code, build_environment(environment))
     try:
         registered = Model.register(workspace=workspace, **model_register_args(cfg, model))
     except Exception as exc:
@@ -260,7 +256,7 @@ def aideploy_deploy(cfg, ctx, model, environment, network):
 
 
 @hookimpl
-def aideploy_plan(cfg, ctx, model, environment):
+def aideploy_plan(cfg, ctx, model, environment, code):
     """What the deploy stage would do, from the SDK's own objects; no workspace, credential or network."""
     require_sdk(PLUGIN_NAME, *PLAN_SDK_MODULES)
     import azureml.core
@@ -268,12 +264,10 @@ def aideploy_plan(cfg, ctx, model, environment):
     vnet = vnet_settings(ctx.cfg.network)
     name = service_name(ctx)
     deploy_config = deploy_configuration(cfg, ctx.cfg.network)
-    # Staged locally (nothing in Azure) so InferenceConfig validates the real entry script and
-    # the plan points at exactly the directory a deploy would upload.
-    source = ctx.output_dir / "deploy" / "source"
-    stage_source(source)
+    # The code is staged locally (nothing in Azure), so InferenceConfig validates the real entry
+    # script and the plan points at exactly the directory a deploy would upload.
     env = build_environment(environment)
-    config = inference_config(source, env)
+    config = inference_config(code, env)
     ws = cfg.workspace
     actions: list[dict[str, Any]] = [
         {"action": "Workspace.get", "settings": {

@@ -15,17 +15,19 @@ import shutil
 import sys
 from pathlib import Path
 
-import aideploy_scoring
 from aideploy import hookimpl
 from aideploy.artifacts import Endpoint, Secret
 from aideploy.envcheck import unmet
 from aideploy.errors import DeployError, EnvironmentMismatch
 from aideploy.http import post_all
 from aideploy.process import ManagedProcess, free_port, http_ok
-from aideploy.staging import stage_model, stage_source
+from aideploy.staging import scoring_package_dir, stage_model
 from aideploy.stages import Mode
 
 SERVER_LOG = "azmlinfsrv.log"
+# Local only (Azure decides where its containers listen), so it comes from the installed
+# package whatever code is served.
+GUNICORN_CONF = scoring_package_dir() / "gunicorn_conf.py"
 
 
 def server_command() -> list[str]:
@@ -47,7 +49,7 @@ def scoring_key(ctx) -> Secret:
 
 
 @hookimpl
-def aideploy_deploy(cfg, ctx, model, environment, network):
+def aideploy_deploy(cfg, ctx, model, environment, network, code):
     if ctx.cfg.environment.check_local:
         missing = unmet(environment.python, environment.pip)
         if missing:
@@ -57,25 +59,28 @@ def aideploy_deploy(cfg, ctx, model, environment, network):
                 "or skip the check with environment.check_local=false")
     name = ctx.cfg.deployment_name or f"aideploy-{ctx.run_id}"
     workdir = ctx.output_dir / "deploy"
-    entry = stage_source(workdir / "source")
     model_dir = stage_model(model, workdir / "azureml-models")
     port = cfg.port or free_port()
-    key = scoring_key(ctx) if cfg.auth else None
+    # Only aideploy's score.py checks the key: azmlinfsrv itself has none (Azure's endpoints do).
+    key = scoring_key(ctx) if cfg.auth and code.builtin else None
+    if cfg.auth and not code.builtin:
+        ctx.log.warning("scoring=custom: the local service does not check keys (azmlinfsrv has no auth); "
+                        "it listens on %s only", network.bind_host)
     env = {
         **os.environ,  # WORKER_COUNT comes from --worker_count: azmlinfsrv exports it itself
         "AIDEPLOY_MAX_REQUEST_BYTES": str(int(cfg.max_request_mb * 1024 * 1024)),
         # gunicorn's default control socket is shared per user; our config file makes it listen on
         # bind_host only (azmlinfsrv would bind 0.0.0.0: every interface of the machine)
-        "GUNICORN_CMD_ARGS": f"--no-control-socket --config {shlex.quote(str(entry.parent / 'gunicorn_conf.py'))}",
+        "GUNICORN_CMD_ARGS": f"--no-control-socket --config {shlex.quote(str(GUNICORN_CONF))}",
         "AIDEPLOY_BIND_HOST": network.bind_host,
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("AIDEPLOY_AUTH_KEY_SHA256", None)
     if key:  # the service gets only a hash of the key
         env["AIDEPLOY_AUTH_KEY_SHA256"] = hashlib.sha256(key.reveal().encode()).hexdigest()
-    argv = [*network.argv_prefix, *server_command(), "--entry_script", str(entry), "--model_dir", str(model_dir),
+    argv = [*network.argv_prefix, *server_command(), "--entry_script", str(code.entry), "--model_dir", str(model_dir),
             "--port", str(port), "--worker_count", str(cfg.worker_count)]
-    server = ManagedProcess("azmlinfsrv", argv, ctx.output_dir / SERVER_LOG, env=env, cwd=workdir)
+    server = ManagedProcess("azmlinfsrv", argv, ctx.output_dir / SERVER_LOG, env=env, cwd=code.source_dir)
     server.start()
     ctx.resources.add(f"azmlinfsrv (pid {server.pid})", server.stop)
     base = f"http://{network.client_host}:{port}"
@@ -104,12 +109,12 @@ def aideploy_deploy(cfg, ctx, model, environment, network):
 
 
 @hookimpl
-def aideploy_plan(cfg, ctx, model, environment):
+def aideploy_plan(cfg, ctx, model, environment, code):
     return {
         "target": "local",
         "actions": [
-            {"action": "stage source directory", "settings": {"entry_script": "aideploy_scoring/score.py",
-                                                              "from": str(Path(aideploy_scoring.__file__).parent)}},
+            {"action": "stage source directory", "settings": {"entry_script": code.entry_script,
+                                                              "source_dir": str(code.source_dir)}},
             {"action": "start azmlinfsrv", "settings": {
                 "model": f"{model.name}:{model.version}", "port": cfg.port or "free port",
                 "worker_count": cfg.worker_count, "auth": cfg.auth, "network": ctx.choices.get("network"),

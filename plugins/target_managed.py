@@ -13,7 +13,6 @@ functions below, so loading this plugin never needs it.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from aideploy import hookimpl
@@ -24,7 +23,6 @@ from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import DeployError
 from aideploy.http import post_all
 from aideploy.stages import Mode
-from aideploy.staging import ENTRY_SCRIPT, stage_source
 
 PLUGIN_NAME = "managed_endpoint"
 SDK_MODULES = ("azure.ai.ml", "azure.identity")
@@ -64,16 +62,16 @@ def build_endpoint(cfg: Any, network_cfg: Any, name: str) -> Any:
                                  tags=dict(cfg.tags), description=cfg.description)
 
 
-def build_deployment(cfg: Any, endpoint_name: str, model: Any, environment: Any, source_dir: Path) -> Any:
+def build_deployment(cfg: Any, endpoint_name: str, model: Any, environment: Any, code: Any) -> Any:
     """The ``ManagedOnlineDeployment`` entity: the model file, the conda environment, the staged code."""
     from azure.ai.ml.entities import CodeConfiguration, Environment, ManagedOnlineDeployment, Model
 
     _quiet_sdk_logs()
     return ManagedOnlineDeployment(
         name=cfg.deployment, endpoint_name=endpoint_name,
-        model=Model(path=str(model.file), description=f"{model.name} version {model.version} from aideploy"),
+        model=Model(path=str(model.path), description=f"{model.name} version {model.version} from aideploy"),
         environment=Environment(conda_file=str(environment.conda_file), image=cfg.image),
-        code_configuration=CodeConfiguration(code=str(source_dir), scoring_script=ENTRY_SCRIPT),
+        code_configuration=CodeConfiguration(code=str(code.source_dir), scoring_script=code.entry_script),
         instance_type=cfg.instance_type, instance_count=cfg.instance_count, tags=dict(cfg.tags))
 
 
@@ -164,14 +162,12 @@ def aideploy_before_stage(stage, ctx):
 
 
 @hookimpl
-def aideploy_deploy(cfg, ctx, model, environment, network):
+def aideploy_deploy(cfg, ctx, model, environment, network, code):
     name = endpoint_name(ctx)
     session = ctx.artifacts.get(SESSION_KEY) or connect(cfg)
     settings, client = session.settings, session.workspace
-    source = ctx.output_dir / "deploy" / "source"
-    stage_source(source)
     endpoint = build_endpoint(cfg, ctx.cfg.network, name)
-    deployment = build_deployment(cfg, name, model, environment, source)
+    deployment = build_deployment(cfg, name, model, environment, code)
     serve = ctx.mode is Mode.serve
     # Registered before the endpoint is created: a half-created endpoint must go too. The name
     # is this run's (or one the user chose to deploy over), so nothing else is deleted.
@@ -211,17 +207,15 @@ def aideploy_deploy(cfg, ctx, model, environment, network):
 
 
 @hookimpl
-def aideploy_plan(cfg, ctx, model, environment):
+def aideploy_plan(cfg, ctx, model, environment, code):
     """What the deploy stage would do, from the SDK's own entities; no workspace, credential or network."""
     require_sdk(PLUGIN_NAME, *PLAN_SDK_MODULES)
     from azure.ai.ml import __version__ as sdk_version
 
     name = endpoint_name(ctx)
     # Staged locally (nothing in Azure) so the plan points at exactly the directory a deploy uploads.
-    source = ctx.output_dir / "deploy" / "source"
-    stage_source(source)
     endpoint = build_endpoint(cfg, ctx.cfg.network, name)
-    deployment = build_deployment(cfg, name, model, environment, source)
+    deployment = build_deployment(cfg, name, model, environment, code)
     ws = cfg.workspace
     return {"target": "managed_endpoint", "sdk": f"azure-ai-ml {sdk_version}", "actions": [
         {"action": "MLClient", "settings": {

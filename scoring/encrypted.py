@@ -51,7 +51,10 @@ class SealScheme:
         from aideploy_scoring import seal_ei
 
         self._seal = seal_ei
-        self.server = seal_ei.SealLinearServer(model.coef, model.intercept)
+        try:
+            self.server = seal_ei.SealLinearServer(model.coef, model.intercept)
+        except ValueError as exc:  # weights outside what the library can encode
+            raise RequestError(f"this service's model cannot be served with encryption=seal: {exc}") from None
         self.fetcher = fetcher
 
     def score(self, payload: dict) -> Any:

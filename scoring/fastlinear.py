@@ -855,6 +855,109 @@ def bundle_params(bundle: bytes) -> FastParams:
     return _read_bundle_params(bytes(bundle))[0]
 
 
+@dataclass(frozen=True)
+class _ModelFit:
+    """A model quantised for one parameter set, with its guarantees (see the module docstring)."""
+
+    wh: np.ndarray  # int64 weights, round(W * s_w)
+    bh: list[int]  # intercepts, round(b * S)
+    groups: list[list[int]]  # row-layout class groups
+    error_bound: float  # guaranteed max |logit error|
+    flood_bits: int  # flooding noise is uniform in [-2^flood_bits, 2^flood_bits)
+    margin_bits: float  # log2(flood / worst-case model-dependent noise)
+
+
+def _fit_model(W: np.ndarray, b: np.ndarray, params: FastParams, n: int, t: int, q: int) -> _ModelFit:
+    """Quantise ``(W, b)`` for ``params`` and check the error guarantee, or :class:`FastSchemeError`.
+
+    ``n`` is N, ``t`` the plain modulus and ``q`` the data modulus. Pure arithmetic: it
+    builds no SEAL objects, so :func:`choose_params` can try many parameter sets.
+    """
+    C, nf = W.shape
+    sx, sw = params.x_scale, params.w_scale
+    S = sx * sw
+    wh = np.rint(W * sw).astype(np.int64)
+    bh = [int(round(float(v) * S)) for v in b]
+    dw = np.abs(wh - W * sw)
+    groups = _row_geometry(nf, C, n)
+    R = float(params.x_bound)
+    l1_w = np.abs(W).sum(axis=1)
+    l1_dw = dw.sum(axis=1)
+    quant = R * l1_dw / sw + l1_w / (2 * sx) + l1_dw / (2 * S) + 1.0 / (2 * S)
+    group_l1 = [int(np.abs(wh[cls]).sum()) for cls in groups]
+    b_w = _FRESH_NOISE_BOUND * max(group_l1)  # row layout is the worst case
+    to_output = float(t) / (float(q) * S)  # phase units -> output units
+    budget = params.max_error - float(quant.max())
+    pk_noise = _pk_noise_bound(n)
+    fixed_noise = (b_w + pk_noise + 2) * to_output
+    if budget - fixed_noise <= 0:
+        raise FastSchemeError(
+            f"model cannot be served within max_error={params.max_error:g}: quantisation error "
+            f"bound {quant.max():.3g} + noise {fixed_noise:.3g}")
+    flood = (budget - fixed_noise) * 0.9 / to_output
+    flood_bits = int(math.floor(math.log2(flood)))
+    if flood_bits < 1:
+        raise FastSchemeError("no room for flooding noise within max_error")
+    F = 1 << flood_bits
+    noise_total = b_w + pk_noise + 2 + F
+    # no wrap-around: (q/t)*|yh| + E < q/2  <=>  |yh| < t/2 - E*t/q
+    yh_max = (R * sx + 0.5) * np.abs(wh).sum(axis=1) + np.abs(np.array(bh, dtype=np.float64))
+    wrap_limit = t / 2.0 - noise_total * float(t) / float(q)
+    if float(yh_max.max()) >= wrap_limit:
+        worst = float((R * l1_w + np.abs(b)).max())
+        raise FastSchemeError(
+            f"logits can reach {worst:.4g} (x_bound*||w||_1 + |b|), beyond the representable {wrap_limit / S:.4g}")
+    # Exactness of the float64 dot products (16-bit limbs times weights, summed).
+    if max(group_l1) * (1 << 16) >= 1 << 53:
+        raise FastSchemeError("weights too large for exact evaluation")
+    return _ModelFit(wh, bh, groups, float(quant.max()) + noise_total * to_output, flood_bits,
+                     math.log2(F / max(b_w, 1)))
+
+
+def choose_params(coef: np.ndarray, intercept: np.ndarray | float, x_bound: float = 1.0,
+                  max_error: float = 1e-3) -> FastParams:
+    """Fixed-point scales that serve this model within ``max_error`` for inputs in ``[-x_bound, x_bound]``.
+
+    The defaults when they fit (every model they served keeps its parameters); otherwise the
+    plain modulus (46..54 bits), input and weight scales (10..30 bits) that fit with the
+    largest flooding margin, i.e. the most model privacy. Limits: logits up to
+    ``2^(53 - x_scale_bits - w_scale_bits) * x_bound`` and weights small enough for the error
+    bound; a model outside every candidate raises :class:`FastSchemeError` with the default
+    parameters' reason.
+    """
+    W = np.asarray(coef, dtype=np.float64)
+    W = W.reshape(1, -1) if W.ndim == 1 else W
+    b = np.broadcast_to(np.asarray(intercept, dtype=np.float64).reshape(-1), (W.shape[0],))
+    if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
+        raise FastSchemeError("model contains NaN or infinity")
+    base = FastParams(x_bound=x_bound, max_error=max_error)
+    ctx = _context(base)
+    if W.shape[1] > ctx.n:
+        raise FastSchemeError(f"model has {W.shape[1]} features, the parameters support at most {ctx.n}")
+    try:
+        _fit_model(W, b, base, ctx.n, ctx.t, ctx.q)
+        return base
+    except FastSchemeError as exc:
+        reason = exc
+    best: tuple[float, FastParams] | None = None
+    for t_bits in range(46, base.coeff_modulus_bits[0] + base.coeff_modulus_bits[1] - 9):
+        for x_bits in range(10, min(30, t_bits - 3) + 1):
+            for w_bits in range(10, 31):
+                if x_bits + w_bits >= t_bits:
+                    continue
+                params = FastParams(plain_modulus_bits=t_bits, x_scale_bits=x_bits, w_scale_bits=w_bits,
+                                    x_bound=x_bound, max_error=max_error)
+                try:
+                    fit = _fit_model(W, b, params, ctx.n, 1 << t_bits, ctx.q)
+                except FastSchemeError:
+                    continue
+                if best is None or fit.margin_bits > best[0]:
+                    best = (fit.margin_bits, params)
+    if best is None:
+        raise FastSchemeError(f"{reason}; no fixed-point scales serve this model within max_error={max_error:g}")
+    return best[1]
+
+
 class FastServer:
     """Server half: precomputes the model once, then scores encrypted queries.
 
@@ -889,47 +992,9 @@ class FastServer:
         if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
             raise FastSchemeError("model contains NaN or infinity")
         self.n_features, self.n_classes = nf, C
-        sx, sw = self.params.x_scale, self.params.w_scale
-        S = sx * sw
-        wh = np.rint(W * sw).astype(np.int64)
-        bh = [int(round(float(v) * S)) for v in b]
-        dw = np.abs(wh - W * sw)
-        self._groups = _row_geometry(nf, C, n)
-
-        # ---- error guarantee and flooding size (see module docstring)
-        R = float(self.params.x_bound)
-        l1_w = np.abs(W).sum(axis=1)
-        l1_dw = dw.sum(axis=1)
-        quant = R * l1_dw / sw + l1_w / (2 * sx) + l1_dw / (2 * S) + 1.0 / (2 * S)
-        group_l1 = [int(np.abs(wh[cls]).sum()) for cls in self._groups]
-        b_w = _FRESH_NOISE_BOUND * max(group_l1)  # row layout is the worst case
-        to_output = float(t) / (float(ctx.q) * S)  # phase units -> output units
-        budget = self.params.max_error - float(quant.max())
-        pk_noise = _pk_noise_bound(n)
-        fixed_noise = (b_w + pk_noise + 2) * to_output
-        if budget - fixed_noise <= 0:
-            raise FastSchemeError(
-                f"model cannot be served within max_error={self.params.max_error:g}: quantisation error "
-                f"bound {quant.max():.3g} + noise {fixed_noise:.3g} (reduce x_bound / weights, or raise scales)")
-        flood = (budget - fixed_noise) * 0.9 / to_output
-        self._flood_bits = int(math.floor(math.log2(flood)))
-        if self._flood_bits < 1:
-            raise FastSchemeError("no room for flooding noise within max_error")
-        F = 1 << self._flood_bits
-        noise_total = b_w + pk_noise + 2 + F
-        # no wrap-around: (q/t)*|yh| + E < q/2  <=>  |yh| < t/2 - E*t/q
-        yh_max = (R * sx + 0.5) * np.abs(wh).sum(axis=1) + np.abs(np.array(bh, dtype=np.float64))
-        wrap_limit = t / 2.0 - noise_total * float(t) / float(ctx.q)
-        if float(yh_max.max()) >= wrap_limit:
-            worst = float((R * l1_w + np.abs(b)).max())
-            raise FastSchemeError(
-                f"logits can reach {worst:.4g} (x_bound*||w||_1 + |b|), beyond the representable "
-                f"{wrap_limit / S:.4g}; use a larger plain_modulus_bits or smaller x_scale_bits")
-        self.error_bound = float(quant.max()) + noise_total * to_output
-        self.flood_margin_bits = math.log2(F / max(b_w, 1))
-        # Exactness of the float64 dot products (16-bit limbs times weights, summed).
-        if max(group_l1) * (1 << 16) >= 1 << 53:
-            raise FastSchemeError("weights too large for exact evaluation")
+        fit = _fit_model(W, b, self.params, n, t, ctx.q)
+        wh, bh, self._groups = fit.wh, fit.bh, fit.groups
+        self.error_bound, self._flood_bits, self.flood_margin_bits = fit.error_bound, fit.flood_bits, fit.margin_bits
 
         # ---- row layout: NTT-form weight plaintexts (tiled order, Shoup companions) and, for
         # the logit coefficients of c0*W_g, each group's weight polynomial reversed

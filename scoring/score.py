@@ -1,9 +1,11 @@
 """Entry script for the Azure ML inference server (``azmlinfsrv``), locally and in Azure.
 
-``init()`` loads the model from ``AZUREML_MODEL_DIR``; ``run()`` answers one HTTP request.
-Request bodies (JSON):
+``init()`` loads the model from ``AZUREML_MODEL_DIR`` (any kind: its record says which);
+``run()`` answers one HTTP request. Linear models (and Pipelines that fold into one) are also
+served under the encrypted schemes. Request bodies:
 
-- plain: ``{"data": [[x1, ..., xn], ...]}`` -> ``{"scores": [[s1, ..., sk], ...]}``
+- plain, for every model kind (:mod:`aideploy_scoring.models`): ``{"data": [[x1, ..., xn], ...]}``
+  -> ``{"predictions": [...]}``, plus ``"probabilities"`` and ``"scores"`` where the model has them
 - seal (encrypted-inference, seed 000): ``{"data": [ciphertext, ...], "key_id": ..., "key_url":
   <read-only SAS URL>}``, or the seed's ``{"data", "key_id", "conn_str", "container"}``
   -> ``[encrypted score, ...]``

@@ -7,14 +7,14 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
+from aideploy_scoring.models import ModelAdapter, ModelInputError, NotLinear
+
 log = logging.getLogger("aideploy.scoring")
 
-MODEL_SUFFIXES = (".pkl", ".joblib")
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 BINARY_TYPE = "application/octet-stream"
 SCHEME_HEADER = "X-Aideploy-Scheme"
@@ -29,31 +29,23 @@ class RequestError(ValueError):
         self.status = status
 
 
-def find_model_file(model_dir: str | os.PathLike) -> Path:
-    """The one model file under ``model_dir`` (Azure puts it at any depth)."""
-    root = Path(model_dir)
-    found = sorted(p for p in root.rglob("*") if p.suffix in MODEL_SUFFIXES and p.is_file())
-    if len(found) != 1:
-        raise RuntimeError(f"expected exactly one model file ({'/'.join(MODEL_SUFFIXES)}) under "
-                           f"{root}, found {len(found)}: {[str(p) for p in found]}")
-    return found[0]
-
-
 class LinearModel:
-    """The weights of a linear sklearn model as (n_classes, n_features) and (n_classes,).
+    """A model that is one affine map: weights (n_outputs, n_features) and intercepts (n_outputs,).
 
-    Binary classifiers and regressors have a 1-D ``coef_`` and a scalar ``intercept_``; they
-    become one row, and their single score column is the decision function.
+    What the encrypted schemes compute under encryption. The scores are the decision
+    function of a classifier (one column for a binary one) or the prediction of a regressor.
     """
 
-    def __init__(self, estimator: Any) -> None:
-        if not hasattr(estimator, "coef_"):
-            raise RuntimeError(f"{type(estimator).__name__} is not a linear model (it has no coef_)")
-        self.estimator = estimator
-        coef = np.asarray(estimator.coef_, dtype=np.float64)
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray | float = 0.0) -> None:
+        coef = np.asarray(coef, dtype=np.float64)
         self.coef = coef.reshape(1, -1) if coef.ndim == 1 else coef
-        self.intercept = np.broadcast_to(np.asarray(getattr(estimator, "intercept_", 0.0), dtype=np.float64),
+        self.intercept = np.broadcast_to(np.asarray(intercept, dtype=np.float64).reshape(-1),
                                          (self.coef.shape[0],)).copy()
+
+    @classmethod
+    def of(cls, model: ModelAdapter) -> "LinearModel":
+        """The adapter's model as one affine map, or :class:`NotLinear`."""
+        return cls(*model.linear())
 
     @property
     def n_features(self) -> int:
@@ -78,11 +70,11 @@ def require(payload: dict, field: str, kind: type | tuple[type, ...], what: str)
 
 
 class PlainScheme:
-    """Features in clear: ``{"data": [[...], ...]}`` -> ``{"scores": [[...], ...]}``."""
+    """Features in clear: ``{"data": [[...], ...]}`` -> ``{"predictions": [...], ...}`` (see :mod:`.models`)."""
 
     name = "none"
 
-    def __init__(self, model: LinearModel) -> None:
+    def __init__(self, model: ModelAdapter) -> None:
         self.model = model
 
     def score(self, payload: dict) -> Any:
@@ -91,23 +83,23 @@ class PlainScheme:
             X = np.asarray(rows, dtype=np.float64)
         except (TypeError, ValueError):
             raise RequestError("field 'data' must be a list of samples, each a list of numbers") from None
-        if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != self.model.n_features:
-            raise RequestError(f"field 'data' must have shape (n_samples, {self.model.n_features}), "
-                               f"got {list(X.shape)}")
-        if not np.isfinite(X).all():
+        if X.ndim == 2 and not np.isfinite(X).all():
             raise RequestError("field 'data' contains NaN or infinity")
-        return {"scores": self.model.scores(X).tolist()}
+        try:
+            return self.model.predict(X).to_json()
+        except ModelInputError as exc:
+            raise RequestError(str(exc)) from None
 
 
 class ScoringService:
     """Parses, checks and dispatches requests to the scheme they ask for."""
 
-    def __init__(self, model: LinearModel, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    def __init__(self, model: ModelAdapter, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  auth_key_sha256: str | None = None) -> None:
         self.model = model
         self.max_request_bytes = max_request_bytes
         self.auth_key_sha256 = auth_key_sha256
-        self._factories: dict[str, Callable[[LinearModel], Any]] = {"none": PlainScheme}
+        self._factories: dict[str, Callable[[ModelAdapter], Any]] = {"none": PlainScheme}
         self._schemes: dict[str, Any] = {}
         self._fetcher = None
 
@@ -119,37 +111,45 @@ class ScoringService:
             self._fetcher = key_fetcher_from_environment()
         return self._fetcher
 
+    @staticmethod
+    def linear(model: ModelAdapter) -> LinearModel:
+        """The model as the encrypted schemes need it, or a 400 saying why it cannot be."""
+        try:
+            return LinearModel.of(model)
+        except NotLinear as exc:
+            raise RequestError(f"this service's model ({model.summary}) cannot be served encrypted: {exc}; "
+                               "send plain requests ({\"data\": [[...]]})") from None
+
     def _register_encrypted_schemes(self) -> None:
         # Imported on first use, so a plain deployment needs none of the encryption runtimes.
         def seal(model):
             from aideploy_scoring.encrypted import SealScheme
 
-            return SealScheme(model, self.key_fetcher())
+            return SealScheme(self.linear(model), self.key_fetcher())
 
         self.add_scheme("seal", seal)
 
         def fast(model):
             from aideploy_scoring.encrypted import FastScheme
 
-            return FastScheme(model, self.key_fetcher())
+            return FastScheme(self.linear(model), self.key_fetcher())
 
         self.add_scheme("fast", fast)
 
     @classmethod
     def from_environment(cls) -> "ScoringService":
         """Build from ``AZUREML_MODEL_DIR`` and ``AIDEPLOY_*`` settings, as ``init()`` does."""
-        import joblib
+        from aideploy_scoring.models import load_dir
 
-        model_file = find_model_file(os.environ["AZUREML_MODEL_DIR"])
-        estimator = joblib.load(model_file)
+        model = load_dir(os.environ["AZUREML_MODEL_DIR"])
         max_bytes = int(os.environ.get("AIDEPLOY_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES))
-        service = cls(LinearModel(estimator), max_bytes, os.environ.get("AIDEPLOY_AUTH_KEY_SHA256") or None)
+        service = cls(model, max_bytes, os.environ.get("AIDEPLOY_AUTH_KEY_SHA256") or None)
         service._register_encrypted_schemes()
-        log.info("loaded %s from %s: %d features, %d outputs", type(estimator).__name__, model_file.name,
-                 service.model.n_features, service.model.n_outputs)
+        log.info("loaded a %s model: %s, %s features, task %s", model.kind, model.summary, model.n_features,
+                 model.task)
         return service
 
-    def add_scheme(self, name: str, factory: Callable[[LinearModel], Any]) -> None:
+    def add_scheme(self, name: str, factory: Callable[[ModelAdapter], Any]) -> None:
         """Make scheme ``name`` available; ``factory(model)`` builds it on first use."""
         self._factories[name] = factory
 

@@ -128,7 +128,7 @@ def test_aci_plan_is_the_sdk_payload_field_by_field(tmp_path, no_azure_env, no_n
     net = ["network=vnet", "network.location=japaneast"] if network == "vnet" else []
     results, plan, out = run_plan(tmp_path, "target=aci", f"target.auth_enabled={str(auth).lower()}", *net)
     assert results["status"] == "ok"
-    assert list(results["stage_seconds"]) == ["data", "model", "environment", "plan", "teardown"]
+    assert list(results["stage_seconds"]) == ["data", "model", "scoring", "environment", "plan", "teardown"]
     assert plan["target"] == "aci" and plan["sdk"].startswith("azureml-core ")
 
     payload = action(plan, "AciWebservice.deploy_configuration")
@@ -150,7 +150,7 @@ def test_aci_plan_is_the_sdk_payload_field_by_field(tmp_path, no_azure_env, no_n
         assert "NetworkManagementClient.subnets.get" not in [a["action"] for a in plan["actions"]]
 
     register = action(plan, "Model.register")
-    assert register["model_name"] == "sklearn_digits" and Path(register["model_path"]).is_file()
+    assert register["model_name"] == "sklearn_digits" and (Path(register["model_path"]) / "aideploy-model.json").is_file()
     assert register["tags"]["aideploy_model"] == "sklearn_digits:1"
 
     env = action(plan, "Environment.from_conda_specification")
@@ -202,7 +202,7 @@ def test_managed_plan_is_the_sdk_entities_field_by_field(tmp_path, no_azure_env,
     assert deployment["name"] == "blue" and deployment["endpoint_name"] == name
     assert deployment["type"] == "managed"
     assert deployment["instance_type"] == "Standard_DS3_v2" and deployment["instance_count"] == 1
-    assert Path(deployment["model"]["path"]).is_file() and deployment["model"]["type"] == "custom_model"
+    assert (Path(deployment["model"]["path"]) / "model.pkl").is_file() and deployment["model"]["type"] == "custom_model"
     code = deployment["code_configuration"]
     assert code["scoring_script"] == "aideploy_scoring/score.py"
     assert (Path(code["code"]) / code["scoring_script"]).is_file()
@@ -315,7 +315,7 @@ def test_sdk_calls_match_the_installed_sdks(tmp_path):
         inspect.signature(fn).bind(*args, **kwargs)
 
     cfg, _ = api.compose(["target=aci"])
-    model = RegisteredModel("sklearn_digits", 1, tmp_path, "model.pkl", None, 64, 10)
+    model = RegisteredModel("sklearn_digits", 1, tmp_path, "model.pkl", "sklearn", None)
     bind(Model.register, workspace=None, **model_register_args(cfg.target, model))
     bind(Model.deploy, None, "svc", [], inference_config=None, deployment_config=None, overwrite=False)
     bind(Workspace.get, "ws", auth=None, subscription_id="s", resource_group="rg")

@@ -11,7 +11,8 @@ from aideploy.api import compose
 from aideploy.config import SCHEMAS
 
 # Required values an option cannot have a default for.
-REQUIRED = {("model", "sklearn_pickle"): ["model.path=/some/model.pkl"]}
+REQUIRED = {("model", "sklearn_pickle"): ["model.path=/some/model.pkl"], ("model", "onnx"): ["model.path=/m.onnx"],
+            ("model", "mlflow"): ["model.path=/some/mlflow_model"], ("scoring", "custom"): ["scoring.source_dir=/src"]}
 
 
 def all_options():

@@ -54,7 +54,7 @@ def test_an_installed_package_adds_data_csv(example_plugin, cli, tmp_path):
     stages = (proc.out / "stages.csv").read_text().splitlines()
     assert stages[0] == "stage,status,seconds"
     assert [line.split(",")[0] for line in stages[1:]] == [
-        "data", "model", "environment", "network", "deploy", "keys", "encrypt", "predict", "decrypt", "evaluate",
+        "data", "model", "scoring", "environment", "network", "deploy", "keys", "encrypt", "predict", "decrypt", "evaluate",
         "teardown"]
 
 

@@ -8,7 +8,7 @@ import recording_plugin
 from aideploy import api
 from aideploy.errors import StageError
 
-STAGES = ["data", "model", "environment", "network", "deploy", "keys", "encrypt", "predict", "decrypt", "evaluate"]
+STAGES = ["data", "model", "scoring", "environment", "network", "deploy", "keys", "encrypt", "predict", "decrypt", "evaluate"]
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def test_failing_run_still_tears_down(tmp_path):
     with pytest.raises(StageError):
         api.run([f"home={tmp_path / 'home'}", "plugins=[recording_plugin]", "network.plugin=recorder"],
                 tmp_path / "out")
-    expected = (around("data") + around("model") + ["requirements"] + around("environment")
+    expected = (around("data") + around("model") + around("scoring") + ["requirements"] + around("environment")
                 + ["before:network", "error:network:StageError"]
                 + around("teardown", "teardown:failed") + ["run_end:failed"])
     assert recording_plugin.calls == expected

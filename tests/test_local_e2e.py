@@ -17,7 +17,7 @@ def test_default_round_trip(cli):
     assert proc.returncode == 0, proc.stderr
     results = results_of(proc.out)
     assert results["status"] == "ok"
-    assert results["options"] == {"data": "digits", "model": "sklearn_digits", "environment": "conda",
+    assert results["options"] == {"data": "digits", "model": "sklearn_digits", "scoring": "builtin", "environment": "conda",
                                   "network": "public", "encryption": "none", "target": "local",
                                   "keystore": "azurite"}
     assert results["n_samples"] == 450
@@ -31,12 +31,14 @@ def test_default_round_trip(cli):
     for stage in ("data", "model", "deploy", "predict", "teardown"):
         assert stage in results["stage_seconds"]
     # progress per stage and a summary on the terminal, and the spec like the seed's myenv.yml
-    assert "[5/10] deploy" in proc.stderr and "accuracy" in proc.stderr
+    assert "[6/11] deploy" in proc.stderr and "accuracy" in proc.stderr
     spec = (proc.out / "environment.yml").read_text()
     assert "azureml-inference-server-http" in spec and "python=3.11" in spec
     assert (proc.out / ".hydra" / "config.yaml").exists()
     # the model was registered as version 1; a second identical training reuses it
-    assert (cli.home / "models" / "sklearn_digits" / "1" / "model.pkl").exists()
+    version = cli.home / "models" / "sklearn_digits" / "1"
+    assert (version / "model.pkl").exists()
+    assert json.loads((version / "aideploy-model.json").read_text())["kind"] == "sklearn"
 
 
 def test_unknown_option_fails_listing_options(cli):
@@ -116,7 +118,7 @@ def test_serve_until_interrupted(cli):
         assert (cli.home / "deployments" / "servetest.json").exists()
         body = {"data": [[0.0] * 64]}
         ok = requests.post(endpoint["scoring_uri"], json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        assert ok.status_code == 200 and len(ok.json()["scores"][0]) == 10
+        assert ok.status_code == 200 and len(ok.json()["scores"][0]) == 10 and len(ok.json()["predictions"]) == 1
         assert requests.post(endpoint["scoring_uri"], json=body, timeout=30).status_code == 401
     finally:
         proc.send_signal(signal.SIGINT)

@@ -218,7 +218,7 @@ def test_fast_key_cache_is_bounded_in_bytes(azurite):
     from aideploy_scoring.service import LinearModel
 
     rng = np.random.default_rng(0)
-    model = LinearModel(SimpleNamespace(coef_=rng.normal(0, 0.1, (10, 64)), intercept_=np.zeros(10)))
+    model = LinearModel(rng.normal(0, 0.1, (10, 64)), np.zeros(10))
     limit = 1024 * 1024
     fetcher = KeyFetcher(max_cache_bytes=limit)
     scheme = FastScheme(model, fetcher)

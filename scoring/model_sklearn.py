@@ -1,0 +1,85 @@
+"""Model kind ``sklearn``: any fitted scikit-learn estimator or Pipeline in a .pkl/.joblib file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aideploy_scoring.models import (CLASSIFICATION, REGRESSION, SKLEARN_SUFFIXES, ModelAdapter, ModelInputError,
+                                     ModelLoadError, Prediction)
+
+
+def task_of(estimator: Any) -> str | None:
+    """What scikit-learn says the estimator does (Pipelines answer for their final step)."""
+    from sklearn.base import is_classifier, is_regressor
+
+    if is_classifier(estimator):
+        return CLASSIFICATION
+    if is_regressor(estimator):
+        return REGRESSION
+    return None
+
+
+class SklearnModel(ModelAdapter):
+    """A fitted estimator: ``predict``, plus ``predict_proba`` and ``decision_function`` where it has them."""
+
+    kind = "sklearn"
+
+    def __init__(self, estimator: Any) -> None:
+        if not callable(getattr(estimator, "predict", None)):
+            raise ModelLoadError(f"the file holds a {type(estimator).__name__}, which has no predict(): "
+                                 "expected a fitted scikit-learn estimator or Pipeline")
+        self.estimator = estimator
+        self.task = task_of(estimator)
+        n = getattr(estimator, "n_features_in_", None)
+        self.n_features = int(n) if n is not None else None
+        classes = getattr(estimator, "classes_", None)
+        self.classes = list(classes) if classes is not None else None
+        names = getattr(estimator, "feature_names_in_", None)
+        self.feature_names = [str(c) for c in names] if names is not None else None
+        self.summary = self._describe_estimator(estimator)
+
+    @staticmethod
+    def _describe_estimator(estimator: Any) -> str:
+        steps = getattr(estimator, "steps", None)
+        if steps:
+            return "Pipeline(" + ", ".join(type(step).__name__ for _, step in steps) + ")"
+        return type(estimator).__name__
+
+    def _frame(self, X: np.ndarray) -> Any:
+        # A model fitted on a DataFrame wants its column names back (else a warning per request).
+        if self.feature_names is None:
+            return X
+        import pandas as pd
+
+        return pd.DataFrame(X, columns=self.feature_names)
+
+    def _predict(self, X: np.ndarray) -> Prediction:
+        est, frame = self.estimator, self._frame(X.astype(np.float64, copy=False))
+        try:
+            predictions = np.asarray(est.predict(frame))
+            probabilities = np.asarray(est.predict_proba(frame)) if hasattr(est, "predict_proba") else None
+            scores = (np.asarray(est.decision_function(frame), dtype=np.float64).reshape(len(X), -1)
+                      if hasattr(est, "decision_function") else None)
+        except ValueError as exc:  # scikit-learn's own input validation
+            raise ModelInputError(f"the model refused the samples: {exc}") from None
+        return Prediction(predictions, probabilities, scores)
+
+    def linear(self) -> tuple[np.ndarray, np.ndarray]:
+        from aideploy_scoring.linearize import fold
+
+        return fold(self.estimator)
+
+
+def load(path: Path) -> SklearnModel:
+    if path.suffix not in SKLEARN_SUFFIXES:
+        raise ModelLoadError(f"{path.name} is not a {'/'.join(SKLEARN_SUFFIXES)} file")
+    import joblib
+
+    try:
+        estimator = joblib.load(path)
+    except Exception as exc:  # a truncated file, another format, a missing class: all say the same
+        raise ModelLoadError(f"cannot unpickle {path.name}: {type(exc).__name__}: {exc}") from None
+    return SklearnModel(estimator)

@@ -1,0 +1,182 @@
+"""The model kinds the service can serve, and the one small contract they share.
+
+Each kind is a module beside this one, ``model_<kind>.py``, with a ``load(path)`` that returns
+a :class:`ModelAdapter`. The kind is read from data, not guessed from code paths: aideploy's
+registry writes ``aideploy-model.json`` (``{"kind": ..., "path": ...}``) next to every model
+version, and a model directory without it (one registered by other tools) is recognised by
+its files: an ``MLmodel`` file is MLflow, ``*.onnx`` is ONNX, ``*.pkl``/``*.joblib`` is
+scikit-learn.
+
+The plain protocol every kind answers: ``{"data": [[x1, ..., xn], ...]}`` ->
+``{"predictions": [...]}`` plus ``"probabilities"`` where the model has class probabilities and
+``"scores"`` where it has a decision function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+META_FILE = "aideploy-model.json"
+KINDS = {
+    "sklearn": "aideploy_scoring.model_sklearn",
+    "onnx": "aideploy_scoring.model_onnx",
+    "mlflow": "aideploy_scoring.model_mlflow",
+}
+"""Model kind -> the module that loads it."""
+
+SKLEARN_SUFFIXES = (".pkl", ".joblib")
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+
+
+class ModelLoadError(RuntimeError):
+    """The model files cannot be loaded as the kind they claim (or any kind)."""
+
+
+class ModelInputError(ValueError):
+    """A request's samples do not fit the model; the service answers 400 with this message."""
+
+
+class NotLinear(ValueError):
+    """The model is not one affine map, so encrypted schemes cannot serve it; says which part."""
+
+
+@dataclass
+class Prediction:
+    """What a model says about a batch of samples, as numpy arrays in sample order."""
+
+    predictions: np.ndarray
+    probabilities: np.ndarray | None = None  # (n_samples, n_classes), columns in ``classes`` order
+    scores: np.ndarray | None = None  # decision function, (n_samples, n_outputs)
+
+    def to_json(self) -> dict[str, Any]:
+        answer: dict[str, Any] = {"predictions": self.predictions.tolist()}
+        if self.probabilities is not None:
+            answer["probabilities"] = self.probabilities.tolist()
+        if self.scores is not None:
+            answer["scores"] = self.scores.tolist()
+        return answer
+
+
+class ModelAdapter:
+    """One loaded model, whatever its kind. Subclasses set the attributes and ``_predict``.
+
+    Attributes:
+        kind: the key in :data:`KINDS`.
+        task: ``"classification"``, ``"regression"``, or None when the model does not say.
+        n_features: the number of features a sample must have, or None if the model does not say.
+        classes: class labels in the order of ``probabilities`` and ``scores`` columns, or None.
+        feature_names: names of the features, where the model records them.
+        summary: a short description of the model for logs and errors.
+    """
+
+    kind = ""
+    task: str | None = None
+    n_features: int | None = None
+    classes: list | None = None
+    feature_names: list[str] | None = None
+    summary = ""
+
+    def check(self, X: np.ndarray) -> np.ndarray:
+        """``X`` as a 2-D batch the model accepts, or :class:`ModelInputError` saying what it expects."""
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[0] == 0:
+            raise ModelInputError(f"'data' must be a non-empty list of samples, each a list of numbers, "
+                                  f"got shape {list(X.shape)}")
+        if self.n_features is not None and X.shape[1] != self.n_features:
+            raise ModelInputError(f"each sample must have {self.n_features} features for this {self.summary}, "
+                                  f"got {X.shape[1]}")
+        return X
+
+    def predict(self, X: np.ndarray) -> Prediction:
+        """Predict a batch; raises :class:`ModelInputError` for samples the model refuses."""
+        return self._predict(self.check(X))
+
+    def _predict(self, X: np.ndarray) -> Prediction:
+        raise NotImplementedError
+
+    def linear(self) -> tuple[np.ndarray, np.ndarray]:
+        """The model as one affine map ``(W, b)``: W is (n_outputs, n_features), b is (n_outputs,).
+
+        Its outputs are the decision scores (classifiers) or the prediction (regressors).
+        Raises :class:`NotLinear` naming what is not affine.
+        """
+        raise NotLinear(f"a {self.kind} model is served in plain only")
+
+    def describe(self) -> dict[str, Any]:
+        """What a client needs to know to send samples and read answers."""
+        return {"kind": self.kind, "task": self.task, "model": self.summary, "n_features": self.n_features,
+                "classes": _jsonable(self.classes), "feature_names": self.feature_names}
+
+
+def _jsonable(values: list | None) -> list | None:
+    return None if values is None else [v.item() if isinstance(v, np.generic) else v for v in values]
+
+
+def infer_task(predictions: np.ndarray) -> str:
+    """Classification when predictions are labels (ints, strings, bools), regression otherwise."""
+    if predictions.dtype.kind in "iub" or predictions.dtype.kind in "OUS":
+        return CLASSIFICATION
+    return REGRESSION
+
+
+def guess_kind(path: Path) -> str | None:
+    """The kind a single file or directory looks like, from its name and files alone."""
+    if path.is_dir():
+        return "mlflow" if (path / "MLmodel").is_file() else None
+    if path.suffix == ".onnx":
+        return "onnx"
+    return "sklearn" if path.suffix in SKLEARN_SUFFIXES else None
+
+
+def detect(model_dir: str | os.PathLike) -> tuple[str, Path]:
+    """``(kind, path)`` of the one model under ``model_dir`` (Azure may put it at any depth)."""
+    root = Path(model_dir)
+    metas = sorted(root.rglob(META_FILE))
+    if len(metas) == 1:
+        try:
+            meta = json.loads(metas[0].read_text())
+            kind, rel = meta["kind"], meta["path"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{metas[0]} is not a valid model record: {exc}") from None
+        if kind not in KINDS:
+            raise ModelLoadError(f"{metas[0]} names an unknown model kind {kind!r}; known: {', '.join(KINDS)}")
+        return kind, metas[0].parent / rel
+    mlmodels = sorted(root.rglob("MLmodel"))
+    if mlmodels:
+        return _one("mlflow", [p.parent for p in mlmodels], root)
+    onnx = sorted(p for p in root.rglob("*.onnx") if p.is_file())
+    if onnx:
+        return _one("onnx", onnx, root)
+    pickles = sorted(p for p in root.rglob("*") if p.suffix in SKLEARN_SUFFIXES and p.is_file())
+    if pickles:
+        return _one("sklearn", pickles, root)
+    raise ModelLoadError(f"no model under {root}: expected an MLmodel directory, an .onnx file or a "
+                         f"{'/'.join(SKLEARN_SUFFIXES)} file")
+
+
+def _one(kind: str, found: list[Path], root: Path) -> tuple[str, Path]:
+    if len(found) != 1:
+        raise ModelLoadError(f"expected one {kind} model under {root}, found {len(found)}: "
+                             f"{[str(p.relative_to(root)) for p in found]}")
+    return kind, found[0]
+
+
+def load(path: str | os.PathLike, kind: str) -> ModelAdapter:
+    """Load the model at ``path`` (a file or a directory) as ``kind``."""
+    if kind not in KINDS:
+        raise ModelLoadError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
+    return importlib.import_module(KINDS[kind]).load(Path(path))
+
+
+def load_dir(model_dir: str | os.PathLike) -> ModelAdapter:
+    """The model under ``model_dir`` (``AZUREML_MODEL_DIR``), loaded as its recorded kind."""
+    kind, path = detect(model_dir)
+    return load(path, kind)
