@@ -29,6 +29,11 @@ def group_choices(hydra_cfg: Any) -> dict[str, str]:
 def compose(overrides: Iterable[str] = ()) -> tuple[DictConfig, dict[str, str]]:
     """The validated config for ``overrides`` (as on the command line) and the group choices."""
     register_configs(registry=PluginRegistry.load())
+    return compose_registered(overrides)
+
+
+def compose_registered(overrides: Iterable[str] = ()) -> tuple[DictConfig, dict[str, str]]:
+    """:func:`compose`, with the plugins' options already in the ConfigStore."""
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     choices = group_choices(cfg.hydra)

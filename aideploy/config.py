@@ -17,15 +17,22 @@ from omegaconf import MISSING
 
 from aideploy.stages import Mode
 
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A field whose value must lie in a range, checked by :mod:`aideploy.validate` before any stage."""
+    bounds = {name: value for name, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if value is not None}
+    return field(default=default, metadata={"bounds": bounds})
+
 # ----------------------------------------------------------------------------- data
 
 
 @dataclass
 class DataConfig:
     plugin: str = MISSING
-    test_size: float = 0.25
+    test_size: float = bounded(0.25, gt=0, lt=1)
     seed: int = 0
-    limit: Optional[int] = None
+    limit: Optional[int] = bounded(None, ge=1)
 
 
 @dataclass
@@ -58,10 +65,10 @@ class ModelConfig:
 class SklearnTrainModel(ModelConfig):
     plugin: str = "sklearn_train"
     name: str = "sklearn_digits"
-    C: float = 1.0
-    max_iter: int = 5000
+    C: float = bounded(1.0, gt=0)
+    max_iter: int = bounded(5000, ge=1)
     seed: int = 0
-    test_size: float = 0.25
+    test_size: float = bounded(0.25, gt=0, lt=1)
 
 
 @dataclass
@@ -161,7 +168,7 @@ class EncryptionConfig:
 @dataclass
 class NoEncryption(EncryptionConfig):
     plugin: str = "plain"
-    batch_size: int = 1
+    batch_size: int = bounded(1, ge=1)
 
 
 @dataclass
@@ -172,9 +179,9 @@ class SealEncryption(EncryptionConfig):
 @dataclass
 class FastEncryption(EncryptionConfig):
     plugin: str = "fast"
-    batch_size: int = 1
-    x_bound: float = 1.0
-    max_error: float = 1e-3
+    batch_size: int = bounded(1, ge=1)
+    x_bound: float = bounded(1.0, gt=0)
+    max_error: float = bounded(1e-3, gt=0)
 
 
 # ----------------------------------------------------------------------------- target
@@ -183,17 +190,17 @@ class FastEncryption(EncryptionConfig):
 @dataclass
 class TargetConfig:
     plugin: str = MISSING
-    request_timeout: float = 60.0
+    request_timeout: float = bounded(60.0, gt=0)
 
 
 @dataclass
 class LocalTarget(TargetConfig):
     plugin: str = "local"
-    port: int = 0
-    worker_count: int = 1
-    startup_timeout: float = 90.0
-    max_request_mb: float = 64.0
-    log_tail_lines: int = 40
+    port: int = bounded(0, ge=0, le=65535)
+    worker_count: int = bounded(1, ge=1)
+    startup_timeout: float = bounded(90.0, gt=0)
+    max_request_mb: float = bounded(64.0, gt=0)
+    log_tail_lines: int = bounded(40, ge=0)
     auth: bool = True
 
 
@@ -222,14 +229,14 @@ class AciTarget(TargetConfig):
     """``target=aci``: Azure Container Instances through azureml-core (SDK v1), seeds 000 and 004."""
 
     plugin: str = "aci"
-    cpu_cores: float = 1.0
-    memory_gb: float = 1.0
+    cpu_cores: float = bounded(1.0, gt=0)
+    memory_gb: float = bounded(1.0, gt=0)
     tags: Dict[str, str] = field(default_factory=lambda: dict(SEED_TAGS))
     description: str = SEED_DESCRIPTION
     auth_enabled: bool = True
     overwrite: bool = False
-    deploy_timeout: float = 1800.0
-    log_tail_lines: int = 40
+    deploy_timeout: float = bounded(1800.0, gt=0)
+    log_tail_lines: int = bounded(40, ge=0)
     check_subnet: bool = True
     workspace: AzureWorkspace = field(default_factory=AzureWorkspace)
 
@@ -249,13 +256,13 @@ class ManagedEndpointTarget(TargetConfig):
     plugin: str = "managed_endpoint"
     deployment: str = "blue"
     instance_type: str = "Standard_DS3_v2"
-    instance_count: int = 1
+    instance_count: int = bounded(1, ge=1)
     image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04"
     auth_mode: EndpointAuthMode = EndpointAuthMode.key
     tags: Dict[str, str] = field(default_factory=lambda: dict(SEED_TAGS))
     description: str = SEED_DESCRIPTION
-    deploy_timeout: float = 1800.0
-    log_tail_lines: int = 40
+    deploy_timeout: float = bounded(1800.0, gt=0)
+    log_tail_lines: int = bounded(40, ge=0)
     workspace: AzureWorkspace = field(default_factory=AzureWorkspace)
 
 
@@ -266,14 +273,14 @@ class ManagedEndpointTarget(TargetConfig):
 class KeystoreConfig:
     plugin: str = MISSING
     container: str = "aideploy-keys"
-    sas_ttl_seconds: int = 900
+    sas_ttl_seconds: int = bounded(900, ge=1)
 
 
 @dataclass
 class AzuriteKeystore(KeystoreConfig):
     plugin: str = "azurite"
     host: str = "127.0.0.1"
-    startup_timeout: float = 30.0
+    startup_timeout: float = bounded(30.0, gt=0)
     connection_string_env: Optional[str] = None
 
 

@@ -7,8 +7,11 @@ them. Each run gets a fresh :class:`PluginRegistry`; nothing is global.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -50,12 +53,18 @@ class PluginRegistry:
         self.pm = _PluginManager(PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self._origins: dict[str, str] = {}
+        self.broken: dict[str, PluginError] = {}  # name -> why it was left out (``strict=False`` only)
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, extra_modules: Iterable[str] = ()) -> "PluginRegistry":
-        """Load the entry-point plugins, then ``extra_modules``, and check every hook name."""
+    def load(cls, extra_modules: Iterable[str] = (), strict: bool = True) -> "PluginRegistry":
+        """Load the entry-point plugins, then ``extra_modules``, and check every hook name.
+
+        A plugin that fails to import or implements an unknown hook is an error; with
+        ``strict=False`` (``--help``, ``aideploy-plugins``) it is left out and kept in
+        :attr:`broken` instead, so those commands can still say what is installed and what is not.
+        """
         registry = cls()
         for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist
@@ -63,24 +72,46 @@ class PluginRegistry:
             try:
                 plugin = ep.load()
             except Exception as exc:
-                raise PluginError(
+                error = PluginError(
                     f"plugin {ep.name!r} ({origin}, {ep.value}) failed to import: {type(exc).__name__}: {exc}",
                     hint=f"fix or uninstall {dist.name if dist else 'the package'}; "
                     "aideploy does not run with a broken plugin",
-                ) from exc
-            registry.register(plugin, ep.name, origin)
+                )
+                registry._fail(ep.name, error, strict, exc)
+                continue
+            registry._register_checked(plugin, ep.name, origin, strict)
+        if extra_modules and os.getcwd() not in sys.path:
+            # As `python -m` does: a module in the current directory can be named in `plugins=`.
+            sys.path.insert(0, os.getcwd())
         for module_name in extra_modules:
             try:
                 plugin = importlib.import_module(module_name)
             except Exception as exc:
-                raise PluginError(
+                error = PluginError(
                     f"plugin module {module_name!r} named in config 'plugins' failed to import: "
                     f"{type(exc).__name__}: {exc}",
-                    hint="check the module path and that its package is installed in this environment",
-                ) from exc
-            registry.register(plugin, getattr(plugin, "PLUGIN_NAME", module_name), "config: plugins")
-        registry.check()
+                    hint="check the module path (modules in the current directory are found) and that its "
+                    "package is installed in this environment",
+                )
+                registry._fail(module_name, error, strict, exc)
+                continue
+            registry._register_checked(plugin, getattr(plugin, "PLUGIN_NAME", module_name), "config: plugins", strict)
         return registry
+
+    def _fail(self, name: str, error: PluginError, strict: bool, cause: BaseException | None = None) -> None:
+        if strict:
+            raise error from cause
+        self.broken[name] = error
+
+    def _register_checked(self, plugin: Any, name: str, origin: str, strict: bool) -> None:
+        try:
+            self.register(plugin, name, origin)
+            self.check_plugin(name)
+        except PluginError as exc:
+            if name in self._origins:
+                self.pm.unregister(name=name)
+                del self._origins[name]
+            self._fail(name, exc, strict)
 
     def register(self, plugin: Any, name: str, origin: str) -> None:
         """Register ``plugin`` under ``name``; a taken name is an error naming both owners."""
@@ -96,16 +127,19 @@ class PluginRegistry:
                               hint="compare its hook signatures with aideploy.hookspecs") from exc
         self._origins[name] = origin
 
-    def check(self) -> None:
-        """Fail on hook implementations that match no hook (usually a typo)."""
-        try:
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            name = self.pm.get_name(exc.plugin) if exc.plugin is not None else "?"
+    def check_plugin(self, name: str) -> None:
+        """Fail on ``name``'s hook implementations that match no hook (usually a typo)."""
+        plugin = self.pm.get_plugin(name)
+        specs = [n for n in dir(hookspecs) if n.startswith(HOOK_PREFIX)]
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            if caller.has_spec():
+                continue
+            close = difflib.get_close_matches(caller.name, specs, n=1, cutoff=0.6)
             raise PluginError(
-                f"plugin {name!r} ({self._origins.get(name, '?')}) implements an unknown hook: {exc}",
-                hint="check the spelling against aideploy.hookspecs (every hook starts with 'aideploy_')",
-            ) from exc
+                f"plugin {name!r} ({self._origins.get(name, '?')}) implements an unknown hook {caller.name!r}"
+                + (f"; did you mean {close[0]!r}?" if close else ""),
+                hint="rename the function to one of the hooks in aideploy.hookspecs (every hook starts with "
+                "'aideploy_')")
 
     # ------------------------------------------------------------------ querying
 

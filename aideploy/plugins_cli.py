@@ -48,8 +48,12 @@ def option_plugins() -> dict[str, str]:
 
 def describe(extra_modules: Sequence[str] = ()) -> dict[str, Any]:
     """The registered plugins (entry points, then ``extra_modules``) and the options of each."""
-    registry = PluginRegistry.load(extra_modules)
-    register_configs(registry=registry)
+    registry = PluginRegistry.load(extra_modules, strict=False)
+    broken = {name: {"error": error.cause, "hint": error.hint} for name, error in sorted(registry.broken.items())}
+    try:
+        register_configs(registry=registry)
+    except AideployError as exc:  # two plugins claim one option: list what can be listed, and say so
+        broken["(config options)"] = {"error": exc.cause, "hint": exc.hint}
     served = option_plugins()
     names = {info.name for info in registry.plugins()}
     return {
@@ -58,6 +62,8 @@ def describe(extra_modules: Sequence[str] = ()) -> dict[str, Any]:
                     for info in registry.plugins()],
         # Options whose plugin is not registered: picking one fails, naming the plugins that could serve it.
         "unserved_options": {opt: plugin for opt, plugin in sorted(served.items()) if plugin not in names},
+        # Plugins left out because they are broken: aideploy refuses to run until they are fixed.
+        "broken": broken,
     }
 
 
@@ -67,6 +73,10 @@ def render(described: dict[str, Any]) -> str:
         lines.append(f"{plugin['name']}  [{plugin['origin']}]")
         lines.append(f"  hooks:   {', '.join(plugin['hooks']) or '(none)'}")
         lines.append(f"  options: {', '.join(plugin['options']) or '(none: observes, or serves every run)'}")
+    if described["broken"]:
+        lines += ["", "BROKEN plugins (runs refuse to start until they are fixed or uninstalled):"]
+        for name, error in described["broken"].items():
+            lines += [f"  {name}: {error['error']}", f"    hint: {error['hint']}"]
     if described["unserved_options"]:
         lines += ["", "options whose plugin is not registered:"]
         lines += [f"  {opt}  (plugin: {plugin})" for opt, plugin in described["unserved_options"].items()]

@@ -16,13 +16,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from aideploy import http
 from aideploy import results as results_mod
-from aideploy.artifacts import Endpoint, NetworkInfo, Secret
+from aideploy import validate
+from aideploy.artifacts import (Dataset, Endpoint, EnvironmentSpec, KeySession, NetworkInfo, RegisteredModel,
+                                Requests, Responses, ScoringCode, Scores, Secret)
 from aideploy.context import RunContext
 from aideploy.errors import AideployError, ConfigError, Interrupted, PluginError
 from aideploy.manager import PluginRegistry
 from aideploy.stages import DRY_RUN, KEYSTORE, PIPELINES, TEARDOWN, Mode, Stage
 
 log = logging.getLogger("aideploy")
+
+
+# What each stage must return (by the name its result is kept under).
+RESULT_TYPES: dict[str, type] = {
+    "dataset": Dataset, "model": RegisteredModel, "code": ScoringCode, "environment": EnvironmentSpec,
+    "network": NetworkInfo, "endpoint": Endpoint, "keys": KeySession, "requests": Requests,
+    "responses": Responses, "scores": Scores, "plan": dict, "deleted": bool,
+}
 
 
 def new_run_id() -> str:
@@ -85,6 +95,13 @@ class Runner:
             plugin = self._group_cfg(stage).plugin
             raise PluginError(f"plugin {plugin!r} returned nothing from {stage.hook}",
                               hint=f"{stage.hook} must return a result; see aideploy.hookspecs")
+        expected = RESULT_TYPES.get(stage.result)
+        if result is not None and expected is not None and not isinstance(result, expected):
+            plugin = self._group_cfg(stage).plugin
+            where = "aideploy.artifacts." if expected.__module__ == "aideploy.artifacts" else ""
+            raise PluginError(f"plugin {plugin!r} returned {type(result).__name__} from {stage.hook}; "
+                              f"expected {expected.__name__}",
+                              hint=f"return an {where}{expected.__name__} (see aideploy.hookspecs)")
         if stage.result == "model":
             dataset = self.ctx.artifacts["dataset"]
             if result.n_features is not None and result.n_features != dataset.n_features:
@@ -216,6 +233,9 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
     http.cancel_requests(False)
     try:
         with _signals_as_interrupts():
+            validate.check(cfg, choices)
+            for stage in pipeline:  # an unknown or unfit plugin fails now, not halfway through the run
+                runner._caller(stage)
             if mode is Mode.predict and not cfg.dry_run:
                 _existing_endpoint(ctx)
             if mode is Mode.delete and not cfg.deployment_name and not cfg.dry_run:

@@ -20,10 +20,15 @@ def scoring_package_dir() -> Path:
     return Path(aideploy_scoring.__file__).parent
 
 
+def copy_source(src: Path, dest: Path) -> None:
+    """Copy a source directory to ``dest``, replacing what an earlier run left there."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
+
+
 def stage_source(dest: Path) -> Path:
     """Copy the scoring package to ``dest``; returns the entry script's path inside it."""
-    shutil.copytree(scoring_package_dir(), dest / "aideploy_scoring",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    copy_source(scoring_package_dir(), dest / "aideploy_scoring")
     return dest / ENTRY_SCRIPT
 
 
@@ -31,5 +36,5 @@ def stage_model(model, dest: Path) -> Path:
     """``AZUREML_MODEL_DIR`` as Azure makes it for one model: ``<root>/<name>/<version>/``, holding
     the registered version's files (the model file or directory and its kind record)."""
     folder = dest / model.name / str(model.version)
-    shutil.copytree(model.path, folder)
+    copy_source(model.path, folder)
     return folder

@@ -7,12 +7,12 @@ plain body, ``{"data": [[...], ...]}``; the evaluation reads ``predictions`` fro
 object or a bare list, and says so when the answers hold neither.
 """
 
-import shutil
 from pathlib import Path, PurePosixPath
 
 from aideploy import hookimpl
 from aideploy.artifacts import ScoringCode
 from aideploy.errors import ConfigError
+from aideploy.staging import copy_source
 
 PLUGIN_NAME = "custom_scoring"
 
@@ -32,5 +32,5 @@ def aideploy_stage_scoring(cfg, ctx):
         raise ConfigError(f"scoring.entry_script {cfg.entry_script!r} is not a file inside {source}",
                           hint="give the script's path relative to scoring.source_dir, e.g. scoring.entry_script=score.py")
     staged = ctx.output_dir / "deploy" / "source"
-    shutil.copytree(source, staged, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
+    copy_source(source, staged)
     return ScoringCode(staged, str(entry), builtin=False)

@@ -102,7 +102,8 @@ BROKEN = {
     "failing": ('raise ImportError("needs libfoo")\n',
                 "plugin 'failing' (failing 1.0, failing_plugin) failed to import: ImportError: needs libfoo"),
     "typo": ("def aideploy_prepare_dta(cfg):\n    return None\n",
-             "plugin 'typo' (typo 1.0) implements an unknown hook"),
+             "plugin 'typo' (typo 1.0) implements an unknown hook 'aideploy_prepare_dta'; "
+             "did you mean 'aideploy_prepare_data'?"),
     "greedy": ("from aideploy.config import DigitsData\n"
                "def aideploy_config_options():\n    return {'data': {'digits': DigitsData}}\n",
                "plugin 'greedy' (greedy 1.0) claims option data=digits, already taken by aideploy (built-in)"),
@@ -118,8 +119,12 @@ def test_a_broken_installed_plugin_is_refused_naming_it(name, cli, tmp_path):
     assert f"error: {message}" in proc.stderr and "hint: " in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not proc.out.exists()  # refused before anything ran
+    # The commands that say what is installed still work, and mark the plugin broken.
     listing = plugins_listing(env=cli.env(env))
-    assert listing.returncode == 2 and f"error: {message}" in listing.stderr
+    assert listing.returncode == 0 and "BROKEN" in listing.stdout and message in listing.stdout
+    assert "local  [aideploy" in listing.stdout
+    helped = subprocess.run([AIDEPLOY, "--help"], capture_output=True, text=True, timeout=120, env=cli.env(env))
+    assert helped.returncode == 0 and "config groups" in helped.stdout and message in helped.stdout
 
 
 def test_a_plugin_module_named_in_config_that_does_not_import(cli):

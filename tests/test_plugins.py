@@ -55,8 +55,9 @@ def test_misspelt_hook_is_an_error_naming_the_plugin():
     registry = PluginRegistry()
     registry.register(plugin, "typo", "test")
     with pytest.raises(PluginError) as info:
-        registry.check()
+        registry.check_plugin("typo")
     assert "'typo'" in str(info.value) and "aideploy_deplyo" in str(info.value)
+    assert "did you mean 'aideploy_deploy'?" in str(info.value)
 
 
 def test_unmarked_misspelt_hook_is_caught_too():
@@ -64,8 +65,8 @@ def test_unmarked_misspelt_hook_is_caught_too():
     plugin.aideploy_befor_stage = lambda stage: None
     registry = PluginRegistry()
     registry.register(plugin, "typo", "test")
-    with pytest.raises(PluginError):
-        registry.check()
+    with pytest.raises(PluginError, match="aideploy_before_stage"):
+        registry.check_plugin("typo")
 
 
 def test_taken_name_names_both_owners():
