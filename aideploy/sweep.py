@@ -45,11 +45,21 @@ CSV_FILE = "sweep.csv"
 LATENCY_PLOT = "sweep_latency.png"
 BYTES_PLOT = "sweep_bytes.png"
 JOB_STATUS_FILE = "job_status.json"
-LOCK_FILE = ".sweep.lock"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 
-CSV_COLUMNS = ["job", "overrides", "status", "error", "n_samples", "accuracy", "agreement",
-               "latency_p50_ms", "latency_p99_ms", "request_bytes", "response_bytes", "key_bytes", "dir"]
+# After "job" come one column per override key (see render_csv), then these.
+CSV_COLUMNS = ["job", "status", "error", "n_samples", "accuracy", "agreement", "rmse", "latency_p50_ms",
+               "latency_p99_ms", "per_sample_p50_ms", "warmup_max_ms", "request_bytes", "response_bytes",
+               "key_bytes", "dir"]
+
+
+def override_items(overrides: Sequence[str]) -> dict[str, str]:
+    """``{"encryption": "fast", ...}`` from ``["encryption=fast", ...]`` (``+``/``++``/``~`` dropped)."""
+    items = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        items[key.lstrip("+~")] = value
+    return items
 
 
 @dataclass
@@ -64,15 +74,19 @@ class Row:
     n_samples: int | None = None
     accuracy: float | None = None
     agreement: float | None = None
+    rmse: float | None = None
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    per_sample_p50_ms: float | None = None  # compares batch_size sweeps fairly
+    warmup_max_ms: float | None = None  # the slowest of the first requests, kept out of the p99
     request_bytes: int | None = None
     response_bytes: int | None = None
     key_bytes: int | None = None
 
-    def csv_record(self) -> dict[str, Any]:
-        record = {name: getattr(self, name) for name in CSV_COLUMNS}
-        record["overrides"] = " ".join(self.overrides)
+    def csv_record(self, keys: Sequence[str]) -> dict[str, Any]:
+        given = override_items(self.overrides)
+        record = {"job": self.job, **{key: given.get(key) for key in keys},
+                  **{name: getattr(self, name) for name in CSV_COLUMNS[1:]}}
         return {k: "" if v is None else v for k, v in record.items()}
 
 
@@ -146,11 +160,14 @@ def read_row(job_dir: Path, sweep_dir: Path) -> Row:
                           else "no results.json yet: still running, or killed")
     results = results or {}
     latency = results.get("latency_ms") or {}
+    per_sample = results.get("latency_per_sample_ms") or {}
+    warmup = results.get("warmup_latency_ms") or []
     sizes = results.get("bytes") or {}
     return Row(job=_job_number(job_dir, record), dir=str(job_dir.relative_to(sweep_dir)), overrides=overrides,
                status=status, error=error, n_samples=results.get("n_samples"), accuracy=results.get("accuracy"),
-               agreement=results.get("agreement"), latency_p50_ms=latency.get("p50"),
-               latency_p99_ms=latency.get("p99"), request_bytes=sizes.get("request"),
+               agreement=results.get("agreement"), rmse=results.get("rmse"), latency_p50_ms=latency.get("p50"),
+               latency_p99_ms=latency.get("p99"), per_sample_p50_ms=per_sample.get("p50"),
+               warmup_max_ms=max(warmup) if warmup else None, request_bytes=sizes.get("request"),
                response_bytes=sizes.get("response"), key_bytes=sizes.get("keys"))
 
 
@@ -190,13 +207,14 @@ def _md_cell(text: str, limit: int = 160) -> str:
 
 
 def markdown_table(rows: Sequence[Row], common: Sequence[str]) -> str:
-    header = ["job", "overrides", "status", "accuracy", "agreement", "p50 ms", "p99 ms",
-              "request B", "response B", "key B", "error"]
+    header = ["job", "overrides", "status", "accuracy", "agreement", "p50 ms", "p99 ms", "per sample ms",
+              "warm-up max ms", "request B", "response B", "key B", "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [_fmt(r.job), _md_cell(_varying(r, common)), r.status, _fmt(r.accuracy, 4), _fmt(r.agreement, 4),
-                 _fmt(r.latency_p50_ms, 2), _fmt(r.latency_p99_ms, 2), _fmt(r.request_bytes),
-                 _fmt(r.response_bytes), _fmt(r.key_bytes), _md_cell(r.error) or "-"]
+                 _fmt(r.latency_p50_ms, 2), _fmt(r.latency_p99_ms, 2), _fmt(r.per_sample_p50_ms, 3),
+                 _fmt(r.warmup_max_ms, 2), _fmt(r.request_bytes), _fmt(r.response_bytes), _fmt(r.key_bytes),
+                 _md_cell(r.error) or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -216,11 +234,16 @@ def render_markdown(report: Report, plots: Sequence[Path]) -> str:
 
 
 def render_csv(rows: Sequence[Row]) -> str:
+    """One row per job: its number, one column per override key (any job's), then the figures."""
+    keys = list(dict.fromkeys(key for row in rows for key in override_items(row.overrides)))
+    clash = set(keys) & set(CSV_COLUMNS)
+    keys = [f"override:{k}" if k in clash else k for k in keys]  # never shadow a figure's column
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=["job", *keys, *CSV_COLUMNS[1:]], lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(row.csv_record())
+        record = row.csv_record([k.removeprefix("override:") for k in keys])
+        writer.writerow({("override:" + k if k in clash else k): v for k, v in record.items()})
     return out.getvalue()
 
 
@@ -285,13 +308,16 @@ def write_plots(report: Report) -> list[Path]:
 
 @contextlib.contextmanager
 def _locked(sweep_dir: Path) -> Iterator[None]:
-    """One writer at a time: concurrent jobs (joblib, ray) each refresh the report."""
-    with open(sweep_dir / LOCK_FILE, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """One writer at a time: concurrent jobs (joblib, ray) each refresh the report.
+
+    The lock is on the sweep dir itself (Linux flocks directories), so no lock file is left.
+    """
+    fd = os.open(sweep_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def build(sweep_dir: str | Path, plots: bool = True) -> Report:

@@ -5,6 +5,8 @@
   score or probability difference from the in-process model.
 - Regressors: RMSE and R² of the service's predictions (and of the in-process model's), and the
   largest absolute difference from the in-process ``predict``.
+- Every run: latency per request and per sample (p50/p90/p99 of the steady state; the first
+  requests, when there are enough, are listed apart as ``warmup_latency_ms``), and bytes.
 
 The service's predictions come from its answers (``predictions``), or, for encrypted schemes
 that return decision scores, are chosen from those scores as the model's ``predict`` would.
@@ -87,12 +89,22 @@ def regression_metrics(reference: Prediction, service: np.ndarray, y: np.ndarray
     return metrics
 
 
+WARMUP_REQUESTS = 3
+
+
 @hookimpl
 def aideploy_evaluate(dataset, model, keys, requests, responses, scores):
     X, y = dataset.X_test, dataset.y_test
+    latencies = [r.latency_ms for r in responses.items]
+    # The first requests of a fresh service (connections, caches, lazy imports) are reported
+    # apart, so that one cold request does not become the steady state's p99.
+    warmup = WARMUP_REQUESTS if len(latencies) >= 4 * WARMUP_REQUESTS else 0
+    per_sample = [r.latency_ms / max(1, q.n_samples) for q, r in zip(requests.items, responses.items)]
     metrics: dict[str, Any] = {
         "n_samples": int(len(X)),
-        "latency_ms": percentiles([r.latency_ms for r in responses.items]),
+        "latency_ms": percentiles(latencies[warmup:]),
+        "latency_per_sample_ms": percentiles(per_sample[warmup:]),
+        "warmup_latency_ms": [round(v, 3) for v in latencies[:warmup]],
         "requests": len(requests.items),
         "bytes": {
             "request": int(np.median([r.request_bytes for r in responses.items])),

@@ -19,7 +19,8 @@ from conftest import AIDEPLOY, Cli
 SWEEP = ("encryption=none,fast,seal", "target.worker_count=1,2", "data.limit=1")
 JOBS = [f"encryption={e} target.worker_count={w} data.limit=1" for e in ("none", "fast", "seal") for w in (1, 2)]
 # What does not depend on timing: latencies differ between runs, and so do seal's ciphertext sizes.
-SAME = ("job", "overrides", "status", "error", "n_samples", "accuracy", "agreement")
+SAME = ("job", "encryption", "target.worker_count", "data.limit", "status", "error", "n_samples", "accuracy",
+        "agreement")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -52,13 +53,17 @@ def basic_sweep(tmp_path_factory) -> Path:
 def test_a_3x2_sweep_writes_the_report_with_its_plots(basic_sweep):
     table = rows(basic_sweep)
     assert [r["job"] for r in table] == [str(i) for i in range(6)]
-    assert [r["overrides"] for r in table] == JOBS
+    # one column per override key
+    assert [f"encryption={r['encryption']} target.worker_count={r['target.worker_count']} "
+            f"data.limit={r['data.limit']}" for r in table] == JOBS
+    assert not (basic_sweep / ".sweep.lock").exists() and not list(basic_sweep.glob(".*.tmp"))
     assert all(r["status"] == "ok" and r["error"] == "" for r in table), table
     for r in table:
         assert r["n_samples"] == "1" and float(r["agreement"]) == 1.0
         assert 0 < float(r["latency_p50_ms"]) <= float(r["latency_p99_ms"])
         assert int(r["request_bytes"]) > 0 and int(r["response_bytes"]) > 0
-        assert (int(r["key_bytes"]) > 0) == ("encryption=none" not in r["overrides"])
+        assert (int(r["key_bytes"]) > 0) == (r["encryption"] != "none")
+        assert float(r["per_sample_p50_ms"]) == pytest.approx(float(r["latency_p50_ms"]), rel=1e-6)  # 1 sample
     for plot in ("sweep_latency.png", "sweep_bytes.png"):
         data = (basic_sweep / plot).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
@@ -102,7 +107,7 @@ def test_a_failed_job_is_a_row_with_its_error(cli, tmp_path):
     # jobs in sweep order: (good, []), (good, [no_such...]), (nope, []), (nope, [no_such...])
     assert [r["status"] for r in table] == ["ok", "failed", "failed", "failed"]
     assert table[0]["agreement"] == "1.0"
-    assert "nope.pkl" in table[2]["overrides"] and table[2]["error"].startswith("ConfigError: model file not found")
+    assert table[2]["model.path"].endswith("nope.pkl") and table[2]["error"].startswith("ConfigError: model file not found")
     for r in (table[1], table[3]):
         assert r["error"].startswith("PluginError: ") and "no_such_plugin_xyz" in r["error"]
         assert json.loads((sweep / r["dir"] / "results.json").read_text())["status"] == "failed"
