@@ -383,6 +383,17 @@ class AzuriteServer:
             raise
         return self
 
+    @property
+    def work_dir(self) -> Path | None:
+        """The temp dir this server made (its log, and its data unless ``data_dir`` was given)."""
+        return self._tmp_root
+
+    def record(self) -> dict:
+        """How to stop the server without this object (for the run journal)."""
+        if self._process is None:
+            raise RuntimeError("Azurite is not running")
+        return self._process.record()
+
     def _ready(self) -> bool:
         """Azurite has reported its port and (unless ``probe`` is off) answers HTTP."""
         if self._port is None:

@@ -30,6 +30,10 @@ class KeyStore:
         self.where = where  # e.g. "azurite 10.0.1.5:41234"; never a credential
         self.data_dir = data_dir
 
+    @property
+    def container(self) -> str:
+        return self._store.container
+
     def _call(self, what: str, fn, *args) -> Any:
         try:
             return self._network.call(fn, *args)
@@ -70,5 +74,10 @@ def publish_public_keys(ctx, key_id: str, data: bytes) -> str:
     """
     store = ctx.open_keystore()
     url = store.put(key_id, data)
-    ctx.resources.add(f"public keys blob {key_id}", lambda: store.delete(key_id))
+    # A store aideploy started lives in its temp dir (journaled with it); others need their
+    # credentials to delete the blob later: the journal names the variable, never its value.
+    record = None if store.data_dir else {"kind": "blob", "key_id": key_id, "container": store.container,
+                                          "store": store.where,
+                                          "connection_string_env": ctx.cfg.keystore.get("connection_string_env")}
+    ctx.resources.add(f"public keys blob {key_id}", lambda: store.delete(key_id), record)
     return url

@@ -577,25 +577,34 @@ class PrivateNetwork:
         self._ipc("-n", ns, "link", "set", host.ifname, "up")
 
     def _delete_ns(self, name: str, grace: float) -> bool:
-        """Kill what still runs in ``name``, delete it; True once it is gone."""
-        ip = self._ip or find_ip()
-        if not os.path.exists(os.path.join(NETNS_DIR, name)):
-            return True
-        # Processes that left our process groups (setsid, daemons) would keep the
-        # namespace alive after its name is gone: kill everything inside it.
-        deadline = time.monotonic() + grace
-        while True:
-            pids = _netns_pids(ip, name)
-            if not pids or time.monotonic() > deadline:
-                break
-            for pid in pids:
-                _kill(pid, signal.SIGKILL)
-            time.sleep(0.02)
-        proc = subprocess.run([ip, "netns", "del", name], capture_output=True, text=True, timeout=30)
-        if proc.returncode != 0 and os.path.exists(os.path.join(NETNS_DIR, name)):
-            log.error("could not delete network namespace %s: %s", name, proc.stderr.strip())
-            return False
+        return delete_namespace(name, grace, self._ip)
+
+    @property
+    def name_prefix(self) -> str:
+        """What the names of this network's namespaces (and no other's) start with."""
+        return f"{self._ns_base}-"
+
+
+def delete_namespace(name: str, grace: float = 3.0, ip: str | None = None) -> bool:
+    """Kill what still runs in namespace ``name``, delete it; True once it is gone."""
+    ip = ip or find_ip()
+    if not os.path.exists(os.path.join(NETNS_DIR, name)):
         return True
+    # Processes that left our process groups (setsid, daemons) would keep the
+    # namespace alive after its name is gone: kill everything inside it.
+    deadline = time.monotonic() + grace
+    while True:
+        pids = _netns_pids(ip, name)
+        if not pids or time.monotonic() > deadline:
+            break
+        for pid in pids:
+            _kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    proc = subprocess.run([ip, "netns", "del", name], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0 and os.path.exists(os.path.join(NETNS_DIR, name)):
+        log.error("could not delete network namespace %s: %s", name, proc.stderr.strip())
+        return False
+    return True
 
 
 def _netns_pids(ip: str, name: str) -> list[int]:

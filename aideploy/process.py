@@ -59,6 +59,16 @@ class ManagedProcess:
         log.debug("started %s (pid %d): %s", self.name, self.proc.pid, " ".join(self.argv))
         return self
 
+    def record(self) -> dict:
+        """How to stop this process group without this object (for the run journal)."""
+        import psutil
+
+        try:
+            started = psutil.Process(self.pid).create_time()
+        except psutil.NoSuchProcess:  # already gone: nothing to stop later either
+            started = None
+        return {"kind": "process", "name": self.name, "pid": self.pid, "started": started}
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

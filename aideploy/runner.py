@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aideploy import http
 from aideploy import results as results_mod
-from aideploy import validate
+from aideploy import journal, validate
 from aideploy.artifacts import (Dataset, Endpoint, EnvironmentSpec, KeySession, NetworkInfo, RegisteredModel,
                                 Requests, Responses, ScoringCode, Scores, Secret)
 from aideploy.context import RunContext
@@ -189,6 +189,7 @@ def _serve_until_interrupted(ctx: RunContext) -> None:
     endpoint = ctx.artifacts["endpoint"]
     results_mod.write_endpoint(ctx, endpoint)
     if not endpoint.keep_alive:
+        journal.record_deployment(ctx.cfg.home, endpoint.name, endpoint.target, endpoint.scoring_uri)
         log.info("deployed %s; it keeps running after this command (delete with mode=delete "
                  "deployment_name=%s)", endpoint.scoring_uri, endpoint.name)
         return
@@ -211,6 +212,33 @@ def _existing_endpoint(ctx: RunContext) -> None:
     ctx.artifacts["network"] = NetworkInfo(kind="caller", bind_host="", client_host="")
 
 
+def _housekeeping(ctx: RunContext, mode: Mode, run_id: str) -> None:
+    """Release what dead runs left (every run, cheaply); ``mode=list``/``gc`` report it."""
+    home = ctx.cfg.home
+    if mode is Mode.list:
+        listing = journal.listing(home)
+        ctx.artifacts["metrics"] = listing
+        for d in listing["deployments"]:
+            log.info("deployment  %-28s %-17s %-20s %s", d["name"], d["target"], d["state"], d["scoring_uri"] or "")
+        for r in listing["runs"]:
+            log.info("run         %-28s %-17s %s: %s", r["run_id"], r["mode"], r["state"],
+                     ", ".join(r["resources"]) or "nothing held")
+        if not listing["deployments"] and not listing["runs"]:
+            log.info("nothing deployed or held under %s", home)
+        if any(not r["state"] == "running" for r in listing["runs"]):
+            log.info("`aideploy mode=gc` releases what dead runs hold")
+        return
+    collected = journal.collect(home, skip_run=run_id)
+    for what in collected["released"]:
+        log.info("released %s, left by a run that died", what)
+    for note in collected["left"]:
+        log.warning("still held by a dead run: %s", note)
+    if mode is Mode.gc:
+        ctx.artifacts["metrics"] = collected
+        if not collected["released"] and not collected["left"]:
+            log.info("nothing to release: no dead run holds anything under %s", home)
+
+
 def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str | None = None) -> dict[str, Any]:
     """Run ``cfg.mode`` to the end, tear down, write results.json and return the results.
 
@@ -227,6 +255,8 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
         results_mod.write(ctx, results_mod.build(ctx, "failed", exc, {}, []))
         raise
     ctx = RunContext(cfg=cfg, plugins=plugins, run_id=run_id, output_dir=output_dir, choices=choices)
+    if mode not in (Mode.list, Mode.gc):
+        ctx.resources.journal = journal.Journal(cfg.home, run_id, output_dir, mode.value)
     runner = Runner(ctx)
     status, error = "ok", None
     pipeline = DRY_RUN if cfg.dry_run else PIPELINES[mode]
@@ -236,6 +266,7 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
             validate.check(cfg, choices)
             for stage in pipeline:  # an unknown or unfit plugin fails now, not halfway through the run
                 runner._caller(stage)
+            _housekeeping(ctx, mode, run_id)
             if mode is Mode.predict and not cfg.dry_run:
                 _existing_endpoint(ctx)
             if mode is Mode.delete and not cfg.deployment_name and not cfg.dry_run:
@@ -246,6 +277,8 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
                 runner.run_stage(stage)
             if cfg.dry_run:
                 results_mod.write_plan(ctx, ctx.artifacts["plan"])
+            elif mode is Mode.delete and ctx.artifacts.get("deleted"):
+                journal.forget_deployment(cfg.home, cfg.deployment_name)
             elif mode is Mode.serve:
                 try:
                     _serve_until_interrupted(ctx)
@@ -262,6 +295,8 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
         with _shielded():
             ctx.progress = (len(pipeline) + 1, len(pipeline))
             failures = runner.teardown(status)
+            if ctx.resources.journal is not None:
+                ctx.resources.journal.close()
             results = results_mod.build(ctx, status, error, runner.stage_seconds, failures)
             results_mod.write(ctx, results)
             plugins.hook.aideploy_run_end(ctx=ctx, results=results)

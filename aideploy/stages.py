@@ -18,6 +18,8 @@ class Mode(str, Enum):
     serve = "serve"  # deploy and serve until Ctrl-C
     predict = "predict"  # predict against an existing scoring URI
     delete = "delete"  # delete a named deployment
+    list = "list"  # show live deployments and what dead runs left behind
+    gc = "gc"  # release what dead runs left behind
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ PIPELINES: dict[Mode, list[Stage]] = {
     Mode.serve: [DATA, MODEL, SCORING, ENVIRONMENT, NETWORK, DEPLOY],
     Mode.predict: [DATA, MODEL, *_CLIENT],
     Mode.delete: [DELETE],
+    Mode.list: [],  # housekeeping (aideploy.journal), no stages
+    Mode.gc: [],
 }
 """Stages per mode, in order. TEARDOWN always follows; KEYSTORE runs on demand inside KEYS."""
 

@@ -13,6 +13,7 @@ from aideploy.azurite import AzuriteError, AzuriteNotInstalledError, AzuriteServ
 from aideploy.blobkeys import BlobKeyStore
 from aideploy.errors import ConfigError, StageError
 from aideploy.keystore import KeyStore
+from aideploy.resources import path_record
 
 
 @hookimpl
@@ -31,7 +32,8 @@ def aideploy_open_keystore(cfg, ctx, network):
             raise ConfigError(str(exc), hint="run `npm ci` in the aideploy checkout (`make install` does it)") from None
         except AzuriteError as exc:
             raise StageError(f"Azurite did not start: {exc}", hint="see the log tail above") from None
-        ctx.resources.add(f"Azurite (pid {server.pid})", server.stop)
+        ctx.resources.add(f"Azurite's temp dir {server.work_dir}", lambda: None, path_record(server.work_dir))
+        ctx.resources.add(f"Azurite (pid {server.pid})", server.stop, server.record())
         where = f"azurite {network.store_host}:{server.port}"
         conn = server.connection_string
         data_dir = server.data_dir

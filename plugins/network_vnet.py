@@ -23,6 +23,9 @@ def aideploy_configure_network(cfg, ctx):
                              hosts={"store": cfg.store_ip, "client": cfg.client_ip})
     except ValueError as exc:
         raise ConfigError(f"network=vnet: {exc}", hint="fix network.address_range or the *_ip settings") from exc
+    # Journaled before it exists: a run killed halfway through create() leaves namespaces too.
+    ctx.resources.add(f"private network {cfg.address_range}", net.destroy,
+                      {"kind": "netns", "prefix": net.name_prefix})
     try:
         net.create()
     except NetworkPermissionError as exc:
@@ -33,7 +36,6 @@ def aideploy_configure_network(cfg, ctx):
     except RuntimeError as exc:
         raise StageError(f"could not create the private network: {exc}",
                          hint="see the log; `ip netns list` shows leftovers to remove with `ip netns del`") from exc
-    ctx.resources.add(f"private network {cfg.address_range} ({len(net.namespaces)} namespaces)", net.destroy)
     client = net.executor("client")
 
     def in_client_namespace(fn, *args, **kwargs):

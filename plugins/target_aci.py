@@ -228,13 +228,15 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     # service this run did not create (overwrite=false refuses it), which must not be deleted.
     serve = ctx.mode is Mode.serve
     if not serve:
-        ctx.resources.add(f"ACI service {name}", lambda: delete_service(workspace, name))
+        ctx.resources.add(f"ACI service {name}", lambda: delete_service(workspace, name),
+                          {"kind": "azure", "target": "aci", "name": name})
     try:
         service.wait_for_deployment(show_output=True, timeout_sec=cfg.deploy_timeout)
     except Exception as exc:
         tail = service_logs(service, cfg.log_tail_lines, settings)
         if serve:  # a broken service is not worth keeping: its log is in this error
-            ctx.resources.add(f"failed ACI service {name}", lambda: delete_service(workspace, name))
+            ctx.resources.add(f"failed ACI service {name}", lambda: delete_service(workspace, name),
+                          {"kind": "azure", "target": "aci", "name": name})
         message = settings.scrub(str(getattr(exc, "message", None) or exc))
         raise DeployError(f"the ACI deployment {name!r} failed: {message}\n"
                           f"--- last lines of the service's log (get_logs) ---\n{tail}",

@@ -13,6 +13,7 @@ import secrets
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from aideploy import hookimpl
@@ -20,7 +21,9 @@ from aideploy.artifacts import Endpoint, Secret
 from aideploy.envcheck import unmet
 from aideploy.errors import DeployError, EnvironmentMismatch
 from aideploy.http import post_all
+from aideploy.journal import DEPLOYMENTS_DIR, process_started
 from aideploy.process import ManagedProcess, free_port, http_ok
+from aideploy.resources import path_record
 from aideploy.staging import scoring_package_dir, stage_model
 from aideploy.stages import Mode
 
@@ -40,7 +43,7 @@ def server_command() -> list[str]:
 
 
 def deployment_record(ctx, name: str) -> Path:
-    return Path(ctx.cfg.home) / "deployments" / f"{name}.json"
+    return Path(ctx.cfg.home) / DEPLOYMENTS_DIR / f"{name}.json"
 
 
 def scoring_key(ctx) -> Secret:
@@ -82,7 +85,7 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
             "--port", str(port), "--worker_count", str(cfg.worker_count)]
     server = ManagedProcess("azmlinfsrv", argv, ctx.output_dir / SERVER_LOG, env=env, cwd=code.source_dir)
     server.start()
-    ctx.resources.add(f"azmlinfsrv (pid {server.pid})", server.stop)
+    ctx.resources.add(f"azmlinfsrv (pid {server.pid})", server.stop, server.record())
     base = f"http://{network.client_host}:{port}"
     try:
         network.call(server.wait_until, lambda: http_ok(base + "/"), timeout=cfg.startup_timeout)
@@ -98,9 +101,11 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     if ctx.mode is Mode.serve:
         record = deployment_record(ctx, name)
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"name": name, "pid": server.pid, "owner_pid": os.getpid(),
+        record.write_text(json.dumps({"name": name, "target": "local", "pid": server.pid, "owner_pid": os.getpid(),
+                                      "owner_started": process_started(os.getpid()), "created": time.time(),
                                       "scoring_uri": endpoint.scoring_uri, "output_dir": str(ctx.output_dir)}))
-        ctx.resources.add(f"deployment record {record.name}", lambda: record.unlink(missing_ok=True))
+        ctx.resources.add(f"deployment record {record.name}", lambda: record.unlink(missing_ok=True),
+                          path_record(record))
         if key and not os.environ.get(ctx.cfg.scoring_key_env):
             # Shown once, on the terminal only: the log handlers never see it.
             print(f"scoring key (shown once; send 'Authorization: Bearer <key>'): {key.reveal()}",

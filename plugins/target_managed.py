@@ -172,12 +172,14 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     # Registered before the endpoint is created: a half-created endpoint must go too. The name
     # is this run's (or one the user chose to deploy over), so nothing else is deleted.
     if not serve:
-        ctx.resources.add(f"online endpoint {name}", lambda: delete_endpoint(client, name))
+        ctx.resources.add(f"online endpoint {name}", lambda: delete_endpoint(client, name),
+                          {"kind": "azure", "target": "managed_endpoint", "name": name})
     try:
         _wait(client.online_endpoints.begin_create_or_update(endpoint), cfg.deploy_timeout, f"endpoint {name}")
     except Exception as exc:
         if serve:
-            ctx.resources.add(f"failed online endpoint {name}", lambda: delete_endpoint(client, name))
+            ctx.resources.add(f"failed online endpoint {name}", lambda: delete_endpoint(client, name),
+                          {"kind": "azure", "target": "managed_endpoint", "name": name})
         raise sdk_error(exc, f"creating the online endpoint {name!r}", settings, DeployError) from None
     try:
         _wait(client.online_deployments.begin_create_or_update(deployment), cfg.deploy_timeout,
@@ -185,7 +187,8 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     except Exception as exc:
         tail = deployment_logs(client, cfg, name, settings)
         if serve:  # a broken deployment is not worth keeping: its log is in this error
-            ctx.resources.add(f"failed online endpoint {name}", lambda: delete_endpoint(client, name))
+            ctx.resources.add(f"failed online endpoint {name}", lambda: delete_endpoint(client, name),
+                          {"kind": "azure", "target": "managed_endpoint", "name": name})
         message = settings.scrub(str(getattr(exc, "message", None) or exc))
         raise DeployError(f"the deployment {cfg.deployment!r} of endpoint {name!r} failed: {message}\n"
                           f"--- last lines of the deployment's log (online_deployments.get_logs) ---\n{tail}",

@@ -5,7 +5,9 @@
 - ``kill_service``: SIGKILL the azmlinfsrv process group once the server's access log shows
   ``$AIDEPLOY_TEST_FAULT_AFTER`` answered scoring requests (0: before the first one);
 - ``sigint_predict``: Ctrl-C (SIGINT to this process) once that many requests were answered;
-- ``sigint_deploy``: Ctrl-C while the deploy stage waits for the server's workers to boot.
+- ``sigint_deploy``: Ctrl-C while the deploy stage waits for the server's workers to boot;
+- ``sigkill_deploy``, ``sigkill_predict``: as the two above, but SIGKILL: no teardown runs,
+  and only the run journal tells ``mode=gc`` what was left.
 
 The faults come from a watcher thread, so they land while the main thread is inside the
 stage, as a real crash or a user's Ctrl-C would.
@@ -57,15 +59,16 @@ def _posts_seen(ctx) -> int:
 def aideploy_before_stage(stage, ctx):
     fault = _fault()
     log = ctx.output_dir / SERVER_LOG
-    if stage.name == "deploy" and fault == "sigint_deploy":
-        _when_log_shows(log, "Booting worker", 1, lambda: os.kill(os.getpid(), signal.SIGINT))
-    if stage.name == "predict" and fault in ("kill_service", "sigint_predict"):
+    own = signal.SIGKILL if fault.startswith("sigkill") else signal.SIGINT
+    if stage.name == "deploy" and fault in ("sigint_deploy", "sigkill_deploy"):
+        _when_log_shows(log, "Booting worker", 1, lambda: os.kill(os.getpid(), own))
+    if stage.name == "predict" and fault in ("kill_service", "sigint_predict", "sigkill_predict"):
         after = int(os.environ.get("AIDEPLOY_TEST_FAULT_AFTER", "0"))
         if fault == "kill_service":
             pid = ctx.artifacts["endpoint"].details["pid"]
             action = lambda: os.killpg(pid, signal.SIGKILL)  # noqa: E731
         else:
-            action = lambda: os.kill(os.getpid(), signal.SIGINT)  # noqa: E731
+            action = lambda: os.kill(os.getpid(), own)  # noqa: E731
         if after == 0:
             action()
             time.sleep(0.2)  # let the kill land before the first request
