@@ -282,3 +282,32 @@ def listing(home: str | Path) -> dict[str, Any]:
                      "state": "running" if alive else "owner died: resources held",
                      "resources": [e.get("what", e.get("kind")) for e in data.get("resources", {}).values()]})
     return {"deployments": deployments, "runs": runs}
+
+
+def housekeeping(ctx: Any, mode: Any, run_id: str) -> None:
+    """Release what dead runs left (every run, cheaply); ``mode=list``/``gc`` report it."""
+    from aideploy.stages import Mode
+
+    home = ctx.cfg.home
+    if mode is Mode.list:
+        found = listing(home)
+        ctx.artifacts["metrics"] = found
+        for d in found["deployments"]:
+            log.info("deployment  %-28s %-17s %-20s %s", d["name"], d["target"], d["state"], d["scoring_uri"] or "")
+        for r in found["runs"]:
+            log.info("run         %-28s %-17s %s: %s", r["run_id"], r["mode"], r["state"],
+                     ", ".join(r["resources"]) or "nothing held")
+        if not found["deployments"] and not found["runs"]:
+            log.info("nothing deployed or held under %s", home)
+        if any(r["state"] != "running" for r in found["runs"]):
+            log.info("`aideploy mode=gc` releases what dead runs hold")
+        return
+    collected = collect(home, skip_run=run_id)
+    for what in collected["released"]:
+        log.info("released %s, left by a run that died", what)
+    for note in collected["left"]:
+        log.warning("still held by a dead run: %s", note)
+    if mode is Mode.gc:
+        ctx.artifacts["metrics"] = collected
+        if not collected["released"] and not collected["left"]:
+            log.info("nothing to release: no dead run holds anything under %s", home)

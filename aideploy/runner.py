@@ -212,33 +212,6 @@ def _existing_endpoint(ctx: RunContext) -> None:
     ctx.artifacts["network"] = NetworkInfo(kind="caller", bind_host="", client_host="")
 
 
-def _housekeeping(ctx: RunContext, mode: Mode, run_id: str) -> None:
-    """Release what dead runs left (every run, cheaply); ``mode=list``/``gc`` report it."""
-    home = ctx.cfg.home
-    if mode is Mode.list:
-        listing = journal.listing(home)
-        ctx.artifacts["metrics"] = listing
-        for d in listing["deployments"]:
-            log.info("deployment  %-28s %-17s %-20s %s", d["name"], d["target"], d["state"], d["scoring_uri"] or "")
-        for r in listing["runs"]:
-            log.info("run         %-28s %-17s %s: %s", r["run_id"], r["mode"], r["state"],
-                     ", ".join(r["resources"]) or "nothing held")
-        if not listing["deployments"] and not listing["runs"]:
-            log.info("nothing deployed or held under %s", home)
-        if any(not r["state"] == "running" for r in listing["runs"]):
-            log.info("`aideploy mode=gc` releases what dead runs hold")
-        return
-    collected = journal.collect(home, skip_run=run_id)
-    for what in collected["released"]:
-        log.info("released %s, left by a run that died", what)
-    for note in collected["left"]:
-        log.warning("still held by a dead run: %s", note)
-    if mode is Mode.gc:
-        ctx.artifacts["metrics"] = collected
-        if not collected["released"] and not collected["left"]:
-            log.info("nothing to release: no dead run holds anything under %s", home)
-
-
 def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str | None = None) -> dict[str, Any]:
     """Run ``cfg.mode`` to the end, tear down, write results.json and return the results.
 
@@ -266,7 +239,7 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
             validate.check(cfg, choices)
             for stage in pipeline:  # an unknown or unfit plugin fails now, not halfway through the run
                 runner._caller(stage)
-            _housekeeping(ctx, mode, run_id)
+            journal.housekeeping(ctx, mode, run_id)
             if mode is Mode.predict and not cfg.dry_run:
                 _existing_endpoint(ctx)
             if mode is Mode.delete and not cfg.deployment_name and not cfg.dry_run:
