@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev,azure,report,joblib,ray,onnx,mlflow]'  # one resolver pass: the extras' pins must agree with azmlinfsrv's
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,azure,report,joblib,ray,onnx,mlflow,tracking]'  # one resolver pass: the extras' pins must agree with azmlinfsrv's
 	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; fi
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -291,6 +291,28 @@ class AzureBlobKeystore(KeystoreConfig):
     account_url_env: Optional[str] = "AZURE_STORAGE_ACCOUNT_URL"
 
 
+# ----------------------------------------------------------------------------- tracking
+
+
+@dataclass
+class TrackingConfig:
+    plugin: Optional[str] = None  # an observer plugin; none for tracking=none
+
+
+@dataclass
+class NoTracking(TrackingConfig):
+    pass
+
+
+@dataclass
+class MlflowTracking(TrackingConfig):
+    plugin: Optional[str] = "mlflow_tracking"
+    uri: Optional[str] = None
+    experiment: str = "aideploy"
+    log_model: bool = False
+    workspace: AzureWorkspace = field(default_factory=AzureWorkspace)
+
+
 # ----------------------------------------------------------------------------- root
 
 
@@ -311,6 +333,7 @@ class AideployConfig:
     encryption: Any = MISSING
     target: Any = MISSING
     keystore: Any = MISSING
+    tracking: Any = MISSING
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -323,6 +346,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "encryption": {"none": NoEncryption, "seal": SealEncryption, "fast": FastEncryption},
     "target": {"local": LocalTarget, "aci": AciTarget, "managed_endpoint": ManagedEndpointTarget},
     "keystore": {"azurite": AzuriteKeystore, "azure_blob": AzureBlobKeystore},
+    "tracking": {"none": NoTracking, "mlflow": MlflowTracking},
 }
 """Schema of each built-in option, by group; ``conf/<group>/<option>.yaml`` extends it."""
 

@@ -272,4 +272,18 @@ def aideploy_on_stage_error(stage, ctx, error):
 
 @hookspec
 def aideploy_run_end(ctx, results):
-    """Called on every plugin once ``results`` (the dict written to results.json) is final."""
+    """Called on every plugin once ``results`` (the dict written to results.json) is final.
+
+    An observer that adds to ``results`` (e.g. where it logged the run) writes results.json
+    again itself (``aideploy.results.write``).
+    """
+
+
+@hookspec
+def aideploy_sweep_end(sweep_dir, report, config):
+    """Called on every plugin once per multirun (``-m``), after the last job, in the process that
+    launched the sweep: ``sweep_dir`` is the multirun dir, ``report`` the
+    :class:`aideploy.sweep.Report` just written (its ``rows`` and ``files``), ``config`` the
+    sweep's composed config (with ``hydra``). Jobs may have run in other processes (joblib,
+    ray): anything shared with them goes through files in ``sweep_dir``. Return value ignored.
+    """

@@ -61,7 +61,8 @@ def describe(extra_modules: Sequence[str] = ()) -> dict[str, Any]:
                      "options": sorted(opt for opt, plugin in served.items() if plugin == info.name)}
                     for info in registry.plugins()],
         # Options whose plugin is not registered: picking one fails, naming the plugins that could serve it.
-        "unserved_options": {opt: plugin for opt, plugin in sorted(served.items()) if plugin not in names},
+        "unserved_options": {opt: plugin for opt, plugin in sorted(served.items())
+                             if plugin not in names and plugin != "None"},  # None: an option with no plugin
         # Plugins left out because they are broken: aideploy refuses to run until they are fixed.
         "broken": broken,
     }

@@ -370,9 +370,11 @@ class SweepReport(Callback):
     def __init__(self, plots: bool = True) -> None:
         self.plots = plots
         self._sweep_dir: Path | None = None
+        self._config: DictConfig | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        self._config = config
         atexit.register(self._finish)  # Hydra skips on_multirun_end when a job failed
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
@@ -394,9 +396,24 @@ class SweepReport(Callback):
         if sweep_dir is None or not sweep_dir.is_dir() or not job_dirs(sweep_dir):
             return
         try:
-            show(build(sweep_dir, plots=self.plots))
+            report = build(sweep_dir, plots=self.plots)
+            show(report)
         except Exception as exc:
             log.warning("sweep report: could not write it in %s: %s", sweep_dir, exc)
+            return
+        _sweep_end(sweep_dir, report, self._config)
+
+
+def _sweep_end(sweep_dir: Path, report: Report, config: DictConfig | None) -> None:
+    """``aideploy_sweep_end`` on the sweep's plugins (installed ones and ``plugins=[...]``)."""
+    from aideploy.manager import PluginRegistry
+
+    try:
+        modules = list(config.get("plugins") or []) if config is not None else []
+        registry = PluginRegistry.load(modules, strict=False)
+        registry.hook.aideploy_sweep_end(sweep_dir=sweep_dir, report=report, config=config)
+    except Exception as exc:  # an observer must not fail the sweep
+        log.warning("a plugin failed at the end of the sweep: %s", exc)
 
 
 # ----------------------------------------------------------------------------- by hand

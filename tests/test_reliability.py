@@ -725,8 +725,10 @@ def needles(secret_key: bytes, key_url: str, conn_str: str, endpoint_key: str) -
 def test_no_secret_in_any_output(cli, tmp_path, azurite, encryption, limit):
     capture = tmp_path / "captured.json"
     endpoint_key = "endpoint-key-" + os.urandom(12).hex()
+    store = tmp_path / "tracking"  # the MLflow store is an output too
     proc = cli(f"encryption={encryption}", f"data.limit={limit}", "plugins=[leak_capture_plugin]",
                "keystore.connection_string_env=TEST_AZURITE", "keystore.container=secrets",
+               "tracking=mlflow", f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
                env={"TEST_AZURITE": azurite.connection_string, "AIDEPLOY_TEST_CAPTURE_FILE": str(capture),
                     "AIDEPLOY_SCORING_KEY": endpoint_key})
     assert proc.returncode == 0, proc.stderr
@@ -738,6 +740,9 @@ def test_no_secret_in_any_output(cli, tmp_path, azurite, encryption, limit):
     assert {"aideploy.log", "azmlinfsrv.log", "results.json", "config.yaml", "overrides.yaml"} <= names
     haystacks = {"stdout": proc.stdout.encode(), "stderr": proc.stderr.encode()}
     haystacks.update({str(p.relative_to(proc.out)): p.read_bytes() for p in files})
+    tracked = [p for p in store.rglob("*") if p.is_file()]
+    assert {"mlflow.db", "results.json", "azmlinfsrv.log"} <= {p.name for p in tracked}
+    haystacks.update({f"tracking store: {p.relative_to(store)}": p.read_bytes() for p in tracked})
     leaks = [(what, where) for what, values in found.items() for value in values
              for where, hay in haystacks.items() if value in hay]
     assert leaks == []
