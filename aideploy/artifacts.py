@@ -115,9 +115,12 @@ class EnvironmentSpec:
     python: str
     pip: list[str]  # needed wherever the service runs
     azure_pip: list[str] = field(default_factory=list)  # needed only in an Azure image
+    python_exe: Path | None = None  # the isolated environment's interpreter; None: aideploy's own
+    built: str | None = None  # "built" or "reused" for an isolated environment
 
     def summary(self) -> dict[str, Any]:
-        return {"environment": self.name, "spec": str(self.conda_file), "packages": len(self.pip)}
+        where = f"{self.python_exe.parent.parent.name} ({self.built})" if self.python_exe else "this interpreter"
+        return {"environment": self.name, "spec": str(self.conda_file), "packages": len(self.pip), "serves_from": where}
 
 
 @dataclass

@@ -121,12 +121,29 @@ class CustomScoring(ScoringConfig):
 
 @dataclass
 class EnvironmentConfig:
-    plugin: str = "conda"
+    plugin: str = MISSING
     name: str = "aideploy-env"
     python: str = "3.11"
     channels: List[str] = field(default_factory=lambda: ["conda-forge"])
+    conda: List[str] = field(default_factory=list)
     pip: List[str] = field(default_factory=list)
     azure_pip: List[str] = field(default_factory=list)
+
+
+@dataclass
+class CondaEnvironment(EnvironmentConfig):
+    """An isolated environment built from the spec with uv (``aideploy.uvenv``), cached per spec."""
+
+    plugin: str = "conda"
+    envs_dir: Optional[str] = None
+    keep_unused_days: float = bounded(30.0, gt=0)
+
+
+@dataclass
+class CurrentEnvironment(EnvironmentConfig):
+    """This interpreter, checked against the spec: the fast edit-run loop."""
+
+    plugin: str = "current"
     check_local: bool = True
 
 
@@ -341,7 +358,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"sklearn_digits": SklearnTrainModel, "sklearn_pickle": SklearnPickleModel, "onnx": OnnxModel,
               "mlflow": MlflowModel},
     "scoring": {"builtin": BuiltinScoring, "custom": CustomScoring},
-    "environment": {"conda": EnvironmentConfig},
+    "environment": {"conda": CondaEnvironment, "current": CurrentEnvironment},
     "network": {"public": PublicNetwork, "vnet": VnetNetwork},
     "encryption": {"none": NoEncryption, "seal": SealEncryption, "fast": FastEncryption},
     "target": {"local": LocalTarget, "aci": AciTarget, "managed_endpoint": ManagedEndpointTarget},

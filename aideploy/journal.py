@@ -308,6 +308,14 @@ def housekeeping(ctx: Any, mode: Any, run_id: str) -> None:
     for note in collected["left"]:
         log.warning("still held by a dead run: %s", note)
     if mode is Mode.gc:
+        env_cfg = ctx.cfg.environment
+        if "keep_unused_days" in env_cfg:  # environment=conda keeps built environments
+            from aideploy import uvenv
+
+            root = uvenv.envs_dir(env_cfg.envs_dir, home)
+            collected["environments_removed"] = uvenv.remove_unused(root, env_cfg.keep_unused_days)
+            for name in collected["environments_removed"]:
+                log.info("removed environment %s, unused for %g days", name, env_cfg.keep_unused_days)
         ctx.artifacts["metrics"] = collected
-        if not collected["released"] and not collected["left"]:
+        if not any(collected.values()):
             log.info("nothing to release: no dead run holds anything under %s", home)

@@ -1,26 +1,40 @@
-"""``environment=conda``: write the scoring environment as a conda yml (like myenv.yml)."""
+"""``environment=conda``: the spec as a conda yml, and, for the local target, an isolated
+environment built from that spec alone with uv and cached per spec (``aideploy.uvenv``).
 
-import yaml
+That is Azure's image build rehearsed: the local service runs in it, so a package the
+scoring code needs but the spec misses fails here, naming the module.
+"""
+
+from pathlib import Path
 
 from aideploy import hookimpl
-from aideploy.artifacts import EnvironmentSpec
+from aideploy import uvenv
+from aideploy.envspec import write_spec
 
-SPEC_FILE = "environment.yml"
+BUILD_LOG = "uv-build.log"
 
 
-def _unique(items):
-    return list(dict.fromkeys(items))
+def _journal_add(ctx):
+    """Journal a build's temp dir, so a run killed mid-build leaves nothing for long."""
+    journal = ctx.resources.journal
+    if journal is None:
+        return None
+
+    def add(path: Path):
+        key = journal.add({"what": f"environment being built at {path}", "kind": "path", "path": str(path)})
+        return lambda: journal.remove(key)
+
+    return add
 
 
 @hookimpl
 def aideploy_build_environment(cfg, ctx, requirements):
-    pip = _unique([*cfg.pip, *requirements])
-    azure_pip = _unique(cfg.azure_pip)
-    spec = {
-        "name": cfg.name,
-        "channels": list(cfg.channels),
-        "dependencies": [f"python={cfg.python}", "pip", {"pip": pip + azure_pip}],
-    }
-    path = ctx.output_dir / SPEC_FILE
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return EnvironmentSpec(cfg.name, path, str(cfg.python), pip, azure_pip)
+    spec = write_spec(cfg, ctx, requirements)
+    if ctx.cfg.dry_run or ctx.cfg.target.plugin != "local":
+        return spec  # an Azure target builds its own image from the same spec
+    root = uvenv.envs_dir(cfg.envs_dir, ctx.cfg.home)
+    existed = (root / uvenv.spec_hash(spec.python, spec.pip) / uvenv.STAMP).exists()
+    env = uvenv.ensure(spec.python, spec.pip, root, ctx.output_dir / BUILD_LOG, _journal_add(ctx))
+    spec.python_exe = uvenv.python_of(env)
+    spec.built = "reused" if existed else "built"
+    return spec

@@ -9,6 +9,13 @@ from aideploy.artifacts import ScoringCode
 from aideploy.staging import ENTRY_SCRIPT, stage_source
 
 PLUGIN_NAME = "builtin_scoring"
+# What score.py itself imports; the model kind and the scheme add theirs.
+RUNTIME = ["numpy>=1.24", "threadpoolctl>=3", "azureml-inference-server-http>=1.3"]
+
+
+@hookimpl
+def aideploy_scoring_requirements(ctx):
+    return RUNTIME if ctx.cfg.scoring.plugin == PLUGIN_NAME else None
 
 
 @hookimpl

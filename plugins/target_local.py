@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -51,15 +52,45 @@ def scoring_key(ctx) -> Secret:
     return Secret(os.environ.get(ctx.cfg.scoring_key_env) or secrets.token_urlsafe(32))
 
 
+# Import names whose package is named otherwise, for the hint when an import fails.
+PACKAGE_OF_MODULE = {"sklearn": "scikit-learn", "seal": "seal-python", "cv2": "opencv-python", "yaml": "pyyaml",
+                     "encrypted": "encrypted-inference", "azure": "azure-storage-blob", "skops": "skops",
+                     "onnxruntime": "onnxruntime", "mlflow": "mlflow-skinny", "PIL": "pillow"}
+
+
+def start_failure(exc: Exception, log_tail: str, log_file: Path, pip: list[str]) -> DeployError:
+    """Why the server did not start: a missing module by name, else the log's last lines."""
+    shown = f"\n--- last lines of {log_file} ---\n{log_tail.rstrip()}"
+    missing = re.findall(r"No module named '([\w.]+)'", log_tail)
+    if missing:
+        module = missing[-1].split(".")[0]
+        package = PACKAGE_OF_MODULE.get(module, module)
+        return DeployError(f"the scoring service cannot import {module!r}: its environment lacks the package "
+                           f"that provides it{shown}",
+                           hint=f"add it to the spec: 'environment.pip=[{','.join([*pip, package])}]' "
+                           "(or fix the import in your score.py)")
+    return DeployError(f"the scoring server did not start: {exc}{shown}",
+                       hint="a failing init() usually means the model file or an import is broken; "
+                       "see the log lines above")
+
+
+def serve_command(environment) -> list[str]:
+    """azmlinfsrv of the isolated environment, or of this interpreter (environment=current)."""
+    if environment.python_exe is not None:
+        return [str(environment.python_exe.parent / "azmlinfsrv")]
+    return server_command()
+
+
 @hookimpl
 def aideploy_deploy(cfg, ctx, model, environment, network, code):
-    if ctx.cfg.environment.check_local:
+    if environment.python_exe is None and ctx.cfg.environment.get("check_local"):
         missing = unmet(environment.python, environment.pip)
         if missing:
             raise EnvironmentMismatch(
                 "this interpreter does not satisfy the scoring environment: " + "; ".join(missing),
                 hint=f"install what is missing (pip install ...), or relax the spec ({environment.conda_file}), "
-                "or skip the check with environment.check_local=false")
+                "or skip the check with environment.check_local=false, or build an isolated environment from "
+                "the spec with environment=conda")
     name = ctx.cfg.deployment_name or f"aideploy-{ctx.run_id}"
     workdir = ctx.output_dir / "deploy"
     model_dir = stage_model(model, workdir / "azureml-models")
@@ -79,9 +110,12 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("AIDEPLOY_AUTH_KEY_SHA256", None)
+    if environment.python_exe is not None:  # nothing of aideploy's own environment leaks in
+        for variable in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+            env.pop(variable, None)
     if key:  # the service gets only a hash of the key
         env["AIDEPLOY_AUTH_KEY_SHA256"] = hashlib.sha256(key.reveal().encode()).hexdigest()
-    argv = [*network.argv_prefix, *server_command(), "--entry_script", str(code.entry), "--model_dir", str(model_dir),
+    argv = [*network.argv_prefix, *serve_command(environment), "--entry_script", str(code.entry), "--model_dir", str(model_dir),
             "--port", str(port), "--worker_count", str(cfg.worker_count)]
     server = ManagedProcess("azmlinfsrv", argv, ctx.output_dir / SERVER_LOG, env=env, cwd=code.source_dir)
     server.start()
@@ -92,10 +126,7 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     except RuntimeError as exc:
         log_tail = server.tail(cfg.log_tail_lines)
         server.stop()
-        raise DeployError(f"the scoring server did not start: {exc}\n--- last lines of {server.log_file} ---\n"
-                          f"{log_tail.rstrip()}",
-                          hint="a failing init() usually means the model file or an import is broken; "
-                          "see the log lines above") from None
+        raise start_failure(exc, log_tail, server.log_file, list(ctx.cfg.environment.pip)) from None
     endpoint = Endpoint(name, "local", f"{base}/score", auth_key=key, keep_alive=True, alive=server.alive,
                         details={"pid": server.pid, "workers": cfg.worker_count, "auth": bool(key)})
     if ctx.mode is Mode.serve:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +23,15 @@ AIDEPLOY = str(Path(sys.executable).with_name("aideploy"))
 # guard sees our processes and never another session's.
 SESSION_MARK = "AIDEPLOY_TEST_SESSION"
 os.environ[SESSION_MARK] = uuid.uuid4().hex
+# Scoring environments that environment=conda builds are shared by the whole session (each
+# test has its own home); a test about building them sets its own AIDEPLOY_ENVS.
+_SESSION_ENVS = None if os.environ.get("AIDEPLOY_ENVS") else tempfile.mkdtemp(prefix="aideploy-test-envs-")
+os.environ.setdefault("AIDEPLOY_ENVS", _SESSION_ENVS or "")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SESSION_ENVS:
+        shutil.rmtree(_SESSION_ENVS, ignore_errors=True)
 
 
 def session_processes() -> set[int]:

@@ -102,7 +102,7 @@ def test_server_init_failure_shows_log_and_leaves_nothing(cli):
 
 
 def test_environment_mismatch_lists_what_is_missing(cli):
-    proc = cli('environment.pip=[numpy,"no-such-package-xyz>=1"]', "environment.python=3.9")
+    proc = cli("environment=current", 'environment.pip=[numpy,"no-such-package-xyz>=1"]', "environment.python=3.9")
     assert proc.returncode == 2
     assert "no-such-package-xyz>=1 (not installed)" in proc.stderr and "python 3.9" in proc.stderr
 
