@@ -129,6 +129,7 @@ def _build(python: str, packages: list[str], final: Path, log_file: Path, journa
              len(packages), python)
     try:
         _run([uv, "venv", "--relocatable", "--quiet", "--python", str(python), str(tmp)], log_file, python)
+        log.info("      environment: resolving and installing %s (uv's output: %s)", ", ".join(packages), log_file)
         # Bytecode now, once, rather than in every new service's first start.
         _run([uv, "pip", "install", "--compile-bytecode", "--python", str(tmp / "bin" / "python"), *packages],
              log_file, python)

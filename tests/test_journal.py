@@ -26,7 +26,7 @@ def held(home: Path) -> list[dict]:
     return [entry for path in journal_files(home) for entry in json.loads(path.read_text())["resources"].values()]
 
 
-def assert_nothing_left(home: Path, tmpdir: Path | None, before: set[int], run_ids: list[str]) -> None:
+def assert_nothing_left(home: Path, tmpdir: Path | None, before: set[int], prefixes: list[str]) -> None:
     deadline = time.monotonic() + 15
     while (session_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -35,11 +35,12 @@ def assert_nothing_left(home: Path, tmpdir: Path | None, before: set[int], run_i
     assert not list((home / "deployments").glob("*.json")) if (home / "deployments").exists() else True
     if tmpdir is not None:
         assert list(tmpdir.iterdir()) == [], "a temp dir was left behind"
-    assert not [ns for ns in list_leftovers() if any(r[:15] in ns for r in run_ids)], "a namespace was left behind"
+    assert not [ns for prefix in prefixes for ns in list_leftovers(prefix)], "a namespace was left behind"
 
 
-def run_ids(home: Path) -> list[str]:
-    return [json.loads(p.read_text())["run_id"] for p in journal_files(home)]
+def netns_prefixes(home: Path) -> list[str]:
+    """The namespace prefixes the journals hold (checked after gc); [] when a run built none."""
+    return [e["prefix"] for e in held(home) if e["kind"] == "netns"]
 
 
 def test_sigkill_during_deploy_is_cleaned_by_the_next_run(cli, tmp_path):
@@ -47,12 +48,12 @@ def test_sigkill_during_deploy_is_cleaned_by_the_next_run(cli, tmp_path):
     proc = run_with_fault(cli, tmp_path, fault="sigkill_deploy")
     assert proc.returncode == -signal.SIGKILL
     assert any(e["kind"] == "process" for e in held(cli.home)), "the journal must name the orphaned server"
-    ids = run_ids(cli.home)
+    prefixes = netns_prefixes(cli.home)
     assert session_processes() - before, "SIGKILL should have orphaned the server"
     nxt = cli("dry_run=true", env={"TMPDIR": str(proc.tmpdir)})  # any run cleans up after dead runs on start
     assert nxt.returncode == 0, nxt.stderr
     assert "left by a run that died" in nxt.stderr
-    assert_nothing_left(cli.home, proc.tmpdir, before, ids)
+    assert_nothing_left(cli.home, proc.tmpdir, before, prefixes)
 
 
 @pytest.mark.parametrize("network", ["public", "vnet"])
@@ -69,20 +70,22 @@ def test_sigkill_during_an_encrypted_predict_then_gc(cli, tmp_path, azurite, net
     assert "process" in kinds and ("blob" in kinds if network == "public" else "netns" in kinds), kinds
     if network == "public":
         assert len(blobs(azurite, "killed")) == 1
-    ids = run_ids(cli.home)
+    prefixes = netns_prefixes(cli.home)
     listed = cli("mode=list")
     assert listed.returncode == 0 and "owner died: resources held" in listed.stderr
     gc = cli("mode=gc", env={"TMPDIR": str(proc.tmpdir), **env})
     assert gc.returncode == 0, gc.stderr
     assert "still held" not in gc.stderr
-    assert_nothing_left(cli.home, proc.tmpdir, before, ids)
+    assert_nothing_left(cli.home, proc.tmpdir, before, prefixes)
     if network == "public":
         assert blobs(azurite, "killed") == []
 
 
-def test_sigkill_while_serving_then_list_and_gc(cli):
+@pytest.mark.parametrize("network", ["public", "vnet"])
+def test_sigkill_while_serving_then_list_and_gc(cli, network):
     before = session_processes()
-    proc, out = cli.start("mode=serve", "deployment_name=orphan", env={"AIDEPLOY_SCORING_KEY": SERVE_KEY})
+    proc, out = cli.start("mode=serve", "deployment_name=orphan", f"network={network}", "encryption=fast",
+                          env={"AIDEPLOY_SCORING_KEY": SERVE_KEY})
     try:
         wait_for(out / "endpoint.json", proc)
         listed = cli("mode=list")
@@ -93,12 +96,12 @@ def test_sigkill_while_serving_then_list_and_gc(cli):
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    ids = run_ids(cli.home)
+    prefixes = netns_prefixes(cli.home)
     listed = cli("mode=list")
     assert "dead (record left)" in listed.stderr and "owner died" in listed.stderr
     gc = cli("mode=gc")
     assert gc.returncode == 0 and "released azmlinfsrv" in gc.stderr
-    assert_nothing_left(cli.home, None, before, ids)
+    assert_nothing_left(cli.home, None, before, prefixes)
 
 
 def test_only_journals_of_dead_owners_on_this_host_are_collected(tmp_path):
@@ -154,8 +157,8 @@ def test_ctrl_c_during_a_joblib_sweep_then_gc(cli, tmp_path):
         if sweep.poll() is None:
             os.killpg(sweep.pid, signal.SIGKILL)
             sweep.wait()
-    ids = run_ids(cli.home)
-    print(f"left after Ctrl-C: {len(held(cli.home))} resources of {len(ids)} runs")
+    prefixes = netns_prefixes(cli.home)
+    print(f"left after Ctrl-C: {len(held(cli.home))} resources")
     gc = cli("mode=gc", env={"TMPDIR": str(tmpdir)})
     assert gc.returncode == 0, gc.stderr
-    assert_nothing_left(cli.home, tmpdir, before, ids)
+    assert_nothing_left(cli.home, tmpdir, before, prefixes)
