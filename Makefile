@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 EXTRAS := dev,azure,report,joblib,ray,onnx,mlflow,tracking
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml package-lock.json 2>/dev/null | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt package-lock.json 2>/dev/null | cksum | cut -d' ' -f1)
 
 .PHONY: run test install clean
 
@@ -16,12 +16,13 @@ test: $(STAMP)
 
 install: $(STAMP)
 
-# uv resolves everything in one pass (the extras' pins must agree with azmlinfsrv's) and
-# installs in parallel; bytecode is compiled once here, not in every process the tests start.
+# uv resolves everything in one pass (the extras' pins must agree with azmlinfsrv's), within
+# the versions the suite passed with (constraints.txt), and installs in parallel; bytecode is
+# compiled once here, not in every process the tests start.
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet uv
-	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(VENV)/bin/python -e '.[$(EXTRAS)]'
+	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(VENV)/bin/python -c constraints.txt -e '.[$(EXTRAS)]'
 	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; fi
 	rm -f $(VENV)/.installed-*
 	touch $@
