@@ -19,7 +19,7 @@ def test_default_round_trip(cli):
     assert results["status"] == "ok"
     assert results["options"] == {"data": "digits", "model": "sklearn_digits", "scoring": "builtin", "environment": "conda",
                                   "network": "public", "encryption": "none", "target": "local",
-                                  "keystore": "azurite"}
+                                  "keystore": "azurite", "tracking": "none"}
     assert results["n_samples"] == 450
     assert results["accuracy"] >= 0.95
     assert results["agreement"] == 1.0
