@@ -157,7 +157,11 @@ class ScoringService:
         if name not in self._factories:
             raise RequestError(f"unknown scheme {name!r}; this service offers {sorted(self._factories)}")
         if name not in self._schemes:
-            self._schemes[name] = self._factories[name](self.model)
+            try:
+                self._schemes[name] = self._factories[name](self.model)
+            except ImportError as exc:  # the deployment's environment has no runtime for it
+                raise RequestError(f"scheme {name!r} is not installed in this service ({exc}); "
+                                   f"deploy with encryption={name} to serve it") from None
         return self._schemes[name]
 
     def handle_http(self, method: str, headers, stream: BinaryIO, content_length: int | None) -> tuple[int, Any]:

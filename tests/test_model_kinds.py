@@ -341,3 +341,14 @@ def test_custom_scoring_refuses_encryption_and_a_missing_script(cli, tmp_path):
     assert proc.returncode == 2 and "scoring=custom serves plain requests" in proc.stderr
     proc = cli("scoring=custom", f"scoring.source_dir={tmp_path}")
     assert proc.returncode == 2 and "is not a file inside" in proc.stderr and "hint:" in proc.stderr
+
+
+def test_a_scheme_whose_runtime_is_not_installed_is_a_400(model_files):
+    service = _service(model_files["lr"])
+
+    def missing_runtime(model):
+        raise ImportError("No module named 'encrypted'")
+
+    service.add_scheme("seal", missing_runtime)
+    status, body = service.handle_http("POST", {}, __import__("io").BytesIO(b'{"data": [], "key_id": "k"}'), None)
+    assert status == 400 and "scheme 'seal' is not installed in this service" in body["error"]

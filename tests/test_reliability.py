@@ -164,10 +164,15 @@ def azurite():
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, azurite):
-    """``aideploy mode=serve encryption=fast``, with a fast client whose keys are in ``azurite``."""
+    """``aideploy mode=serve encryption=fast``, with a fast client whose keys are in ``azurite``.
+
+    Served from aideploy's own interpreter (``environment=current``), which has every scheme's
+    runtime, so that one service is fuzzed with fast, seal and plain requests alike; an
+    isolated environment has only its own scheme's (a request for another gets a 400).
+    """
     tmp = tmp_path_factory.mktemp("relsvc")
     cli = Cli(tmp, tmp / "home")
-    with served(cli, "encryption=fast", "target.max_request_mb=1") as uri:
+    with served(cli, "encryption=fast", "target.max_request_mb=1", "environment=current") as uri:
         client = FastClient(64, 10)
         store = BlobKeyStore.from_connection_string(azurite.connection_string, "relkeys")
         key_url = store.put(client.key_id, client.public_bundle())
