@@ -6,6 +6,7 @@ end-to-end ones go through the ``aideploy`` command and the real azmlinfsrv.
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 import warnings
@@ -350,5 +351,5 @@ def test_a_scheme_whose_runtime_is_not_installed_is_a_400(model_files):
         raise ImportError("No module named 'encrypted'")
 
     service.add_scheme("seal", missing_runtime)
-    status, body = service.handle_http("POST", {}, __import__("io").BytesIO(b'{"data": [], "key_id": "k"}'), None)
+    status, body = service.handle_http("POST", {}, io.BytesIO(b'{"data": [], "key_id": "k"}'), None)
     assert status == 400 and "scheme 'seal' is not installed in this service" in body["error"]
