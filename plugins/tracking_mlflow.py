@@ -125,6 +125,23 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """One writer at a time on a SQLite store: concurrent sweep jobs would otherwise race to
+    create its tables (MLflow migrates a new store on first use) and to write."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _sweep_dir() -> Path | None:
     """The multirun dir when this run is a sweep job (Hydra sets its config in every job's process)."""
     from hydra.core.hydra_config import HydraConfig
@@ -170,10 +187,15 @@ def _log_model(client, run_id: str, model) -> None:
 
 def log_run(ctx, results: dict[str, Any]) -> dict[str, Any]:
     """Record one run; returns where (uri, experiment, run id and parent)."""
+    uri = tracking_uri(ctx.cfg)
+    with _store_lock(uri):
+        return _log_run(ctx, results, uri)
+
+
+def _log_run(ctx, results: dict[str, Any], uri: str) -> dict[str, Any]:
     from mlflow.entities import Metric, Param, RunTag
 
     cfg = ctx.cfg
-    uri = tracking_uri(cfg)
     client = _client(uri)
     experiment_id = _experiment_id(client, cfg.tracking.experiment, uri)
     tags = {"aideploy.run_id": ctx.run_id, "aideploy.mode": results.get("mode", ""),
@@ -231,11 +253,12 @@ def aideploy_sweep_end(sweep_dir, report, config):
         return
     try:
         parent = json.loads(record.read_text())
-        client = _client(parent["uri"])
-        for path in report.files:
-            client.log_artifact(parent["run_id"], str(path))
-        failed = any(row.status != "ok" for row in report.rows)
-        client.log_metric(parent["run_id"], "jobs", float(len(report.rows)))
-        client.set_terminated(parent["run_id"], status="FAILED" if failed else "FINISHED")
+        with _store_lock(parent["uri"]):
+            client = _client(parent["uri"])
+            for path in report.files:
+                client.log_artifact(parent["run_id"], str(path))
+            failed = any(row.status != "ok" for row in report.rows)
+            client.log_metric(parent["run_id"], "jobs", float(len(report.rows)))
+            client.set_terminated(parent["run_id"], status="FAILED" if failed else "FINISHED")
     except Exception as exc:
         log.warning("tracking: the sweep's parent run was not completed: %s", redact(exc))
