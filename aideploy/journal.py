@@ -28,6 +28,8 @@ from typing import Any, Iterator
 
 import psutil
 
+from aideploy.fsutil import replace_atomically
+
 log = logging.getLogger("aideploy")
 
 RUNS_DIR = "runs"
@@ -51,9 +53,7 @@ def same_process(pid: int | None, started: float | None) -> bool:
 
 
 def _write_atomically(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
 
 
 class Journal:

@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import csv
-import fcntl
 import io
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
@@ -36,6 +33,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from aideploy.fsutil import locked_dir, replace_atomically
 from aideploy.results import RESULTS_FILE, describe_error
 
 log = logging.getLogger("aideploy")
@@ -247,16 +245,6 @@ def render_csv(rows: Sequence[Row]) -> str:
     return out.getvalue()
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """Write through a temp file, so a reader (or a concurrent job) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _bar_chart(rows: Sequence[Row], labels: Sequence[str], series: dict[str, list[float | None]],
                xlabel: str, title: str, log_scale: bool, path: Path) -> None:
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
@@ -283,7 +271,7 @@ def _bar_chart(rows: Sequence[Row], labels: Sequence[str], series: dict[str, lis
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
-    _replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def write_plots(report: Report) -> list[Path]:
@@ -306,24 +294,10 @@ def write_plots(report: Report) -> list[Path]:
     return [latency, payload]
 
 
-@contextlib.contextmanager
-def _locked(sweep_dir: Path) -> Iterator[None]:
-    """One writer at a time: concurrent jobs (joblib, ray) each refresh the report.
-
-    The lock is on the sweep dir itself (Linux flocks directories), so no lock file is left.
-    """
-    fd = os.open(sweep_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def build(sweep_dir: str | Path, plots: bool = True) -> Report:
     """Scan ``sweep_dir``'s jobs and write ``sweep.md``, ``sweep.csv`` and (``plots``) the PNGs."""
     sweep_dir = Path(sweep_dir).resolve()
-    with _locked(sweep_dir):
+    with locked_dir(sweep_dir):  # concurrent jobs (joblib, ray) each refresh the report
         rows = collect(sweep_dir)
         report = Report(sweep_dir, rows, common_overrides(rows))
         plot_files = []
@@ -333,8 +307,8 @@ def build(sweep_dir: str | Path, plots: bool = True) -> Report:
             except Exception as exc:  # the tables matter more than the pictures
                 log.warning("sweep report: plots skipped: %s", exc)
         md, table = sweep_dir / MARKDOWN_FILE, sweep_dir / CSV_FILE
-        _replace_atomically(table, lambda tmp: tmp.write_text(render_csv(rows)))
-        _replace_atomically(md, lambda tmp: tmp.write_text(render_markdown(report, plot_files)))
+        replace_atomically(table, lambda tmp: tmp.write_text(render_csv(rows)))
+        replace_atomically(md, lambda tmp: tmp.write_text(render_markdown(report, plot_files)))
         report.files = [md, table, *plot_files]
     return report
 
@@ -356,7 +330,7 @@ def record_job(job_dir: Path, job: int | None, job_return: JobReturn) -> None:
     """``<job dir>/job_status.json``: how Hydra saw the job end, with the error of a failed one."""
     failed = job_return.status == JobStatus.FAILED
     error = describe_error(job_return._return_value) if failed else None  # .return_value re-raises
-    _replace_atomically(job_dir / JOB_STATUS_FILE, lambda tmp: tmp.write_text(json.dumps(
+    replace_atomically(job_dir / JOB_STATUS_FILE, lambda tmp: tmp.write_text(json.dumps(
         {"job": job, "status": "failed" if failed else "completed", "error": error}, indent=2, default=str) + "\n"))
 
 

@@ -13,8 +13,6 @@ it into place, so nobody sees half an environment. Environments are relocatable 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -25,9 +23,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 from aideploy.errors import ConfigError, StageError
+from aideploy.fsutil import locked_file
 
 log = logging.getLogger("aideploy")
 
@@ -53,16 +51,6 @@ def spec_hash(python: str, packages: list[str]) -> str:
 def envs_dir(cfg_dir: str | None, home: str | Path) -> Path:
     """``environment.envs_dir``, else ``$AIDEPLOY_ENVS``, else ``<home>/envs``."""
     return Path(cfg_dir or os.environ.get("AIDEPLOY_ENVS") or Path(home) / "envs").expanduser()
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _explain(output: str, python: str) -> StageError | ConfigError:
@@ -112,7 +100,7 @@ def ensure(python: str, packages: list[str], root: Path, log_file: Path, journal
     digest = spec_hash(python, packages)
     final = root / digest
     if not (final / STAMP).exists():
-        with _lock(root / f".{digest}.lock"):
+        with locked_file(root / f".{digest}.lock"):
             if not (final / STAMP).exists():  # another run may have built it while we waited
                 _build(python, packages, final, log_file, journal_add)
     (final / USED).touch()
@@ -158,7 +146,7 @@ def remove_unused(root: Path, days: float) -> list[str]:
         last = used.stat().st_mtime if used.exists() else env.stat().st_mtime
         if last >= cutoff:
             continue
-        with _lock(root / f".{env.name}.lock"):
+        with locked_file(root / f".{env.name}.lock"):
             shutil.rmtree(env, ignore_errors=True)
         (root / f".{env.name}.lock").unlink(missing_ok=True)
         removed.append(env.name)

@@ -25,7 +25,6 @@ sqlite:///<home>/mlflow.db`` shows it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from omegaconf import OmegaConf
 from aideploy import hookimpl
 from aideploy import results as results_mod
 from aideploy.blobkeys import redact
+from aideploy.fsutil import locked_dir, locked_file, replace_atomically
 
 PLUGIN_NAME = "mlflow_tracking"
 PARENT_FILE = "mlflow_parent.json"
@@ -116,16 +116,6 @@ def metrics_of(results: dict[str, Any]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """One writer at a time on a SQLite store: concurrent sweep jobs would otherwise race to
     create its tables (MLflow migrates a new store on first use) and to write."""
@@ -134,12 +124,8 @@ def _store_lock(uri: str) -> Iterator[None]:
         return
     db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with locked_file(db.with_name(db.name + ".lock")):
+        yield
 
 
 def _sweep_dir() -> Path | None:
@@ -156,14 +142,13 @@ def _sweep_dir() -> Path | None:
 def parent_run(client, experiment_id: str, sweep_dir: Path, uri: str) -> str:
     """The sweep's parent run: created by its first job, found through a file by the others."""
     record = sweep_dir / PARENT_FILE
-    with _locked(sweep_dir):
+    with locked_dir(sweep_dir):
         if record.exists():
             return json.loads(record.read_text())["run_id"]
         run = client.create_run(experiment_id, run_name=f"sweep {sweep_dir.parent.name}/{sweep_dir.name}",
                                 tags={"aideploy.sweep_dir": str(sweep_dir), "aideploy.kind": "sweep"})
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"run_id": run.info.run_id, "uri": uri, "experiment_id": experiment_id}))
-        tmp.replace(record)
+        replace_atomically(record, lambda tmp: tmp.write_text(json.dumps(
+            {"run_id": run.info.run_id, "uri": uri, "experiment_id": experiment_id})))
         return run.info.run_id
 
 
