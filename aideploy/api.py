@@ -44,5 +44,6 @@ def compose_registered(overrides: Iterable[str] = ()) -> tuple[DictConfig, dict[
 
 def run(overrides: Iterable[str] = (), output_dir: str | Path = ".") -> dict[str, Any]:
     """Compose ``overrides`` and run; returns the results (also written to results.json)."""
+    overrides = list(overrides)
     cfg, choices = compose(overrides)
-    return runner.run(cfg, Path(output_dir), choices)
+    return runner.run(cfg, Path(output_dir), choices, given=runner.groups_given(overrides))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -37,20 +37,50 @@ class Secret:
 
 @dataclass
 class Dataset:
-    """Test samples to score (and, when the source has one, a training split)."""
+    """Samples to score, labels when the source has them, and (for training) a training split.
+
+    Small data sets live in memory (``X_test``). A file's rows may instead come as ``rows``, a
+    :class:`aideploy.datafiles.RowSource` read a chunk at a time, so a million-row file is never
+    in memory at once; ``X_test`` is then None. :meth:`chunks` reads either way.
+    """
 
     name: str
-    X_test: np.ndarray
-    y_test: np.ndarray
+    X_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None  # None: no labels (nothing to compute accuracy against)
     X_train: np.ndarray | None = None
     y_train: np.ndarray | None = None
+    rows: Any = field(default=None, repr=False)
+    feature_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.X_test is None and self.rows is None:
+            raise ValueError("a Dataset needs X_test or rows")
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.rows.n_rows if self.rows is not None else len(self.X_test))
 
     @property
     def n_features(self) -> int:
-        return int(self.X_test.shape[1])
+        return int(self.rows.n_features if self.rows is not None else self.X_test.shape[1])
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.rows.has_labels) if self.rows is not None else self.y_test is not None
+
+    def chunks(self, size: int, start: int = 0) -> Iterator["Dataset"]:
+        """The samples from ``start`` on as in-memory Datasets of at most ``size`` rows each."""
+        if self.rows is not None:
+            for X, y in self.rows.chunks(size, start):
+                yield Dataset(self.name, X, y, feature_names=self.feature_names)
+            return
+        for first in range(start, len(self.X_test), size):
+            y = self.y_test[first:first + size] if self.y_test is not None else None
+            yield Dataset(self.name, self.X_test[first:first + size], y, feature_names=self.feature_names)
 
     def summary(self) -> dict[str, Any]:
-        return {"data": self.name, "test_samples": len(self.X_test), "features": self.n_features}
+        return {"data": self.name, "test_samples": self.n_samples, "features": self.n_features,
+                "labels": "yes" if self.has_labels else "none"}
 
 
 @dataclass
@@ -250,3 +280,50 @@ class KeySession:
 
     def summary(self) -> dict[str, Any]:
         return {"scheme": self.scheme, "key_id": self.key_id, "key_bytes": self.key_bytes}
+
+
+@dataclass
+class Traffic:
+    """What a run's requests cost, one entry per request in order; no bodies are kept."""
+
+    samples: list[int] = field(default_factory=list)
+    request_bytes: list[int] = field(default_factory=list)
+    response_bytes: list[int] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    unread_answers: list[str] = field(default_factory=list)  # a few answers aideploy could not read
+
+    def add(self, requests: Requests, responses: Responses) -> None:
+        for request, response in zip(requests.items, responses.items):
+            self.samples.append(request.n_samples)
+            self.request_bytes.append(response.request_bytes)
+            self.response_bytes.append(len(response.body))
+            self.latency_ms.append(response.latency_ms)
+
+    def summary(self) -> dict[str, Any]:
+        lat = self.latency_ms
+        return {"requests": len(lat), "samples": sum(self.samples),
+                "median_bytes": int(np.median(self.request_bytes)) if lat else 0,
+                "p50_ms": round(float(np.median(lat)), 2) if lat else None}
+
+
+@dataclass
+class ServiceInfo:
+    """What a service says about itself (``GET /score``): enough to predict without the model."""
+
+    n_features: int | None = None
+    task: str | None = None
+    classes: list | None = None
+    feature_names: list[str] | None = None
+    schemes: list[str] = field(default_factory=lambda: ["none"])
+    fast: dict[str, Any] | None = None  # the fast scheme's n_features, n_outputs and public params
+    model_summary: str = ""
+
+    @classmethod
+    def from_json(cls, info: dict[str, Any]) -> "ServiceInfo":
+        model = info.get("model") or {}
+        return cls(model.get("n_features"), model.get("task"), model.get("classes"), model.get("feature_names"),
+                   list(info.get("schemes") or ["none"]), info.get("fast"), str(model.get("summary") or ""))
+
+    def summary(self) -> dict[str, Any]:
+        return {"service_model": self.model_summary, "features": self.n_features, "task": self.task,
+                "schemes": ",".join(self.schemes)}

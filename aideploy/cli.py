@@ -30,7 +30,8 @@ def _app(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        runner.run(cfg, Path(hydra_cfg.runtime.output_dir), group_choices(hydra_cfg))
+        runner.run(cfg, Path(hydra_cfg.runtime.output_dir), group_choices(hydra_cfg),
+                   given=runner.groups_given(hydra_cfg.overrides.task))
     except AideployError as exc:
         log.error("%s", exc.report())
         if multirun:  # let the launcher record this job as failed and go on with the others

@@ -30,18 +30,24 @@ def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, l
 @dataclass
 class DataConfig:
     plugin: str = MISSING
-    test_size: float = bounded(0.25, gt=0, lt=1)
-    seed: int = 0
     limit: Optional[int] = bounded(None, ge=1)
 
 
 @dataclass
-class DigitsData(DataConfig):
+class PackagedData(DataConfig):
+    """A data set from a package, split into a training and a test part."""
+
+    test_size: float = bounded(0.25, gt=0, lt=1)
+    seed: int = 0
+
+
+@dataclass
+class DigitsData(PackagedData):
     plugin: str = "digits"
 
 
 @dataclass
-class DiabetesData(DataConfig):
+class DiabetesData(PackagedData):
     plugin: str = "diabetes"
 
 
@@ -49,7 +55,37 @@ class DiabetesData(DataConfig):
 class MnistIdxData(DataConfig):
     plugin: str = "mnist_idx"
     images: str = MISSING
-    labels: str = MISSING
+    labels: Optional[str] = None
+
+
+@dataclass
+class TableData(DataConfig):
+    """A table file: one sample per row; a label column is optional."""
+
+    path: str = MISSING
+    label_column: Optional[str] = None  # a column name or 0-based position; null: no labels
+    feature_columns: Optional[List[str]] = None  # null: every column but the label
+
+
+@dataclass
+class CsvData(TableData):
+    plugin: str = "csv"
+    header: bool = True
+    delimiter: str = ","
+
+
+@dataclass
+class ParquetData(TableData):
+    plugin: str = "parquet"
+
+
+@dataclass
+class NpyData(DataConfig):
+    plugin: str = "npy"
+    path: str = MISSING
+    labels: Optional[str] = None
+    features_key: str = "X"
+    labels_key: str = "y"
 
 
 # ----------------------------------------------------------------------------- model
@@ -330,6 +366,26 @@ class MlflowTracking(TrackingConfig):
     workspace: AzureWorkspace = field(default_factory=AzureWorkspace)
 
 
+# ----------------------------------------------------------------------------- predict
+
+
+class OutputFormat(str, Enum):
+    csv = "csv"
+    parquet = "parquet"
+
+
+@dataclass
+class PredictConfig:
+    """How the client sends the rows and where their predictions go (``mode=run`` and ``predict``)."""
+
+    concurrency: int = bounded(4, ge=1, le=256)
+    chunk_rows: int = bounded(4096, ge=1)
+    output: Optional[str] = None
+    output_format: OutputFormat = OutputFormat.csv
+    resume: bool = False
+    progress_seconds: float = bounded(5.0, gt=0)
+
+
 # ----------------------------------------------------------------------------- root
 
 
@@ -342,6 +398,7 @@ class AideployConfig:
     scoring_uri: Optional[str] = None
     scoring_key_env: str = "AIDEPLOY_SCORING_KEY"
     plugins: List[str] = field(default_factory=list)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     data: Any = MISSING
     model: Any = MISSING
     scoring: Any = MISSING
@@ -354,7 +411,8 @@ class AideployConfig:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "data": {"digits": DigitsData, "diabetes": DiabetesData, "mnist_idx": MnistIdxData},
+    "data": {"digits": DigitsData, "diabetes": DiabetesData, "mnist_idx": MnistIdxData, "csv": CsvData,
+             "parquet": ParquetData, "npy": NpyData},
     "model": {"sklearn_digits": SklearnTrainModel, "sklearn_pickle": SklearnPickleModel, "onnx": OnnxModel,
               "mlflow": MlflowModel},
     "scoring": {"builtin": BuiltinScoring, "custom": CustomScoring},

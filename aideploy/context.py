@@ -41,10 +41,22 @@ class RunContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("aideploy"))
     progress: tuple[int, int] = (0, 0)
     _open_keystore: Callable[[], Any] | None = None
+    _clients: dict[Any, Any] = field(default_factory=dict)
 
     @property
     def mode(self) -> Mode:
         return Mode(self.cfg.mode)
+
+    def http_client(self, endpoint: Any, timeout: float) -> Any:
+        """The run's :class:`aideploy.http.Client` for ``endpoint`` (made once, closed at teardown):
+        keep-alive connections, ``predict.concurrency`` requests in flight."""
+        from aideploy import http
+
+        key = ("http_client", endpoint.scoring_uri)
+        if key not in self._clients:
+            client = self._clients[key] = http.Client(endpoint, timeout, int(self.cfg.predict.concurrency))
+            self.resources.add(f"HTTP connections to {endpoint.scoring_uri}", client.close)
+        return self._clients[key]
 
     def open_keystore(self) -> Any:
         """Start or connect to the configured key store (once per run) and return it."""

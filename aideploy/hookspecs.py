@@ -182,8 +182,12 @@ def aideploy_open_keystore(cfg, ctx, network):
 
 
 @hookspec(firstresult=True)
-def aideploy_setup_keys(cfg, ctx, model):
+def aideploy_setup_keys(cfg, ctx, model, service):
     """Generate the client's keys and publish the public ones; served by the ``encryption`` plugin.
+
+    ``model`` is None in ``mode=predict`` without a model; ``service`` is then what the
+    service said about itself (a :class:`~aideploy.artifacts.ServiceInfo`: features, classes,
+    the fast scheme's public parameters), or None if it said nothing.
 
     Return a :class:`~aideploy.artifacts.KeySession`, or None when the scheme has no keys.
     Uploaded blobs must be registered with ``ctx.resources`` for deletion.
@@ -197,7 +201,8 @@ def aideploy_setup_keys(cfg, ctx, model):
 def aideploy_encrypt(cfg, ctx, keys, dataset):
     """Turn ``dataset.X_test`` into request bodies; served by the ``encryption`` plugin.
 
-    Return :class:`~aideploy.artifacts.Requests`, in sample order.
+    Called once per chunk of rows (``predict.chunk_rows``): ``dataset`` is that chunk, in
+    memory. Return :class:`~aideploy.artifacts.Requests`, in sample order.
     """
 
 
@@ -208,7 +213,9 @@ def aideploy_encrypt(cfg, ctx, keys, dataset):
 def aideploy_predict(cfg, ctx, endpoint, network, requests):
     """Send every request to the service; served by the ``target`` plugin.
 
-    Must call the service from the clients' side of ``network`` (``network.call``). Return
+    Called once per chunk of rows. Must call the service from the clients' side of
+    ``network`` (``network.call``), through ``ctx.http_client(endpoint, timeout)`` to keep
+    its connections and ``predict.concurrency`` requests in flight. Return
     :class:`~aideploy.artifacts.Responses` in request order; raise
     :class:`~aideploy.errors.PredictError` on an error answer.
     """
@@ -219,9 +226,10 @@ def aideploy_predict(cfg, ctx, endpoint, network, requests):
 
 @hookspec(firstresult=True)
 def aideploy_decrypt(cfg, ctx, keys, requests, responses):
-    """Turn responses into decision scores; served by the ``encryption`` plugin.
+    """Turn one chunk's responses into what they say; served by the ``encryption`` plugin.
 
-    Return :class:`~aideploy.artifacts.Scores` of shape (n_samples, n_classes).
+    Return :class:`~aideploy.artifacts.Scores` for the chunk's samples, in order; the run
+    writes them to the predictions file (:mod:`aideploy.predictions`).
     """
 
 
@@ -229,10 +237,14 @@ def aideploy_decrypt(cfg, ctx, keys, requests, responses):
 
 
 @hookspec
-def aideploy_evaluate(ctx, dataset, model, keys, requests, responses, scores):
-    """Compute metrics for ``results.json``; called on every plugin.
+def aideploy_evaluate(ctx, dataset, model, keys, traffic, predictions, service):
+    """Compute metrics for ``results.json``; called on every plugin, once, after the last chunk.
 
-    Return a dict of JSON-serialisable metrics or None. The dicts are merged in call order;
+    ``predictions`` is the predictions file (:class:`aideploy.predictions.Predictions`, read
+    back with ``predictions.chunks(size)`` beside ``dataset.chunks(size)``, so memory stays
+    bounded); ``traffic`` holds every request's size and latency
+    (:class:`~aideploy.artifacts.Traffic`). ``model`` is None in ``mode=predict`` without a
+    model; ``service`` is what the service said about itself, or None. Return a dict of JSON-serialisable metrics or None. The dicts are merged in call order;
     a key given twice is an error naming both plugins.
     """
 
@@ -254,12 +266,21 @@ def aideploy_teardown(ctx, status):
 
 @hookspec
 def aideploy_before_stage(stage, ctx):
-    """Called on every plugin just before ``stage`` (a :class:`aideploy.stages.Stage`) runs."""
+    """Called on every plugin just before ``stage`` (a :class:`aideploy.stages.Stage`) runs.
+
+    The encrypt, predict and decrypt stages run once per chunk of rows
+    (:mod:`aideploy.client`): each starts with its first chunk, so the three ``before_stage``
+    calls come first, then their three ``after_stage`` calls after the last chunk.
+    """
 
 
 @hookspec
 def aideploy_after_stage(stage, ctx, result, seconds):
-    """Called on every plugin after ``stage`` succeeded with ``result`` in ``seconds``."""
+    """Called on every plugin after ``stage`` succeeded with ``result`` in ``seconds``.
+
+    For the chunked stages ``result`` is the run's :class:`~aideploy.artifacts.Traffic`
+    (encrypt, predict) or its :class:`~aideploy.predictions.Predictions` (decrypt).
+    """
 
 
 @hookspec

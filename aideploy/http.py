@@ -32,7 +32,6 @@ from aideploy.errors import PredictError
 
 log = logging.getLogger("aideploy")
 
-PROGRESS_EVERY_SECONDS = 5.0
 RETRY_STATUSES = (502, 503, 504)
 RETRIES = 3
 BACKOFF_SECONDS = 0.2  # sleeps 0, 0.4, 0.8 s between the attempts
@@ -104,37 +103,91 @@ def _hint(status: int) -> str:
     return "see the service's log in the output dir"
 
 
-def post_all(endpoint: Endpoint, items: Iterable[Request], timeout: float) -> Responses:
-    """POST each request in order; fail on the first error answer with the service's reason."""
-    items = list(items)
-    answers: list[Response] = []
-    last_report = time.monotonic()
-    with session() as http:
-        http.headers.update(endpoint.headers())
-        for index, item in enumerate(items, start=1):
-            if _cancelled.is_set():
-                raise PredictError(f"cancelled before request {index} of {len(items)}", hint="the run was interrupted")
-            start = time.perf_counter()
-            try:
-                response = http.post(endpoint.scoring_uri, data=item.body, headers=item.headers or None,
-                                     timeout=timeout)
-            except requests.Timeout:
-                raise PredictError(f"the service at {endpoint.scoring_uri} did not answer request {index} "
-                                   f"within {timeout:g} s", hint="raise target.request_timeout, or check the "
-                                   "service's log for a stuck worker") from None
-            except requests.ConnectionError as exc:
-                raise PredictError(_connection_failure(exc, endpoint.scoring_uri, index),
-                                   hint="is it still running? see the service's log in the output dir") from None
-            except requests.RequestException as exc:  # e.g. the answer cut short: ChunkedEncodingError
-                raise PredictError(f"the answer to request {index} from {endpoint.scoring_uri} broke off midway "
-                                   f"({type(exc).__name__})",
-                                   hint="did the service stop or crash? see its log in the output dir") from None
-            latency_ms = (time.perf_counter() - start) * 1000.0
-            if response.status_code != 200:
-                raise PredictError(f"the service answered request {index} with HTTP {response.status_code}"
-                                   f"{_retried(response)}: {_error_text(response)}", hint=_hint(response.status_code))
-            answers.append(Response(response.content, latency_ms, len(item.body)))
-            if time.monotonic() - last_report > PROGRESS_EVERY_SECONDS:
-                log.info("      predict: %d/%d requests", index, len(items))
-                last_report = time.monotonic()
-    return Responses(answers)
+def _post(http: requests.Session, endpoint: Endpoint, item: Request, index: int, timeout: float) -> Response:
+    """POST one request; a PredictionError with the service's reason for anything but a 200."""
+    if _cancelled.is_set():
+        raise PredictError(f"cancelled before request {index}", hint="the run was interrupted")
+    start = time.perf_counter()
+    try:
+        response = http.post(endpoint.scoring_uri, data=item.body, headers=item.headers or None, timeout=timeout)
+    except requests.Timeout:
+        raise PredictError(f"the service at {endpoint.scoring_uri} did not answer request {index} "
+                           f"within {timeout:g} s", hint="raise target.request_timeout, or check the "
+                           "service's log for a stuck worker") from None
+    except requests.ConnectionError as exc:
+        raise PredictError(_connection_failure(exc, endpoint.scoring_uri, index),
+                           hint="is it still running? see the service's log in the output dir") from None
+    except requests.RequestException as exc:  # e.g. the answer cut short: ChunkedEncodingError
+        raise PredictError(f"the answer to request {index} from {endpoint.scoring_uri} broke off midway "
+                           f"({type(exc).__name__})",
+                           hint="did the service stop or crash? see its log in the output dir") from None
+    latency_ms = (time.perf_counter() - start) * 1000.0
+    if response.status_code != 200:
+        raise PredictError(f"the service answered request {index} with HTTP {response.status_code}"
+                           f"{_retried(response)}: {_error_text(response)}", hint=_hint(response.status_code))
+    return Response(response.content, latency_ms, len(item.body))
+
+
+class Client:
+    """Keep-alive sessions to one endpoint, ``concurrency`` requests in flight at a time.
+
+    Each sending thread has its own session (a ``requests.Session`` is not thread-safe), so
+    ``concurrency`` connections stay open across calls. Create and use it on the clients'
+    side of the network (``network.call``): threads it starts inherit that side.
+    """
+
+    def __init__(self, endpoint: Endpoint, timeout: float, concurrency: int = 1) -> None:
+        self.endpoint, self.timeout = endpoint, timeout
+        self.concurrency = max(1, int(concurrency))
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._pool = None
+        self.sent = 0
+
+    def _session(self) -> requests.Session:
+        http = getattr(self._local, "session", None)
+        if http is None:
+            http = self._local.session = session()
+            http.headers.update(self.endpoint.headers())
+            self._sessions.append(http)
+        return http
+
+    def _one(self, job: tuple[int, Request]) -> Response:
+        index, item = job
+        return _post(self._session(), self.endpoint, item, index, self.timeout)
+
+    def post(self, items: list[Request]) -> Responses:
+        """POST ``items``; the answers in request order. Fails on the first error answer."""
+        first = self.sent + 1
+        self.sent += len(items)
+        jobs = list(enumerate(items, start=first))
+        if self.concurrency == 1 or len(items) == 1:
+            return Responses([self._one(job) for job in jobs])
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="aideploy-client")
+        futures = [self._pool.submit(self._one, job) for job in jobs]
+        try:
+            return Responses([future.result() for future in futures])
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        for http in self._sessions:
+            http.close()
+        self._sessions.clear()
+        self._local = threading.local()
+
+
+def post_all(endpoint: Endpoint, items: Iterable[Request], timeout: float, concurrency: int = 1) -> Responses:
+    """POST each request (``concurrency`` at a time); the answers in order, or the first error."""
+    client = Client(endpoint, timeout, concurrency)
+    try:
+        return client.post(list(items))
+    finally:
+        client.close()

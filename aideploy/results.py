@@ -53,6 +53,9 @@ def build(ctx: RunContext, status: str, error: BaseException | None, stage_secon
     endpoint = ctx.artifacts.get("endpoint")
     if endpoint is not None:
         results["endpoint"] = {"name": endpoint.name, "target": endpoint.target, "scoring_uri": endpoint.scoring_uri}
+    predictions = ctx.artifacts.get("predictions")
+    if predictions is not None and predictions.rows:
+        results["predictions"] = {"path": str(predictions.path), "rows": predictions.rows}
     results.update(ctx.artifacts.get("metrics") or {})
     if teardown_failures:
         results["teardown_failures"] = [f"{what}: {exc}" for what, exc in teardown_failures]

@@ -10,19 +10,19 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
 from aideploy import http
 from aideploy import results as results_mod
-from aideploy import journal, validate
+from aideploy import client, journal, validate
 from aideploy.artifacts import (Dataset, Endpoint, EnvironmentSpec, KeySession, NetworkInfo, RegisteredModel,
                                 Requests, Responses, ScoringCode, Scores, Secret)
 from aideploy.context import RunContext
 from aideploy.errors import AideployError, ConfigError, Interrupted, PluginError
 from aideploy.manager import PluginRegistry
-from aideploy.stages import DRY_RUN, KEYSTORE, PIPELINES, TEARDOWN, Mode, Stage
+from aideploy.stages import DRY_RUN, ENCRYPT, KEYS, KEYSTORE, MODEL, PIPELINES, TEARDOWN, Mode, Stage
 
 log = logging.getLogger("aideploy")
 
@@ -66,28 +66,41 @@ class Runner:
             available["requirements"] = list(dict.fromkeys(r for reqs in reversed(wanted) for r in reqs or ()))
         return {name: available.get(name) for name in argnames}
 
+    def call(self, stage: Stage, kwargs: dict[str, Any] | None = None, **given: Any) -> Any:
+        """Call ``stage``'s hook, no observers, with the run's artifacts (``given`` ones instead
+        where named); check and return its result."""
+        kwargs = kwargs if kwargs is not None else self._kwargs(stage)
+        kwargs.update({name: value for name, value in given.items() if name in kwargs})
+        result = self._caller(stage)(**kwargs)
+        if stage.group is None and stage.result:
+            result = _merge_broadcast(stage, result)
+        self._check(stage, result)
+        return result
+
     def run_stage(self, stage: Stage) -> Any:
         """Run one stage with its before/after/on-error observers; keep and return its result."""
         hook = self.ctx.plugins.hook
-        caller = self._caller(stage)
         kwargs = self._kwargs(stage)
         hook.aideploy_before_stage(stage=stage, ctx=self.ctx)
         start = time.perf_counter()
         try:
-            result = caller(**kwargs)
-            if stage.group is None and stage.result:
-                result = _merge_broadcast(stage, result)
-            self._check(stage, result)
+            result = self.call(stage, kwargs)
         except BaseException as exc:
             self.stage_seconds[stage.name] = time.perf_counter() - start
             hook.aideploy_on_stage_error(stage=stage, ctx=self.ctx, error=exc)
             raise
-        seconds = time.perf_counter() - start
+        self.observe(stage, result, time.perf_counter() - start, before=False)
+        return result
+
+    def observe(self, stage: Stage, result: Any, seconds: float, before: bool = True) -> None:
+        """Keep ``stage``'s result and tell the observers it ran (a stage run outside :meth:`run_stage`)."""
+        hook = self.ctx.plugins.hook
+        if before:
+            hook.aideploy_before_stage(stage=stage, ctx=self.ctx)
         self.stage_seconds[stage.name] = seconds
         if stage.result:
             self.ctx.artifacts[stage.result] = result
         hook.aideploy_after_stage(stage=stage, ctx=self.ctx, result=result, seconds=seconds)
-        return result
 
     def _check(self, stage: Stage, result: Any) -> None:
         optional = {"keys", "metrics", "deleted", None}
@@ -201,19 +214,44 @@ def _serve_until_interrupted(ctx: RunContext) -> None:
                                 hint=f"see its log in {ctx.output_dir}")
 
 
-def _existing_endpoint(ctx: RunContext) -> None:
-    """``mode=predict``: the service at ``scoring_uri``, reached from this process's network."""
+def _existing_endpoint(ctx: RunContext, given: frozenset[str]) -> None:
+    """``mode=predict``: the service at ``scoring_uri``, reached from this process's network,
+    and, when no model is given, what the service says about itself."""
     if not ctx.cfg.scoring_uri:
         raise ConfigError("mode=predict needs the scoring URI of a running service",
                           hint="add scoring_uri=http://host:port/score (mode=serve prints it and writes endpoint.json)")
     key = os.environ.get(ctx.cfg.scoring_key_env)
-    ctx.artifacts["endpoint"] = Endpoint(ctx.cfg.deployment_name or "existing", "existing", ctx.cfg.scoring_uri,
-                                         auth_key=Secret(key) if key else None)
+    endpoint = Endpoint(ctx.cfg.deployment_name or "existing", "existing", ctx.cfg.scoring_uri,
+                        auth_key=Secret(key) if key else None)
+    ctx.artifacts["endpoint"] = endpoint
     ctx.artifacts["network"] = NetworkInfo(kind="caller", bind_host="", client_host="")
+    if "model" in given:  # the model in process says all the client needs
+        return
+    encryption = ctx.cfg.encryption
+    query = {name: encryption[name] for name in ("x_bound", "max_error") if name in encryption}
+    service = client.describe_service(endpoint, float(ctx.cfg.target.request_timeout), query)
+    if service is None:
+        log.info("      the service does not describe itself (a custom score.py?); its answers are written as "
+                 "they come")
+    ctx.artifacts["service"] = service
 
 
-def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str | None = None) -> dict[str, Any]:
+def groups_given(overrides: Iterable[str]) -> frozenset[str]:
+    """The config groups an override list chooses an option of (``model=onnx``, ``+data=csv``)."""
+    given = set()
+    for override in overrides:
+        name = override.split("=", 1)[0].lstrip("+~")
+        if "=" in override and "." not in name and "/" not in name:
+            given.add(name)
+    return frozenset(given)
+
+
+def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str | None = None,
+        given: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Run ``cfg.mode`` to the end, tear down, write results.json and return the results.
+
+    ``given`` names the config groups the command line chose (:func:`groups_given`):
+    ``mode=predict`` loads a model only when ``model`` is one of them.
 
     Raises what stopped the run (an :class:`AideployError`, an unexpected exception or an
     interrupt) after teardown and results; results.json says ``status`` in every case.
@@ -241,13 +279,23 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
                 runner._caller(stage)
             journal.housekeeping(ctx, mode, run_id)
             if mode is Mode.predict and not cfg.dry_run:
-                _existing_endpoint(ctx)
+                _existing_endpoint(ctx, given)
             if mode is Mode.delete and not cfg.deployment_name and not cfg.dry_run:
                 raise ConfigError("mode=delete needs the name of the deployment to delete",
                                   hint="add deployment_name=<name> (mode=serve prints it)")
             for index, stage in enumerate(pipeline, start=1):
                 ctx.progress = (index, len(pipeline))
-                runner.run_stage(stage)
+                if stage is MODEL and mode is Mode.predict and "model" not in given:
+                    ctx.artifacts["model"] = None  # the service says what the client needs
+                    ctx.choices.pop("model", None)
+                    log.info("[%d/%d] %-12s skipped: no model given (model=... compares the service with one)",
+                             index, len(pipeline), stage.name)
+                elif stage is ENCRYPT:
+                    client.stream(runner)
+                elif stage not in client.STREAMED:
+                    if stage is KEYS and ctx.artifacts.get("service") is not None:
+                        client.check_against_service(ctx, ctx.artifacts["service"])
+                    runner.run_stage(stage)
             if cfg.dry_run:
                 results_mod.write_plan(ctx, ctx.artifacts["plan"])
             elif mode is Mode.delete and ctx.artifacts.get("deleted"):

@@ -7,6 +7,8 @@ chosen from the model (``fastlinear.choose_params``), so a folded Pipeline with 
 is served as well as a plain LogisticRegression.
 """
 
+import json
+
 import numpy as np
 
 from aideploy import hookimpl
@@ -14,7 +16,7 @@ from aideploy.artifacts import KeySession, Request, Requests, Scores
 from aideploy.errors import ConfigError, PredictError
 from aideploy.keystore import publish_public_keys
 from aideploy.linear import linear_model
-from aideploy_scoring.fastlinear import FastClient, FastSchemeError, choose_params
+from aideploy_scoring.fastlinear import FastClient, FastParams, FastSchemeError, choose_params
 from aideploy_scoring.service import BINARY_TYPE, KEY_HEADERS, SCHEME_HEADER
 
 SCHEME = "fast"
@@ -47,14 +49,35 @@ def _check_range(cfg, X: np.ndarray, what: str) -> None:
 @hookimpl
 def aideploy_check_model(ctx, model, dataset):
     if ctx.cfg.encryption.plugin == SCHEME:
-        _check_range(ctx.cfg.encryption, dataset.X_test, f"data {dataset.name!r}")
+        if dataset.X_test is not None:  # a file's rows are checked a chunk at a time, as they are sent
+            _check_range(ctx.cfg.encryption, dataset.X_test, f"data {dataset.name!r}")
         _params(ctx.cfg.encryption, model)
 
 
+def _described(ctx, service) -> tuple[int, int, FastParams]:
+    """Shape and parameters from the service's description (``mode=predict`` without a model)."""
+    if service is None or not service.fast:
+        raise ConfigError(f"encryption=fast without a model needs the service's public parameters, and the "
+                          f"service at {ctx.cfg.scoring_uri} does not give them",
+                          hint="predict against a service running aideploy's score.py, or give the model "
+                          "(model=sklearn_pickle model.path=...)")
+    fast = service.fast
+    try:
+        params = FastParams.from_json(json.dumps(fast["params"]).encode())
+        return int(fast["n_features"]), int(fast["n_outputs"]), params
+    except (FastSchemeError, KeyError, TypeError, ValueError) as exc:
+        raise PredictError(f"the service at {ctx.cfg.scoring_uri} described unusable fast parameters: {exc}",
+                           hint="is it running the same aideploy version as this client?") from None
+
+
 @hookimpl
-def aideploy_setup_keys(cfg, ctx, model):
-    linear, params = _params(cfg, model)
-    client = FastClient(linear.n_features, linear.n_outputs, params)
+def aideploy_setup_keys(cfg, ctx, model, service):
+    if model is not None:
+        linear, params = _params(cfg, model)
+        n_features, n_outputs = linear.n_features, linear.n_outputs
+    else:
+        n_features, n_outputs, params = _described(ctx, service)
+    client = FastClient(n_features, n_outputs, params)
     bundle = client.public_bundle()
     url = publish_public_keys(ctx, client.key_id, bundle)
     return KeySession(SCHEME, client.key_id, len(bundle), client, {"key_id": client.key_id, "key_url": url})

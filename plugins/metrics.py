@@ -1,46 +1,39 @@
 """The evaluate stage's built-in metrics, by task, plus latency and bytes for every run.
 
-- Classifiers: accuracy (when the data has labels), plaintext accuracy (the model in process),
-  agreement (the share of service predictions equal to the in-process ones), and the largest
-  score or probability difference from the in-process model.
+The metrics are computed from the predictions file itself, read back a chunk at a time beside
+the data, so they describe exactly what the user got and memory stays bounded.
+
+- Classifiers: accuracy (when the data has labels), plaintext accuracy (the model in process,
+  when there is one), agreement (the share of service predictions equal to the in-process
+  ones), and the largest score or probability difference from the in-process model.
 - Regressors: RMSE and R² of the service's predictions (and of the in-process model's), and the
   largest absolute difference from the in-process ``predict``.
 - Every run: latency per request and per sample (p50/p90/p99 of the steady state; the first
   requests, when there are enough, are listed apart as ``warmup_latency_ms``), and bytes.
 
-The service's predictions come from its answers (``predictions``), or, for encrypted schemes
-that return decision scores, are chosen from those scores as the model's ``predict`` would.
-Answers that hold neither are recorded as they came, and the metrics say why they are missing.
+Without a model (``mode=predict`` against a scoring URI) only what the labels allow is
+computed; without labels, none of the accuracy metrics, and nothing fails.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from aideploy import hookimpl
 from aideploy.results import percentiles
-from aideploy_scoring.models import CLASSIFICATION, REGRESSION, Prediction, infer_task
+from aideploy_scoring.models import REGRESSION, infer_task
+
+WARMUP_REQUESTS = 3
+CHUNK_ROWS = 8192
 
 
-def labels_from_scores(classes: list | None, scores: np.ndarray) -> np.ndarray:
-    """Labels from decision scores as a linear classifier's own ``predict`` chooses them."""
-    if scores.shape[1] == 1:  # binary: the one score is the positive class's margin
-        index = (scores[:, 0] > 0).astype(int)
-    else:
-        index = scores.argmax(axis=1)
-    return np.asarray(classes)[index] if classes is not None else index
-
-
-def service_predictions(task: str, classes: list | None, scores) -> np.ndarray | None:
-    if scores.predictions is not None:
-        return scores.predictions
-    if scores.values is None:
-        return None
-    if task == CLASSIFICATION:
-        return labels_from_scores(classes, scores.values)
-    return scores.values[:, 0] if scores.values.shape[1] == 1 else scores.values
+def _same_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # JSON and CSV turn labels into ints or strings; compare them as text when the types differ.
+    if a.dtype.kind != b.dtype.kind:
+        return a.astype(str) == b.astype(str)
+    return a == b
 
 
 def _max_diff(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
@@ -49,83 +42,133 @@ def _max_diff(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)), initial=0.0))
 
 
-def _same_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # JSON turns labels into ints or strings; compare them as text when the types differ.
-    if a.dtype.kind != b.dtype.kind:
-        return a.astype(str) == b.astype(str)
-    return a == b
+def _paired(data: Iterator, frames: Iterator) -> Iterator[tuple[Any, Any]]:
+    """Data chunks and predictions frames cut to the same rows (their chunk sizes may differ)."""
+    chunk = frame = None
+    while True:
+        if chunk is None or not len(chunk.X_test):
+            chunk = next(data, None)
+        if frame is None or not len(frame):
+            frame = next(frames, None)
+        if chunk is None or frame is None:
+            return
+        n = min(len(chunk.X_test), len(frame))
+        y = chunk.y_test[:n] if chunk.y_test is not None else None
+        yield chunk.X_test[:n], y, frame.iloc[:n]
+        chunk.X_test = chunk.X_test[n:]
+        chunk.y_test = chunk.y_test[n:] if chunk.y_test is not None else None
+        frame = frame.iloc[n:]
 
 
-def classification_metrics(reference: Prediction, service: np.ndarray, scores, y: np.ndarray | None) -> dict:
-    in_process = np.asarray(reference.predictions)
-    metrics: dict[str, Any] = {
-        "accuracy": float(np.mean(_same_labels(service, y))) if y is not None else None,
-        "plaintext_accuracy": float(np.mean(_same_labels(in_process, y))) if y is not None else None,
-        "agreement": float(np.mean(_same_labels(service, in_process))),
-    }
-    score_error = _max_diff(scores.values, reference.scores)
-    if score_error is not None:
-        metrics["max_score_error"] = score_error
-    probability_error = _max_diff(scores.probabilities, reference.probabilities)
-    if probability_error is not None:
-        metrics["max_probability_error"] = probability_error
-    return metrics
+def _columns(frame, prefix: str) -> np.ndarray | None:
+    names = [c for c in frame.columns if str(c).startswith(prefix)]
+    return frame[names].to_numpy() if names else None
 
 
-def _rmse_r2(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    residual = np.asarray(pred, dtype=np.float64).reshape(y.shape) - y
-    total = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(residual ** 2)) / total if total > 0 else float("nan")
-    return float(np.sqrt(np.mean(residual ** 2))), r2
+class _Tally:
+    """Running sums for the metrics, one chunk at a time."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.labelled = 0
+        self.sums: dict[str, float] = {}
+        self.max: dict[str, float] = {}
+
+    def add(self, name: str, value: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + float(value)
+
+    def high(self, name: str, value: float | None) -> None:
+        if value is not None:
+            self.max[name] = max(self.max.get(name, 0.0), value)
 
 
-def regression_metrics(reference: Prediction, service: np.ndarray, y: np.ndarray | None) -> dict:
-    in_process = np.asarray(reference.predictions, dtype=np.float64)
-    metrics: dict[str, Any] = {"max_abs_diff": _max_diff(service, in_process)}
+def _classification(t: _Tally, service: np.ndarray, y, reference, frame) -> None:
     if y is not None:
-        y = np.asarray(y, dtype=np.float64)
-        metrics["rmse"], metrics["r2"] = _rmse_r2(service, y)
-        metrics["plaintext_rmse"], metrics["plaintext_r2"] = _rmse_r2(in_process, y)
+        t.add("correct", np.sum(_same_labels(service, y)))
+        if reference is not None:
+            t.add("plain_correct", np.sum(_same_labels(np.asarray(reference.predictions), y)))
+    if reference is not None:
+        t.add("agree", np.sum(_same_labels(service, np.asarray(reference.predictions))))
+        t.high("max_score_error", _max_diff(_columns(frame, "score_"), reference.scores))
+        t.high("max_probability_error", _max_diff(_columns(frame, "proba_"), reference.probabilities))
+
+
+def _regression(t: _Tally, service: np.ndarray, y, reference) -> None:
+    service = np.asarray(service, dtype=np.float64)
+    if y is not None:
+        y = np.asarray(y, dtype=np.float64).reshape(service.shape)
+        t.add("sq", np.sum((service - y) ** 2))
+        t.add("y", np.sum(y))
+        t.add("yy", np.sum(y ** 2))
+        if reference is not None:
+            in_process = np.asarray(reference.predictions, dtype=np.float64).reshape(service.shape)
+            t.add("plain_sq", np.sum((in_process - y) ** 2))
+    if reference is not None:
+        t.high("max_abs_diff", _max_diff(service, np.asarray(reference.predictions, dtype=np.float64)
+                                         .reshape(service.shape)))
+
+
+def _regression_results(t: _Tally) -> dict[str, Any]:
+    metrics: dict[str, Any] = {"max_abs_diff": t.max["max_abs_diff"]} if "max_abs_diff" in t.max else {}
+    if t.labelled:
+        total = t.sums["yy"] - t.sums["y"] ** 2 / t.labelled
+        for prefix, name in (("", "sq"), ("plaintext_", "plain_sq")):
+            if name in t.sums:
+                metrics[f"{prefix}rmse"] = float(np.sqrt(t.sums[name] / t.labelled))
+                metrics[f"{prefix}r2"] = 1.0 - t.sums[name] / total if total > 0 else float("nan")
     return metrics
 
 
-WARMUP_REQUESTS = 3
+def _classification_results(t: _Tally) -> dict[str, Any]:
+    share = (lambda name, of: t.sums[name] / of if name in t.sums and of else None)
+    metrics = {"accuracy": share("correct", t.labelled), "plaintext_accuracy": share("plain_correct", t.labelled),
+               "agreement": share("agree", t.n), **t.max}
+    return {name: value for name, value in metrics.items() if value is not None}
 
 
-@hookimpl
-def aideploy_evaluate(dataset, model, keys, requests, responses, scores):
-    X, y = dataset.X_test, dataset.y_test
-    latencies = [r.latency_ms for r in responses.items]
+def _traffic_metrics(traffic, keys) -> dict[str, Any]:
+    latencies = traffic.latency_ms
     # The first requests of a fresh service (connections, caches, lazy imports) are reported
     # apart, so that one cold request does not become the steady state's p99.
     warmup = WARMUP_REQUESTS if len(latencies) >= 4 * WARMUP_REQUESTS else 0
-    per_sample = [r.latency_ms / max(1, q.n_samples) for q, r in zip(requests.items, responses.items)]
-    metrics: dict[str, Any] = {
-        "n_samples": int(len(X)),
+    per_sample = [ms / max(1, n) for ms, n in zip(latencies, traffic.samples)]
+    return {
         "latency_ms": percentiles(latencies[warmup:]),
         "latency_per_sample_ms": percentiles(per_sample[warmup:]),
         "warmup_latency_ms": [round(v, 3) for v in latencies[:warmup]],
-        "requests": len(requests.items),
+        "requests": len(latencies),
         "bytes": {
-            "request": int(np.median([r.request_bytes for r in responses.items])),
-            "response": int(np.median([len(r.body) for r in responses.items])),
+            "request": int(np.median(traffic.request_bytes)) if latencies else 0,
+            "response": int(np.median(traffic.response_bytes)) if latencies else 0,
             "keys": int(keys.key_bytes) if keys is not None else 0,
         },
     }
-    reference = model.adapter.predict(X)
-    task = model.task or infer_task(np.asarray(reference.predictions))
-    metrics["task"] = task
-    service = service_predictions(task, model.classes, scores)
-    if service is None:
+
+
+@hookimpl
+def aideploy_evaluate(dataset, model, keys, traffic, predictions, service):
+    metrics: dict[str, Any] = {"n_samples": int(dataset.n_samples), **_traffic_metrics(traffic, keys)}
+    if not predictions.rows:
         metrics["evaluation"] = ("the service's answers hold no 'predictions' (nor a bare list); accuracy "
                                  "could not be computed")
-        metrics["answers_sample"] = [str(a)[:200] for a in (scores.answers or [])[:3]]
+        metrics["answers_sample"] = list(traffic.unread_answers)
         return metrics
-    if len(service) != len(X):
-        metrics["evaluation"] = f"the service answered {len(service)} predictions for {len(X)} samples"
-        return metrics
-    if task == REGRESSION:
-        metrics.update(regression_metrics(reference, service, y))
-    else:
-        metrics.update(classification_metrics(reference, service, scores, y))
+    facts = model if model is not None else service
+    task = facts.task if facts is not None else None
+    tally = _Tally()
+    for X, y, frame in _paired(dataset.chunks(CHUNK_ROWS), predictions.chunks(CHUNK_ROWS)):
+        names = [c for c in frame.columns if str(c).startswith("prediction")]
+        served = frame[names].to_numpy() if len(names) > 1 else frame[names[0]].to_numpy()
+        task = task or infer_task(served)
+        reference = model.adapter.predict(X) if model is not None else None
+        tally.n += len(frame)
+        tally.labelled += len(frame) if y is not None else 0
+        if task == REGRESSION:
+            _regression(tally, served, y, reference)
+        else:
+            _classification(tally, served, y, reference, frame)
+    metrics["task"] = task
+    if tally.n != dataset.n_samples:
+        metrics["evaluation"] = f"{predictions.path} holds {tally.n} predictions for {dataset.n_samples} samples"
+    metrics.update(_regression_results(tally) if task == REGRESSION else _classification_results(tally))
     return metrics

@@ -22,7 +22,6 @@ from aideploy.azure_workspace import (ACI_DELEGATION, SESSION_KEY, Session, Work
                                       preflight_due, require_sdk, sdk_error, teardown_note, v1_auth)
 from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import ConfigError, DeployError
-from aideploy.http import post_all
 from aideploy.stages import Mode
 
 PLUGIN_NAME = "aci"
@@ -300,8 +299,8 @@ def aideploy_plan(cfg, ctx, model, environment, code):
 
 
 @hookimpl
-def aideploy_predict(cfg, endpoint, network, requests):
-    return network.call(post_all, endpoint, requests.items, cfg.request_timeout)
+def aideploy_predict(cfg, ctx, endpoint, network, requests):
+    return network.call(ctx.http_client(endpoint, cfg.request_timeout).post, requests.items)
 
 
 @hookimpl

@@ -21,7 +21,6 @@ from aideploy import hookimpl
 from aideploy.artifacts import Endpoint, Secret
 from aideploy.envcheck import unmet
 from aideploy.errors import DeployError, EnvironmentMismatch
-from aideploy.http import post_all
 from aideploy.journal import DEPLOYMENTS_DIR, process_started
 from aideploy.process import ManagedProcess, free_port, http_ok
 from aideploy.resources import path_record
@@ -160,8 +159,8 @@ def aideploy_plan(cfg, ctx, model, environment, code):
 
 
 @hookimpl
-def aideploy_predict(cfg, endpoint, network, requests):
-    return network.call(post_all, endpoint, requests.items, cfg.request_timeout)
+def aideploy_predict(cfg, ctx, endpoint, network, requests):
+    return network.call(ctx.http_client(endpoint, cfg.request_timeout).post, requests.items)
 
 
 @hookimpl

@@ -21,7 +21,6 @@ from aideploy.azure_workspace import (SESSION_KEY, Session, WorkspaceSettings, d
                                       preflight_due, require_sdk, sdk_error, teardown_note)
 from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import DeployError
-from aideploy.http import post_all
 from aideploy.stages import Mode
 
 PLUGIN_NAME = "managed_endpoint"
@@ -239,8 +238,8 @@ def aideploy_plan(cfg, ctx, model, environment, code):
 
 
 @hookimpl
-def aideploy_predict(cfg, endpoint, network, requests):
-    return network.call(post_all, endpoint, requests.items, cfg.request_timeout)
+def aideploy_predict(cfg, ctx, endpoint, network, requests):
+    return network.call(ctx.http_client(endpoint, cfg.request_timeout).post, requests.items)
 
 
 @hookimpl

@@ -13,6 +13,10 @@ served under the encrypted schemes. Request bodies:
   fast``, ``X-Aideploy-Key-Id`` and ``X-Aideploy-Key-Url`` -> the encrypted logits, binary;
   or as JSON, ``{"scheme": "fast", "data": <base64 query>, "key_id", "key_url"}``
 
+``GET /score`` describes the service (``ScoringService.describe``): the features, task and
+classes of the model, the schemes served and the fast scheme's public parameters, so a client
+needs only the scoring URI.
+
 Bad requests get HTTP 4xx with ``{"error": "..."}``; the server keeps serving.
 """
 
@@ -52,9 +56,9 @@ def init():
 
 @rawhttp
 def run(request):
-    """Answer one request: JSON in, JSON out, a 4xx for anything malformed."""
+    """Answer one request: JSON in, JSON out, a 4xx for anything malformed; GET describes."""
     status, body = service.handle_http(request.method, request.headers, request.stream,
-                                       request.content_length)
+                                       request.content_length, request.args)
     if isinstance(body, bytes):
         return AMLResponse(body, status, {"Content-Type": "application/octet-stream"})
     return AMLResponse(body, status, {"Content-Type": "application/json"}, json_str=True)

@@ -21,6 +21,14 @@ SCHEME_HEADER = "X-Aideploy-Scheme"
 KEY_HEADERS = {"key_id": "X-Aideploy-Key-Id", "key_url": "X-Aideploy-Key-Url"}
 
 
+PROTOCOL_VERSION = 1  # of the plain and encrypted request formats and of GET /score
+
+
+def _jsonable(values: Any) -> Any:
+    """Class labels as JSON values (numpy ints and strings to Python's)."""
+    return None if values is None else np.asarray(values).tolist()
+
+
 class RequestError(ValueError):
     """A request the service refuses; ``status`` is the HTTP status to answer with."""
 
@@ -102,6 +110,7 @@ class ScoringService:
         self._factories: dict[str, Callable[[ModelAdapter], Any]] = {"none": PlainScheme}
         self._schemes: dict[str, Any] = {}
         self._fetcher = None
+        self._described: dict[tuple[float, float], dict[str, Any]] = {}
 
     def key_fetcher(self):
         """The worker's one key fetcher (and cache), shared by the encrypted schemes."""
@@ -164,11 +173,20 @@ class ScoringService:
                                    f"deploy with encryption={name} to serve it") from None
         return self._schemes[name]
 
-    def handle_http(self, method: str, headers, stream: BinaryIO, content_length: int | None) -> tuple[int, Any]:
-        """One HTTP request to (status, JSON-able body). Never raises."""
+    def handle_http(self, method: str, headers, stream: BinaryIO, content_length: int | None,
+                    args: Any = None) -> tuple[int, Any]:
+        """One HTTP request to (status, JSON-able body). Never raises.
+
+        ``GET`` answers :meth:`describe` (query ``x_bound`` and ``max_error`` for the fast
+        scheme's parameters); ``POST`` scores.
+        """
         try:
+            if method == "GET":
+                self._authorize(headers)
+                return 200, self.describe(args or {})
             if method != "POST":
-                raise RequestError(f"use POST with a JSON body, not {method}", 405)
+                raise RequestError(f"use POST with a JSON body (or GET for what this service serves), not {method}",
+                                   405)
             self._authorize(headers)
             if content_length is not None and content_length > self.max_request_bytes:
                 raise RequestError(f"request body of {content_length} bytes is over the limit of "
@@ -184,6 +202,68 @@ class ScoringService:
         except Exception:  # a bug or a broken runtime: say so without leaking internals
             log.exception("internal error while scoring")
             return 500, {"error": "internal error; see the service log"}
+
+    def describe(self, args: Any = None) -> dict[str, Any]:
+        """What a client needs to know without the model: ``GET /score``.
+
+        The features the model takes, its task and classes, the schemes this service serves and,
+        for the fast scheme, the public parameters that fit the model for inputs in
+        ``[-x_bound, x_bound]`` within ``max_error`` (query arguments; defaults 1 and 0.001).
+        The parameters' scales tell the order of magnitude of the model's weights and nothing
+        finer; everything else here is what the plain protocol's answers reveal anyway.
+        """
+        model = self.model
+        info: dict[str, Any] = {
+            "service": "aideploy", "protocol": PROTOCOL_VERSION,
+            "model": {"kind": model.kind, "summary": model.summary, "task": model.task,
+                      "n_features": model.n_features, "feature_names": model.feature_names,
+                      "classes": _jsonable(model.classes)},
+            "schemes": self.schemes_served(),
+        }
+        if "fast" in info["schemes"]:
+            try:
+                x_bound = float((args or {}).get("x_bound", 1.0))
+                max_error = float((args or {}).get("max_error", 1e-3))
+            except (TypeError, ValueError):
+                raise RequestError("x_bound and max_error must be numbers") from None
+            info["fast"] = self._fast_params(x_bound, max_error)
+        return info
+
+    def schemes_served(self) -> list[str]:
+        """``none`` always; the encrypted schemes whose runtime is installed, for a linear model."""
+        import importlib.util
+
+        served = ["none"]
+        try:
+            self.model.linear()
+        except NotLinear:
+            return served
+        runtimes = {"fast": "seal", "seal": "encrypted.inference"}
+        for name, module in runtimes.items():
+            try:
+                present = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:
+                present = False
+            if name in self._factories and present:
+                served.append(name)
+        return served
+
+    def _fast_params(self, x_bound: float, max_error: float) -> dict[str, Any]:
+        key = (x_bound, max_error)
+        if key not in self._described:
+            from aideploy_scoring import fastlinear
+
+            linear = self.linear(self.model)
+            try:
+                params = fastlinear.choose_params(linear.coef, linear.intercept, x_bound, max_error)
+            except fastlinear.FastSchemeError as exc:
+                raise RequestError(f"encryption=fast cannot serve this model for x_bound={x_bound:g}, "
+                                   f"max_error={max_error:g}: {exc}") from None
+            if len(self._described) > 64:
+                self._described.clear()
+            self._described[key] = {"n_features": linear.n_features, "n_outputs": linear.n_outputs,
+                                    "params": json.loads(params.to_json())}
+        return self._described[key]
 
     def _authorize(self, headers) -> None:
         if self.auth_key_sha256 is None:

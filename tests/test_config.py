@@ -12,7 +12,9 @@ from aideploy.config import SCHEMAS
 
 # Required values an option cannot have a default for.
 REQUIRED = {("model", "sklearn_pickle"): ["model.path=/some/model.pkl"], ("model", "onnx"): ["model.path=/m.onnx"],
-            ("model", "mlflow"): ["model.path=/some/mlflow_model"], ("scoring", "custom"): ["scoring.source_dir=/src"]}
+            ("model", "mlflow"): ["model.path=/some/mlflow_model"], ("scoring", "custom"): ["scoring.source_dir=/src"],
+            ("data", "csv"): ["data.path=/rows.csv"], ("data", "parquet"): ["data.path=/rows.parquet"],
+            ("data", "npy"): ["data.path=/rows.npy"], ("data", "mnist_idx"): ["data.images=/i.gz", "data.labels=/l.gz"]}
 
 
 def all_options():

@@ -38,18 +38,18 @@ def plugins_listing(*args: str, env: dict | None = None) -> subprocess.Completed
     return subprocess.run([AIDEPLOY_PLUGINS, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
-def test_an_installed_package_adds_data_csv(example_plugin, cli, tmp_path):
+def test_an_installed_package_adds_a_data_option(example_plugin, cli, tmp_path):
     from aideploy.datasets import digits_split
 
     _, X_test, _, y_test = digits_split(0.25, 0)
     np.savetxt(tmp_path / "digits.csv", np.column_stack([X_test[:30], y_test[:30]]), delimiter=",")
-    proc = cli("data=csv", f"data.path={tmp_path / 'digits.csv'}", "plugins=[aideploy_example.stage_log]")
+    proc = cli("data=loadtxt", f"data.path={tmp_path / 'digits.csv'}", "plugins=[aideploy_example.stage_log]")
     assert proc.returncode == 0, proc.stderr
     results = results_of(proc.out)
-    assert results["status"] == "ok" and results["options"]["data"] == "csv"
+    assert results["status"] == "ok" and results["options"]["data"] == "loadtxt"
     assert results["n_samples"] == 30 and results["agreement"] == 1.0
     assert results["accuracy"] == results["plaintext_accuracy"] >= 0.9
-    assert "data=csv" in proc.stderr  # the progress line shows the dataset's name
+    assert "data=loadtxt" in proc.stderr  # the progress line shows the dataset's name
     # the observer named in config saw every stage, teardown included
     stages = (proc.out / "stages.csv").read_text().splitlines()
     assert stages[0] == "stage,status,seconds"
@@ -59,7 +59,7 @@ def test_an_installed_package_adds_data_csv(example_plugin, cli, tmp_path):
 
 
 def test_the_added_option_is_typed(example_plugin, cli):
-    proc = cli("data=csv", "data.pth=x.csv")
+    proc = cli("data=loadtxt", "data.pth=x.csv")
     assert proc.returncode != 0
     assert "unknown config key 'data.pth'; did you mean data.path?" in proc.stderr
 
@@ -70,7 +70,7 @@ def test_aideploy_plugins_lists_plugins_origins_hooks_and_options(example_plugin
     listed = {p["name"]: p for p in json.loads(proc.stdout)["plugins"]}
     assert listed["example_csv"] == {"name": "example_csv", "origin": "aideploy-example-plugin 0.1.0",
                                      "hooks": ["aideploy_config_options", "aideploy_prepare_data"],
-                                     "options": ["data=csv"]}
+                                     "options": ["data=loadtxt"]}
     assert listed["example_stage_log"]["origin"] == "config: plugins"
     assert listed["example_stage_log"]["hooks"] == ["aideploy_after_stage", "aideploy_on_stage_error"]
     assert listed["example_stage_log"]["options"] == []
@@ -80,7 +80,7 @@ def test_aideploy_plugins_lists_plugins_origins_hooks_and_options(example_plugin
     assert listed["local"]["options"] == ["target=local"] and "aideploy_deploy" in listed["local"]["hooks"]
     text = plugins_listing()
     assert text.returncode == 0, text.stderr
-    assert "example_csv  [aideploy-example-plugin 0.1.0]" in text.stdout and "options: data=csv" in text.stdout
+    assert "example_csv  [aideploy-example-plugin 0.1.0]" in text.stdout and "options: data=loadtxt" in text.stdout
 
 
 # ----------------------------------------------------------------------------- broken plugins

@@ -8,6 +8,7 @@ import recording_plugin
 from aideploy import api
 from aideploy.errors import StageError
 
+STREAMED = ["encrypt", "predict", "decrypt"]
 STAGES = ["data", "model", "scoring", "environment", "network", "deploy", "keys", "encrypt", "predict", "decrypt", "evaluate"]
 
 
@@ -27,7 +28,10 @@ def test_full_run_hook_order(tmp_path):
     for stage in STAGES:
         if stage == "environment":
             expected.append("requirements")
-        expected += around(stage, *(["evaluate"] if stage == "evaluate" else []))
+        if stage not in STREAMED:
+            expected += around(stage, *(["evaluate"] if stage == "evaluate" else []))
+        elif stage == "encrypt":  # the three start with the first chunk, end after the last
+            expected += [f"before:{s}" for s in STREAMED] + [f"after:{s}" for s in STREAMED]
     expected += around("teardown", "teardown:ok") + ["run_end:ok"]
     assert recording_plugin.calls == expected
     assert recording_plugin.released == ["marker"]

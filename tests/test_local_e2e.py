@@ -134,7 +134,8 @@ def test_predict_mode_and_delete_mode_against_a_served_deployment(cli):
     try:
         wait_for(out / "endpoint.json", server)
         uri = json.loads((out / "endpoint.json").read_text())["scoring_uri"]
-        proc = cli("mode=predict", f"scoring_uri={uri}", "data.limit=25", env={"AIDEPLOY_SCORING_KEY": key})
+        proc = cli("mode=predict", f"scoring_uri={uri}", "data.limit=25", "model=sklearn_digits",
+                   env={"AIDEPLOY_SCORING_KEY": key})
         assert proc.returncode == 0, proc.stderr
         results = results_of(proc.out)
         assert results["n_samples"] == 25 and results["agreement"] == 1.0

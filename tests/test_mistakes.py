@@ -13,9 +13,7 @@ from aideploy.config import SCHEMAS
 from aideploy.errors import ConfigError
 from aideploy.validate import preflight
 
-REQUIRED = {("model", "sklearn_pickle"): ["model.path=/m.pkl"], ("model", "onnx"): ["model.path=/m.onnx"],
-            ("model", "mlflow"): ["model.path=/m"], ("scoring", "custom"): ["scoring.source_dir=/src"],
-            ("data", "mnist_idx"): ["data.images=/i.gz", "data.labels=/l.gz"]}
+from test_config import REQUIRED  # noqa: E402  (the options' required values, in one place)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -111,18 +111,16 @@ def test_a_plugin_can_add_a_config_option_and_serve_it(tmp_path):
     from aideploy.config import plugin_options
 
     @dataclass
-    class CsvData:
-        plugin: str = "csvdata"
-        path: str = "data.csv"
-        test_size: float = 0.25
-        seed: int = 0
+    class TsvData:
+        plugin: str = "tsvdata"
+        path: str = "data.tsv"
         limit: int | None = None
 
-    plugin = types.ModuleType("csvdata")
-    plugin.aideploy_config_options = hookimpl(lambda: {"data": {"csv": CsvData}})
+    plugin = types.ModuleType("tsvdata")
+    plugin.aideploy_config_options = hookimpl(lambda: {"data": {"tsv": TsvData}})
     registry = PluginRegistry.load()
-    registry.register(plugin, "csvdata", "test")
-    assert plugin_options(registry) == {"data": {"csv": (CsvData, "csvdata")}}
+    registry.register(plugin, "tsvdata", "test")
+    assert plugin_options(registry) == {"data": {"tsv": (TsvData, "tsvdata")}}
 
 
 def test_an_option_already_taken_names_both_owners():

@@ -376,7 +376,8 @@ def proxy_to(uri: str, delay: float = 0.0):
 def test_slow_service_past_the_request_timeout(cli, tmp_path, service):
     with proxy_to(service.uri, delay=3.0) as proxy:
         proc = run_with_fault(cli, tmp_path, "mode=predict", f"scoring_uri={proxy.uri()}", "data.limit=3",
-                              "target.request_timeout=1", env={"AIDEPLOY_SCORING_KEY": SERVE_KEY})
+                              "model=sklearn_digits", "predict.concurrency=1", "target.request_timeout=1",
+                              env={"AIDEPLOY_SCORING_KEY": SERVE_KEY})
     assert_torn_down(proc, 1, "did not answer request 1 within 1 s")
     assert "target.request_timeout" in proc.stderr
     assert proxy.requests == 1  # a timeout is not retried
@@ -385,7 +386,7 @@ def test_slow_service_past_the_request_timeout(cli, tmp_path, service):
 def test_a_4xx_from_the_service_is_not_retried(cli, tmp_path, service):
     with proxy_to(service.uri) as proxy:
         proc = run_with_fault(cli, tmp_path, "mode=predict", f"scoring_uri={proxy.uri()}", "data.limit=3",
-                              env={"AIDEPLOY_SCORING_KEY": "not-the-key"})
+                              "model=sklearn_digits", "predict.concurrency=1", env={"AIDEPLOY_SCORING_KEY": "not-the-key"})
     assert_torn_down(proc, 1, "HTTP 401: missing or wrong key")
     assert proxy.requests == 1
 

@@ -1,4 +1,7 @@
-"""``data=csv``: test samples from a CSV file, one sample per row, the label in one column.
+"""``data=loadtxt``: test samples from a numeric text table (np.loadtxt), the label in one column.
+
+aideploy has its own ``data=csv`` (chunked, labels optional); this example shows how a
+third-party package adds an option to a config group.
 
 Installed through the ``aideploy`` entry-point group as plugin ``example_csv``. It adds the
 option to the ``data`` group (:func:`aideploy_config_options`) and serves that group's stage
@@ -24,7 +27,7 @@ PLUGIN_NAME = "example_csv"  # the entry-point name; used in the schema's defaul
 
 @dataclass
 class CsvData(DataConfig):
-    """Schema of ``data=csv``: a typo'd key or a wrong type fails before any stage runs."""
+    """Schema of ``data=loadtxt``: a typo'd key or a wrong type fails before any stage runs."""
 
     plugin: str = PLUGIN_NAME
     path: str = MISSING  # the CSV file (relative to the working directory)
@@ -35,7 +38,7 @@ class CsvData(DataConfig):
 
 @hookimpl
 def aideploy_config_options():
-    return {"data": {"csv": CsvData}}
+    return {"data": {"loadtxt": CsvData}}
 
 
 @hookimpl
@@ -54,4 +57,4 @@ def aideploy_prepare_data(cfg):
     features = np.delete(table, cfg.label_column, axis=1)
     if cfg.limit is not None:
         features, labels = features[: cfg.limit], labels[: cfg.limit]
-    return Dataset("csv", features, labels)
+    return Dataset("loadtxt", features, labels)

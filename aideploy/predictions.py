@@ -1,0 +1,188 @@
+"""predictions.csv (or .parquet): one row per input row, written as the answers arrive.
+
+Columns: ``row`` (the input row's 0-based position), ``prediction``, then ``score_<class>``
+(decision scores; decrypted ones for the encrypted schemes) and ``proba_<class>``
+(probabilities) when the service returns them. Only whole chunks are written, in input
+order, so the file always ends at a row boundary after an error; a file cut by a kill mid-line
+loses that line on resume.
+
+``predict.resume=true`` continues a file: the rows already in it are skipped and the rest are
+appended. A CSV resumes after any stop, a kill included. A Parquet file is closed (its footer
+written) after an error or Ctrl-C and resumes from there; a killed one cannot be read back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from aideploy.errors import ConfigError
+from aideploy_scoring.models import REGRESSION
+
+FORMATS = ("csv", "parquet")
+
+
+def labels_from_scores(classes: list | None, scores: np.ndarray) -> np.ndarray:
+    """Labels from decision scores as a linear classifier's own ``predict`` chooses them."""
+    if scores.shape[1] == 1:  # binary: the one score is the positive class's margin
+        index = (scores[:, 0] > 0).astype(int)
+    else:
+        index = scores.argmax(axis=1)
+    return np.asarray(classes)[index] if classes is not None else index
+
+
+def service_predictions(task: str | None, classes: list | None, scores) -> np.ndarray | None:
+    """The service's predictions: as it gave them, or chosen from its (decrypted) scores."""
+    if scores.predictions is not None:
+        return scores.predictions
+    if scores.values is None:
+        return None
+    if task == REGRESSION:
+        return scores.values[:, 0] if scores.values.shape[1] == 1 else scores.values
+    return labels_from_scores(classes, scores.values)
+
+
+def _class_names(classes: list | None, width: int) -> list[str]:
+    if classes is not None and len(classes) == width:
+        return [str(c) for c in classes]
+    if classes is not None and width == 1 and len(classes) == 2:  # binary margin: the positive class
+        return [str(classes[1])]
+    return [str(i) for i in range(width)]
+
+
+def columns_of(scores, task: str | None, classes: list | None) -> dict[str, np.ndarray] | None:
+    """The predictions file's columns (but ``row``) for one chunk's :class:`Scores`, or None
+    when the answers hold no predictions aideploy can read."""
+    predictions = service_predictions(task, classes, scores)
+    if predictions is None:
+        return None
+    predictions = np.asarray(predictions)
+    if predictions.ndim != 1:  # a multi-output regressor
+        columns = {f"prediction_{i}": predictions[:, i] for i in range(predictions.shape[1])}
+    else:
+        columns = {"prediction": predictions}
+    if scores.values is not None and not (task == REGRESSION and scores.predictions is None):
+        for name, column in zip(_class_names(classes, scores.values.shape[1]), scores.values.T):
+            columns[f"score_{name}"] = column
+    if scores.probabilities is not None:
+        for name, column in zip(_class_names(classes, scores.probabilities.shape[1]), scores.probabilities.T):
+            columns[f"proba_{name}"] = column
+    return columns
+
+
+@dataclass
+class Predictions:
+    """The predictions file of a run: where it is and how many rows it holds so far."""
+
+    path: Path
+    format: str
+    rows: int = 0
+    columns: list[str] = field(default_factory=list)
+
+    def chunks(self, size: int) -> Iterator[Any]:
+        """The file's rows as pandas frames of at most ``size`` rows, in order."""
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=size):
+                yield batch.to_pandas()
+        else:
+            import pandas as pd
+
+            yield from pd.read_csv(self.path, chunksize=size)
+
+    def summary(self) -> dict[str, Any]:
+        return {"predictions": str(self.path), "rows": self.rows}
+
+
+def _csv_rows(path: Path) -> tuple[list[str], int]:
+    """The header and the count of whole rows of a CSV; a last line cut short is dropped."""
+    with open(path, "rb+") as fh:
+        header = fh.readline()
+        if not header.endswith(b"\n"):
+            raise ConfigError(f"{path} has no complete header line", hint="start over without predict.resume")
+        rows, end = 0, fh.tell()
+        for line in fh:
+            if not line.endswith(b"\n"):
+                break
+            rows += 1
+            end += len(line)
+        fh.truncate(end)  # a line cut by a kill mid-write is written again
+    return header.decode().strip().split(","), rows
+
+
+class PredictionsWriter:
+    """Appends chunks of predictions to ``path`` in input order; see the module docstring."""
+
+    def __init__(self, path: Path, fmt: str, resume: bool = False) -> None:
+        if fmt not in FORMATS:
+            raise ConfigError(f"predict.output_format={fmt!r} is not one of {', '.join(FORMATS)}",
+                              hint="use predict.output_format=csv or parquet")
+        self.info = Predictions(Path(path), fmt)
+        self._writer = None
+        self._partial = self.info.path.with_name(self.info.path.name + ".partial")
+        self.resumed = 0
+        if resume and self.info.path.exists():
+            self._resume()
+        elif self.info.path.exists():
+            self.info.path.unlink()
+
+    @property
+    def rows(self) -> int:
+        return self.info.rows
+
+    def _resume(self) -> None:
+        path = self.info.path
+        if self.info.format == "csv":
+            self.info.columns, self.info.rows = _csv_rows(path)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            try:
+                old = pq.ParquetFile(path)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ConfigError(f"{path} cannot be resumed: {exc}",
+                                  hint="a killed Parquet file has no footer; start over without predict.resume, "
+                                  "or predict to CSV (it resumes after a kill)") from None
+            self._writer = pq.ParquetWriter(self._partial, old.schema_arrow)
+            for batch in old.iter_batches():
+                self._writer.write_batch(batch)
+            self.info.columns, self.info.rows = list(old.schema_arrow.names), int(old.metadata.num_rows)
+        self.resumed = self.info.rows
+
+    def write(self, columns: dict[str, np.ndarray]) -> None:
+        """Append the next rows (their ``row`` numbers follow the rows already written)."""
+        import pandas as pd
+
+        n = len(next(iter(columns.values())))
+        frame = pd.DataFrame({"row": np.arange(self.info.rows, self.info.rows + n), **columns})
+        names = [str(c) for c in frame.columns]
+        if self.info.columns and names != self.info.columns:
+            raise ConfigError(f"{self.info.path} has columns {self.info.columns}, these answers {names}",
+                              hint="resume a file only against the same service and scheme, or start over")
+        if self.info.format == "csv":
+            header = not self.info.path.exists()
+            frame.to_csv(self.info.path, mode="a", header=header, index=False)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self._partial, table.schema)
+            self._writer.write_table(table)
+        self.info.columns = names
+        self.info.rows += n
+
+    def close(self) -> Predictions:
+        """Finish the file (a Parquet footer; the rows so far are kept whatever stopped the run)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            os.replace(self._partial, self.info.path)
+        return self.info
