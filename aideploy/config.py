@@ -303,6 +303,14 @@ class EndpointAuthMode(str, Enum):
 
 
 @dataclass
+class ProbeTiming:
+    """A managed deployment's liveness and readiness probes for one encryption scheme (seconds)."""
+
+    initial_delay: int = bounded(10, ge=0)
+    timeout: int = bounded(2, ge=1)
+
+
+@dataclass
 class ManagedEndpointTarget(TargetConfig):
     """``target=managed_endpoint``: an Azure ML managed online endpoint through azure-ai-ml (SDK v2)."""
 
@@ -310,7 +318,10 @@ class ManagedEndpointTarget(TargetConfig):
     deployment: str = "blue"
     instance_type: str = "Standard_DS3_v2"
     instance_count: int = bounded(1, ge=1)
-    image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04"
+    worker_count: int = bounded(1, ge=1)
+    image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20251130.v1"
+    probes: Dict[str, ProbeTiming] = field(default_factory=lambda: {
+        "plain": ProbeTiming(10, 2), "fast": ProbeTiming(20, 2), "seal": ProbeTiming(30, 15)})
     auth_mode: EndpointAuthMode = EndpointAuthMode.key
     tags: Dict[str, str] = field(default_factory=lambda: dict(SEED_TAGS))
     description: str = SEED_DESCRIPTION

@@ -20,7 +20,7 @@ from aideploy.artifacts import Endpoint, Secret
 from aideploy.azure_workspace import (SESSION_KEY, Session, WorkspaceSettings, delete_by_name, deployment_name,
                                       preflight_due, require_sdk, sdk_error, teardown_note)
 from aideploy.azure_workspace import connect as connect_workspace
-from aideploy.errors import DeployError
+from aideploy.errors import ConfigError, DeployError
 from aideploy.stages import Mode
 
 PLUGIN_NAME = "managed_endpoint"
@@ -40,10 +40,41 @@ def _quiet_sdk_logs() -> None:
 
 # ----------------------------------------------------------------------------- config -> SDK entities
 
+MAX_REQUEST_TIMEOUT = 180.0
+"""Seconds: the longest scoring request Azure lets a managed online deployment run (its default is 5)."""
+
+MANAGED_NETWORK_NOTE = (
+    "network=vnet: public inbound and outbound access are both off. Callers reach the endpoint only "
+    "through the workspace's private endpoint in their VNET; the deployment reaches only what the "
+    "workspace's managed network allows (private endpoints to its storage, key vault and registry, plus "
+    "its outbound rules). A managed endpoint is never placed in a customer subnet: a key store outside "
+    "the workspace's storage needs an outbound private-endpoint rule in the managed network.")
+
+# network=vnet settings that place a container in a customer subnet: they have no managed-endpoint
+# equivalent. The address/ip settings describe the local namespaces and are not Azure's.
+_SUBNET_SETTINGS = ("vnet_name", "subnet_name", "location", "resource_group")
+
+
+def check_network(network_cfg: Any) -> None:
+    """Refuse ``network.*`` settings a managed endpoint cannot apply (rather than silently ignoring them)."""
+    if network_cfg.plugin != "vnet":
+        return
+    from aideploy.config import VnetNetwork
+
+    defaults = VnetNetwork()
+    changed = [k for k in _SUBNET_SETTINGS if network_cfg.get(k) != getattr(defaults, k)]
+    if changed:
+        settings = ", ".join(f"network.{k}={network_cfg.get(k)}" for k in changed)
+        raise ConfigError(
+            f"target=managed_endpoint cannot use {settings}: a managed online endpoint is not placed in a "
+            "customer VNET or subnet, it lives in the workspace's region and managed network",
+            hint="drop those settings (network=vnet then means: no public inbound or outbound access; reach the "
+            "endpoint through the workspace's private endpoint), or use target=aci to deploy into your subnet")
+
 
 def public_network_access(network_cfg: Any) -> str:
-    """``disabled`` in a private network (reachable only through the workspace's private endpoint)."""
-    return "disabled" if network_cfg.plugin == "vnet" else "enabled"
+    """``Disabled`` in a private network, ``Enabled`` otherwise: the spec's casing, used for inbound and egress."""
+    return "Disabled" if network_cfg.plugin == "vnet" else "Enabled"
 
 
 def auth_mode(cfg: Any) -> str:
@@ -51,31 +82,80 @@ def auth_mode(cfg: Any) -> str:
     return str(getattr(mode, "value", mode))
 
 
+def check_request_timeout(cfg: Any) -> None:
+    if cfg.request_timeout > MAX_REQUEST_TIMEOUT:
+        raise ConfigError(f"target.request_timeout={cfg.request_timeout:g} is more than a managed online "
+                          f"deployment allows ({MAX_REQUEST_TIMEOUT:g} s)",
+                          hint=f"set target.request_timeout to at most {MAX_REQUEST_TIMEOUT:g}, or send smaller "
+                          "batches (encryption.batch_size) so each answer comes sooner")
+
+
+def probe_timing(cfg: Any, scheme: str) -> Any:
+    timing = cfg.probes.get(scheme)
+    if timing is None:
+        raise ConfigError(f"target.probes has no entry for encryption scheme {scheme!r}",
+                          hint=f"add target.probes.{scheme}.initial_delay and .timeout (seconds), e.g. "
+                          f"+target.probes.{scheme}.initial_delay=10 +target.probes.{scheme}.timeout=2")
+    return timing
+
+
+def check_config(ctx: Any) -> None:
+    """What a managed endpoint cannot do with this config, found before any stage and without the SDK."""
+    check_network(ctx.cfg.network)
+    check_request_timeout(ctx.cfg.target)
+    probe_timing(ctx.cfg.target, ctx.cfg.encryption.plugin)
+
+
+def request_settings(cfg: Any) -> Any:
+    """The deployment's ``OnlineRequestSettings``: the client's timeout, one request per worker at a time."""
+    from azure.ai.ml.entities import OnlineRequestSettings
+
+    check_request_timeout(cfg)
+    return OnlineRequestSettings(request_timeout_ms=int(round(cfg.request_timeout * 1000)),
+                                 max_concurrent_requests_per_instance=cfg.worker_count)
+
+
+def probes(cfg: Any, scheme: str) -> tuple[Any, Any]:
+    """(liveness, readiness) ``ProbeSettings`` for the encryption scheme (``target.probes.<scheme>``)."""
+    from azure.ai.ml.entities import ProbeSettings
+
+    timing = probe_timing(cfg, scheme)
+    return tuple(ProbeSettings(initial_delay=timing.initial_delay, timeout=timing.timeout, period=10,
+                               failure_threshold=30, success_threshold=1) for _ in range(2))
+
+
 def build_endpoint(cfg: Any, network_cfg: Any, name: str) -> Any:
     """The ``ManagedOnlineEndpoint`` entity, from config alone (no workspace or credential)."""
     from azure.ai.ml.entities import ManagedOnlineEndpoint
 
     _quiet_sdk_logs()
+    check_network(network_cfg)
     return ManagedOnlineEndpoint(name=name, auth_mode=auth_mode(cfg),
                                  public_network_access=public_network_access(network_cfg),
                                  tags=dict(cfg.tags), description=cfg.description)
 
 
-def build_deployment(cfg: Any, endpoint_name: str, model: Any, environment: Any, code: Any) -> Any:
-    """The ``ManagedOnlineDeployment`` entity: the model file, the conda environment, the staged code."""
+def build_deployment(cfg: Any, endpoint_name: str, model: Any, environment: Any, code: Any, scheme: str,
+                     network_cfg: Any) -> Any:
+    """The ``ManagedOnlineDeployment`` entity: the model file, the conda environment, the staged code,
+    request settings, probes, and egress closed in a private network."""
     from azure.ai.ml.entities import CodeConfiguration, Environment, ManagedOnlineDeployment, Model
 
     _quiet_sdk_logs()
+    liveness, readiness = probes(cfg, scheme)
     return ManagedOnlineDeployment(
         name=cfg.deployment, endpoint_name=endpoint_name,
         model=Model(path=str(model.path), description=f"{model.name} version {model.version} from aideploy"),
         environment=Environment(conda_file=str(environment.conda_file), image=cfg.image),
         code_configuration=CodeConfiguration(code=str(code.source_dir), scoring_script=code.entry_script),
-        instance_type=cfg.instance_type, instance_count=cfg.instance_count, tags=dict(cfg.tags))
+        instance_type=cfg.instance_type, instance_count=cfg.instance_count, tags=dict(cfg.tags),
+        environment_variables={"WORKER_COUNT": str(cfg.worker_count)},
+        request_settings=request_settings(cfg), liveness_probe=liveness, readiness_probe=readiness,
+        egress_public_network_access=public_network_access(network_cfg))
 
 
 def serialized(entity: Any) -> dict[str, Any]:
-    """The SDK's own serialised form of an entity (what ``dump()`` writes as YAML)."""
+    """The SDK's own readable form of an entity (what ``dump()`` writes as YAML)."""
     try:
         return entity._to_dict()
     except Exception:  # a private method: if a later SDK changes it, fall back to the public attributes
@@ -152,6 +232,7 @@ def aideploy_before_stage(stage, ctx):
     if not preflight_due(stage, ctx, PLUGIN_NAME):
         return
     endpoint_name(ctx)
+    check_config(ctx)
     require_sdk(PLUGIN_NAME, *(PLAN_SDK_MODULES if ctx.cfg.dry_run else SDK_MODULES))
     if ctx.cfg.dry_run:
         return
@@ -166,7 +247,7 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     session = ctx.artifacts.get(SESSION_KEY) or connect(cfg)
     settings, client = session.settings, session.workspace
     endpoint = build_endpoint(cfg, ctx.cfg.network, name)
-    deployment = build_deployment(cfg, name, model, environment, code)
+    deployment = build_deployment(cfg, name, model, environment, code, ctx.cfg.encryption.plugin, ctx.cfg.network)
     serve = ctx.mode is Mode.serve
     # Registered before the endpoint is created: a half-created endpoint must go too. The name
     # is this run's (or one the user chose to deploy over), so nothing else is deleted.
@@ -208,33 +289,86 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
                              "public_network_access": endpoint.public_network_access})
 
 
-@hookimpl
-def aideploy_plan(cfg, ctx, model, environment, code):
-    """What the deploy stage would do, from the SDK's own entities; no workspace, credential or network."""
-    require_sdk(PLUGIN_NAME, *PLAN_SDK_MODULES)
-    from azure.ai.ml import __version__ as sdk_version
+UPLOADED = ("uploaded first to the workspace's default datastore under LocalUpload/<content hash>/; "
+            "{storageAccount} and {container} are read from that datastore at run time")
+ASSET_NOTES = {
+    "code.create_or_update": "the staged code directory, " + UPLOADED + "; the SDK names anonymous code "
+                             "afresh (a uuid) unless the same content was uploaded before",
+    "environments.create_or_update": "the conda yml on the base image, named by the SDK's content hash",
+    "models.create_or_update": "the registered model's directory, " + UPLOADED,
+}
+
+
+def plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) -> list[dict[str, Any]]:
+    """Each step of the deploy stage: the SDK call, its readable settings and the REST request it sends.
+
+    The requests are the SDK's own (see :mod:`aideploy.azure_requests`), in the order the deploy
+    stage makes them; the reads the SDK makes on the way (the endpoint's existence, the datastore,
+    the upload's blobs) are named in notes.
+    """
+    from azure.ai.ml.operations._online_endpoint_operations import _strip_zeroes_from_traffic
+
+    from aideploy.azure_requests import WORKSPACE_LOCATION, asset_registrations, plan_client, sdk_request
 
     name = endpoint_name(ctx)
-    # Staged locally (nothing in Azure) so the plan points at exactly the directory a deploy uploads.
-    endpoint = build_endpoint(cfg, ctx.cfg.network, name)
-    deployment = build_deployment(cfg, name, model, environment, code)
+    scheme, network_cfg = ctx.cfg.encryption.plugin, ctx.cfg.network
+    endpoint = build_endpoint(cfg, network_cfg, name)
+    deployment = build_deployment(cfg, name, model, environment, code, scheme, network_cfg)
+    client = plan_client()
+    endpoints, deployments = client.online_endpoints._online_operation, client.online_deployments._online_deployment
     ws = cfg.workspace
-    return {"target": "managed_endpoint", "sdk": f"azure-ai-ml {sdk_version}", "actions": [
+    vnet = network_cfg.plugin == "vnet"
+    actions: list[dict[str, Any]] = [
         {"action": "MLClient", "settings": {
             "from": f"target.workspace.config_file={ws.config_file}" if ws.config_file else
             f"env vars {ws.subscription_id_env}, {ws.resource_group_env}, {ws.workspace_name_env} if all set, "
             "else config.json as MLClient.from_config() finds it",
             "credential": "azure.identity.DefaultAzureCredential"}},
+        {"action": "workspaces.get", "settings": {"name": "{workspaceName}"},
+         "request": sdk_request("workspaces_get", client.workspaces._operation),
+         "note": f"the SDK reads the workspace's region: {WORKSPACE_LOCATION} in the bodies below"},
         {"action": "online_endpoints.begin_create_or_update", "settings": serialized(endpoint),
-         **({"note": "network=vnet: no public inbound access; callers come through the workspace's private "
-                     "endpoint. network.vnet_name/subnet_name/location are not used: a managed endpoint lives "
-                     "in the workspace's region and managed network"} if ctx.cfg.network.plugin == "vnet" else {})},
-        {"action": "online_deployments.begin_create_or_update", "settings": serialized(deployment)},
-        {"action": "online_endpoints.begin_create_or_update", "settings": {"name": name,
-                                                                           "traffic": {cfg.deployment: 100}}},
-        {"action": "online_endpoints.get_keys", "settings": {"name": name, "auth_mode": auth_mode(cfg)}},
-        {"action": "online_endpoints.begin_delete", "settings": {"name": name, "when": teardown_note(ctx, name)}},
-    ]}
+         "request": sdk_request("online_endpoints_create_or_update", endpoints,
+                                endpoint._to_rest_online_endpoint(location=WORKSPACE_LOCATION), endpoint_name=name),
+         **({"note": MANAGED_NETWORK_NOTE} if vnet else {})},
+    ]
+    readable = serialized(deployment)  # before the SDK swaps local paths for registered assets' ids
+    for action, asset, request in asset_registrations(deployment, client):
+        actions.append({"action": action, "settings": {"name": asset.name, "version": str(asset.version),
+                                                       "anonymous": True}, "request": request,
+                        "note": ASSET_NOTES[action]})
+    actions.append({"action": "online_deployments.begin_create_or_update", "settings": readable,
+                    "request": sdk_request("online_deployments_create_or_update", deployments,
+                                           deployment._to_rest_object(location=WORKSPACE_LOCATION),
+                                           endpoint_name=name, deployment_name=cfg.deployment),
+                    "note": "the SDK first checks the endpoint exists (GET) and validates the scoring script",
+                    **({"egress": MANAGED_NETWORK_NOTE} if vnet else {})})
+    # The traffic update re-sends the whole endpoint, as OnlineEndpointOperations does.
+    endpoint.traffic = _strip_zeroes_from_traffic({cfg.deployment: 100})
+    actions.append({"action": "online_endpoints.begin_create_or_update",
+                    "settings": {"name": name, "traffic": {cfg.deployment: 100}},
+                    "request": sdk_request("online_endpoints_create_or_update", endpoints,
+                                           endpoint._to_rest_online_endpoint(location=WORKSPACE_LOCATION),
+                                           endpoint_name=name)})
+    keys = {"key": "online_endpoints_list_keys", "aml_token": "online_endpoints_get_token"}.get(auth_mode(cfg))
+    actions.append({"action": "online_endpoints.get_keys", "settings": {"name": name, "auth_mode": auth_mode(cfg)},
+                    **({"request": sdk_request(keys, endpoints, endpoint_name=name)} if keys else
+                       {"note": "aad_token: a Microsoft Entra token from the credential, no request to the endpoint"})})
+    actions.append({"action": "online_endpoints.begin_delete", "settings": {"name": name,
+                                                                           "when": teardown_note(ctx, name)},
+                    "request": sdk_request("online_endpoints_delete", endpoints, endpoint_name=name),
+                    "note": "deleting the endpoint deletes its deployments"})
+    return actions
+
+
+@hookimpl
+def aideploy_plan(cfg, ctx, model, environment, code):
+    """What the deploy stage would do, from the SDK's own entities and requests; no workspace, credential or network."""
+    require_sdk(PLUGIN_NAME, *PLAN_SDK_MODULES)
+    from azure.ai.ml import __version__ as sdk_version
+
+    return {"target": "managed_endpoint", "sdk": f"azure-ai-ml {sdk_version}",
+            "actions": plan_actions(cfg, ctx, model, environment, code)}
 
 
 @hookimpl

@@ -1,0 +1,160 @@
+"""Check a request body against a Swagger 2.0 (OpenAPI v2) definition, as Azure's REST specs write them.
+
+What Azure's documents rely on and a plain JSON Schema validator does not know: ``allOf``
+inheritance of properties, ``discriminator`` with ``x-ms-discriminator-value`` (the body's
+``endpointComputeType: Managed`` selects ``ManagedOnlineDeployment``), ``readOnly`` properties
+that a request must not carry, and ``x-nullable``. A definition that declares properties and no
+``additionalProperties`` accepts no others: an undeclared key in a body is an error (ARM ignores
+some, rejects others; either way the body is not what the spec describes).
+
+Only what the extracted definitions use is implemented; anything else (a ``$ref`` to a
+definition that was not extracted) is reported as an error rather than skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+SPEC_DIR = Path(__file__).parent / "azure_spec"
+ML_SPEC = "machinelearningservices-2026-07-01.json"
+
+_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_TYPES = {"string": str, "boolean": bool, "object": dict, "array": list}
+
+
+class Spec:
+    """The extracted documents of one directory, resolving ``$ref`` across them."""
+
+    def __init__(self, directory: Path = SPEC_DIR) -> None:
+        self.docs = {p.name: json.loads(p.read_text()) for p in directory.glob("*.json")}
+
+    def resolve(self, ref: str, doc: str) -> tuple[str, str, dict]:
+        """``(document, name, definition)`` for ``ref`` seen from ``doc``."""
+        file, _, pointer = ref.partition("#")
+        file = Path(file).name if file else doc
+        name = pointer.rsplit("/", 1)[-1]
+        try:
+            return file, name, self.docs[file]["definitions"][name]
+        except KeyError:
+            raise KeyError(f"{ref} (from {doc}) is not in the extracted spec") from None
+
+    def subtypes(self, doc: str, name: str) -> dict[str, tuple[str, str, dict]]:
+        """Definitions of ``doc`` that extend ``name`` (through ``allOf``), by ``x-ms-discriminator-value``."""
+        found = {}
+        for sub, definition in self.docs[doc]["definitions"].items():
+            value = definition.get("x-ms-discriminator-value")
+            if value is not None and name in self._ancestors(doc, sub):
+                found[value] = (doc, sub, definition)
+        return found
+
+    def _ancestors(self, doc: str, name: str) -> set[str]:
+        seen: set[str] = set()
+        definition = self.docs[doc]["definitions"][name]
+        for parent in definition.get("allOf", []):
+            pdoc, pname, _ = self.resolve(parent["$ref"], doc)
+            seen |= {pname} | self._ancestors(pdoc, pname)
+        return seen
+
+    def flatten(self, doc: str, definition: dict) -> tuple[dict, set[str], str | None, bool, Any]:
+        """(properties with their documents, required, discriminator, declares properties, additionalProperties)."""
+        props: dict[str, tuple[str, dict]] = {}
+        required: set[str] = set(definition.get("required", []))
+        discriminator = definition.get("discriminator")
+        declares = "properties" in definition or "allOf" in definition
+        additional = definition.get("additionalProperties")
+        for parent in definition.get("allOf", []):
+            pdoc, _, pdef = self.resolve(parent["$ref"], doc)
+            pprops, preq, pdisc, _, padd = self.flatten(pdoc, pdef)
+            props.update(pprops)
+            required |= preq
+            discriminator = discriminator or pdisc
+            additional = additional if additional is not None else padd
+        props.update({k: (doc, v) for k, v in definition.get("properties", {}).items()})
+        return props, required, discriminator, declares, additional
+
+    def validate(self, instance: Any, ref: str, doc: str = ML_SPEC) -> list[str]:
+        """Every way ``instance`` departs from the definition ``ref`` (``#/definitions/OnlineEndpoint``)."""
+        errors: list[str] = []
+        self._check(instance, {"$ref": ref}, doc, "$", errors)
+        return errors
+
+    # ------------------------------------------------------------------------- one value
+
+    def _check(self, value: Any, schema: dict, doc: str, where: str, errors: list[str]) -> None:
+        name = None
+        if "$ref" in schema:
+            try:
+                doc, name, definition = self.resolve(schema["$ref"], doc)
+            except KeyError as exc:
+                errors.append(f"{where}: {exc.args[0]}")
+                return
+            schema = {**definition, **{k: v for k, v in schema.items() if k != "$ref"}}
+        if value is None:
+            if not schema.get("x-nullable"):
+                errors.append(f"{where}: null is not allowed")
+            return
+        kind = schema.get("type") or ("object" if "properties" in schema or "allOf" in schema else None)
+        if kind == "integer":
+            if isinstance(value, bool) or not isinstance(value, int):
+                errors.append(f"{where}: {value!r} is not an integer")
+            elif schema.get("format") == "int32" and not -2**31 <= value < 2**31:
+                errors.append(f"{where}: {value} is out of int32 range")
+        elif kind == "number":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                errors.append(f"{where}: {value!r} is not a number")
+        elif kind in _TYPES and not isinstance(value, _TYPES[kind]):
+            errors.append(f"{where}: {value!r} is not of type {kind}")
+            return
+        if "enum" in schema and value not in schema["enum"]:
+            errors.append(f"{where}: {value!r} is not one of {schema['enum']}")
+        if isinstance(value, str):
+            self._check_string(value, schema, where, errors)
+        if kind == "array":
+            for i, item in enumerate(value):
+                self._check(item, schema.get("items", {}), doc, f"{where}[{i}]", errors)
+        if kind == "object":
+            self._check_object(value, schema, doc, where, errors, name)
+
+    @staticmethod
+    def _check_string(value: str, schema: dict, where: str, errors: list[str]) -> None:
+        if len(value) < schema.get("minLength", 0):
+            errors.append(f"{where}: {value!r} is shorter than {schema['minLength']}")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errors.append(f"{where}: {value!r} does not match {schema['pattern']!r}")
+        fmt = schema.get("format")
+        if fmt == "duration" and not _DURATION.match(value):
+            errors.append(f"{where}: {value!r} is not an ISO 8601 duration")
+        if fmt == "uuid" and not _UUID.match(value):
+            errors.append(f"{where}: {value!r} is not a uuid")
+
+    def _check_object(self, value: dict, schema: dict, doc: str, where: str, errors: list[str],
+                      name: str | None) -> None:
+        props, required, discriminator, declares, additional = self.flatten(doc, schema)
+        if discriminator:
+            chosen = value.get(discriminator)
+            base = schema.get("x-ms-discriminator-value")
+            if chosen is not None and chosen != base:
+                subtypes = self.subtypes(doc, name) if name else {}
+                if chosen not in subtypes:
+                    errors.append(f"{where}.{discriminator}: {chosen!r} names no subtype of {name} "
+                                  f"(known: {sorted(subtypes)})")
+                else:
+                    sdoc, _, sdef = subtypes[chosen]
+                    props, required, _, declares, additional = self.flatten(sdoc, sdef)
+        for key in sorted(required - set(value)):
+            errors.append(f"{where}: required property {key!r} is missing")
+        for key, item in value.items():
+            if key in props:
+                pdoc, pschema = props[key]
+                if pschema.get("readOnly"):
+                    errors.append(f"{where}.{key}: read-only, a request must not send it")
+                    continue
+                self._check(item, pschema, pdoc, f"{where}.{key}", errors)
+            elif isinstance(additional, dict):
+                self._check(item, additional, doc, f"{where}.{key}", errors)
+            elif declares and additional is None:
+                errors.append(f"{where}.{key}: not a property the spec declares (known: {sorted(props)})")
