@@ -8,7 +8,6 @@ import os
 import threading
 from typing import Any, Callable
 
-import numpy as np
 from cachetools import LRUCache
 
 from aideploy_scoring.keyfetch import MAX_SAS_RECHECK_SECONDS, KeyFetcher, KeyFetchError
@@ -114,21 +113,10 @@ class FastScheme:
     def warm_up(self) -> None:
         """Build the server for this model's default parameters and run every kernel once.
 
-        Called from ``init()``: the numba kernels are compiled (or loaded from numba's disk
-        cache) and the SEAL context built there, so no request pays for them. A throwaway key
-        pair scores one query of each shape a client can send (row and column layout, seeded
-        and unseeded), which are all the argument types the kernels are dispatched on.
+        Called from ``init()``: the SEAL context is built and the numba kernels compiled (or
+        loaded from numba's disk cache) there, so no request pays for them.
         """
-        fl = self._fl
-        model = self.model
-        params = fl.choose_params(model.coef, model.intercept)  # what clients get by default
-        server = self._server_for(params)
-        client = fl.FastClient(model.n_features, model.n_outputs, params)
-        public = server.load_public(client.public_bundle())
-        x = np.zeros((2, model.n_features))
-        for layout in ("row", "column"):
-            for seeded in (True, False):
-                client.decrypt(server.predict(client.encrypt(x, layout=layout, seeded=seeded), public), len(x))
+        self._server_for(self._fl.choose_params(self.model.coef, self.model.intercept)).warm_up()
 
     def _load_bundle(self, bundle: bytes) -> tuple[Any, Any]:
         try:

@@ -1074,6 +1074,25 @@ class FastServer:
             raise FastSchemeError("public key is not at the key level of these parameters")
         return FastPublicKey(ctx, pk, _key_id(params, pk_raw))
 
+    def warm_up(self) -> None:
+        """Run every kernel of the request path once, so that no request compiles or loads one.
+
+        Scores a zero query of each shape a client can send (row and column layout, seeded and
+        unseeded: every argument type the kernels are dispatched on) under a throwaway key.
+        The queries are made here, not encrypted: the server cannot tell, and encrypting would
+        leave SEAL's memory pool holding a batch's worth of ciphertexts for the worker's life.
+        """
+        client = FastClient(self.n_features, self.n_classes, self.params)
+        public = self.load_public(client.public_bundle())
+        n, ns = self._ctx.n, 2
+        for code in (_LAYOUT_ROW, _LAYOUT_COLUMN):
+            n_cts = ns if code == _LAYOUT_ROW else -(-ns // n) * self.n_features
+            for flags in (0, _FLAG_UNSEEDED):
+                polys = 2 if flags & _FLAG_UNSEEDED else 1
+                header = _QUERY_HEADER.pack(_QUERY_MAGIC, WIRE_VERSION, code, flags, self._fingerprint,
+                                            public._key_id, self.n_features, ns, n_cts, bytes(_SEED_BYTES))
+                self.predict(header + bytes(polys * n_cts * 2 * n * 4), public)
+
     # -- scoring
     def _parse_query(self, query: Any, public: FastPublicKey) -> tuple[int, int, np.ndarray, np.ndarray]:
         """Validate a query; returns (layout, n_samples, c0 u32 (k, 2, N), a u32 (k, 2, N))."""
