@@ -17,15 +17,16 @@ Parsed keys can be large (tens of MB) and expensive to prepare, so they are
 cached, LRU, bounded by total bytes.  But a cache hit must never bypass
 authorisation: an expired or forged SAS has to be refused with 403 even when
 the key it names is cached.  The service cannot check a SAS signature locally
-(it never has the account key), so **every fetch makes one authenticated
-metadata request** (``get_blob_properties``, an HTTP HEAD) with the caller's
-credentials.  The storage service thereby checks signature, expiry, permissions
-and scope, and tells us the blob's size and ETag:
+(it never has the account key), so the storage service checks it: with the
+caller's credentials, a key that is cached gets one authenticated metadata
+request (``get_blob_properties``, an HTTP HEAD), a key that is not gets its
+GET.  The store thereby checks signature, expiry, permissions and scope, and
+tells us the blob's size and ETag:
 
-* 4xx from that HEAD -> the request fails, cached or not;
+* 4xx from that HEAD or GET -> the request fails, cached or not;
 * cache entry with the same ETag -> hit, no download;
-* otherwise -> download (conditional on that ETag, so size check and content
-  match), transform, cache.
+* otherwise -> download (conditional on that ETag), transform, cache.  A blob
+  over ``max_key_bytes`` is refused after its first chunk (at most 4 MB).
 
 The HEAD also notices a deleted (404) or re-uploaded (new ETag) key.
 
@@ -109,6 +110,7 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 #: Azure documents that a stored access policy change takes up to 30 s to apply: the longest a
 #: positive SAS check may be reused.
 MAX_SAS_RECHECK_SECONDS = 30.0
+_FIRST_GET_BYTES = 4 * 1024 * 1024
 # The ``se`` forms read locally (UTC, as Azure writes and our clients mint them); any other
 # form is left to the store, on every request.
 _SAS_EXPIRY = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,7})?)?Z")
@@ -305,8 +307,13 @@ class KeyFetcher:
             if cached is not None:
                 return cached.value
         blob, location, expires = self._blob_client(key_id, key_url, conn_str, container)
+        cache_key = (location, transform)
+        uncached = not self._holds(cache_key)
+        if uncached:
+            # Nothing cached for this blob: one GET, which checks the credentials as the HEAD does.
+            data, etag = self._download(key_id, location, blob, None)
         # One retry covers a key re-uploaded between our HEAD and the download.
-        for attempt in range(2):
+        for attempt in range(0 if uncached else 2):
             with self._lock:
                 self._store_checks += 1
             props = self._call(key_id, location, blob.get_blob_properties)
@@ -315,19 +322,12 @@ class KeyFetcher:
                 raise KeyTooLargeError(
                     f"key {key_id} is {size} bytes, over the {self.max_key_bytes}-byte limit", code="KeyTooLarge"
                 )
-            cache_key = (location, transform)
             cached = self._cache_get(cache_key, etag)
             if cached is not None:
                 self._remember_check(check_key, location, etag, expires)
                 return cached.value
             try:
-                data = self._call(
-                    key_id,
-                    location,
-                    lambda: blob.download_blob(
-                        etag=etag, match_condition=MatchConditions.IfNotModified, max_concurrency=1
-                    ).readall(),
-                )
+                data, etag = self._download(key_id, location, blob, etag)
             except _Modified:
                 if attempt == 0:
                     continue
@@ -402,6 +402,28 @@ class KeyFetcher:
         with self._lock:
             self._checks[check_key] = _Check(location, etag, time.monotonic() + self.sas_recheck_seconds, expires)
 
+    def _holds(self, cache_key: tuple[str, object]) -> bool:
+        with self._lock:
+            return self._cache is not None and cache_key in self._cache
+
+    def _download(self, key_id: str, location: str, blob: BlobClient, etag: str | None) -> tuple[bytes, str]:
+        """The blob's bytes and ETag (``etag``: only that version), refusing one over ``max_key_bytes``
+        after its first chunk (``max_single_get_size``)."""
+        with self._lock:
+            self._store_checks += 1
+            if etag is None:
+                self._misses += 1
+        pinned = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+
+        def get() -> tuple[bytes, str]:
+            downloader = blob.download_blob(max_concurrency=1, **pinned)
+            if downloader.size > self.max_key_bytes:
+                raise KeyTooLargeError(f"key {key_id} is {downloader.size} bytes, over the "
+                                       f"{self.max_key_bytes}-byte limit", code="KeyTooLarge")
+            return downloader.readall(), str(downloader.properties.etag)
+
+        return self._call(key_id, location, get)
+
     def _cache_get(self, cache_key: tuple[str, object], etag: str) -> _Entry | None:
         with self._lock:
             entry = self._cache.get(cache_key) if self._cache is not None else None
@@ -429,6 +451,10 @@ class KeyFetcher:
         return {
             "transport": transport,
             "retry_policy": LinearRetry(backoff=0.2, retry_total=self.retries, random_jitter_range=0),
+            # An uncached key is fetched with one GET (no HEAD first): its first chunk bounds what an
+            # oversized blob costs before it is refused.
+            "max_single_get_size": min(self.max_key_bytes + 1, _FIRST_GET_BYTES),
+            "max_chunk_get_size": _FIRST_GET_BYTES,
         }
 
     def _check_host(self, scheme: str, host: str | None, port: int | None) -> None:
