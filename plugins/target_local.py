@@ -28,6 +28,10 @@ from aideploy.staging import scoring_package_dir, stage_model
 from aideploy.stages import Mode
 
 SERVER_LOG = "azmlinfsrv.log"
+# azmlinfsrv logs this once a worker's init() has returned; a worker accepts no request before.
+WORKER_READY = re.compile(rb"Worker with pid (\d+) ready for serving traffic")
+# The scheme score.py prepares in init() for each encryption plugin (plain requests are always served).
+PREPARED_SCHEMES = {"plain": "none", "fast": "none,fast", "seal": "none,seal"}
 # Local only (Azure decides where its containers listen), so it comes from the installed
 # package whatever code is served.
 GUNICORN_CONF = scoring_package_dir() / "gunicorn_conf.py"
@@ -73,6 +77,16 @@ def start_failure(exc: Exception, log_tail: str, log_file: Path, pip: list[str])
                        "see the log lines above")
 
 
+def workers_ready(log_file: Path, offset: int = 0) -> int:
+    """How many distinct workers have finished ``init()``, from the server's log past ``offset``."""
+    try:
+        with open(log_file, "rb") as log:
+            log.seek(offset)
+            return len(set(WORKER_READY.findall(log.read())))
+    except OSError:
+        return 0
+
+
 def serve_command(environment) -> list[str]:
     """azmlinfsrv of the isolated environment, or of this interpreter (environment=current)."""
     if environment.python_exe is not None:
@@ -107,6 +121,8 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
         "GUNICORN_CMD_ARGS": f"--no-control-socket --config {shlex.quote(str(GUNICORN_CONF))}",
         "AIDEPLOY_BIND_HOST": network.bind_host,
         "PYTHONUNBUFFERED": "1",
+        # init() builds these and runs them once (kernels compiled or loaded): no request pays for it
+        "AIDEPLOY_PREPARE_SCHEMES": PREPARED_SCHEMES.get(ctx.cfg.encryption.plugin, "none"),
     }
     env.pop("AIDEPLOY_AUTH_KEY_SHA256", None)
     if environment.python_exe is not None:  # nothing of aideploy's own environment leaks in
@@ -117,11 +133,14 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     argv = [*network.argv_prefix, *serve_command(environment), "--entry_script", str(code.entry), "--model_dir", str(model_dir),
             "--port", str(port), "--worker_count", str(cfg.worker_count)]
     server = ManagedProcess("azmlinfsrv", argv, ctx.output_dir / SERVER_LOG, env=env, cwd=code.source_dir)
+    log_start = server.log_file.stat().st_size if server.log_file.exists() else 0  # the log is appended to
     server.start()
     ctx.resources.add(f"azmlinfsrv (pid {server.pid})", server.stop, server.record())
     base = f"http://{network.client_host}:{port}"
+    # Ready when every worker has run init() (azmlinfsrv's GET / answers once the first has).
+    ready = lambda: workers_ready(server.log_file, log_start) >= cfg.worker_count and http_ok(base + "/")  # noqa: E731
     try:
-        network.call(server.wait_until, lambda: http_ok(base + "/"), timeout=cfg.startup_timeout)
+        network.call(server.wait_until, ready, timeout=cfg.startup_timeout)
     except RuntimeError as exc:
         log_tail = server.tail(cfg.log_tail_lines)
         server.stop()

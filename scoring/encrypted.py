@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from cachetools import LRUCache
 
-from aideploy_scoring.keyfetch import KeyFetcher, KeyFetchError
+from aideploy_scoring.keyfetch import MAX_SAS_RECHECK_SECONDS, KeyFetcher, KeyFetchError
 from aideploy_scoring.service import LinearModel, RequestError, require
 
 
@@ -19,11 +19,15 @@ def key_fetcher_from_environment() -> KeyFetcher:
 
     ``AIDEPLOY_KEY_HOSTS`` (comma-separated globs, e.g. ``*.blob.core.windows.net``) limits
     which storage hosts the service will contact for keys named in requests.
+    ``AIDEPLOY_SAS_RECHECK_SECONDS`` (0 to 30, default 30) is how long a positive check of
+    one SAS URL with the key store is reused (:mod:`.keyfetch`); 0 checks on every request.
     """
     hosts = os.environ.get("AIDEPLOY_KEY_HOSTS")
     return KeyFetcher(max_cache_bytes=int(os.environ.get("AIDEPLOY_KEY_CACHE_BYTES", 256 * 1024 * 1024)),
                       max_key_bytes=int(os.environ.get("AIDEPLOY_MAX_KEY_BYTES", 64 * 1024 * 1024)),
-                      allowed_hosts=[h.strip() for h in hosts.split(",")] if hosts else None)
+                      allowed_hosts=[h.strip() for h in hosts.split(",")] if hosts else None,
+                      sas_recheck_seconds=float(os.environ.get("AIDEPLOY_SAS_RECHECK_SECONDS",
+                                                               MAX_SAS_RECHECK_SECONDS)))
 
 
 def fetch_keys(fetcher: KeyFetcher, payload: dict, transform: Callable[[bytes], Any]) -> Any:
@@ -105,6 +109,14 @@ class FastScheme:
                 server = self._servers[fingerprint] = self._fl.FastServer(self.model.coef, self.model.intercept,
                                                                           params)
             return server
+
+    def warm_up(self) -> None:
+        """Build the server for this model's default parameters and run every kernel once.
+
+        Called from ``init()``: the SEAL context is built and the numba kernels compiled (or
+        loaded from numba's disk cache) there, so no request pays for them.
+        """
+        self._server_for(self._fl.choose_params(self.model.coef, self.model.intercept)).warm_up()
 
     def _load_bundle(self, bundle: bytes) -> tuple[Any, Any]:
         try:

@@ -17,21 +17,41 @@ Parsed keys can be large (tens of MB) and expensive to prepare, so they are
 cached, LRU, bounded by total bytes.  But a cache hit must never bypass
 authorisation: an expired or forged SAS has to be refused with 403 even when
 the key it names is cached.  The service cannot check a SAS signature locally
-(it never has the account key), so **every fetch makes one authenticated
-metadata request** (``get_blob_properties``, an HTTP HEAD) with the caller's
-credentials.  The storage service thereby checks signature, expiry, permissions
-and scope, and tells us the blob's size and ETag:
+(it never has the account key), so the storage service checks it: with the
+caller's credentials, a key that is cached gets one authenticated metadata
+request (``get_blob_properties``, an HTTP HEAD), a key that is not gets its
+GET.  The store thereby checks signature, expiry, permissions and scope, and
+tells us the blob's size and ETag:
 
-* 4xx from that HEAD -> the request fails, cached or not;
+* 4xx from that HEAD or GET -> the request fails, cached or not;
 * cache entry with the same ETag -> hit, no download;
-* otherwise -> download (conditional on that ETag, so size check and content
-  match), transform, cache.
+* otherwise -> download (conditional on that ETag), transform, cache.  A blob
+  over ``max_key_bytes`` is refused after its first chunk (at most 4 MB).
 
-The cost of a hit is one small round trip (a HEAD, no body), reusing a pooled
-connection per thread; the alternative of caching by full SAS URL would let an
-*expired* SAS keep working from cache and would miss whenever a client mints a
-fresh SAS, so it was rejected.  The HEAD also notices a deleted (404) or
-re-uploaded (new ETag) key.
+The HEAD also notices a deleted (404) or re-uploaded (new ETag) key.
+
+Positive SAS checks are kept for a bounded time
+-----------------------------------------------
+The HEAD costs a round trip to the store (milliseconds, against a 0.16 ms
+encrypted query), so a *positive* verdict is kept, per ``(key_id, SAS URL)``,
+for at most ``sas_recheck_seconds`` (default and maximum 30 s: Azure documents
+that a change to a stored access policy can take up to 30 s to take effect, so
+revocation is no slower than Azure's own).  Within that window a request with
+the very same SAS string is answered from the key cache without the HEAD:
+
+* the SAS's own expiry (``se``) is enforced locally on every request, cached
+  or not: an expired SAS is refused (403) on its first request after ``se``;
+* the verdict is keyed by a SHA-256 of the exact URL, signature included: a
+  forged or altered SAS is a different string, misses, and goes to the store;
+* a deleted or re-uploaded key blob is noticed at the next HEAD, at most
+  ``sas_recheck_seconds`` later;
+* a SAS whose ``se`` cannot be read locally (none, e.g. a stored access policy
+  holds the expiry, or an unusual format), and the seed's connection strings,
+  are never cached: every request checks with the store.
+
+The key cache itself stays bounded in bytes; the verdicts are a few hundred
+bytes each, at most ``max_sas_checks`` of them.  The server's clock is
+trusted for ``se`` (keep it NTP-synchronised, as Azure's SAS checks assume).
 
 Cache entries are keyed by the blob's location (scheme, host, account path,
 container, blob name; never the query string) plus the ``transform`` used,
@@ -44,9 +64,12 @@ request URL).
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
+import hashlib
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
@@ -84,6 +107,13 @@ _MAX_CONN_STR_CHARS = 4096
 # A '%' not followed by two hex digits. No field of a SAS has one once decoded; Azurite decodes
 # the query a second time and answers HTTP 500 to it, which would read as "the store failed".
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+#: Azure documents that a stored access policy change takes up to 30 s to apply: the longest a
+#: positive SAS check may be reused.
+MAX_SAS_RECHECK_SECONDS = 30.0
+_FIRST_GET_BYTES = 4 * 1024 * 1024
+# The ``se`` forms read locally (UTC, as Azure writes and our clients mint them); any other
+# form is left to the store, on every request.
+_SAS_EXPIRY = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,7})?)?Z")
 
 # sig=... in a SAS query (also percent-encoded, when a SAS URL is nested in another URL's
 # query); AccountKey=... and SharedAccessSignature=... in a connection string.
@@ -156,6 +186,16 @@ class _Entry:
     nbytes: int
 
 
+@dataclass(frozen=True)
+class _Check:
+    """A positive SAS check: this exact SAS could read ``location`` at ``etag``."""
+
+    location: str
+    etag: str
+    recheck_at: float  # time.monotonic() after which the store is asked again
+    expires: float  # the SAS's se, epoch seconds
+
+
 def _measure(value: object, raw_len: int) -> int:
     """Bytes a cached value occupies: ``nbytes``, else ``len()``, else the blob size."""
     nbytes = getattr(value, "nbytes", None)
@@ -184,6 +224,10 @@ class KeyFetcher:
             ``key_url``/``conn_str`` come from the request, so without this the
             service will send a request to any host a caller names (SSRF);
             set it in production.
+        sas_recheck_seconds: How long a positive check of one SAS URL is reused
+            (0 to 30; 0 checks with the store on every request).  See the
+            module docstring.
+        max_sas_checks: Bound on the number of positive checks kept (LRU).
     """
 
     def __init__(
@@ -194,9 +238,14 @@ class KeyFetcher:
         *,
         retries: int = 1,
         allowed_hosts: Iterable[str] | None = None,
+        sas_recheck_seconds: float = MAX_SAS_RECHECK_SECONDS,
+        max_sas_checks: int = 4096,
     ) -> None:
         if max_cache_bytes < 0 or max_key_bytes <= 0 or timeout <= 0 or retries < 0:
             raise ValueError("max_cache_bytes >= 0, max_key_bytes > 0, timeout > 0 and retries >= 0 required")
+        if not 0 <= sas_recheck_seconds <= MAX_SAS_RECHECK_SECONDS or max_sas_checks < 1:
+            raise ValueError(f"sas_recheck_seconds must be in [0, {MAX_SAS_RECHECK_SECONDS:g}] (Azure's own bound "
+                             "for revoking a SAS) and max_sas_checks >= 1")
         self.max_cache_bytes = int(max_cache_bytes)
         self.max_key_bytes = int(max_key_bytes)
         self.timeout = float(timeout)
@@ -205,10 +254,15 @@ class KeyFetcher:
         self._cache: LRUCache[tuple[str, object], _Entry] | None = (
             LRUCache(maxsize=self.max_cache_bytes, getsizeof=lambda e: e.nbytes) if self.max_cache_bytes else None
         )
+        self.sas_recheck_seconds = float(sas_recheck_seconds)
+        self._checks: LRUCache[tuple[str, bytes], _Check] | None = (
+            LRUCache(maxsize=int(max_sas_checks)) if self.sas_recheck_seconds and self._cache is not None else None
+        )
         self._lock = threading.Lock()
         self._local = threading.local()
         self._hits = 0
         self._misses = 0
+        self._store_checks = 0
 
     # ----------------------------------------------------------------- public
     def fetch(
@@ -223,7 +277,9 @@ class KeyFetcher:
 
         Pass either ``key_url`` (a SAS URL whose blob name equals ``key_id``) or
         ``conn_str`` + ``container``.  The caller's credentials are verified
-        with the storage service on every call, cached or not.
+        with the storage service, cached or not: on every call, or for a SAS
+        URL whose expiry is known, at most every ``sas_recheck_seconds`` per
+        ``(key_id, key_url)``, its expiry checked locally on every call.
 
         ``transform`` parses/prepares the raw bytes; its result is what gets
         cached, sized by its ``nbytes`` attribute or ``len()``.  A ``ValueError``
@@ -244,27 +300,34 @@ class KeyFetcher:
             raise KeyRequestError(
                 "invalid key_id: must be 1-128 characters from A-Z a-z 0-9 _ -", code="InvalidKeyId"
             )
-        blob, location = self._blob_client(key_id, key_url, conn_str, container)
+        check_key = None
+        if self._checks is not None and isinstance(key_url, str) and conn_str is None and container is None:
+            check_key = (key_id, hashlib.sha256(key_url.encode("utf-8", "surrogatepass")).digest())
+            cached = self._checked(check_key, transform)
+            if cached is not None:
+                return cached.value
+        blob, location, expires = self._blob_client(key_id, key_url, conn_str, container)
+        cache_key = (location, transform)
+        uncached = not self._holds(cache_key)
+        if uncached:
+            # Nothing cached for this blob: one GET, which checks the credentials as the HEAD does.
+            data, etag = self._download(key_id, location, blob, None)
         # One retry covers a key re-uploaded between our HEAD and the download.
-        for attempt in range(2):
+        for attempt in range(0 if uncached else 2):
+            with self._lock:
+                self._store_checks += 1
             props = self._call(key_id, location, blob.get_blob_properties)
             size, etag = int(props.size), str(props.etag)
             if size > self.max_key_bytes:
                 raise KeyTooLargeError(
                     f"key {key_id} is {size} bytes, over the {self.max_key_bytes}-byte limit", code="KeyTooLarge"
                 )
-            cache_key = (location, transform)
             cached = self._cache_get(cache_key, etag)
             if cached is not None:
+                self._remember_check(check_key, location, etag, expires)
                 return cached.value
             try:
-                data = self._call(
-                    key_id,
-                    location,
-                    lambda: blob.download_blob(
-                        etag=etag, match_condition=MatchConditions.IfNotModified, max_concurrency=1
-                    ).readall(),
-                )
+                data, etag = self._download(key_id, location, blob, etag)
             except _Modified:
                 if attempt == 0:
                     continue
@@ -283,17 +346,21 @@ class KeyFetcher:
                     f"key {key_id} could not be parsed: {redact(exc)[:200]}", code="InvalidKeyMaterial"
                 ) from exc
         self._cache_put(cache_key, _Entry(etag, value, _measure(value, len(data))))
+        self._remember_check(check_key, location, etag, expires)
         return value
 
     def clear(self) -> None:
-        """Drop every cached key."""
+        """Drop every cached key and every remembered SAS check."""
         with self._lock:
             if self._cache is not None:
                 self._cache.clear()
+            if self._checks is not None:
+                self._checks.clear()
 
     @property
     def stats(self) -> dict[str, int]:
-        """Cache counters: ``hits``, ``misses``, ``items``, ``bytes``, ``max_bytes``."""
+        """Cache counters: ``hits``, ``misses``, ``items``, ``bytes``, ``max_bytes``; ``store_checks``
+        (HEADs made to the store) and ``sas_checks`` (positive SAS checks remembered)."""
         with self._lock:
             return {
                 "hits": self._hits,
@@ -301,6 +368,8 @@ class KeyFetcher:
                 "items": len(self._cache) if self._cache is not None else 0,
                 "bytes": int(self._cache.currsize) if self._cache is not None else 0,
                 "max_bytes": self.max_cache_bytes,
+                "store_checks": self._store_checks,
+                "sas_checks": len(self._checks) if self._checks is not None else 0,
             }
 
     def __repr__(self) -> str:
@@ -311,6 +380,50 @@ class KeyFetcher:
         )
 
     # -------------------------------------------------------------- internals
+    def _checked(self, check_key: tuple[str, bytes], transform: object) -> _Entry | None:
+        """The cached key a still-valid positive check of this exact SAS vouches for, else None."""
+        with self._lock:
+            check = self._checks.get(check_key)
+            if check is None:
+                return None
+            if time.monotonic() >= check.recheck_at or time.time() >= check.expires:
+                del self._checks[check_key]  # the caller goes to the store (or refuses an expired SAS)
+                return None
+            entry = self._cache.get((check.location, transform))
+            if entry is None or entry.etag != check.etag:  # evicted, or replaced by a newer upload
+                return None
+            self._hits += 1
+            return entry
+
+    def _remember_check(self, check_key: tuple[str, bytes] | None, location: str, etag: str,
+                        expires: float | None) -> None:
+        if check_key is None or expires is None:
+            return
+        with self._lock:
+            self._checks[check_key] = _Check(location, etag, time.monotonic() + self.sas_recheck_seconds, expires)
+
+    def _holds(self, cache_key: tuple[str, object]) -> bool:
+        with self._lock:
+            return self._cache is not None and cache_key in self._cache
+
+    def _download(self, key_id: str, location: str, blob: BlobClient, etag: str | None) -> tuple[bytes, str]:
+        """The blob's bytes and ETag (``etag``: only that version), refusing one over ``max_key_bytes``
+        after its first chunk (``max_single_get_size``)."""
+        with self._lock:
+            self._store_checks += 1
+            if etag is None:
+                self._misses += 1
+        pinned = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+
+        def get() -> tuple[bytes, str]:
+            downloader = blob.download_blob(max_concurrency=1, **pinned)
+            if downloader.size > self.max_key_bytes:
+                raise KeyTooLargeError(f"key {key_id} is {downloader.size} bytes, over the "
+                                       f"{self.max_key_bytes}-byte limit", code="KeyTooLarge")
+            return downloader.readall(), str(downloader.properties.etag)
+
+        return self._call(key_id, location, get)
+
     def _cache_get(self, cache_key: tuple[str, object], etag: str) -> _Entry | None:
         with self._lock:
             entry = self._cache.get(cache_key) if self._cache is not None else None
@@ -338,6 +451,10 @@ class KeyFetcher:
         return {
             "transport": transport,
             "retry_policy": LinearRetry(backoff=0.2, retry_total=self.retries, random_jitter_range=0),
+            # An uncached key is fetched with one GET (no HEAD first): its first chunk bounds what an
+            # oversized blob costs before it is refused.
+            "max_single_get_size": min(self.max_key_bytes + 1, _FIRST_GET_BYTES),
+            "max_chunk_get_size": _FIRST_GET_BYTES,
         }
 
     def _check_host(self, scheme: str, host: str | None, port: int | None) -> None:
@@ -351,20 +468,22 @@ class KeyFetcher:
 
     def _blob_client(
         self, key_id: str, key_url: str | None, conn_str: str | None, container: str | None
-    ) -> tuple[BlobClient, str]:
+    ) -> tuple[BlobClient, str, float | None]:
+        """The blob to read, its location (the cache key) and, for a SAS URL, its expiry if known."""
         if key_url is not None and (conn_str is not None or container is not None):
             raise KeyRequestError("give either key_url or conn_str + container, not both", code="AmbiguousKeySource")
+        expires = None
         if key_url is not None:
-            blob = self._from_sas_url(key_id, key_url)
+            blob, expires = self._from_sas_url(key_id, key_url)
         elif conn_str is not None or container is not None:
             blob = self._from_conn_str(key_id, conn_str, container)
         else:
             raise KeyRequestError("key_url (or conn_str + container) is required", code="MissingKeySource")
         parts = urlsplit(blob.url)
         location = f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path}"
-        return blob, location
+        return blob, location, expires
 
-    def _from_sas_url(self, key_id: str, key_url: str) -> BlobClient:
+    def _from_sas_url(self, key_id: str, key_url: str) -> tuple[BlobClient, float | None]:
         if not isinstance(key_url, str) or len(key_url) > _MAX_URL_CHARS:
             raise KeyRequestError("key_url must be a URL string of reasonable length", code="InvalidUrl")
         try:
@@ -376,9 +495,14 @@ class KeyFetcher:
             raise KeyRequestError("key_url must not contain user info or a fragment", code="InvalidUrl")
         self._check_host(parts.scheme.lower(), parts.hostname, port)
         _check_sas_query(parts.query)
-        if "sig" not in parse_qs(parts.query):
+        query = parse_qs(parts.query)
+        if "sig" not in query:
             # An unsigned URL would be an anonymous read: not what the protocol promises.
             raise KeyRequestError("key_url is not a SAS URL (no signature)", code="MissingSas")
+        expires = _sas_expiry(query)
+        if expires is not None and time.time() >= expires:
+            raise KeyAccessDeniedError(f"access to key {key_id} denied: the SAS expired at {query['se'][0]}",
+                                       code="SasExpired")
         try:
             blob = BlobClient.from_blob_url(key_url, **self._client_options())
         except (ValueError, TypeError):
@@ -388,7 +512,7 @@ class KeyFetcher:
             raise KeyRequestError("key_url does not name the blob key_id", code="KeyIdMismatch")
         if blob.snapshot is not None:
             raise KeyRequestError("key_url must not name a snapshot", code="InvalidUrl")
-        return blob
+        return blob, expires
 
     def _from_conn_str(self, key_id: str, conn_str: str | None, container: str | None) -> BlobClient:
         if not isinstance(conn_str, str) or not conn_str or len(conn_str) > _MAX_CONN_STR_CHARS:
@@ -451,6 +575,17 @@ def _check_sas_query(query: str) -> None:
     for values in parse_qs(query, keep_blank_values=True).values():
         if any(_BAD_ESCAPE.search(value) for value in values):
             raise KeyRequestError("the SAS has malformed percent-encoding", code="InvalidSas")
+
+
+def _sas_expiry(query: dict[str, list[str]]) -> float | None:
+    """The SAS's ``se`` as epoch seconds, or None when it is absent or not in a form read here."""
+    values = query.get("se")
+    if not values or len(values) != 1 or not _SAS_EXPIRY.fullmatch(values[0]):
+        return None
+    try:
+        return dt.datetime.fromisoformat(values[0]).timestamp()  # 'Z': an aware UTC datetime
+    except ValueError:
+        return None
 
 
 class _Modified(Exception):

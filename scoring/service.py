@@ -16,6 +16,9 @@ from aideploy_scoring.models import ModelAdapter, ModelInputError, NotLinear
 log = logging.getLogger("aideploy.scoring")
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+#: Schemes ``init()`` builds and runs once, comma-separated (``target=local`` sets it from the
+#: deployment's ``encryption``); unset: every scheme whose runtime the environment has.
+PREPARE_ENV = "AIDEPLOY_PREPARE_SCHEMES"
 BINARY_TYPE = "application/octet-stream"
 SCHEME_HEADER = "X-Aideploy-Scheme"
 KEY_HEADERS = {"key_id": "X-Aideploy-Key-Id", "key_url": "X-Aideploy-Key-Url"}
@@ -156,7 +159,29 @@ class ScoringService:
         service._register_encrypted_schemes()
         log.info("loaded a %s model: %s, %s features, task %s", model.kind, model.summary, model.n_features,
                  model.task)
+        names = os.environ.get(PREPARE_ENV)
+        service.prepare([n.strip() for n in names.split(",") if n.strip()] if names is not None
+                        else list(service._factories), required=names is not None)
         return service
+
+    def prepare(self, names: list[str], required: bool = True) -> None:
+        """Build schemes ``names`` now and run each once (``warm_up()``), so no request pays for it.
+
+        A scheme that cannot serve this model, or whose runtime is missing, is skipped with a
+        log line when not ``required``; when required, ``init()`` fails and says why.
+        """
+        for name in names:
+            try:
+                scheme = self.scheme(name)
+                warm_up = getattr(scheme, "warm_up", None)
+                if warm_up is not None:
+                    warm_up()
+            except Exception as exc:  # noqa: BLE001 - a scheme that cannot serve is reported, not fatal
+                if required:
+                    raise RuntimeError(f"scheme {name!r} could not be prepared: {exc}") from exc
+                log.info("scheme %s not prepared: %s", name, exc)
+            else:
+                log.info("scheme %s prepared", name)
 
     def add_scheme(self, name: str, factory: Callable[[ModelAdapter], Any]) -> None:
         """Make scheme ``name`` available; ``factory(model)`` builds it on first use."""

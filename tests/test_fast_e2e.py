@@ -123,3 +123,89 @@ def test_bad_input_gets_a_4xx_and_the_service_keeps_serving(fast_caller, case):
     assert response.json()["error"], what
     scores = fast_caller.scores(np.full((1, 64), 0.5))
     assert scores.shape == (1, 10), f"service broken after {what}"
+
+
+# ---------------------------------------------------------------- no cold start
+
+# Runs in a fresh interpreter, as a worker does: init (ScoringService.from_environment), then
+# the queries the test made, through handle_http. Prints the kernels' compiled signatures after
+# init and after the requests, and writes the answers.
+WORKER = r"""
+import json, sys
+from pathlib import Path
+from aideploy_scoring import fastkernels
+from aideploy_scoring.service import ScoringService
+
+def signatures():
+    return {name: len(kernel.signatures) for name, kernel in vars(fastkernels).items()
+            if hasattr(kernel, "signatures")}
+
+service = ScoringService.from_environment()
+after_init = signatures()
+work = Path(sys.argv[1])
+headers = json.loads((work / "headers.json").read_text())
+statuses = []
+for query in sorted(work.glob("*.query")):
+    body = query.read_bytes()
+    status, answer = service.handle_http("POST", headers, __import__("io").BytesIO(body), len(body))
+    statuses.append(status)
+    query.with_suffix(".answer").write_bytes(answer if isinstance(answer, bytes) else json.dumps(answer).encode())
+print(json.dumps({"after_init": after_init, "after_requests": signatures(), "statuses": statuses}))
+"""
+
+
+def run_worker(work, model_dir, prepare: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AZUREML_MODEL_DIR": str(model_dir), "AIDEPLOY_PREPARE_SCHEMES": prepare}
+    proc = subprocess.run([sys.executable, "-c", WORKER, str(work)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_init_compiles_every_kernel_so_no_request_pays_a_compile(tmp_path):
+    """After init() the kernels have their signatures, and real queries of every shape add none."""
+    import json
+
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from aideploy_scoring.fastlinear import choose_params
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    model = LogisticRegression(max_iter=2000).fit(X, y)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    joblib.dump(model, model_dir / "model.pkl")
+    client = FastClient(64, 10, choose_params(model.coef_, model.intercept_))
+    work = tmp_path / "work"
+    work.mkdir()
+    shapes = {"1-single": (1, "row", True), "2-batch64": (64, "row", True), "3-column": (64, "column", True),
+              "4-column-unseeded": (64, "column", False), "5-row-unseeded": (3, "row", False)}
+    with AzuriteServer() as azurite:
+        keys = BlobKeyStore.from_connection_string(azurite.connection_string, "warmkeys")
+        url = keys.put(client.key_id, client.public_bundle())
+        (work / "headers.json").write_text(json.dumps({
+            "Content-Type": "application/octet-stream", "X-Aideploy-Scheme": "fast",
+            "X-Aideploy-Key-Id": client.key_id, "X-Aideploy-Key-Url": url}))
+        for name, (n, layout, seeded) in shapes.items():
+            (work / f"{name}.query").write_bytes(client.encrypt(X[:n], layout=layout, seeded=seeded))
+        cold = run_worker(work, model_dir, "none")
+        warm = run_worker(work, model_dir, "none,fast")
+        keys.close()
+    # Not prepared: the first requests compile (or load) the kernels; the test can tell.
+    assert cold["after_init"]["row_outputs"] == 0 and cold["after_requests"]["row_outputs"] > 0
+    # Prepared: everything the requests need is there after init, and they add nothing.
+    assert warm["statuses"] == [200] * len(shapes)
+    for kernel in ("row_outputs", "column_outputs", "encrypt_zero", "expand_uniform", "residues_below",
+                   "ntt_forward", "ntt_inverse"):
+        assert warm["after_init"][kernel] > 0, kernel
+    assert warm["after_requests"] == warm["after_init"]
+    for name, (n, _, _) in shapes.items():
+        scores = client.decrypt((work / f"{name}.answer").read_bytes(), n)
+        assert np.abs(scores - model.decision_function(X[:n])).max() <= 1e-3, name

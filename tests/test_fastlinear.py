@@ -109,6 +109,11 @@ def test_batch_row_layout_and_auto_choice():
     small = client_for(8, 2)
     assert client_for(8, 2).encrypt(np.zeros((100, 8)))[5] == 2  # column layout wins
     del small
+    # A batch of 64 digits-sized samples: as many ciphertexts up either way, but the column
+    # layout answers with 10 ciphertexts instead of 64 (the response counts too).
+    assert client_for(64, 10).encrypt(np.zeros((64, 64)))[5] == 2
+    assert client_for(64, 10).encrypt(np.zeros((1, 64)))[5] == 1
+    assert client.encrypt(np.zeros((64, 784)))[5] == 1  # 784 features: row is still smaller
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

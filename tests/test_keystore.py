@@ -190,7 +190,8 @@ def test_transform_value_error_is_400(store, fetcher):
 
 
 @needs_azurite
-def test_reuploaded_key_is_refetched(store, fetcher):
+def test_reuploaded_key_is_refetched(store):
+    fetcher = KeyFetcher(max_cache_bytes=1 << 20, max_key_bytes=64 << 10, timeout=5, sas_recheck_seconds=0)
     kid = _key_id()
     url = store.put(kid, b"version-1")
     assert fetcher.fetch(kid, key_url=url) == b"version-1"
@@ -241,18 +242,25 @@ def test_sas_is_scoped_to_one_blob(store, fetcher):
 
 
 @needs_azurite
-def test_expired_sas_is_403_even_when_cached(store, fetcher):
+def test_expired_sas_is_refused_on_its_first_request_after_expiry(store, fetcher):
+    """The SAS check is remembered (no HEAD on the second request), yet never past ``se``."""
+    assert fetcher.sas_recheck_seconds == 30  # the default: longer than this SAS lives
     kid = _key_id()
     url = store.put(kid, b"short-lived", sas_ttl=2)
     assert fetcher.fetch(kid, key_url=url) == b"short-lived"
-    assert fetcher.stats["items"] == 1
+    heads = fetcher.stats["store_checks"]
+    assert fetcher.fetch(kid, key_url=url) == b"short-lived"
+    assert fetcher.stats["store_checks"] == heads  # answered from the remembered check
     expiry = dt.datetime.strptime(parse_qs(urlsplit(url).query)["se"][0], "%Y-%m-%dT%H:%M:%SZ")
     wait = (expiry.replace(tzinfo=dt.timezone.utc) - dt.datetime.now(dt.timezone.utc)).total_seconds()
-    time.sleep(max(0.0, wait) + 1.2)
+    time.sleep(max(0.0, wait) + 0.05)
     with pytest.raises(KeyAccessDeniedError) as ei:
         fetcher.fetch(kid, key_url=url)
-    assert ei.value.http_status == 403
+    assert ei.value.http_status == 403 and ei.value.code == "SasExpired"
+    assert fetcher.stats["store_checks"] == heads  # refused locally, on the first request after se
     assert _sig(url) not in str(ei.value)
+    with pytest.raises(KeyAccessDeniedError):  # and on every later one
+        fetcher.fetch(kid, key_url=url)
     # A fresh SAS still works (and comes from the cache).
     hits = fetcher.stats["hits"]
     assert fetcher.fetch(kid, key_url=store.sas_url(kid)) == b"short-lived"
@@ -260,10 +268,11 @@ def test_expired_sas_is_403_even_when_cached(store, fetcher):
 
 
 @needs_azurite
-def test_forged_sas_is_403_even_when_cached(store, fetcher):
+def test_forged_sas_is_never_accepted(store, fetcher):
+    """A positive check of the real SAS is remembered; no alteration of it ever rides on that."""
     kid = _key_id()
     url = store.put(kid, b"public key")
-    assert fetcher.fetch(kid, key_url=url) == b"public key"  # now cached
+    assert fetcher.fetch(kid, key_url=url) == b"public key"  # now cached, and its check remembered
     sig = base64.b64decode(_sig(url))
     tampered_sig = base64.b64encode(bytes([sig[0] ^ 1]) + sig[1:]).decode()
     far_future = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -280,13 +289,18 @@ def test_forged_sas_is_403_even_when_cached(store, fetcher):
             ).sas_url(kid)
         ),
     }
-    for what, forged in forgeries.items():
-        with pytest.raises(KeyAccessDeniedError) as ei:
-            fetcher.fetch(kid, key_url=forged)
-        assert ei.value.http_status == 403, what
-        assert _sig(forged) not in str(ei.value), what
+    for _ in range(2):  # a refused forgery is not remembered either
+        for what, forged in forgeries.items():
+            heads = fetcher.stats["store_checks"]
+            with pytest.raises(KeyAccessDeniedError) as ei:
+                fetcher.fetch(kid, key_url=forged)
+            assert ei.value.http_status == 403, what
+            assert _sig(forged) not in str(ei.value), what
+            assert fetcher.stats["store_checks"] == heads + 1, what  # the store judged it
     assert fetcher.stats["items"] == 1  # the cached key was there all along
+    heads = fetcher.stats["store_checks"]
     assert fetcher.fetch(kid, key_url=url) == b"public key"
+    assert fetcher.stats["store_checks"] == heads  # the genuine SAS's check is still remembered
 
 
 @needs_azurite
@@ -314,13 +328,40 @@ def test_unknown_key_id_is_404(azurite, store, fetcher):
 
 
 @needs_azurite
-def test_deleted_key_is_404_even_when_cached(store, fetcher):
+def test_deleted_key_is_refused_within_the_recheck_bound(store, monkeypatch):
+    """A deleted key blob is 404 once the remembered check is older than the bound (set small here)."""
+    from aideploy_scoring.encrypted import key_fetcher_from_environment
+
+    monkeypatch.setenv("AIDEPLOY_SAS_RECHECK_SECONDS", "1")
+    fetcher = key_fetcher_from_environment()
+    assert fetcher.sas_recheck_seconds == 1
     kid = _key_id()
     url = store.put(kid, b"soon gone")
     assert fetcher.fetch(kid, key_url=url) == b"soon gone"
+    checked = time.monotonic()
     store.delete(kid)
+    time.sleep(max(0.0, checked + 1.0 - time.monotonic()) + 0.05)
     with pytest.raises(KeyNotFoundError):
         fetcher.fetch(kid, key_url=url)
+    # With no reuse at all, the very next request sees it.
+    now = KeyFetcher(timeout=5, sas_recheck_seconds=0)
+    url = store.put(kid, b"back")
+    assert now.fetch(kid, key_url=url) == b"back"
+    store.delete(kid)
+    with pytest.raises(KeyNotFoundError):
+        now.fetch(kid, key_url=url)
+
+
+def test_the_recheck_bound_cannot_exceed_azures_own(monkeypatch):
+    from aideploy_scoring.encrypted import key_fetcher_from_environment
+
+    assert KeyFetcher().sas_recheck_seconds == keyfetch.MAX_SAS_RECHECK_SECONDS == 30
+    for bad in (30.5, 3600, -1):
+        with pytest.raises(ValueError, match="sas_recheck_seconds"):
+            KeyFetcher(sas_recheck_seconds=bad)
+    monkeypatch.setenv("AIDEPLOY_SAS_RECHECK_SECONDS", "60")
+    with pytest.raises(ValueError, match="sas_recheck_seconds"):
+        key_fetcher_from_environment()
 
 
 @needs_azurite
@@ -438,6 +479,22 @@ def test_lru_eviction_by_bytes(store):
     after = fetcher.stats
     assert (after["items"], after["bytes"]) == (before["items"], before["bytes"])
     assert after["bytes"] <= 3000
+
+
+@needs_azurite
+def test_the_key_cache_stays_bounded_in_bytes_with_sas_checks_remembered(store):
+    """Remembered checks hold no key: an evicted key is downloaded again, and they are bounded too."""
+    fetcher = KeyFetcher(max_cache_bytes=3000, max_key_bytes=10_000, timeout=5, max_sas_checks=4)
+    keys = [_key_id() for _ in range(10)]
+    urls = {k: store.put(k, bytes([i]) * 1200) for i, k in enumerate(keys)}
+    for _ in range(2):
+        for i, k in enumerate(keys):
+            assert fetcher.fetch(k, key_url=urls[k]) == bytes([i]) * 1200
+            assert fetcher.fetch(k, key_url=urls[k]) == bytes([i]) * 1200  # a remembered check
+            stats = fetcher.stats
+            assert stats["bytes"] <= 3000 and stats["items"] <= 2 and stats["sas_checks"] <= 4
+    # Second round: every key had been evicted, so each was downloaded again.
+    assert fetcher.stats["misses"] == 2 * len(keys)
 
 
 # ------------------------------------------------------------- client store
