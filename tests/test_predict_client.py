@@ -238,3 +238,14 @@ def test_memory_stays_flat_from_20_000_to_200_000_rows(cli, tmp_path, digits):
             peaks[name] = _peak_rss(argv, cli.env(KEY))
     growth = peaks["large"] - peaks["small"]
     assert growth < 25 * 2**20, f"peak RSS grew {growth / 2**20:.1f} MB from 20,000 to 200,000 rows"
+
+
+def test_answers_shaped_for_another_model_are_refused():
+    from aideploy.artifacts import Scores
+    from aideploy.client import _check_width
+    from aideploy.errors import PredictError
+
+    _check_width(Scores(values=np.zeros((4, 10))), list(range(10)), 1)
+    _check_width(Scores(values=np.zeros((4, 1))), [0, 1], 1)  # a binary margin
+    with pytest.raises(PredictError, match="answered 3 probabilities per row, but the model has 10 classes"):
+        _check_width(Scores(probabilities=np.zeros((4, 3))), list(range(10)), 2)
