@@ -16,7 +16,9 @@ no Galois keys), with that query's secrets folded into the layer's weights and b
   linear scheme's (:meth:`FastServer.predict`, the same code);
 * the next layer's weights get the inverse folded in: column ``k`` of ``W_{r+1}`` becomes
   ``W_{r+1}[:, pi_r[k]] * H[pi_r[k]] / (R * u_k)``.  The last layer is not permuted or
-  scaled: its answer is the logits, which the client decrypts as in the linear scheme.
+  scaled: its answer is ``logits / D``, ``D`` a public power of two at least the logits'
+  guaranteed bound (so every layer's output lies in ``[-R, R]`` and one pair of fixed-point
+  scales fits all of them); ``D`` travels in the final answer and the client multiplies back.
 
 The client decrypts, applies the activation (ReLU or identity), clips to ``[-R, R]`` (the true
 value lies there, so clipping only removes error), re-quantises with the same ``s_x`` and
@@ -77,13 +79,15 @@ Wire format (little-endian, versioned)
 * round message (client -> server): ``b"AIMQ" ver u8, round u8, token_len u16, token,``
   then a fastlinear query for that layer.
 * round answer (server -> client): ``b"AIMR" ver u8, round u8, final u8, 0 u8,
-  token_len u16, token,`` then a fastlinear response (logits when ``final``).
+  out_scale f64, token_len u16, token,`` then a fastlinear response (``logits / out_scale``
+  when ``final``; ``out_scale`` is 0 before).
 * token: ``nonce[12] || ChaCha20-Poly1305(plaintext[88]) (+16 tag)``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 import threading
@@ -105,7 +109,7 @@ ACTIVATIONS = ("relu", "identity")
 _QUERY_MAGIC = b"AIMQ"
 _ANSWER_MAGIC = b"AIMR"
 _QUERY_HEADER = struct.Struct("<4sBBH")
-_ANSWER_HEADER = struct.Struct("<4sBBBBH")
+_ANSWER_HEADER = struct.Struct("<4sBBBBdH")
 # token plaintext: version, next round, reserved, n_samples, expiry, key id, seed, query id
 _TOKEN = struct.Struct("<BBHId16s32s16s")
 _TOKEN_VERSION = 1
@@ -154,6 +158,7 @@ class MLPPlan:
     activation: str
     spread: float  # u is log-uniform in [2^-spread, 1]
     bounds: list[np.ndarray]  # H per hidden layer (guaranteed |h| bound)
+    out_scale: float  # D: the last layer answers logits / D (|logits / D| <= R), D a power of two
     flood_bits: list[int]
     error_bounds: list[float]  # per layer, in that layer's output units
     amplification: list[float]  # per layer: worst-case gain of its output error to the logits
@@ -179,14 +184,15 @@ def _bounds(layers: list[tuple[np.ndarray, np.ndarray]], R: float) -> list[np.nd
 
 def _effective(W: np.ndarray, b: np.ndarray, l: int, L: int, H: list[np.ndarray], R: float,
                perm_in: np.ndarray | None, u_in: np.ndarray | None,
-               perm_out: np.ndarray | None, u_out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+               perm_out: np.ndarray | None, u_out: np.ndarray | None, out_scale: float = 1.0
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Layer ``l``'s weights with the secrets folded in: inverse of the previous layer's on the
     inputs, its own (permutation, factors, normalisation) on the outputs of a hidden layer."""
     A = W
     if l > 0:
         A = W[:, perm_in] * (H[l - 1][perm_in] / (R * u_in))[None, :]
     if l == L - 1:
-        return A, b
+        return A / out_scale, b / out_scale
     scale = R * u_out / H[l][perm_out]
     return A[perm_out] * scale[:, None], b[perm_out] * scale
 
@@ -204,18 +210,23 @@ def plan(layers: Sequence[tuple[np.ndarray, np.ndarray]], activation: str = "rel
         raise FastSchemeError(f"a layer has more than {ctx.n} inputs")
     H = _bounds(layers, R)
     u_min = 2.0 ** -spread
+    # the logits are normalised too, by a public power of two D >= their guaranteed bound
+    W, b = layers[-1]
+    A_last = _effective(W, b, L - 1, L, H, R, np.arange(W.shape[1]), np.full(W.shape[1], u_min), None, None)
+    top = float((np.abs(A_last[0]).sum(axis=1) * R + np.abs(A_last[1])).max())
+    D = 2.0 ** math.ceil(math.log2(max(top / R, 2.0 ** -30)))
     worst = []
     for l, (W, b) in enumerate(layers):
         ident_in = np.arange(W.shape[1])
         ident_out = np.arange(W.shape[0])
         worst.append(_effective(W, b, l, L, H, R, ident_in, np.full(W.shape[1], u_min),
-                                ident_out, np.ones(W.shape[0])))
+                                ident_out, np.ones(W.shape[0]), D))
     # gain of an error in layer l's outputs to the logits: product of later max row L1 norms
-    amp = [1.0] * L
+    amp = [D] * L
     for l in range(L - 2, -1, -1):
         amp[l] = amp[l + 1] * float(np.abs(worst[l + 1][0]).sum(axis=1).max())
     M = float(params.max_error)
-    budgets = [M / (2 * (L - 1) * amp[l]) for l in range(L - 1)] + [M / 2 if L > 1 else M]
+    budgets = [M / (2 * (L - 1) * amp[l]) for l in range(L - 1)] + [(M / 2 if L > 1 else M) / D]
     fits = []
     for l, (Wq, bq) in enumerate(worst):
         try:
@@ -223,7 +234,7 @@ def plan(layers: Sequence[tuple[np.ndarray, np.ndarray]], activation: str = "rel
         except FastSchemeError as exc:
             raise FastSchemeError(f"layer {l + 1} of {L}: {exc}") from None
     total = sum(f.error_bound * a for f, a in zip(fits, amp))
-    return MLPPlan(params, layers, activation, float(spread), H, [f.flood_bits for f in fits],
+    return MLPPlan(params, layers, activation, float(spread), H, D, [f.flood_bits for f in fits],
                    [f.error_bound for f in fits], amp, total, min(f.margin_bits for f in fits))
 
 
@@ -237,7 +248,7 @@ def choose_params(layers: Sequence[tuple[np.ndarray, np.ndarray]], activation: s
     for t_bits in range(46, 55, 2):
         for x_bits in range(12, 27, 2):
             for w_bits in range(12, 31, 2):
-                if x_bits + w_bits + 4 > t_bits:
+                if x_bits + w_bits + 2 > t_bits:
                     continue
                 params = FastParams(plain_modulus_bits=t_bits, x_scale_bits=x_bits, w_scale_bits=w_bits,
                                     x_bound=x_bound, max_error=max_error)
@@ -346,7 +357,7 @@ class MLPServer:
         if l > 0 and perm_in is None:
             perm_in, u_in = np.arange(W.shape[1]), np.full(W.shape[1], 2.0 ** -p.spread)
         Wq, bq = _effective(W, b, l, self.n_layers, p.bounds, float(self.params.x_bound),
-                            perm_in, u_in, perm_out, u_out)
+                            perm_in, u_in, perm_out, u_out, p.out_scale)
         sx, sw = self.params.x_scale, self.params.w_scale
         wh = np.rint(Wq * sw).astype(np.int64)
         bh = [int(round(float(v) * sx * sw)) for v in bq]
@@ -413,11 +424,18 @@ class MLPServer:
         if l < self.n_layers - 1:
             perm_out, u_out = _layer_secrets(seed, l, W.shape[0], spread)
         server = self._layer_server(l, perm_in, u_in, perm_out, u_out)
-        answer = server.predict(query, public)  # validates the query: key, shape, size, ranges
+        try:
+            answer = server.predict(query, public)  # validates the query: key, shape, size, ranges
+        except FastSchemeError:
+            if rnd > 1:  # a refused message does not spend the token: the client may resend
+                with self._lock:
+                    self._spent.pop(query_id + bytes([rnd]), None)
+            raise
         final = rnd == self.n_layers
         out_token = b"" if final else self._tokens.seal(rnd + 1, 0, n_samples, now + self.token_ttl,
                                                          public._key_id, seed, query_id)
-        return _ANSWER_HEADER.pack(_ANSWER_MAGIC, WIRE_VERSION, rnd, int(final), 0, len(out_token)) \
+        scale = self.plan.out_scale if final else 0.0
+        return _ANSWER_HEADER.pack(_ANSWER_MAGIC, WIRE_VERSION, rnd, int(final), 0, scale, len(out_token)) \
             + out_token + answer
 
 
@@ -457,7 +475,7 @@ class MLPClient:
         answer = bytes(answer)
         if len(answer) < _ANSWER_HEADER.size:
             raise FastSchemeError("answer too short")
-        magic, ver, rnd, final, _, tlen = _ANSWER_HEADER.unpack_from(answer)
+        magic, ver, rnd, final, _, out_scale, tlen = _ANSWER_HEADER.unpack_from(answer)
         if magic != _ANSWER_MAGIC or ver != WIRE_VERSION:
             raise FastSchemeError("not a fast MLP answer (bad magic or version)")
         L = len(self._layers)
@@ -466,7 +484,9 @@ class MLPClient:
         token = answer[_ANSWER_HEADER.size:_ANSWER_HEADER.size + tlen]
         values = self._layers[rnd - 1].decrypt(answer[_ANSWER_HEADER.size + tlen:], n_samples)
         if final:
-            return None, values
+            if not (math.isfinite(out_scale) and out_scale > 0):
+                raise FastSchemeError("final answer carries no valid output scale")
+            return None, values * out_scale
         R = float(self.params.x_bound)
         z = np.clip(np.maximum(values, 0.0) if self.activation == "relu" else values, -R, R)
         return (_QUERY_HEADER.pack(_QUERY_MAGIC, WIRE_VERSION, rnd + 1, len(token)) + token
