@@ -19,17 +19,14 @@ def check_mlp(model, scheme: str) -> None:
     from aideploy_scoring.linearize import MLP_ACTIVATIONS, fold_mlp, is_mlp
 
     estimator = getattr(model.adapter, "estimator", None)
-    if estimator is None or not is_mlp(estimator):
-        return
+    if scheme != "fast" or estimator is None or not is_mlp(estimator):
+        return  # other schemes: linear_model's "needs a linear model" says it
     try:
         fold_mlp(estimator)
     except NotLinear as exc:
         raise ConfigError(f"encryption={scheme} cannot serve {model.name}:{model.version}: {exc}",
                           hint=f"retrain the MLP with activation in {MLP_ACTIVATIONS}, or serve it with "
                           "encryption=none") from None
-    if scheme != "fast":
-        raise ConfigError(f"encryption={scheme} serves linear models only; {model.name}:{model.version} is an MLP",
-                          hint="use encryption=fast (interactive MLP rounds) or encryption=none")
     raise ConfigError(f"encryption=fast: {model.name}:{model.version} is a {estimator.__class__.__name__} "
                       "with a supported activation, but the service does not run the MLP rounds yet",
                       hint="serve it with encryption=none for now; the protocol is in scoring/fastmlp.py")
