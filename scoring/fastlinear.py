@@ -161,6 +161,7 @@ coefficient-domain polynomials (``c0``, ``c0'``) are in SEAL's / natural order.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -598,6 +599,16 @@ class FastClient:
         return (f"FastClient(n_features={self.n_features}, n_classes={self.n_classes}, "
                 f"key_id={self.key_id!r}, N={self.params.poly_modulus_degree})")
 
+    def _reshaped(self, n_features: int, n_classes: int) -> "FastClient":
+        """The same key (same secret, same key id) for a layer of another shape; :mod:`fastmlp`
+        encrypts and decrypts each layer of a network through one of these."""
+        if not 1 <= n_features <= self._ctx.n or n_classes < 1:
+            raise FastSchemeError(f"layer shape {n_features}x{n_classes} not supported with N={self._ctx.n}")
+        view = copy.copy(self)
+        view.n_features, view.n_classes = int(n_features), int(n_classes)
+        view._groups = _row_geometry(view.n_features, view.n_classes, self._ctx.n)
+        return view
+
     def public_bundle(self) -> bytes:
         """Everything the server needs (parameters + public key), no secret material."""
         pj = self.params.to_json()
@@ -997,9 +1008,26 @@ class FastServer:
         b = np.broadcast_to(b.reshape(-1), (C,)).astype(np.float64)
         if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
             raise FastSchemeError("model contains NaN or infinity")
-        self.n_features, self.n_classes = nf, C
-        fit = _fit_model(W, b, self.params, n, t, ctx.q)
+        self._prepare(_fit_model(W, b, self.params, n, t, ctx.q))
+
+    @classmethod
+    def _from_fit(cls, params: FastParams, fit: "_ModelFit") -> "FastServer":
+        """A server for weights that are already quantised and checked (``fit``), skipping the
+        checks of the constructor: :mod:`fastmlp` builds one per query and layer from weights
+        whose worst case it has fitted once (its per-query weights are never larger)."""
+        self = cls.__new__(cls)
+        self.params = params
+        self._ctx = _context(params)
+        self._prepare(fit)
+        return self
+
+    def _prepare(self, fit: "_ModelFit") -> None:
+        """Precompute the weight plaintexts of both layouts and the bias phases from ``fit``."""
+        ctx = self._ctx
+        n, t = ctx.n, ctx.t
         wh, bh, self._groups = fit.wh, fit.bh, fit.groups
+        C, nf = wh.shape
+        self.n_features, self.n_classes = nf, C
         self.error_bound, self._flood_bits, self.flood_margin_bits = fit.error_bound, fit.flood_bits, fit.margin_bits
 
         # ---- row layout: NTT-form weight plaintexts (tiled order, Shoup companions) and, for

@@ -120,3 +120,46 @@ def fold(estimator: Any) -> tuple[np.ndarray, np.ndarray]:
     if M.shape[1] != W.shape[1]:
         raise NotLinear(f"the preprocessing gives {M.shape[1]} features but {last_name!r} takes {W.shape[1]}")
     return W @ M.T, W @ c + b
+
+
+MLP_ACTIVATIONS = ("relu", "identity")
+
+
+def is_mlp(estimator: Any) -> bool:
+    """Whether ``estimator`` (or a Pipeline's last step) is a scikit-learn MLP."""
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    from sklearn.pipeline import Pipeline
+
+    last = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
+    return isinstance(last, (MLPClassifier, MLPRegressor))
+
+
+def fold_mlp(estimator: Any) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """``([(W, b), ...], activation)`` of a fitted MLP (or a Pipeline of affine steps ending in one),
+    with the preprocessing folded into the first layer: the last layer's outputs are the logits
+    (before softmax / logistic) or the regression output. Raises :class:`NotLinear` for other
+    models and for hidden activations other than relu / identity (tanh and logistic do not
+    commute with the positive scaling the encrypted protocol hides the hidden values with)."""
+    from sklearn.pipeline import Pipeline
+
+    if not is_mlp(estimator):
+        raise NotLinear(f"{_name(estimator)} is not an MLPClassifier/MLPRegressor")
+    mlp = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
+    if not hasattr(mlp, "coefs_"):
+        raise NotLinear("the MLP is not fitted")
+    if mlp.activation not in MLP_ACTIVATIONS:
+        raise NotLinear(f"MLP activation {mlp.activation!r} is not supported under encryption "
+                        f"(only {' or '.join(MLP_ACTIVATIONS)})")
+    layers = [(np.asarray(W, dtype=np.float64).T.copy(), np.asarray(b, dtype=np.float64).copy())
+              for W, b in zip(mlp.coefs_, mlp.intercepts_)]
+    if isinstance(estimator, Pipeline):
+        *pre, (last_name, _) = estimator.steps
+        n_in = getattr(estimator, "n_features_in_", None)
+        if n_in is None:
+            raise NotLinear("the Pipeline does not record its input feature count (n_features_in_)")
+        M, c = compose(_steps_affine(pre, int(n_in)), int(n_in))
+        W0, b0 = layers[0]
+        if M.shape[1] != W0.shape[1]:
+            raise NotLinear(f"the preprocessing gives {M.shape[1]} features but {last_name!r} takes {W0.shape[1]}")
+        layers[0] = (W0 @ M.T, W0 @ c + b0)
+    return layers, str(mlp.activation)

@@ -1,0 +1,503 @@
+"""``encryption=fast`` for ReLU MLPs: interactive rounds over :mod:`fastlinear`'s linear layer.
+
+Protocol (one round per layer; a network with L layers takes L round trips)
+---------------------------------------------------------------------------
+Round 1: the client sends ``Enc(x)``, an ordinary :mod:`fastlinear` query.  In round ``r``
+the server evaluates layer ``r`` with fastlinear's coefficient-encoded product (no rotations,
+no Galois keys), with that query's secrets folded into the layer's weights and bias:
+
+* a hidden layer's output units are permuted (``pi_r``) and each unit ``k`` is multiplied by
+  ``R * u_k / H_k``: ``H_k`` is a *public, guaranteed* bound on ``|h_k|`` (interval arithmetic
+  from ``|x| <= x_bound = R``), ``u_k`` a fresh secret factor, log-uniform in
+  ``[2^-spread, 1]``.  So the client decrypts ``z = R * u * h[pi] / H[pi]`` with ``|z| <= R``:
+  ReLU commutes with the permutation and the positive factors, and ``z`` is again a valid
+  input for the same fixed-point scale, which is why one parameter set serves every round;
+* the output is re-randomised (fresh public-key encryption of zero) and flooded exactly as the
+  linear scheme's (:meth:`FastServer.predict`, the same code);
+* the next layer's weights get the inverse folded in: column ``k`` of ``W_{r+1}`` becomes
+  ``W_{r+1}[:, pi_r[k]] * H[pi_r[k]] / (R * u_k)``.  The last layer is not permuted or
+  scaled: its answer is ``logits / D``, ``D`` a public power of two at least the logits'
+  guaranteed bound (so every layer's output lies in ``[-R, R]`` and one pair of fixed-point
+  scales fits all of them); ``D`` travels in the final answer and the client multiplies back.
+
+The client decrypts, applies the activation (ReLU or identity), clips to ``[-R, R]`` (the true
+value lies there, so clipping only removes error), re-quantises with the same ``s_x`` and
+re-encrypts under its key.  Batches work as in fastlinear (row or column layout per round; one
+permutation and one set of factors per query, shared by its samples).
+
+Stateless server, round tokens
+------------------------------
+The per-query secret is a 32-byte seed (``os.urandom``); the permutation and factors of layer
+``l`` are AES-CTR keystream under ``SHA-256(domain, seed, l)``.  After each non-final round the
+server seals ``(next round, n_samples, expiry, key id, seed, query id)`` with ChaCha20-Poly1305
+under a key derived from a per-deployment secret, with the parameters' and the model's
+fingerprints as associated data, and sends it with the answer; the client returns it with the
+next round.  Any worker holding the secret can serve any round.  Refused (``RoundError``, a
+:class:`FastSchemeError`, so the service answers 400): a token that does not authenticate
+(tampered, other deployment, other model), an expired one, one for another key, a round number
+other than the token's, a token on round 1 or none after it, a ciphertext whose shape differs
+from the layer's (features) or from the token's sample count.  Replay of a token is refused by
+a per-process cache of spent ``(query id, round)`` pairs kept until the token expires: exact on
+one worker; across replicas a token can be replayed at most once per replica within its
+lifetime (a shared store would close that, and is not built).
+
+Fixed-point scales and error bounds (``plan``)
+----------------------------------------------
+All rounds share one :class:`FastParams` (one SEAL key): inputs scaled by ``s_x = 2^x / R``,
+weights by ``s_w = 2^w``.  The bound ``H`` makes every hidden value fit ``[-R, R]``, hence
+no wrap-around, for every query.  For each layer the server fits (``fastlinear._fit_model``:
+quantisation, client noise times weights, the public-key re-randomisation, flooding, wrap) the
+*worst-case* per-query weights (``u = 1`` on the outputs, ``u = 2^-spread`` on the inputs):
+every per-query weight is at most that in absolute value and all those bounds are monotone,
+so the guarantee holds for every query.  Errors propagate linearly: an error ``e`` in ``z_r``
+(ReLU is 1-Lipschitz, clipping does not increase it) moves layer ``r+1``'s outputs by at most
+``||W'_{r+1}||_{inf} * e`` (max row L1 norm, worst case), which is ``<= 2^spread`` for a hidden
+layer.  The logit error budget ``max_error`` goes half to the last layer and half, split
+evenly, to the hidden layers, each divided by its amplification to the logits; the flood of
+each layer fills its budget.  :func:`choose_params` searches plain modulus and scales for
+the largest smallest flooding margin; ``MLPServer.error_bound`` is the guaranteed max logit
+error.  The price of the worst-case ``H`` is precision: typical hidden values use a few bits
+of ``[-R, R]`` fewer than their bound, paid for with larger ``s_x, s_w`` and ``t``.
+
+Privacy (what each party learns)
+--------------------------------
+The server learns nothing about ``x`` or the hidden values (BFV under SEAL's 128-bit
+parameters, fresh ciphertexts every round).  The client learns, per query and hidden layer,
+the permuted, scaled pre-activations ``R * u * h[pi] / H[pi]`` (plus the logits).  That
+reveals which units are active and how many, their values up to a factor in
+``[2^-spread, 1]`` relative to public bounds, and, by the sign pattern, the half-spaces of
+the first layer: an adaptive client varying ``x`` can estimate the rows of ``W_1`` up to scale
+(it sees ``<w_k, x> + b_k`` up to an unknown positive factor and an unknown permutation, and
+can re-identify units across queries by their responses).  Fresh permutations and factors
+per query slow this down; they do not prevent it.  ``max_queries_per_key`` (a knob of the
+service, not built here) is the mitigation the issue asks for.  Weight privacy of each round's
+answer is fastlinear's (flooding, see its docstring).  Not hidden: layer sizes, the
+activation, ``H`` (derived from the model, sent nowhere but implied by the values' range).
+
+Wire format (little-endian, versioned)
+--------------------------------------
+* round message (client -> server): ``b"AIMQ" ver u8, round u8, token_len u16, token,``
+  then a fastlinear query for that layer.
+* round answer (server -> client): ``b"AIMR" ver u8, round u8, final u8, 0 u8,
+  out_scale f64, token_len u16, token,`` then a fastlinear response (``logits / out_scale``
+  when ``final``; ``out_scale`` is 0 before).
+* token: ``nonce[12] || ChaCha20-Poly1305(plaintext[88]) (+16 tag)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import struct
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from . import fastlinear as fl
+from .fastlinear import FastClient, FastParams, FastPublicKey, FastSchemeError, FastServer
+
+__all__ = ["RoundError", "MLPClient", "MLPServer", "MLPPlan", "plan", "choose_params", "ACTIVATIONS"]
+
+WIRE_VERSION = 1
+ACTIVATIONS = ("relu", "identity")
+_QUERY_MAGIC = b"AIMQ"
+_ANSWER_MAGIC = b"AIMR"
+_QUERY_HEADER = struct.Struct("<4sBBH")
+_ANSWER_HEADER = struct.Struct("<4sBBBBdH")
+# token plaintext: version, next round, reserved, n_samples, expiry, key id, seed, query id
+_TOKEN = struct.Struct("<BBHId16s32s16s")
+_TOKEN_VERSION = 1
+_NONCE = 12
+_TOKEN_BYTES = _NONCE + _TOKEN.size + 16
+_DOMAIN_TOKEN_KEY = b"aideploy-fastmlp-token-key-v1"
+_DOMAIN_TOKEN_AD = b"aideploy-fastmlp-token-v1"
+_DOMAIN_LAYER = b"aideploy-fastmlp-layer-v1"
+_MAX_LAYERS = 255
+
+
+class RoundError(FastSchemeError):
+    """A round message the server refuses: bad, expired, replayed or misplaced token, wrong shape."""
+
+
+# ------------------------------------------------------------------------ planning
+
+
+def _check_layers(layers: Sequence[tuple[np.ndarray, np.ndarray]], activation: str
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    if activation not in ACTIVATIONS:
+        raise FastSchemeError(f"activation {activation!r} is not supported under encryption "
+                              f"(supported: {', '.join(ACTIVATIONS)})")
+    out = []
+    if not 1 <= len(layers) <= _MAX_LAYERS:
+        raise FastSchemeError(f"a network needs 1..{_MAX_LAYERS} layers, got {len(layers)}")
+    for i, (W, b) in enumerate(layers):
+        W = np.asarray(W, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64).reshape(-1)
+        if W.ndim != 2 or b.shape != (W.shape[0],):
+            raise FastSchemeError(f"layer {i + 1}: weights must be (n_out, n_in) and bias (n_out,)")
+        if out and W.shape[1] != out[-1][0].shape[0]:
+            raise FastSchemeError(f"layer {i + 1} takes {W.shape[1]} inputs, layer {i} gives {out[-1][0].shape[0]}")
+        if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
+            raise FastSchemeError("model contains NaN or infinity")
+        out.append((W, b))
+    return out
+
+
+@dataclass(frozen=True)
+class MLPPlan:
+    """One network fitted to one parameter set: bounds, worst-case fits, error budget."""
+
+    params: FastParams
+    layers: list[tuple[np.ndarray, np.ndarray]]
+    activation: str
+    spread: float  # u is log-uniform in [2^-spread, 1]
+    bounds: list[np.ndarray]  # H per hidden layer (guaranteed |h| bound)
+    out_scale: float  # D: the last layer answers logits / D (|logits / D| <= R), D a power of two
+    flood_bits: list[int]
+    error_bounds: list[float]  # per layer, in that layer's output units
+    amplification: list[float]  # per layer: worst-case gain of its output error to the logits
+    error_bound: float  # guaranteed max logit error
+    margin_bits: float  # smallest flooding margin over the layers
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.layers[0][0].shape[1]] + [W.shape[0] for W, _ in self.layers]
+
+
+def _bounds(layers: list[tuple[np.ndarray, np.ndarray]], R: float) -> list[np.ndarray]:
+    """Guaranteed bounds on |h| of each hidden layer for |x| <= R (ReLU and identity: |act(h)| <= |h|)."""
+    out = []
+    hin = np.full(layers[0][0].shape[1], R)
+    for W, b in layers[:-1]:
+        H = np.abs(W) @ hin + np.abs(b)
+        H = np.where(H > 0, H, 1.0)  # a dead unit is always 0: any positive normaliser will do
+        out.append(H)
+        hin = H
+    return out
+
+
+def _effective(W: np.ndarray, b: np.ndarray, l: int, L: int, H: list[np.ndarray], R: float,
+               perm_in: np.ndarray | None, u_in: np.ndarray | None,
+               perm_out: np.ndarray | None, u_out: np.ndarray | None, out_scale: float = 1.0
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Layer ``l``'s weights with the secrets folded in: inverse of the previous layer's on the
+    inputs, its own (permutation, factors, normalisation) on the outputs of a hidden layer."""
+    A = W
+    if l > 0:
+        A = W[:, perm_in] * (H[l - 1][perm_in] / (R * u_in))[None, :]
+    if l == L - 1:
+        return A / out_scale, b / out_scale
+    scale = R * u_out / H[l][perm_out]
+    return A[perm_out] * scale[:, None], b[perm_out] * scale
+
+
+def plan(layers: Sequence[tuple[np.ndarray, np.ndarray]], activation: str = "relu",
+         params: FastParams | None = None, spread: float = 1.0) -> MLPPlan:
+    """Fit a network to ``params`` (see the module docstring), or :class:`FastSchemeError`."""
+    params = params if params is not None else FastParams()
+    layers = _check_layers(layers, activation)
+    if not (isinstance(spread, (int, float)) and 0 <= spread <= 8):
+        raise FastSchemeError("spread must be in [0, 8] bits")
+    ctx = fl._context(params)
+    R, L = float(params.x_bound), len(layers)
+    if max(W.shape[1] for W, _ in layers) > ctx.n:
+        raise FastSchemeError(f"a layer has more than {ctx.n} inputs")
+    H = _bounds(layers, R)
+    u_min = 2.0 ** -spread
+    # the logits are normalised too, by a public power of two D >= their guaranteed bound
+    W, b = layers[-1]
+    A_last = _effective(W, b, L - 1, L, H, R, np.arange(W.shape[1]), np.full(W.shape[1], u_min), None, None)
+    top = float((np.abs(A_last[0]).sum(axis=1) * R + np.abs(A_last[1])).max())
+    D = 2.0 ** math.ceil(math.log2(max(top / R, 2.0 ** -30)))
+    worst = []
+    for l, (W, b) in enumerate(layers):
+        ident_in = np.arange(W.shape[1])
+        ident_out = np.arange(W.shape[0])
+        worst.append(_effective(W, b, l, L, H, R, ident_in, np.full(W.shape[1], u_min),
+                                ident_out, np.ones(W.shape[0]), D))
+    # gain of an error in layer l's outputs to the logits: product of later max row L1 norms
+    amp = [D] * L
+    for l in range(L - 2, -1, -1):
+        amp[l] = amp[l + 1] * float(np.abs(worst[l + 1][0]).sum(axis=1).max())
+    M = float(params.max_error)
+    budgets = [M / (2 * (L - 1) * amp[l]) for l in range(L - 1)] + [(M / 2 if L > 1 else M) / D]
+    fits = []
+    for l, (Wq, bq) in enumerate(worst):
+        try:
+            fits.append(fl._fit_model(Wq, bq, replace(params, max_error=budgets[l]), ctx.n, ctx.t, ctx.q))
+        except FastSchemeError as exc:
+            raise FastSchemeError(f"layer {l + 1} of {L}: {exc}") from None
+    total = sum(f.error_bound * a for f, a in zip(fits, amp))
+    return MLPPlan(params, layers, activation, float(spread), H, D, [f.flood_bits for f in fits],
+                   [f.error_bound for f in fits], amp, total, min(f.margin_bits for f in fits))
+
+
+def choose_params(layers: Sequence[tuple[np.ndarray, np.ndarray]], activation: str = "relu",
+                  x_bound: float = 1.0, max_error: float = 1e-2, spread: float = 1.0) -> FastParams:
+    """The parameter set (plain modulus, scales) that serves the network within ``max_error``
+    logit error with the largest smallest flooding margin; :class:`FastSchemeError` if none."""
+    layers = _check_layers(layers, activation)
+    best: tuple[float, FastParams] | None = None
+    reason = None
+    for t_bits in range(46, 55, 2):
+        for x_bits in range(12, 27, 2):
+            for w_bits in range(12, 31, 2):
+                if x_bits + w_bits + 2 > t_bits:
+                    continue
+                params = FastParams(plain_modulus_bits=t_bits, x_scale_bits=x_bits, w_scale_bits=w_bits,
+                                    x_bound=x_bound, max_error=max_error)
+                try:
+                    p = plan(layers, activation, params, spread)
+                except FastSchemeError as exc:
+                    reason = exc
+                    continue
+                if best is None or p.margin_bits > best[0]:
+                    best = (p.margin_bits, params)
+    if best is None:
+        raise FastSchemeError(f"no parameters serve this network within max_error={max_error:g}: {reason}")
+    return best[1]
+
+
+# ------------------------------------------------------------------------ secrets
+
+
+def _layer_secrets(seed: bytes, layer: int, width: int, spread: float) -> tuple[np.ndarray, np.ndarray]:
+    """Permutation (unit k of the answer is original unit perm[k]) and factors u of one layer."""
+    key = hashlib.sha256(_DOMAIN_LAYER + seed + layer.to_bytes(2, "little")).digest()[:16]
+    words = fl._aes_words(AESGCM(key), bytes(12), 4 * width).view("<u8")
+    perm = np.argsort(words[:width], kind="stable")
+    uniform = (words[width:] >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return perm, 2.0 ** (-spread * uniform)
+
+
+class _TokenBox:
+    """Seal and open round tokens (ChaCha20-Poly1305 under a key derived from the deployment secret)."""
+
+    def __init__(self, secret: bytes, ad: bytes):
+        if not isinstance(secret, (bytes, bytearray)) or len(secret) < 16:
+            raise FastSchemeError("the token secret must be at least 16 bytes")
+        self._aead = ChaCha20Poly1305(hashlib.sha256(_DOMAIN_TOKEN_KEY + bytes(secret)).digest())
+        self._ad = _DOMAIN_TOKEN_AD + ad
+
+    def seal(self, *fields: Any) -> bytes:
+        nonce = os.urandom(_NONCE)
+        return nonce + self._aead.encrypt(nonce, _TOKEN.pack(_TOKEN_VERSION, *fields), self._ad)
+
+    def open(self, token: bytes) -> tuple:
+        if len(token) != _TOKEN_BYTES:
+            raise RoundError(f"round token has {len(token)} bytes, expected {_TOKEN_BYTES}")
+        try:
+            plain = self._aead.decrypt(token[:_NONCE], token[_NONCE:], self._ad)
+        except InvalidTag:
+            raise RoundError("round token does not authenticate (tampered, or made by another "
+                             "deployment or model)") from None
+        ver, *fields = _TOKEN.unpack(plain)
+        if ver != _TOKEN_VERSION:
+            raise RoundError(f"unsupported round token version {ver}")
+        return tuple(fields)
+
+
+# ------------------------------------------------------------------------ server
+
+
+class MLPServer:
+    """Server half: scores one round of a query per call, keeping no state between rounds.
+
+    ``layers`` is ``[(W, b), ...]`` with ``W`` (n_out, n_in); ``activation`` applies to every
+    hidden layer.  ``secret`` is the per-deployment token secret (every replica must share it).
+    ``clock`` (seconds) is injectable for tests.
+    """
+
+    def __init__(self, layers: Sequence[tuple[np.ndarray, np.ndarray]], activation: str = "relu",
+                 params: FastParams | None = None, secret: bytes | None = None, spread: float = 1.0,
+                 token_ttl: float = 60.0, clock: Callable[[], float] = time.time):
+        if params is None:
+            params = choose_params(layers, activation, spread=spread)
+        self.plan = plan(layers, activation, params, spread)
+        self.params = params
+        self.error_bound = self.plan.error_bound
+        self.n_layers = len(self.plan.layers)
+        self.sizes = self.plan.sizes
+        if not (isinstance(token_ttl, (int, float)) and token_ttl > 0):
+            raise FastSchemeError("token_ttl must be a positive number of seconds")
+        self.token_ttl = float(token_ttl)
+        self._clock = clock
+        h = hashlib.sha256(b"aideploy-fastmlp-model" + params.fingerprint() + activation.encode()
+                           + struct.pack("<d", self.plan.spread))
+        for W, b in self.plan.layers:
+            h.update(struct.pack("<II", *W.shape) + W.tobytes() + b.tobytes())
+        self.model_fingerprint = h.digest()[:16]
+        self._tokens = _TokenBox(secret if secret is not None else os.urandom(32),
+                                 params.fingerprint() + self.model_fingerprint)
+        self._ctx = fl._context(params)
+        # a server for the first layer's worst case: loads keys, validates shapes
+        self._key_server = self._layer_server(0, None, None, None, None)
+        self._spent: dict[bytes, float] = {}
+        self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        return {"sizes": self.sizes, "activation": self.plan.activation, "error_bound": self.error_bound,
+                "flood_bits": self.plan.flood_bits, "flood_margin_bits": self.plan.margin_bits,
+                "spread_bits": self.plan.spread, "token_ttl": self.token_ttl, "params": self.params.describe()}
+
+    def load_public(self, bundle: bytes) -> FastPublicKey:
+        return self._key_server.load_public(bundle)
+
+    def _layer_server(self, l: int, perm_in, u_in, perm_out, u_out) -> FastServer:
+        p = self.plan
+        W, b = p.layers[l]
+        if l < self.n_layers - 1 and perm_out is None:  # worst case, as planned
+            perm_out, u_out = np.arange(W.shape[0]), np.ones(W.shape[0])
+        if l > 0 and perm_in is None:
+            perm_in, u_in = np.arange(W.shape[1]), np.full(W.shape[1], 2.0 ** -p.spread)
+        Wq, bq = _effective(W, b, l, self.n_layers, p.bounds, float(self.params.x_bound),
+                            perm_in, u_in, perm_out, u_out, p.out_scale)
+        sx, sw = self.params.x_scale, self.params.w_scale
+        wh = np.rint(Wq * sw).astype(np.int64)
+        bh = [int(round(float(v) * sx * sw)) for v in bq]
+        fit = fl._ModelFit(wh, bh, fl._row_geometry(W.shape[1], W.shape[0], self._ctx.n),
+                           p.error_bounds[l], p.flood_bits[l], p.margin_bits)
+        return FastServer._from_fit(self.params, fit)
+
+    def _spend(self, query_id: bytes, rnd: int, expiry: float, now: float) -> None:
+        """Refuse a token already used on this worker; remember it until it expires."""
+        key = query_id + bytes([rnd])
+        with self._lock:
+            if key in self._spent:
+                raise RoundError("round token was already used (replay)")
+            if len(self._spent) > 4096:
+                for k in [k for k, e in self._spent.items() if e < now]:
+                    del self._spent[k]
+            self._spent[key] = expiry
+
+    def score(self, message: bytes, public: FastPublicKey) -> bytes:
+        """Answer one round message with the next round's answer (or the logits)."""
+        if not isinstance(message, (bytes, bytearray, memoryview)):
+            raise RoundError("round message must be bytes")
+        message = bytes(message)
+        if len(message) < _QUERY_HEADER.size:
+            raise RoundError("round message too short")
+        magic, ver, rnd, tlen = _QUERY_HEADER.unpack_from(message)
+        if magic != _QUERY_MAGIC:
+            raise RoundError("not a fast MLP round message (bad magic)")
+        if ver != WIRE_VERSION:
+            raise RoundError(f"unsupported round message version {ver} (expected {WIRE_VERSION})")
+        if not 1 <= rnd <= self.n_layers:
+            raise RoundError(f"round {rnd} does not exist (this network has {self.n_layers} rounds)")
+        if len(message) < _QUERY_HEADER.size + tlen:
+            raise RoundError("round message truncated in its token")
+        token = message[_QUERY_HEADER.size:_QUERY_HEADER.size + tlen]
+        query = message[_QUERY_HEADER.size + tlen:]
+        if len(query) < fl._QUERY_HEADER.size:
+            raise RoundError("round message holds no query")
+        n_samples = fl._QUERY_HEADER.unpack_from(query)[7]
+        now = self._clock()
+        if rnd == 1:
+            if tlen:
+                raise RoundError("round 1 starts a query and takes no token")
+            seed, query_id = os.urandom(32), os.urandom(16)
+        else:
+            if not tlen:
+                raise RoundError(f"round {rnd} needs the token of round {rnd - 1}'s answer")
+            t_round, _, t_ns, expiry, kid, seed, query_id = self._tokens.open(token)
+            if t_round != rnd:
+                raise RoundError(f"round token is for round {t_round}, message says round {rnd} (out of order)")
+            if now > expiry:
+                raise RoundError("round token expired; start the query again")
+            if kid != public._key_id:
+                raise RoundError("round token was issued for another key")
+            if n_samples != t_ns:
+                raise RoundError(f"round {rnd} carries {n_samples} samples, the query started with {t_ns}")
+            self._spend(query_id, rnd, expiry, now)
+        l = rnd - 1
+        W = self.plan.layers[l][0]
+        spread = self.plan.spread
+        perm_in = u_in = perm_out = u_out = None
+        if l > 0:
+            perm_in, u_in = _layer_secrets(seed, l - 1, W.shape[1], spread)
+        if l < self.n_layers - 1:
+            perm_out, u_out = _layer_secrets(seed, l, W.shape[0], spread)
+        server = self._layer_server(l, perm_in, u_in, perm_out, u_out)
+        try:
+            answer = server.predict(query, public)  # validates the query: key, shape, size, ranges
+        except FastSchemeError:
+            if rnd > 1:  # a refused message does not spend the token: the client may resend
+                with self._lock:
+                    self._spent.pop(query_id + bytes([rnd]), None)
+            raise
+        final = rnd == self.n_layers
+        out_token = b"" if final else self._tokens.seal(rnd + 1, 0, n_samples, now + self.token_ttl,
+                                                         public._key_id, seed, query_id)
+        scale = self.plan.out_scale if final else 0.0
+        return _ANSWER_HEADER.pack(_ANSWER_MAGIC, WIRE_VERSION, rnd, int(final), 0, scale, len(out_token)) \
+            + out_token + answer
+
+
+# ------------------------------------------------------------------------ client
+
+
+class MLPClient:
+    """Client half: one SEAL key for every round; encrypts, and answers each round.
+
+    ``sizes`` is ``[n_in, hidden..., n_out]`` (the server's ``sizes``).
+    """
+
+    def __init__(self, sizes: Sequence[int], activation: str = "relu", params: FastParams | None = None):
+        if activation not in ACTIVATIONS:
+            raise FastSchemeError(f"activation {activation!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2:
+            raise FastSchemeError("sizes must list the input width and at least one layer")
+        self.sizes, self.activation = sizes, activation
+        self._key = FastClient(sizes[0], sizes[-1], params)
+        self.params = self._key.params
+        self.key_id = self._key.key_id
+        self._layers = [self._key._reshaped(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)]
+
+    def public_bundle(self) -> bytes:
+        return self._key.public_bundle()
+
+    def encrypt(self, X: np.ndarray, layout: str | None = None) -> bytes:
+        """Round 1: the message that starts a query for ``X`` (n_samples, n_in)."""
+        return _QUERY_HEADER.pack(_QUERY_MAGIC, WIRE_VERSION, 1, 0) + self._layers[0].encrypt(X, layout)
+
+    def respond(self, answer: bytes, n_samples: int, layout: str | None = None
+                ) -> tuple[bytes | None, np.ndarray | None]:
+        """``(next round's message, None)``, or ``(None, logits)`` after the last round."""
+        if not isinstance(answer, (bytes, bytearray, memoryview)):
+            raise FastSchemeError("answer must be bytes")
+        answer = bytes(answer)
+        if len(answer) < _ANSWER_HEADER.size:
+            raise FastSchemeError("answer too short")
+        magic, ver, rnd, final, _, out_scale, tlen = _ANSWER_HEADER.unpack_from(answer)
+        if magic != _ANSWER_MAGIC or ver != WIRE_VERSION:
+            raise FastSchemeError("not a fast MLP answer (bad magic or version)")
+        L = len(self._layers)
+        if not 1 <= rnd <= L or bool(final) != (rnd == L):
+            raise FastSchemeError(f"answer for round {rnd} (final={final}) does not fit a {L}-layer network")
+        token = answer[_ANSWER_HEADER.size:_ANSWER_HEADER.size + tlen]
+        values = self._layers[rnd - 1].decrypt(answer[_ANSWER_HEADER.size + tlen:], n_samples)
+        if final:
+            if not (math.isfinite(out_scale) and out_scale > 0):
+                raise FastSchemeError("final answer carries no valid output scale")
+            return None, values * out_scale
+        R = float(self.params.x_bound)
+        z = np.clip(np.maximum(values, 0.0) if self.activation == "relu" else values, -R, R)
+        return (_QUERY_HEADER.pack(_QUERY_MAGIC, WIRE_VERSION, rnd + 1, len(token)) + token
+                + self._layers[rnd].encrypt(z, layout)), None
+
+    def predict(self, X: np.ndarray, send: Callable[[bytes], bytes], layout: str | None = None) -> np.ndarray:
+        """Run every round through ``send`` (message -> answer); returns the logits."""
+        X = np.asarray(X, dtype=np.float64)
+        ns = 1 if X.ndim == 1 else X.shape[0]
+        message: bytes | None = self.encrypt(X, layout)
+        logits = None
+        while message is not None:
+            message, logits = self.respond(send(message), ns, layout)
+        return logits

@@ -1,0 +1,301 @@
+"""Tests of the encrypted MLP protocol (aideploy_scoring.fastmlp), with real SEAL, no mocks."""
+
+from __future__ import annotations
+
+import functools
+import struct
+import warnings
+
+import numpy as np
+import pytest
+
+from aideploy_scoring import fastmlp as fm
+from aideploy_scoring.fastlinear import FastSchemeError
+from aideploy_scoring.linearize import fold_mlp
+from aideploy_scoring.models import NotLinear
+
+SECRET = b"test-deployment-secret-32-bytes!"
+
+
+@functools.lru_cache(maxsize=None)
+def digits():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    return X / 16.0, y
+
+
+@functools.lru_cache(maxsize=None)
+def trained(hidden: tuple[int, ...], activation: str = "relu", pipeline: bool = False):
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler
+
+    X, y = digits()
+    mlp = MLPClassifier(hidden, activation=activation, max_iter=200, random_state=0)
+    model = make_pipeline(MinMaxScaler(), mlp) if pipeline else mlp
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: accuracy is not what is tested
+        model.fit(X[:1400], y[:1400])
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def deployed(hidden: tuple[int, ...], pipeline: bool = False):
+    model = trained(hidden, pipeline=pipeline)
+    layers, activation = fold_mlp(model)
+    server = fm.MLPServer(layers, activation, secret=SECRET)
+    client = fm.MLPClient(server.sizes, activation, server.params)
+    public = server.load_public(client.public_bundle())
+    return model, server, client, public
+
+
+def plain_logits(layers, X):
+    h = X
+    for W, b in layers[:-1]:
+        h = np.maximum(h @ W.T + b, 0.0)
+    W, b = layers[-1]
+    return h @ W.T + b
+
+
+# ------------------------------------------------------------------ correctness
+
+
+@pytest.mark.parametrize("hidden", [(32,), (32, 16)])
+def test_batch_agrees_with_sklearn(hidden):
+    model, server, client, public = deployed(hidden)
+    X, _ = digits()
+    Xt = X[1400:]
+    got = client.predict(Xt, lambda m: server.score(m, public))
+    layers, _ = fold_mlp(model)
+    want = plain_logits(layers, Xt)
+    # the folded layers are sklearn's own network: same classes as model.predict
+    assert np.array_equal(model.classes_[want.argmax(1)], model.predict(Xt))
+    assert got.shape == want.shape
+    err = np.abs(got - want).max()
+    assert err <= server.error_bound <= 1e-2
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.998
+
+
+def test_single_queries_row_layout():
+    model, server, client, public = deployed((32,))
+    X, _ = digits()
+    layers, _ = fold_mlp(model)
+    for i in (1400, 1500, 1700):
+        got = client.predict(X[i], lambda m: server.score(m, public), layout="row")
+        assert np.abs(got - plain_logits(layers, X[i:i + 1])).max() <= server.error_bound
+
+
+def test_column_and_row_layouts_agree():
+    _, server, client, public = deployed((32, 16))
+    X, _ = digits()
+    send = functools.partial(lambda m: server.score(m, public))
+    a = client.predict(X[1400:1460], send, layout="row")
+    b = client.predict(X[1400:1460], send, layout="column")
+    assert np.abs(a - b).max() <= 2 * server.error_bound
+
+
+def test_pipeline_preprocessing_is_folded():
+    model, server, client, public = deployed((32,), pipeline=True)
+    X, _ = digits()
+    Xt = X[1400:1500]
+    got = client.predict(Xt, lambda m: server.score(m, public))
+    assert (model.classes_[got.argmax(1)] == model.predict(Xt)).mean() >= 0.99
+
+
+def test_hidden_values_are_permuted_and_scaled_per_query():
+    """The client's view of round 1 is z = R*u*h[pi]/H[pi]: permuted, scaled, and fresh per query."""
+    model, server, client, public = deployed((32,))
+    X, _ = digits()
+    x = X[1400:1401]
+    views = []
+    for _ in range(2):
+        answer = server.score(client.encrypt(x), public)
+        head = fm._ANSWER_HEADER
+        tlen = head.unpack_from(answer)[-1]
+        views.append(client._layers[0].decrypt(answer[head.size + tlen:], 1)[0])
+    layers, _ = fold_mlp(model)
+    h = x[0] @ layers[0][0].T + layers[0][1]
+    assert np.all(np.abs(views[0]) <= 1.0 + server.error_bound)
+    assert not np.allclose(views[0], views[1], atol=1e-3)
+    # same multiset of signs (ReLU pattern preserved), values differ from h
+    assert sorted(np.sign(np.round(views[0], 3))) == sorted(np.sign(np.round(h, 3)))
+    assert not np.allclose(np.sort(views[0]), np.sort(h), atol=1e-2)
+
+
+def test_784_feature_network():
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = digits()
+    big = np.kron(X.reshape(-1, 8, 8), np.ones((4, 4)))[:, 2:30, 2:30].reshape(len(X), 784)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = MLPClassifier((64,), max_iter=60, random_state=0).fit(big[:1400], y[:1400])
+    layers, activation = fold_mlp(model)
+    server = fm.MLPServer(layers, activation, secret=SECRET)
+    client = fm.MLPClient(server.sizes, activation, server.params)
+    public = server.load_public(client.public_bundle())
+    Xt = big[1400:1600]
+    got = client.predict(Xt, lambda m: server.score(m, public))
+    want = plain_logits(layers, Xt)
+    assert np.abs(got - want).max() <= server.error_bound
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.998
+
+
+# ------------------------------------------------------------------ model support
+
+
+def test_identity_activation_and_regressor():
+    from sklearn.neural_network import MLPRegressor
+
+    X, y = digits()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg = MLPRegressor(hidden_layer_sizes=(16,), activation="identity", max_iter=100, random_state=0).fit(X[:1400], y[:1400] / 9)
+    layers, activation = fold_mlp(reg)
+    assert activation == "identity"
+    server = fm.MLPServer(layers, activation, secret=SECRET)
+    client = fm.MLPClient(server.sizes, activation, server.params)
+    public = server.load_public(client.public_bundle())
+    got = client.predict(X[1400:1450], lambda m: server.score(m, public))
+    assert np.abs(got[:, 0] - reg.predict(X[1400:1450])).max() <= server.error_bound
+
+
+@pytest.mark.parametrize("activation", ["tanh", "logistic"])
+def test_other_activations_refused(activation):
+    model = trained((8,), activation)
+    with pytest.raises(NotLinear, match=activation):
+        fold_mlp(model)
+    with pytest.raises(FastSchemeError, match="not supported"):
+        fm.plan([(np.ones((2, 3)), np.zeros(2)), (np.ones((1, 2)), np.zeros(1))], activation)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def round2(server, client, public, x):
+    """The round-2 message of a fresh query for ``x`` (as the client would send it)."""
+    message, _ = client.respond(server.score(client.encrypt(x), public), len(x))
+    return message
+
+
+def split(message):
+    magic, ver, rnd, tlen = struct.unpack_from("<4sBBH", message)
+    return rnd, message[6 + 2: 8 + tlen], message[8 + tlen:]
+
+
+def join(rnd, token, query):
+    return struct.pack("<4sBBH", b"AIMQ", 1, rnd, len(token)) + token + query
+
+
+def still_serves(server, client, public):
+    X, _ = digits()
+    got = client.predict(X[1400:1402], lambda m: server.score(m, public))
+    assert got.shape == (2, 10)
+
+
+def test_tampered_token_refused():
+    _, server, client, public = deployed((32,))
+    X, _ = digits()
+    rnd, token, query = split(round2(server, client, public, X[1400:1401]))
+    for pos in (0, 20, len(token) - 1):
+        bad = bytearray(token)
+        bad[pos] ^= 1
+        with pytest.raises(fm.RoundError, match="authenticate"):
+            server.score(join(rnd, bytes(bad), query), public)
+    with pytest.raises(fm.RoundError, match="bytes"):
+        server.score(join(rnd, token[:-1], query), public)
+    still_serves(server, client, public)
+
+
+def test_token_from_another_deployment_refused():
+    model, server, client, public = deployed((32,))
+    other = fm.MLPServer(server.plan.layers, "relu", server.params, secret=b"another-secret-of-32-bytes......")
+    X, _ = digits()
+    message = round2(other, client, other.load_public(client.public_bundle()), X[1400:1401])
+    with pytest.raises(fm.RoundError, match="authenticate"):
+        server.score(message, public)
+
+
+def test_replayed_token_refused():
+    _, server, client, public = deployed((32,))
+    X, _ = digits()
+    message = round2(server, client, public, X[1400:1401])
+    server.score(message, public)
+    with pytest.raises(fm.RoundError, match="replay"):
+        server.score(message, public)
+    still_serves(server, client, public)
+
+
+def test_expired_token_refused():
+    model, server, client, public = deployed((32,))
+    now = [1000.0]
+    timed = fm.MLPServer(server.plan.layers, "relu", server.params, secret=SECRET, token_ttl=30,
+                         clock=lambda: now[0])
+    X, _ = digits()
+    message = round2(timed, client, public, X[1400:1401])
+    now[0] += 31
+    with pytest.raises(fm.RoundError, match="expired"):
+        timed.score(message, public)
+    now[0] -= 2  # within the lifetime, a fresh query works
+    message = round2(timed, client, public, X[1400:1401])
+    timed.score(message, public)
+
+
+def test_round2_ciphertext_of_wrong_size_refused():
+    _, server, client, public = deployed((32,))
+    X, _ = digits()
+    rnd, token, query = split(round2(server, client, public, X[1400:1401]))
+    with pytest.raises(FastSchemeError, match="bytes"):
+        server.score(join(rnd, token, query[:-4]), public)
+    # a round-2 query for 64 inputs (the first layer's shape) instead of 32
+    wrong = client._layers[0].encrypt(X[1400:1401])
+    with pytest.raises(FastSchemeError, match="features"):
+        server.score(join(rnd, token, wrong), public)
+    # another sample count than the query started with
+    two = client._layers[1].encrypt(np.zeros((2, 32)))
+    with pytest.raises(fm.RoundError, match="samples"):
+        server.score(join(rnd, token, two), public)
+    # refused messages did not spend the token: the right one is answered, once
+    answer = server.score(join(rnd, token, query), public)
+    assert client.respond(answer, 1)[1].shape == (1, 10)
+    still_serves(server, client, public)
+
+
+def test_round_out_of_order_refused():
+    _, server, client, public = deployed((32, 16))
+    X, _ = digits()
+    rnd, token, query = split(round2(server, client, public, X[1400:1401]))
+    assert rnd == 2
+    with pytest.raises(fm.RoundError, match="out of order"):
+        server.score(join(3, token, client._layers[2].encrypt(np.zeros((1, 16)))), public)
+    with pytest.raises(fm.RoundError, match="takes no token"):
+        server.score(join(1, token, client._layers[0].encrypt(X[1400:1401])), public)
+    with pytest.raises(fm.RoundError, match="needs the token"):
+        server.score(join(2, b"", query), public)
+    with pytest.raises(fm.RoundError, match="does not exist"):
+        server.score(join(4, token, query), public)
+    still_serves(server, client, public)
+
+
+def test_token_bound_to_key():
+    _, server, client, public = deployed((32,))
+    X, _ = digits()
+    message = round2(server, client, public, X[1400:1401])
+    other = fm.MLPClient(server.sizes, "relu", server.params)
+    with pytest.raises(FastSchemeError, match="another key|not for key"):
+        server.score(message, server.load_public(other.public_bundle()))
+
+
+@pytest.mark.parametrize("activation,match", [("tanh", "tanh"), ("relu", "does not run the MLP rounds yet")])
+def test_model_stage_refusal_is_a_config_error(activation, match):
+    from types import SimpleNamespace
+
+    from aideploy.errors import ConfigError
+    from aideploy.linear import linear_model
+    from aideploy_scoring.model_sklearn import SklearnModel
+
+    model = SimpleNamespace(adapter=SklearnModel(trained((8,), activation)), name="mlp", version="1")
+    with pytest.raises(ConfigError, match=match) as info:
+        linear_model(model, "fast")
+    assert "\n" not in str(info.value)
