@@ -176,7 +176,8 @@ def stream(runner) -> None:
             _check_width(scores, classes, index)
             columns = columns_of(scores, task, classes)
             if columns is None:
-                traffic.unread_answers += [str(a)[:200] for a in (scores.answers or [])][:3 - len(traffic.unread_answers)]
+                kept = traffic.unread_answers
+                kept += [str(answer)[:200] for answer in (scores.answers or [])][:3 - len(kept)]
             else:
                 writer.write(columns)
             progress.update(len(chunk.X_test))
@@ -198,4 +199,4 @@ def stream(runner) -> None:
         ctx.progress = (first + offset, total)
         if stage.name not in started:  # no rows left to send (a file resumed to its end)
             ctx.plugins.hook.aideploy_before_stage(stage=stage, ctx=ctx)
-        runner.observe(stage, result, seconds[stage.name], before=False)
+        runner.observe(stage, result, seconds[stage.name])

@@ -89,14 +89,12 @@ class Runner:
             self.stage_seconds[stage.name] = time.perf_counter() - start
             hook.aideploy_on_stage_error(stage=stage, ctx=self.ctx, error=exc)
             raise
-        self.observe(stage, result, time.perf_counter() - start, before=False)
+        self.observe(stage, result, time.perf_counter() - start)
         return result
 
-    def observe(self, stage: Stage, result: Any, seconds: float, before: bool = True) -> None:
-        """Keep ``stage``'s result and tell the observers it ran (a stage run outside :meth:`run_stage`)."""
+    def observe(self, stage: Stage, result: Any, seconds: float) -> None:
+        """Keep ``stage``'s result and tell the observers it succeeded in ``seconds``."""
         hook = self.ctx.plugins.hook
-        if before:
-            hook.aideploy_before_stage(stage=stage, ctx=self.ctx)
         self.stage_seconds[stage.name] = seconds
         if stage.result:
             self.ctx.artifacts[stage.result] = result
