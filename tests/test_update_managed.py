@@ -175,3 +175,26 @@ def test_new_deployment_names():
     cfg.new_deployment = "x"
     with pytest.raises(ConfigError):
         new_deployment_name(cfg, "blue")
+
+
+# ----------------------------------------------------------------------------- target=aci
+
+
+def test_aci_update_plan_is_webservice_update_with_a_roll_back(tmp_path):
+    pytest.importorskip("azureml.core", reason="the Azure extra is not installed")
+    out = tmp_path / "out"
+    results = api.run(["dry_run=true", "mode=update", "deployment_name=digits-svc", f"home={tmp_path / 'home'}",
+                       "target=aci", "update.smoke_samples=5"], out)
+    assert results["status"] == "ok", results.get("error")
+    plan = json.loads((out / "plan.json").read_text())
+    assert names(plan["actions"]) == ["Workspace.get", "Webservice", "Model.register",
+                                      "Environment.from_conda_specification", "Webservice.update",
+                                      "Webservice.wait_for_deployment", "smoke test"]
+    update = plan["actions"][4]["settings"]
+    assert update["name"] == "digits-svc" and update["models"] == ["sklearn_digits (registered above)"]
+    assert update["inference_config"]["entry_script"].endswith("score.py")
+    smoke = plan["actions"][-1]["settings"]
+    assert smoke["samples"] == 5 and smoke["request"]["headers"]["Authorization"] == "Bearer {key}"
+    assert names(plan["rollback"]) == ["Webservice.update", "Webservice.wait_for_deployment"]
+    assert "one version" in plan["rollback"][0]["note"]
+    assert "Model.deploy" not in names(plan["actions"]) and "Webservice.delete" not in names(plan["actions"])
