@@ -397,6 +397,23 @@ class PredictConfig:
     progress_seconds: float = bounded(5.0, gt=0)
 
 
+# ----------------------------------------------------------------------------- update
+
+
+@dataclass
+class UpdateConfig:
+    """How ``mode=update`` replaces a deployment's model (see :mod:`aideploy.update`)."""
+
+    # Percentages of the traffic the new deployment gets, one step after another, ending at 100
+    # (managed_endpoint; the other targets switch at once).
+    traffic_steps: List[int] = field(default_factory=lambda: [100])
+    # Rows of the test set sent to the new version before any traffic moves; every answer must agree
+    # with the model in process.
+    smoke_samples: int = bounded(20, ge=1, le=10000)
+    # managed_endpoint: the new deployment's name; null = the other colour (blue <-> green).
+    new_deployment: Optional[str] = None
+
+
 # ----------------------------------------------------------------------------- root
 
 
@@ -410,6 +427,7 @@ class AideployConfig:
     scoring_key_env: str = "AIDEPLOY_SCORING_KEY"
     plugins: List[str] = field(default_factory=list)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
     data: Any = MISSING
     model: Any = MISSING
     scoring: Any = MISSING

@@ -154,6 +154,28 @@ def aideploy_plan(cfg, ctx, model, environment, code):
     JSON-serialisable data: ``{"target": ..., "actions": [{"action": "Model.register",
     "settings": {...}}, ...]}``, using the SDK objects' own serialised form where the SDK
     has one. The network settings are in ``ctx.cfg.network``.
+
+    With ``mode=update`` (``ctx.mode``) describe the update of ``ctx.cfg.deployment_name``
+    instead: every step :func:`aideploy_update` would take, and under ``"rollback"`` the steps it
+    takes when the smoke test fails.
+    """
+
+
+@hookspec(firstresult=True)
+def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
+    """Replace the model of the deployment ``name`` (``mode=update``); served by the ``target`` plugin.
+
+    Runs instead of the deploy stage, after data, model, scoring, environment and network. Put
+    the new version beside the old one, smoke-test it with ``ctx.cfg.update.smoke_samples``
+    rows of ``dataset`` (:func:`aideploy.update.smoke_test`: every answer must agree with
+    ``model`` in process), and only then move the traffic to it and remove the old one. On a
+    failed smoke test the old version keeps serving and the new one is removed; raise
+    :class:`~aideploy.errors.DeployError` saying so.
+
+    Return the :class:`~aideploy.artifacts.Endpoint` now serving (``keep_alive=True`` if this
+    process must stay up to serve it, as with ``mode=serve``). With ``dry_run=true`` this hook
+    is not called: :func:`aideploy_plan` describes the update instead (``ctx.mode`` is
+    ``Mode.update``).
     """
 
 

@@ -281,6 +281,9 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
             if mode is Mode.delete and not cfg.deployment_name and not cfg.dry_run:
                 raise ConfigError("mode=delete needs the name of the deployment to delete",
                                   hint="add deployment_name=<name> (mode=serve prints it)")
+            if mode is Mode.update and not cfg.deployment_name:
+                raise ConfigError("mode=update needs the name of the deployment to update",
+                                  hint="add deployment_name=<name> (mode=list shows the deployments)")
             for index, stage in enumerate(pipeline, start=1):
                 ctx.progress = (index, len(pipeline))
                 if stage is MODEL and mode is Mode.predict and "model" not in given:
@@ -298,7 +301,7 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
                 results_mod.write_plan(ctx, ctx.artifacts["plan"])
             elif mode is Mode.delete and ctx.artifacts.get("deleted"):
                 journal.forget_deployment(cfg.home, cfg.deployment_name)
-            elif mode is Mode.serve:
+            elif mode in (Mode.serve, Mode.update):
                 try:
                     _serve_until_interrupted(ctx)
                 except (KeyboardInterrupt, Interrupted):

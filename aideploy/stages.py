@@ -18,6 +18,7 @@ class Mode(str, Enum):
     serve = "serve"  # deploy and serve until Ctrl-C
     predict = "predict"  # predict against an existing scoring URI
     delete = "delete"  # delete a named deployment
+    update = "update"  # replace a named deployment's model: new version, smoke test, switch, old one gone
     list = "list"  # show live deployments and what dead runs left behind
     gc = "gc"  # release what dead runs left behind
 
@@ -46,6 +47,7 @@ PREDICT = Stage("predict", "aideploy_predict", "target", "responses")
 DECRYPT = Stage("decrypt", "aideploy_decrypt", "encryption", "scores")
 EVALUATE = Stage("evaluate", "aideploy_evaluate", None, "metrics")
 DELETE = Stage("delete", "aideploy_delete", "target", "deleted")
+UPDATE = Stage("update", "aideploy_update", "target", "endpoint")
 PLAN = Stage("plan", "aideploy_plan", "target", "plan")
 TEARDOWN = Stage("teardown", "aideploy_teardown", None, None)
 
@@ -56,6 +58,7 @@ PIPELINES: dict[Mode, list[Stage]] = {
     Mode.serve: [DATA, MODEL, SCORING, ENVIRONMENT, NETWORK, DEPLOY],
     Mode.predict: [DATA, MODEL, *_CLIENT],
     Mode.delete: [DELETE],
+    Mode.update: [DATA, MODEL, SCORING, ENVIRONMENT, NETWORK, UPDATE],
     Mode.list: [],  # housekeeping (aideploy.journal), no stages
     Mode.gc: [],
 }

@@ -23,6 +23,7 @@ from aideploy.azure_workspace import (ACI_DELEGATION, SESSION_KEY, Session, Work
 from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import ConfigError, DeployError
 from aideploy.stages import Mode
+from aideploy.update import smoke_test
 
 PLUGIN_NAME = "aci"
 SDK_MODULES = ("azureml.core", "azure.identity", "azure.mgmt.network")
@@ -295,7 +296,45 @@ def aideploy_plan(cfg, ctx, model, environment, code):
                                                 "get_keys": bool(cfg.auth_enabled)}},
         {"action": "Webservice.delete", "settings": {"name": name, "when": teardown_note(ctx, name)}},
     ]
+    if ctx.mode is Mode.update:
+        return {"target": "aci", "sdk": f"azureml-core {azureml.core.VERSION}", "mode": "update",
+                **update_plan_actions(cfg, ctx, model, env, config, actions[:-4])}
     return {"target": "aci", "sdk": f"azureml-core {azureml.core.VERSION}", "actions": actions}
+
+
+ROLLBACK_NOTE = ("an ACI service holds one version: Webservice.update replaces it in place, so a failed smoke "
+                 "test re-deploys the models the service had before, with this run's inference config")
+
+
+def update_plan_actions(cfg: Any, ctx: Any, model: Any, env: Any, config: Any,
+                        prepare: list[dict[str, Any]]) -> dict[str, Any]:
+    """``mode=update``: ``Webservice.update(models=..., inference_config=...)`` on the existing service,
+    a smoke test, and the roll-back a failed one takes."""
+    name = service_name(ctx)
+    samples = ctx.cfg["update"].smoke_samples
+    inference = {"source_directory": config.source_directory, "entry_script": config.entry_script,
+                 "environment": env.name}
+    wait = {"show_output": True, "timeout_sec": cfg.deploy_timeout}
+    actions = [
+        *prepare[:1],
+        {"action": "Webservice", "settings": {"name": name, "reads": "its models, kept for a roll-back"}},
+        *prepare[1:],
+        {"action": "Webservice.update", "settings": {"name": name, "models": [f"{model.name} (registered above)"],
+                                                     "inference_config": inference}},
+        {"action": "Webservice.wait_for_deployment", "settings": wait},
+        {"action": "smoke test", "settings": {
+            "samples": samples, "passes": "every answer's predictions equal the model's in process",
+            "request": {"method": "POST", "url": "{scoring_uri}", "repeat": f"once per test-set row, {samples} rows",
+                        "headers": {"Content-Type": "application/json",
+                                    **({"Authorization": "Bearer {key}"} if cfg.auth_enabled else {})},
+                        "body": {"data": ["<one test-set row>"]}}}},
+    ]
+    rollback = [
+        {"action": "Webservice.update", "settings": {"name": name, "models": "<the models it had before>",
+                                                     "inference_config": inference}, "note": ROLLBACK_NOTE},
+        {"action": "Webservice.wait_for_deployment", "settings": wait},
+    ]
+    return {"actions": actions, "rollback": rollback}
 
 
 @hookimpl
@@ -308,3 +347,50 @@ def aideploy_delete(cfg, ctx, name):
     require_sdk(PLUGIN_NAME, *SDK_MODULES)
     session = connect(cfg)
     return delete_by_name(ctx, session, "ACI service", name, lambda: delete_service(session.workspace, name))
+
+
+@hookimpl
+def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
+    """``Webservice.update(models=..., inference_config=...)`` on the existing service, then a smoke test;
+    a failed one re-deploys the models the service had before (ACI holds one version at a time)."""
+    from azureml.core import Model
+    from azureml.core.webservice import Webservice
+    from azureml.exceptions import WebserviceException
+
+    name = service_name(ctx)
+    session = ctx.artifacts.get(SESSION_KEY) or connect(cfg)
+    settings, workspace = session.settings, session.workspace
+    try:
+        service = Webservice(workspace, name)
+    except WebserviceException as exc:
+        if "WebserviceNotFound" in str(exc):
+            raise ConfigError(f"there is no ACI service named {name!r} in the workspace to update",
+                              hint="deploy it first (mode=serve target=aci deployment_name=<name>)") from None
+        raise sdk_error(exc, f"reading the service {name!r}", settings, DeployError) from None
+    previous = list(service.models or [])
+    config = inference_config(code, build_environment(environment))
+    try:
+        registered = Model.register(workspace=workspace, **model_register_args(cfg, model))
+        service.update(models=[registered], inference_config=config)
+        service.wait_for_deployment(show_output=True, timeout_sec=cfg.deploy_timeout)
+    except Exception as exc:
+        tail = service_logs(service, cfg.log_tail_lines, settings)
+        message = settings.scrub(str(getattr(exc, "message", None) or exc))
+        raise DeployError(f"updating the ACI service {name!r} failed: {message}\n"
+                          f"--- last lines of the service's log (get_logs) ---\n{tail}",
+                          hint="try target=local with the same config to debug it here") from None
+    key = Secret(service.get_keys()[0]) if cfg.auth_enabled else None
+    headers = {"Authorization": f"Bearer {key.reveal()}"} if key else {}
+    smoke = smoke_test(service.scoring_uri, headers, model, dataset, ctx.cfg["update"].smoke_samples,
+                       cfg.request_timeout)
+    if not smoke.ok:
+        try:
+            service.update(models=previous, inference_config=config)
+            service.wait_for_deployment(show_output=True, timeout_sec=cfg.deploy_timeout)
+            rolled = f"rolled back to {', '.join(m.name + ':' + str(m.version) for m in previous) or 'no model'}"
+        except Exception as exc:
+            rolled = f"the roll-back failed too: {settings.scrub(str(exc))}"
+        raise DeployError(f"the updated ACI service {name!r} failed its smoke test: {smoke.reason}; {rolled}",
+                          hint="compare the new model with the test set locally (target=local, same model)")
+    return Endpoint(name, "aci", service.scoring_uri, auth_key=key, keep_alive=False,
+                    details={"auth": bool(key), "smoke_test": smoke.summary()})

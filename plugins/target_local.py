@@ -20,12 +20,13 @@ from pathlib import Path
 from aideploy import hookimpl
 from aideploy.artifacts import Endpoint, Secret
 from aideploy.envcheck import unmet
-from aideploy.errors import DeployError, EnvironmentMismatch
+from aideploy.errors import ConfigError, DeployError, EnvironmentMismatch
 from aideploy.journal import DEPLOYMENTS_DIR, process_started
 from aideploy.process import ManagedProcess, free_port, http_ok
 from aideploy.resources import path_record
 from aideploy.staging import scoring_package_dir, stage_model
 from aideploy.stages import Mode
+from aideploy.update import smoke_test
 
 SERVER_LOG = "azmlinfsrv.log"
 # azmlinfsrv logs this once a worker's init() has returned; a worker accepts no request before.
@@ -148,33 +149,54 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     endpoint = Endpoint(name, "local", f"{base}/score", auth_key=key, keep_alive=True, alive=server.alive,
                         details={"pid": server.pid, "workers": cfg.worker_count, "auth": bool(key)})
     if ctx.mode is Mode.serve:
-        record = deployment_record(ctx, name)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"name": name, "target": "local", "pid": server.pid, "owner_pid": os.getpid(),
-                                      "owner_started": process_started(os.getpid()), "created": time.time(),
-                                      "scoring_uri": endpoint.scoring_uri, "output_dir": str(ctx.output_dir)}))
-        ctx.resources.add(f"deployment record {record.name}", lambda: record.unlink(missing_ok=True),
-                          path_record(record))
-        if key and not os.environ.get(ctx.cfg.scoring_key_env):
-            # Shown once, on the terminal only: the log handlers never see it.
-            print(f"scoring key (shown once; send 'Authorization: Bearer <key>'): {key.reveal()}",
-                  file=sys.__stdout__, flush=True)
+        publish(ctx, name, server.pid, endpoint)
     return endpoint
+
+
+def publish(ctx, name: str, pid: int, endpoint: Endpoint) -> None:
+    """Write the deployment record (``mode=list``, ``mode=delete`` and ``mode=update`` find it) for
+    the run's lifetime, and show a generated key once."""
+    record = deployment_record(ctx, name)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"name": name, "target": "local", "pid": pid, "owner_pid": os.getpid(),
+                                  "owner_started": process_started(os.getpid()), "created": time.time(),
+                                  "scoring_uri": endpoint.scoring_uri, "output_dir": str(ctx.output_dir)}))
+    ctx.resources.add(f"deployment record {record.name}", lambda: record.unlink(missing_ok=True),
+                      path_record(record))
+    key = endpoint.auth_key
+    if key and not os.environ.get(ctx.cfg.scoring_key_env):
+        # Shown once, on the terminal only: the log handlers never see it.
+        print(f"scoring key (shown once; send 'Authorization: Bearer <key>'): {key.reveal()}",
+              file=sys.__stdout__, flush=True)
 
 
 @hookimpl
 def aideploy_plan(cfg, ctx, model, environment, code):
-    return {
-        "target": "local",
-        "actions": [
-            {"action": "stage source directory", "settings": {"entry_script": code.entry_script,
-                                                              "source_dir": str(code.source_dir)}},
-            {"action": "start azmlinfsrv", "settings": {
-                "model": f"{model.name}:{model.version}", "port": cfg.port or "free port",
-                "worker_count": cfg.worker_count, "auth": cfg.auth, "network": ctx.choices.get("network"),
-                "environment": str(environment.conda_file)}},
-        ],
-    }
+    actions = [
+        {"action": "stage source directory", "settings": {"entry_script": code.entry_script,
+                                                          "source_dir": str(code.source_dir)}},
+        {"action": "start azmlinfsrv", "settings": {
+            "model": f"{model.name}:{model.version}", "port": cfg.port or "free port",
+            "worker_count": cfg.worker_count, "auth": cfg.auth, "network": ctx.choices.get("network"),
+            "environment": str(environment.conda_file)}},
+    ]
+    if ctx.mode is not Mode.update:
+        return {"target": "local", "actions": actions}
+    name = ctx.cfg.deployment_name or "<deployment_name>"
+    record = str(deployment_record(ctx, name))
+    samples = ctx.cfg["update"].smoke_samples
+    return {"target": "local", "mode": "update", "actions": [
+        {"action": "read deployment record", "settings": {"path": record, "exists": read_record(ctx, name) is not None}},
+        *actions,
+        {"action": "smoke test", "settings": {"samples": samples, "request": "POST {new scoring_uri}, one test-set row "
+                                              "per request, plain {\"data\": [[...]]}",
+                                              "passes": "every prediction equals the model's in process"}},
+        {"action": "stop the old deployment", "settings": {"how": "SIGTERM to its serving aideploy (it tears down); "
+                                                           "its azmlinfsrv group if that is gone"}},
+        {"action": "write deployment record", "settings": {"path": record, "scoring_uri": "the new server's"}},
+    ], "rollback": [
+        {"action": "stop the new azmlinfsrv", "settings": {"old deployment": "keeps serving, its record unchanged"}},
+    ]}
 
 
 @hookimpl
@@ -182,18 +204,27 @@ def aideploy_predict(cfg, ctx, endpoint, network, requests):
     return network.call(ctx.http_client(endpoint, cfg.request_timeout).post, requests.items)
 
 
-@hookimpl
-def aideploy_delete(ctx, name):
-    import psutil
-
+def read_record(ctx, name: str) -> dict | None:
+    """The deployment record of ``name``, or None (a warning lists the known names)."""
     record = deployment_record(ctx, name)
     if not record.exists():
-        known = sorted(p.stem for p in record.parent.glob("*.json")) if record.parent.exists() else []
-        ctx.log.warning("no local deployment named %r (known: %s)", name, ", ".join(known) or "none")
-        return False
-    info = json.loads(record.read_text())
-    # Ask the serving aideploy to stop: it owns the server and tears down in order. If it is
-    # gone, stop the server directly. A pid must still run the right program: pids get reused.
+        return None
+    return json.loads(record.read_text())
+
+
+def known_deployments(ctx) -> str:
+    folder = Path(ctx.cfg.home) / DEPLOYMENTS_DIR
+    return ", ".join(sorted(p.stem for p in folder.glob("*.json"))) if folder.exists() else ""
+
+
+def stop_deployment(ctx, name: str, info: dict) -> None:
+    """Stop a served deployment and remove its record.
+
+    Ask the serving aideploy to stop: it owns the server and tears down in order. If it is gone,
+    stop the server directly. A pid must still run the right program: pids get reused.
+    """
+    import psutil
+
     for pid, program in ((info["owner_pid"], "aideploy"), (info["pid"], "azmlinfsrv")):
         try:
             proc = psutil.Process(pid)
@@ -202,5 +233,43 @@ def aideploy_delete(ctx, name):
                 psutil.wait_procs([proc], timeout=30)
         except (psutil.NoSuchProcess, ProcessLookupError):
             pass
-    record.unlink(missing_ok=True)
+    deployment_record(ctx, name).unlink(missing_ok=True)
+
+
+@hookimpl
+def aideploy_delete(ctx, name):
+    info = read_record(ctx, name)
+    if info is None:
+        ctx.log.warning("no local deployment named %r (known: %s)", name, known_deployments(ctx) or "none")
+        return False
+    stop_deployment(ctx, name, info)
     return True
+
+
+@hookimpl
+def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
+    """Replace a served deployment: start the new server beside the old one, smoke-test it, then stop
+    the old one and point the record at the new one. A failed smoke test stops the new server only."""
+    old = read_record(ctx, name)
+    if old is None:
+        known = known_deployments(ctx)
+        raise ConfigError(f"there is no local deployment named {name!r} to update (known: {known or 'none'})",
+                          hint="start one with mode=serve deployment_name=<name>; mode=list shows the deployments")
+    endpoint = aideploy_deploy(cfg=cfg, ctx=ctx, model=model, environment=environment, network=network, code=code)
+    samples = ctx.cfg["update"].smoke_samples
+    ctx.log.info("      smoke test: %d samples to the new server at %s", min(samples, len(dataset.X_test)),
+                 endpoint.scoring_uri)
+    smoke = network.call(smoke_test, endpoint.scoring_uri, endpoint.headers(), model, dataset, samples,
+                         cfg.request_timeout)
+    endpoint.details["smoke_test"] = smoke.summary()
+    if not smoke.ok:
+        raise DeployError(f"the new version of {name!r} ({model.name}:{model.version}) failed its smoke test: "
+                          f"{smoke.reason}; it was stopped, and the old one still serves {old['scoring_uri']}",
+                          hint="compare the new model with the test set (mode=run with the same model), or see "
+                          f"the new server's log in {ctx.output_dir / SERVER_LOG}")
+    ctx.log.info("      smoke test passed (%d/%d agree); stopping the old server (pid %s)", smoke.agreed,
+                 smoke.samples, old["pid"])
+    stop_deployment(ctx, name, old)
+    publish(ctx, name, endpoint.details["pid"], endpoint)
+    endpoint.details["replaced"] = old["scoring_uri"]
+    return endpoint

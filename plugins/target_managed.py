@@ -12,6 +12,7 @@ functions below, so loading this plugin never needs it.
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -22,6 +23,7 @@ from aideploy.azure_workspace import (SESSION_KEY, Session, WorkspaceSettings, d
 from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import ConfigError, DeployError
 from aideploy.stages import Mode
+from aideploy.update import SmokeResult, smoke_test
 
 PLUGIN_NAME = "managed_endpoint"
 SDK_MODULES = ("azure.ai.ml", "azure.identity")
@@ -136,15 +138,16 @@ def build_endpoint(cfg: Any, network_cfg: Any, name: str) -> Any:
 
 
 def build_deployment(cfg: Any, endpoint_name: str, model: Any, environment: Any, code: Any, scheme: str,
-                     network_cfg: Any) -> Any:
+                     network_cfg: Any, name: str | None = None) -> Any:
     """The ``ManagedOnlineDeployment`` entity: the model file, the conda environment, the staged code,
-    request settings, probes, and egress closed in a private network."""
+    request settings, probes, and egress closed in a private network. ``name``: ``target.deployment``
+    unless given (``mode=update`` names the new deployment)."""
     from azure.ai.ml.entities import CodeConfiguration, Environment, ManagedOnlineDeployment, Model
 
     _quiet_sdk_logs()
     liveness, readiness = probes(cfg, scheme)
     return ManagedOnlineDeployment(
-        name=cfg.deployment, endpoint_name=endpoint_name,
+        name=name or cfg.deployment, endpoint_name=endpoint_name,
         model=Model(path=str(model.path), description=f"{model.name} version {model.version} from aideploy"),
         environment=Environment(conda_file=str(environment.conda_file), image=cfg.image),
         code_configuration=CodeConfiguration(code=str(code.source_dir), scoring_script=code.entry_script),
@@ -367,6 +370,9 @@ def aideploy_plan(cfg, ctx, model, environment, code):
     require_sdk(PLUGIN_NAME, *PLAN_SDK_MODULES)
     from azure.ai.ml import __version__ as sdk_version
 
+    if ctx.mode is Mode.update:
+        return {"target": "managed_endpoint", "sdk": f"azure-ai-ml {sdk_version}", "mode": "update",
+                **update_plan_actions(cfg, ctx, model, environment, code)}
     return {"target": "managed_endpoint", "sdk": f"azure-ai-ml {sdk_version}",
             "actions": plan_actions(cfg, ctx, model, environment, code)}
 
@@ -381,3 +387,211 @@ def aideploy_delete(cfg, ctx, name):
     require_sdk(PLUGIN_NAME, *SDK_MODULES)
     session = connect(cfg)
     return delete_by_name(ctx, session, "online endpoint", name, lambda: delete_endpoint(session.workspace, name, cfg.deploy_timeout))
+
+
+# ----------------------------------------------------------------------------- mode=update: blue/green
+
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+"""Sent with a scoring request, it reaches that deployment whatever the endpoint's traffic says."""
+
+DELETE_DEPLOYMENT = "online_deployments.begin_delete"
+UPDATE_ENDPOINT = "online_endpoints.begin_create_or_update"
+DEPLOYMENT_NAME_PATTERN = r"[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]"
+
+
+def new_deployment_name(update_cfg: Any, old: str) -> str:
+    """``update.new_deployment``, else the other colour: blue <-> green (green beside any other name)."""
+    import re
+
+    new = update_cfg.new_deployment or {"blue": "green", "green": "blue"}.get(old.lower(), "green")
+    if new.lower() == old.lower():
+        raise ConfigError(f"update.new_deployment={new} is the deployment being replaced",
+                          hint="name the new deployment differently, or leave update.new_deployment=null "
+                          "(blue <-> green)")
+    if not re.fullmatch(DEPLOYMENT_NAME_PATTERN, new):
+        raise ConfigError(f"update.new_deployment={new!r} is not a valid deployment name",
+                          hint="3-32 letters, digits and dashes, starting with a letter")
+    return new
+
+
+def serving_deployment(traffic: dict[str, Any], endpoint: str) -> str:
+    """The one deployment holding all the traffic: the one an update replaces."""
+    live = {k: int(v) for k, v in (traffic or {}).items() if v and int(v)}
+    if len(live) != 1 or next(iter(live.values())) != 100:
+        raise DeployError(f"the endpoint {endpoint!r} splits its traffic {live or '(none)'}; mode=update replaces "
+                          "the one deployment that takes all of it",
+                          hint="finish or undo the earlier change first (az ml online-endpoint update --traffic "
+                          "'<deployment>=100'), then run mode=update again")
+    return next(iter(live))
+
+
+def blue_green_steps(endpoint: Any, old: str, new: str, traffic_steps: list[int],
+                     smoke: SmokeResult) -> list[tuple[str, Any]]:
+    """What follows the smoke test of ``new``, as ``(SDK call, its argument)``: the decision itself.
+
+    Passed: for each step, the whole endpoint with ``{old: 100 - step, new: step}`` traffic (what
+    ``online_endpoints.begin_create_or_update`` re-sends), then the old deployment deleted.
+    Failed: the traffic is left as it is and only the new deployment is deleted.
+    """
+    if not smoke.ok:
+        return [(DELETE_DEPLOYMENT, {"name": new, "endpoint_name": endpoint.name})]
+    steps: list[tuple[str, Any]] = []
+    for share in traffic_steps:
+        step = copy.deepcopy(endpoint)
+        step.traffic = {old: 100 - int(share), new: int(share)}
+        steps.append((UPDATE_ENDPOINT, step))
+    steps.append((DELETE_DEPLOYMENT, {"name": old, "endpoint_name": endpoint.name}))
+    return steps
+
+
+def step_request(action: str, argument: Any, client: Any) -> dict[str, Any]:
+    """The REST request the SDK sends for one of :func:`blue_green_steps`."""
+    from azure.ai.ml.operations._online_endpoint_operations import _strip_zeroes_from_traffic
+
+    from aideploy.azure_requests import WORKSPACE_LOCATION, sdk_request
+
+    if action == UPDATE_ENDPOINT:
+        sent = copy.deepcopy(argument)
+        sent.traffic = _strip_zeroes_from_traffic(sent.traffic)  # as the SDK does before sending
+        return sdk_request("online_endpoints_create_or_update", client.online_endpoints._online_operation,
+                           sent._to_rest_online_endpoint(location=WORKSPACE_LOCATION), endpoint_name=argument.name)
+    return sdk_request("online_deployments_delete", client.online_deployments._online_deployment,
+                       endpoint_name=argument["endpoint_name"], deployment_name=argument["name"])
+
+
+def step_action(action: str, argument: Any, client: Any) -> dict[str, Any]:
+    if action == UPDATE_ENDPOINT:
+        settings = {"name": argument.name, "traffic": dict(argument.traffic)}
+    else:
+        settings = {"name": argument["name"], "endpoint_name": argument["endpoint_name"]}
+    return {"action": action, "settings": settings, "request": step_request(action, argument, client)}
+
+
+def run_steps(client: Any, steps: list[tuple[str, Any]], timeout: float) -> None:
+    """Carry out :func:`blue_green_steps` with the SDK, in order, each to its end."""
+    for action, argument in steps:
+        if action == UPDATE_ENDPOINT:
+            _wait(client.online_endpoints.begin_create_or_update(argument), timeout,
+                  f"traffic {dict(argument.traffic)}")
+        else:
+            _wait(client.online_deployments.begin_delete(**argument), timeout, f"deleting deployment {argument['name']}")
+
+
+def delete_deployment(client: Any, endpoint: str, deployment: str, timeout: float | None = None) -> bool:
+    """Delete one deployment of an endpoint; False (not an error) when there is none."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        client.online_deployments.begin_delete(name=deployment, endpoint_name=endpoint).result(timeout=timeout)
+    except ResourceNotFoundError:
+        return False
+    return True
+
+
+@hookimpl
+def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
+    """Blue/green: the new version as a second deployment at 0% traffic, smoke-tested through the
+    endpoint with ``azureml-model-deployment``, then the traffic moved in ``update.traffic_steps`` and
+    the old deployment deleted; a failed smoke test deletes the new deployment and moves nothing."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    name = endpoint_name(ctx)
+    update_cfg = ctx.cfg["update"]
+    session = ctx.artifacts.get(SESSION_KEY) or connect(cfg)
+    settings, client = session.settings, session.workspace
+    try:
+        current = client.online_endpoints.get(name)
+    except ResourceNotFoundError:
+        raise ConfigError(f"there is no online endpoint named {name!r} in the workspace to update",
+                          hint="deploy it first (mode=serve target=managed_endpoint deployment_name=<name>); "
+                          "mode=list shows the endpoints this home created") from None
+    except Exception as exc:
+        raise sdk_error(exc, f"reading the online endpoint {name!r}", settings, DeployError) from None
+    old = serving_deployment(current.traffic, name)
+    new = new_deployment_name(update_cfg, old)
+    deployment = build_deployment(cfg, name, model, environment, code, ctx.cfg.encryption.plugin, ctx.cfg.network,
+                                  name=new)
+    state = {"keep_new": False}
+    ctx.resources.add(f"new deployment {new} of endpoint {name}",
+                      lambda: state["keep_new"] or delete_deployment(client, name, new, cfg.deploy_timeout))
+    try:
+        _wait(client.online_deployments.begin_create_or_update(deployment), cfg.deploy_timeout, f"deployment {new}")
+    except Exception as exc:
+        tail = deployment_logs(client, cfg, name, settings)
+        message = settings.scrub(str(getattr(exc, "message", None) or exc))
+        raise DeployError(f"the new deployment {new!r} of endpoint {name!r} failed: {message} (it is deleted; "
+                          f"{old!r} keeps all the traffic)\n--- last lines of the deployment's log ---\n{tail}",
+                          hint="try target=local with the same config to debug it here") from None
+    try:
+        key = endpoint_key(client, name)
+    except Exception as exc:
+        raise sdk_error(exc, f"getting the key of {name!r}", settings, DeployError) from None
+    ctx.log.info("      smoke test: %d samples to %s through %s (header %s)", update_cfg.smoke_samples, new,
+                 current.scoring_uri, DEPLOYMENT_HEADER)
+    smoke = smoke_test(current.scoring_uri, {"Authorization": f"Bearer {key.reveal()}", DEPLOYMENT_HEADER: new},
+                       model, dataset, update_cfg.smoke_samples, cfg.request_timeout)
+    steps = blue_green_steps(current, old, new, list(update_cfg.traffic_steps), smoke)
+    state["keep_new"] = smoke.ok  # from the first traffic step on, the new deployment serves callers
+    try:
+        run_steps(client, steps, cfg.deploy_timeout)
+    except Exception as exc:
+        raise sdk_error(exc, f"{'moving the traffic from ' + old + ' to ' + new if smoke.ok else 'deleting ' + new} "
+                        f"on {name!r} (az ml online-endpoint show -n {name} says where it stopped)", settings,
+                        DeployError) from None
+    if not smoke.ok:
+        state["keep_new"] = True  # already deleted
+        raise DeployError(f"the new deployment {new!r} of endpoint {name!r} failed its smoke test: {smoke.reason}; "
+                          f"rolled back: {new!r} is deleted and {old!r} keeps all the traffic",
+                          hint="compare the new model with the test set locally (target=local, same model)")
+    return Endpoint(name, "managed_endpoint", current.scoring_uri, auth_key=key, keep_alive=False,
+                    details={"deployment": new, "replaced": old, "smoke_test": smoke.summary(),
+                             "traffic_steps": list(update_cfg.traffic_steps)})
+
+
+def update_plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) -> dict[str, Any]:
+    """Every step of :func:`aideploy_update` as the SDK's requests: the path that passes the smoke test
+    (``actions``) and the one that fails it (``rollback``), both from :func:`blue_green_steps`."""
+    from aideploy.azure_requests import WORKSPACE_LOCATION, asset_registrations, plan_client, sdk_request
+
+    name = endpoint_name(ctx)
+    update_cfg = ctx.cfg["update"]
+    scheme, network_cfg = ctx.cfg.encryption.plugin, ctx.cfg.network
+    old = cfg.deployment
+    new = new_deployment_name(update_cfg, old)
+    current = build_endpoint(cfg, network_cfg, name)  # stands for what online_endpoints.get returns
+    current.traffic = {old: 100}
+    deployment = build_deployment(cfg, name, model, environment, code, scheme, network_cfg, name=new)
+    client = plan_client()
+    endpoints, deployments = client.online_endpoints._online_operation, client.online_deployments._online_deployment
+    actions = plan_actions(cfg, ctx, model, environment, code)[:2]  # MLClient, workspaces.get
+    actions.append({"action": "online_endpoints.get", "settings": {"name": name},
+                    "request": sdk_request("online_endpoints_get", endpoints, endpoint_name=name),
+                    "note": f"the deployment holding 100% of the traffic is replaced: {old!r} here "
+                    "(target.deployment); a split traffic is refused"})
+    readable = serialized(deployment)
+    for action, asset, request in asset_registrations(deployment, client):
+        actions.append({"action": action, "settings": {"name": asset.name, "version": str(asset.version),
+                                                       "anonymous": True}, "request": request,
+                        "note": ASSET_NOTES[action]})
+    actions.append({"action": "online_deployments.begin_create_or_update", "settings": readable,
+                    "request": sdk_request("online_deployments_create_or_update", deployments,
+                                           deployment._to_rest_object(location=WORKSPACE_LOCATION),
+                                           endpoint_name=name, deployment_name=new),
+                    "note": f"beside {old!r}; the endpoint's traffic is not touched, so {new!r} gets 0%"})
+    keys = {"key": "online_endpoints_list_keys", "aml_token": "online_endpoints_get_token"}.get(auth_mode(cfg))
+    actions.append({"action": "online_endpoints.get_keys", "settings": {"name": name, "auth_mode": auth_mode(cfg)},
+                    **({"request": sdk_request(keys, endpoints, endpoint_name=name)} if keys else
+                       {"note": "aad_token: a Microsoft Entra token from the credential"})})
+    samples = update_cfg.smoke_samples
+    actions.append({"action": "smoke test", "settings": {
+        "samples": samples, "passes": "every answer's predictions equal the model's in process"},
+        "request": {"method": "POST", "url": "{scoringUri}", "repeat": f"once per test-set row, {samples} rows",
+                    "headers": {"Content-Type": "application/json", "Authorization": "Bearer {key}",
+                                DEPLOYMENT_HEADER: new},
+                    "body": {"data": ["<one test-set row>"]}}})
+    passed = blue_green_steps(current, old, new, list(update_cfg.traffic_steps), SmokeResult(samples, samples))
+    failed = blue_green_steps(current, old, new, list(update_cfg.traffic_steps),
+                              SmokeResult(samples, 0, "an answer disagreed"))
+    actions += [step_action(a, arg, client) for a, arg in passed]
+    return {"actions": actions, "rollback": [step_action(a, arg, client) for a, arg in failed],
+            "old_deployment": old, "new_deployment": new}

@@ -78,7 +78,9 @@ class Cli:
         self.calls = 0
 
     def env(self, extra: dict | None = None) -> dict:
-        env = {**os.environ, "PYTHONPATH": str(TESTS_DIR), **(extra or {})}
+        # The tests' helper plugins first, then whatever PYTHONPATH the session itself was given.
+        path = os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path, **(extra or {})}
         env.pop("HYDRA_FULL_ERROR", None)
         return env
 
