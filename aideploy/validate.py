@@ -119,6 +119,8 @@ def check(cfg: DictConfig, choices: dict[str, str]) -> None:
     for group in choices:
         if group in cfg and isinstance(cfg[group], DictConfig):
             _check_node(cfg[group], group)
+    if isinstance(cfg.get("predict"), DictConfig):
+        _check_node(cfg["predict"], "predict")
     if isinstance(cfg.get("update"), DictConfig):
         _check_node(cfg["update"], "update")
         from aideploy.update import check_traffic_steps

@@ -249,3 +249,15 @@ def test_answers_shaped_for_another_model_are_refused():
     _check_width(Scores(values=np.zeros((4, 1))), [0, 1], 1)  # a binary margin
     with pytest.raises(PredictError, match="answered 3 probabilities per row, but the model has 10 classes"):
         _check_width(Scores(probabilities=np.zeros((4, 3))), list(range(10)), 2)
+
+
+@pytest.mark.parametrize("override", ["predict.concurrency=0", "predict.chunk_rows=0", "predict.output_format=xlsx"])
+def test_predict_settings_are_checked_before_any_stage(override):
+    from aideploy.config import register_configs
+    from aideploy.manager import PluginRegistry
+    from aideploy.validate import preflight
+
+    register_configs(registry=PluginRegistry.load())
+    with pytest.raises(ConfigError) as info:
+        preflight([override])
+    assert override.split("=")[0] in str(info.value) and info.value.hint
