@@ -10,6 +10,7 @@ EXAMPLES = [
     ("a sweep", "aideploy -m encryption=none,fast target.worker_count=1,2"),
     ("your model, encrypted", "aideploy model=sklearn_pickle model.path=model.pkl encryption=fast"),
     ("a private network", "aideploy network=vnet encryption=fast"),
+    ("predict your rows", "aideploy mode=predict scoring_uri=http://host:port/score data=csv data.path=rows.csv"),
     ("a plan for Azure", "aideploy target=aci network=vnet network.location=japaneast dry_run=true"),
 ]
 
