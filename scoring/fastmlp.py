@@ -102,7 +102,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from . import fastlinear as fl
 from .fastlinear import FastClient, FastParams, FastPublicKey, FastSchemeError, FastServer
 
-__all__ = ["RoundError", "MLPClient", "MLPServer", "MLPPlan", "plan", "choose_params", "ACTIVATIONS"]
+__all__ = ["RoundError", "MLPClient", "MLPServer", "MLPPlan", "plan", "choose_params", "peek", "ACTIVATIONS"]
 
 WIRE_VERSION = 1
 ACTIVATIONS = ("relu", "identity")
@@ -304,6 +304,18 @@ class _TokenBox:
 
 
 # ------------------------------------------------------------------------ server
+
+
+def peek(message: bytes) -> tuple[int, int] | None:
+    """``(round, n_samples)`` of a round message, read without authenticating anything (the
+    service's query budget counts round-1 samples before scoring); None if it is not one."""
+    try:
+        magic, ver, rnd, tlen = _QUERY_HEADER.unpack_from(message)
+        if magic != _QUERY_MAGIC or ver != WIRE_VERSION:
+            return None
+        return rnd, int(fl._QUERY_HEADER.unpack_from(message, _QUERY_HEADER.size + tlen)[7])
+    except struct.error:
+        return None
 
 
 class MLPServer:

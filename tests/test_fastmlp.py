@@ -287,15 +287,18 @@ def test_token_bound_to_key():
         server.score(message, server.load_public(other.public_bundle()))
 
 
-@pytest.mark.parametrize("activation,match", [("tanh", "tanh"), ("relu", "does not run the MLP rounds yet")])
-def test_model_stage_refusal_is_a_config_error(activation, match):
+def test_model_stage_refuses_tanh_and_folds_relu():
     from types import SimpleNamespace
 
     from aideploy.errors import ConfigError
-    from aideploy.linear import linear_model
+    from aideploy.linear import mlp_layers
     from aideploy_scoring.model_sklearn import SklearnModel
 
-    model = SimpleNamespace(adapter=SklearnModel(trained((8,), activation)), name="mlp", version="1")
-    with pytest.raises(ConfigError, match=match) as info:
-        linear_model(model, "fast")
+    tanh = SimpleNamespace(adapter=SklearnModel(trained((8,), "tanh")), name="mlp", version="1")
+    with pytest.raises(ConfigError, match="tanh") as info:
+        mlp_layers(tanh, "fast")
     assert "\n" not in str(info.value)
+    relu = SimpleNamespace(adapter=SklearnModel(trained((8,), "relu")), name="mlp", version="1")
+    layers, activation = mlp_layers(relu, "fast")
+    assert activation == "relu" and [W.shape for W, _ in layers] == [(8, 64), (10, 8)]
+    assert mlp_layers(relu, "seal") is None  # seal: "needs a linear model" says it
