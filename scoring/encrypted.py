@@ -241,10 +241,18 @@ class FastMLPScheme:
             return server
 
     def warm_up(self) -> None:
-        """Build the server for the default parameters and run one query through every round."""
+        """Build a server and run one query through every round (compiles the kernels, which do
+        not depend on the parameters): the default ``max_error`` (1e-3) if it fits the model,
+        else the first larger one that does, so a model served with a looser error still starts."""
         import numpy as np
 
-        params = self._fm.choose_params(self.layers, self.activation, max_error=1e-3)
+        for max_error in (1e-3, 1e-2, 1e-1, 1.0):
+            try:
+                params = self._fm.choose_params(self.layers, self.activation, max_error=max_error)
+                break
+            except self._fm.FastSchemeError:
+                if max_error == 1.0:
+                    raise
         server = self._server_for(params)
         client = self._fm.MLPClient(server.sizes, self.activation, params)
         public = server.load_public(client.public_bundle())

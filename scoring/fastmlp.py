@@ -69,8 +69,9 @@ reveals which units are active and how many, their values up to a factor in
 the first layer: an adaptive client varying ``x`` can estimate the rows of ``W_1`` up to scale
 (it sees ``<w_k, x> + b_k`` up to an unknown positive factor and an unknown permutation, and
 can re-identify units across queries by their responses).  Fresh permutations and factors
-per query slow this down; they do not prevent it.  ``max_queries_per_key`` (a knob of the
-service, not built here) is the mitigation the issue asks for.  Weight privacy of each round's
+per query slow this down; they do not prevent it.  The mitigation is ``max_queries_per_key``:
+the service (``encrypted.QueryBudget``) refuses round 1 with a 429 once a key has sent that
+many samples, counted per worker.  Weight privacy of each round's
 answer is fastlinear's (flooding, see its docstring).  Not hidden: layer sizes, the
 activation, ``H`` (derived from the model, sent nowhere but implied by the values' range).
 

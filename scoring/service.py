@@ -255,7 +255,8 @@ class ScoringService:
 
         The features the model takes, its task and classes, the schemes this service serves and,
         for the fast scheme, the public parameters that fit the model for inputs in
-        ``[-x_bound, x_bound]`` within ``max_error`` (query arguments; defaults 1 and 0.001).
+        ``[-x_bound, x_bound]`` within ``max_error`` (query arguments; defaults 1 and 0.001) and,
+        for an MLP, its layer sizes and activation (``fast.mlp``), which its rounds reveal anyway.
         The parameters' scales tell the order of magnitude of the model's weights and nothing
         finer; everything else here is what the plain protocol's answers reveal anyway.
         """
