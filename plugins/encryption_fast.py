@@ -153,7 +153,14 @@ def _rounds(ctx, client, requests, responses) -> Scores:
                 sends.append((i, Request(message, request.n_samples, request.headers)))
         waiting = [i for i, _ in sends]
         if sends:
-            for (i, _), response in zip(sends, network.call(http.post, [r for _, r in sends]).items):
+            try:
+                answered = network.call(http.post, [r for _, r in sends])
+            except PredictError as exc:
+                if "expired" in exc.cause:
+                    exc.hint = ("round 1 of a whole chunk is sent before its round 2: lower predict.chunk_rows, "
+                                "or deploy with a larger encryption.round_ttl_seconds")
+                raise
+            for (i, _), response in zip(sends, answered.items):
                 answers[i] = response.body
                 cost[i][0] += response.latency_ms
                 cost[i][1] += response.request_bytes

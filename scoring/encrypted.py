@@ -147,6 +147,9 @@ class FastScheme:
 TOKEN_SECRET_ENV = "AIDEPLOY_MLP_TOKEN_SECRET"
 #: Samples one client key may send through round 1 of the MLP protocol, per worker; 0: unlimited.
 MAX_QUERIES_ENV = "AIDEPLOY_MAX_QUERIES_PER_KEY"
+#: Seconds a round token stays valid (default 300): a client sends a whole chunk's round 1 before
+#: its round 2, so this must outlast sending one chunk. Spent tokens are remembered this long.
+TOKEN_TTL_ENV = "AIDEPLOY_MLP_TOKEN_TTL"
 
 
 def token_secret_from_environment() -> bytes:
@@ -216,7 +219,7 @@ class FastMLPScheme:
     MAX_SERVERS = 8
 
     def __init__(self, layers: list, activation: str, fetcher: KeyFetcher, secret: bytes | None = None,
-                 max_queries_per_key: int | None = None, token_ttl: float = 60.0) -> None:
+                 max_queries_per_key: int | None = None, token_ttl: float | None = None) -> None:
         from aideploy_scoring import fastmlp
 
         self._fm = fastmlp
@@ -226,7 +229,7 @@ class FastMLPScheme:
         if max_queries_per_key is None:
             max_queries_per_key = int(os.environ.get(MAX_QUERIES_ENV, "0") or 0)
         self.budget = QueryBudget(max_queries_per_key)
-        self.token_ttl = token_ttl
+        self.token_ttl = token_ttl if token_ttl is not None else float(os.environ.get(TOKEN_TTL_ENV) or 300.0)
         self._servers: LRUCache[bytes, Any] = LRUCache(maxsize=self.MAX_SERVERS)
         self._lock = threading.Lock()
         self._load = self._load_bundle
@@ -253,7 +256,9 @@ class FastMLPScheme:
             except self._fm.FastSchemeError:
                 if max_error == 1.0:
                     raise
-        server = self._server_for(params)
+        self._server_for(params)  # what the first requests with these parameters use
+        # the rounds run on a throwaway server: its tokens may not expire mid-warm-up, nor be spent here
+        server = self._fm.MLPServer(self.layers, self.activation, params, secret=os.urandom(32), token_ttl=3600.0)
         client = self._fm.MLPClient(server.sizes, self.activation, params)
         public = server.load_public(client.public_bundle())
         for n in (1, 4):

@@ -302,3 +302,27 @@ def test_model_stage_refuses_tanh_and_folds_relu():
     layers, activation = mlp_layers(relu, "fast")
     assert activation == "relu" and [W.shape for W, _ in layers] == [(8, 64), (10, 8)]
     assert mlp_layers(relu, "seal") is None  # seal: "needs a linear model" says it
+
+
+@pytest.mark.parametrize("target,refused", [("local", False), ("managed_endpoint", True), ("aci", True)])
+def test_mlps_are_deployed_only_where_workers_share_the_token_secret(target, refused):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from aideploy.errors import ConfigError
+    from aideploy.stages import Mode
+    from aideploy_plugins.encryption_fast import aideploy_check_model
+    from aideploy_scoring.model_sklearn import SklearnModel
+
+    cfg = OmegaConf.create({"encryption": {"plugin": "fast", "x_bound": 1.0, "max_error": 1e-2},
+                            "target": {"plugin": target}})
+    model = SimpleNamespace(adapter=SklearnModel(trained((8,))), name="mlp", version="1")
+    dataset = SimpleNamespace(X_test=None, name="digits")
+    for mode in (Mode.run, Mode.predict):
+        ctx = SimpleNamespace(cfg=cfg, mode=mode)
+        if refused and mode is not Mode.predict:
+            with pytest.raises(ConfigError, match="shared secret"):
+                aideploy_check_model(ctx=ctx, model=model, dataset=dataset)
+        else:
+            aideploy_check_model(ctx=ctx, model=model, dataset=dataset)

@@ -55,6 +55,16 @@ def test_relu_mlp_runs_end_to_end(cli, mlp):
     assert np.mean(predictions == model.predict(X)) >= 0.99
 
 
+def test_an_expired_round_token_is_one_line_with_a_hint(cli, mlp):
+    _, path, _, _ = mlp
+    # round 2 comes at least one client decryption, encryption and POST after round 1's answer
+    proc = cli("encryption=fast", CURRENT, "model=sklearn_pickle", f"model.path={path}", "data.limit=5",
+               "encryption.round_ttl_seconds=0.001")
+    assert proc.returncode != 0
+    assert "HTTP 400" in proc.stderr and "expired" in proc.stderr and "predict.chunk_rows" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_tanh_mlp_is_refused_before_deploying(cli, tmp_path):
     from sklearn.neural_network import MLPClassifier
 
