@@ -326,3 +326,43 @@ def test_mlps_are_deployed_only_where_workers_share_the_token_secret(target, ref
                 aideploy_check_model(ctx=ctx, model=model, dataset=dataset)
         else:
             aideploy_check_model(ctx=ctx, model=model, dataset=dataset)
+
+
+def test_workers_sharing_the_environment_secret_serve_each_others_rounds(monkeypatch):
+    """Two FastMLPSchemes built as two workers' init() builds them (secret from the environment):
+    round 1 on one, round 2 on the other. A worker with another secret refuses the token."""
+    import os
+
+    from aideploy_scoring.encrypted import TOKEN_SECRET_ENV, FastMLPScheme
+
+    layers, activation = fold_mlp(trained((16,)))
+    monkeypatch.setenv(TOKEN_SECRET_ENV, os.urandom(32).hex())
+    one, two = FastMLPScheme(layers, activation, None), FastMLPScheme(layers, activation, None)
+    monkeypatch.setenv(TOKEN_SECRET_ENV, os.urandom(32).hex())
+    other = FastMLPScheme(layers, activation, None)
+    params = fm.choose_params(layers, activation, max_error=1e-3)
+    client = fm.MLPClient([64, 16, 10], activation, params)
+    bundle = client.public_bundle()
+    X, _ = digits()
+    message, _ = client.respond(one._load(bundle)[0].score(client.encrypt(X[:2]), one._load(bundle)[1]), 2)
+    server, public = other._load(bundle)
+    with pytest.raises(fm.RoundError, match="does not authenticate"):
+        server.score(message, public)
+    server, public = two._load(bundle)
+    _, logits = client.respond(server.score(message, public), 2)
+    assert (logits.argmax(1) == plain_logits(layers, X[:2]).argmax(1)).all()
+
+
+def test_query_budget_counts_samples_per_key():
+    from aideploy_scoring.encrypted import QueryBudget
+    from aideploy_scoring.service import RequestError
+
+    budget = QueryBudget(10)
+    budget.spend("a", 6)
+    budget.spend("b", 10)
+    with pytest.raises(RequestError, match="max_queries_per_key") as info:
+        budget.spend("a", 5)
+    assert info.value.status == 429
+    budget.refund("a", 6)  # a refused round 1 does not count
+    budget.spend("a", 10)
+    QueryBudget(0).spend("a", 10 ** 9)  # 0: unlimited

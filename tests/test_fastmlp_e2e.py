@@ -55,6 +55,24 @@ def test_relu_mlp_runs_end_to_end(cli, mlp):
     assert np.mean(predictions == model.predict(X)) >= 0.99
 
 
+def test_the_token_secret_is_shared_by_the_workers_and_in_no_output(cli, mlp):
+    import hashlib
+    import os
+
+    _, path, X, _ = mlp
+    secret = os.urandom(32)
+    proc = cli("encryption=fast", CURRENT, "model=sklearn_pickle", f"model.path={path}", "data.limit=40",
+               "target.worker_count=2", "predict.concurrency=4", env={"AIDEPLOY_MLP_TOKEN_SECRET": secret.hex()})
+    assert proc.returncode == 0, proc.stderr
+    assert results_of(proc.out)["agreement"] >= 0.99  # two workers: either may answer any round
+    aead_key = hashlib.sha256(b"aideploy-fastmlp-token-key-v1" + secret).digest()
+    needles = [secret.hex().encode(), secret.hex().upper().encode(), secret, aead_key, aead_key.hex().encode()]
+    haystacks = {"stdout": proc.stdout.encode(), "stderr": proc.stderr.encode()}
+    haystacks.update({str(p): p.read_bytes() for p in proc.out.rglob("*") if p.is_file()})
+    assert "azmlinfsrv.log" in {os.path.basename(name) for name in haystacks}
+    assert [name for name, hay in haystacks.items() if any(n in hay for n in needles)] == []
+
+
 def test_an_expired_round_token_is_one_line_with_a_hint(cli, mlp):
     _, path, _, _ = mlp
     # round 2 comes at least one client decryption, encryption and POST after round 1's answer
