@@ -83,6 +83,32 @@ def test_an_expired_round_token_is_one_line_with_a_hint(cli, mlp):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_784_feature_mlp_in_batch_mode(cli, tmp_path):
+    """784->32->10 on digits upsampled to 28x28, written as MNIST idx files: 397 test images,
+    20 per encrypted query; the predictions agree with the model's."""
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+    from test_local_e2e import write_idx
+
+    X8, y = load_digits(return_X_y=True)
+    images = np.rint(np.kron(X8.reshape(-1, 8, 8) / 16.0, np.ones((4, 4)))[:, 2:30, 2:30] * 255).astype(np.uint8)
+    X = images.reshape(len(images), -1) / 255.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = MLPClassifier((32,), max_iter=100, random_state=0).fit(X[:1400], y[:1400])
+    joblib.dump(model, tmp_path / "mlp784.pkl")
+    write_idx(tmp_path / "images.gz", images[1400:])
+    write_idx(tmp_path / "labels.gz", y[1400:].astype(np.uint8))
+    proc = cli("encryption=fast", CURRENT, "model=sklearn_pickle", f"model.path={tmp_path / 'mlp784.pkl'}",
+               "data=mnist_idx", f"data.images={tmp_path / 'images.gz'}", f"data.labels={tmp_path / 'labels.gz'}",
+               "encryption.batch_size=20")
+    assert proc.returncode == 0, proc.stderr
+    results = results_of(proc.out)
+    assert results["n_samples"] == 397 and results["agreement"] >= 0.998
+    predictions = pd.read_csv(proc.out / "predictions.csv")["prediction"].to_numpy()
+    assert np.mean(predictions == model.predict(X[1400:])) >= 0.998
+
+
 def test_tanh_mlp_is_refused_before_deploying(cli, tmp_path):
     from sklearn.neural_network import MLPClassifier
 
