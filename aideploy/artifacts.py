@@ -218,6 +218,7 @@ class Response:
     body: bytes
     latency_ms: float
     request_bytes: int
+    response_bytes: int | None = None  # None: len(body); more when the answer took several rounds
 
 
 @dataclass
@@ -296,7 +297,8 @@ class Traffic:
         for request, response in zip(requests.items, responses.items):
             self.samples.append(request.n_samples)
             self.request_bytes.append(response.request_bytes)
-            self.response_bytes.append(len(response.body))
+            self.response_bytes.append(len(response.body) if response.response_bytes is None
+                                       else response.response_bytes)
             self.latency_ms.append(response.latency_ms)
 
     def summary(self) -> dict[str, Any]:

@@ -2,6 +2,13 @@
 on digits upsampled to 28x28, beside the linear anchor (fastlinear, 784->10). Single process, no HTTP.
 
     PYTHONPATH=... python bench/mlp_bench.py [n_queries]
+
+With ``--http``: the same model served by ``aideploy mode=serve encryption=fast environment=current``
+(the real azmlinfsrv, one worker, keys in a local Azurite), and a client running every round over
+HTTP on a keep-alive connection: the wall time per query, all rounds (client encryption,
+decryption and ReLU included), and the HTTP time alone (the sum of the rounds' POSTs).
+
+    PYTHONPATH=... AIDEPLOY_NODE_MODULES=... python bench/mlp_bench.py --http [n_queries]
 """
 
 import sys
@@ -16,56 +23,145 @@ from aideploy_scoring import fastmlp as fm
 from aideploy_scoring.fastlinear import FastClient, FastServer
 from aideploy_scoring.linearize import fold_mlp
 
-n_queries = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+args = [a for a in sys.argv[1:] if a != "--http"]
+n_queries = int(args[0]) if args else 20
 X, y = load_digits(return_X_y=True)
 X = np.kron((X / 16.0).reshape(-1, 8, 8), np.ones((4, 4)))[:, 2:30, 2:30].reshape(len(X), 784)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     model = MLPClassifier((64,), max_iter=60, random_state=0).fit(X[:1400], y[:1400])
 layers, act = fold_mlp(model)
-server = fm.MLPServer(layers, act, secret=b"bench-secret-bench-secret-bench!")
-client = fm.MLPClient(server.sizes, act, server.params)
-public = server.load_public(client.public_bundle())
-server_s, traffic = [], []
 
 
-def send(message):
-    t0 = time.perf_counter()
-    answer = server.score(message, public)
-    server_s[-1] += time.perf_counter() - t0
-    traffic[-1] += len(message) + len(answer)
-    return answer
+def in_process():
+    server = fm.MLPServer(layers, act, secret=b"bench-secret-bench-secret-bench!")
+    client = fm.MLPClient(server.sizes, act, server.params)
+    public = server.load_public(client.public_bundle())
+    server_s, traffic = [], []
+
+    def send(message):
+        t0 = time.perf_counter()
+        answer = server.score(message, public)
+        server_s[-1] += time.perf_counter() - t0
+        traffic[-1] += len(message) + len(answer)
+        return answer
 
 
-Xt = X[1400:1400 + n_queries + 2]
-for i in range(len(Xt)):
+    Xt = X[1400:1400 + n_queries + 2]
+    for i in range(len(Xt)):
+        server_s.append(0.0)
+        traffic.append(0)
+        client.predict(Xt[i], send)
+    server_s, traffic = server_s[2:], traffic[2:]  # first two: warm-up (numba compile)
     server_s.append(0.0)
     traffic.append(0)
-    client.predict(Xt[i], send)
-server_s, traffic = server_s[2:], traffic[2:]  # first two: warm-up (numba compile)
-server_s.append(0.0)
-traffic.append(0)
-Xb = X[1400:]
-got = client.predict(Xb, send)
-batch_s = server_s.pop()
-traffic.pop()
-want = model.predict_proba(Xb).argmax(1)
-lin_w = layers[-1][0] @ layers[0][0]  # a 784x10 linear model of the same shape as the anchor
-lin = FastServer(lin_w * 0.01, np.zeros(10))
-lc = FastClient(784, 10, lin.params)
-lp = lin.load_public(lc.public_bundle())
-lin_s = []
-for i in range(n_queries + 2):
-    q = lc.encrypt(Xt[i])
-    t0 = time.perf_counter()
-    r = lin.predict(q, lp)
-    lin_s.append(time.perf_counter() - t0)
-print(f"MLP 784-64-10: params {server.params}, error_bound {server.error_bound:.2e}, "
-      f"flood_margin_bits {server.plan.margin_bits:.1f}")
-print(f"server compute per query, all rounds: p50 {1e3 * np.median(server_s):.2f} ms "
-      f"(min {1e3 * min(server_s):.2f}) over {n_queries} queries")
-print(f"traffic per query, all rounds: {traffic[0] / 1024:.1f} KB; public bundle {len(client.public_bundle()) / 1024:.1f} KB")
-print(f"batch of {len(Xb)}: server {batch_s * 1e3:.0f} ms = {len(Xb) / batch_s:.0f} samples/s; "
-      f"agreement with sklearn {(got.argmax(1) == want).mean():.4f}")
-print(f"linear anchor 784-10 (fastlinear row, one round): p50 {1e3 * np.median(lin_s[2:]):.2f} ms; "
-      f"query+response {(len(q) + len(r)) / 1024:.1f} KB")
+    Xb = X[1400:]
+    got = client.predict(Xb, send)
+    batch_s = server_s.pop()
+    traffic.pop()
+    want = model.predict_proba(Xb).argmax(1)
+    lin_w = layers[-1][0] @ layers[0][0]  # a 784x10 linear model of the same shape as the anchor
+    lin = FastServer(lin_w * 0.01, np.zeros(10))
+    lc = FastClient(784, 10, lin.params)
+    lp = lin.load_public(lc.public_bundle())
+    lin_s = []
+    for i in range(n_queries + 2):
+        q = lc.encrypt(Xt[i])
+        t0 = time.perf_counter()
+        r = lin.predict(q, lp)
+        lin_s.append(time.perf_counter() - t0)
+    print(f"MLP 784-64-10: params {server.params}, error_bound {server.error_bound:.2e}, "
+          f"flood_margin_bits {server.plan.margin_bits:.1f}")
+    print(f"server compute per query, all rounds: p50 {1e3 * np.median(server_s):.2f} ms "
+          f"(min {1e3 * min(server_s):.2f}) over {n_queries} queries")
+    print(f"traffic per query, all rounds: {traffic[0] / 1024:.1f} KB; public bundle {len(client.public_bundle()) / 1024:.1f} KB")
+    print(f"batch of {len(Xb)}: server {batch_s * 1e3:.0f} ms = {len(Xb) / batch_s:.0f} samples/s; "
+          f"agreement with sklearn {(got.argmax(1) == want).mean():.4f}")
+    print(f"linear anchor 784-10 (fastlinear row, one round): p50 {1e3 * np.median(lin_s[2:]):.2f} ms; "
+          f"query+response {(len(q) + len(r)) / 1024:.1f} KB")
+
+
+def over_http():
+    import json
+    import os
+    import secrets
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import joblib
+    import requests
+
+    from aideploy.azurite import AzuriteServer
+    from aideploy.blobkeys import BlobKeyStore
+    from aideploy_scoring.fastlinear import FastParams
+
+    tmp = Path(tempfile.mkdtemp(prefix="aideploy-mlpbench-"))
+    key = secrets.token_urlsafe(24)
+    proc = None
+    try:
+        joblib.dump(model, tmp / "mlp.pkl")
+        np.save(tmp / "rows.npy", X[1400:1500])
+        out = tmp / "out"
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("aideploy")), f"home={tmp / 'home'}", f"hydra.run.dir={out}",
+             "mode=serve", "encryption=fast", "environment=current", "model=sklearn_pickle",
+             f"model.path={tmp / 'mlp.pkl'}", "data=npy", f"data.path={tmp / 'rows.npy'}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "AIDEPLOY_SCORING_KEY": key})
+        deadline = time.monotonic() + 300
+        while not (out / "endpoint.json").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the service did not start:\n" + (proc.stdout.read() if proc.poll() is not None else ""))
+            time.sleep(0.2)
+        uri = json.loads((out / "endpoint.json").read_text())["scoring_uri"]
+        auth = {"Authorization": f"Bearer {key}"}
+        fast = requests.get(uri, headers=auth, timeout=60).json()["fast"]
+        client = fm.MLPClient(fast["mlp"]["sizes"], fast["mlp"]["activation"],
+                              FastParams.from_json(json.dumps(fast["params"]).encode()))
+        with AzuriteServer() as store:
+            keys = BlobKeyStore.from_connection_string(store.connection_string, "benchkeys")
+            url = keys.put(client.key_id, client.public_bundle())
+            session = requests.Session()
+            session.headers.update({**auth, "Content-Type": "application/octet-stream", "X-Aideploy-Scheme": "fast",
+                                    "X-Aideploy-Key-Id": client.key_id, "X-Aideploy-Key-Url": url})
+            http_s, traffic, wall, agree = [], [], [], []
+
+            def send(message):
+                t0 = time.perf_counter()
+                answer = session.post(uri, data=message, timeout=60)
+                http_s[-1] += time.perf_counter() - t0
+                assert answer.status_code == 200, answer.text
+                traffic[-1] += len(message) + len(answer.content)
+                return answer.content
+
+            rows = X[1400:1400 + n_queries + 3]
+            for x in rows:
+                http_s.append(0.0)
+                traffic.append(0)
+                t0 = time.perf_counter()
+                logits = client.predict(x, send)
+                wall.append(time.perf_counter() - t0)
+                agree.append(int(logits.argmax()) == int(model.predict(x[None])[0]))
+            session.close()
+            keys.close()
+        wall, http_s = wall[3:], http_s[3:]  # first three: warm-up (key fetch, connection)
+        print(f"HTTP 784-64-10, one azmlinfsrv worker, {n_queries} queries one sample each: "
+              f"wall per query, all rounds, p50 {1e3 * np.median(wall):.2f} ms "
+              f"(p90 {1e3 * np.percentile(wall, 90):.2f}); HTTP alone p50 {1e3 * np.median(http_s):.2f} ms; "
+              f"traffic per query {traffic[-1] / 1024:.1f} KB; agreement {np.mean(agree[3:]):.3f}")
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    over_http() if "--http" in sys.argv[1:] else in_process()

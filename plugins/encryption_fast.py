@@ -5,6 +5,13 @@ the key store. Each request carries ``batch_size`` samples in one binary query; 
 holds only the logits, re-randomised and flooded by the service. The fixed-point scales are
 chosen from the model (``fastlinear.choose_params``), so a folded Pipeline with large weights
 is served as well as a plain LogisticRegression.
+
+A ReLU (or identity) MLP is served with ``aideploy_scoring.fastmlp``'s interactive rounds, one
+per layer: the request the target sends is round 1; the service answers with the permuted,
+scaled hidden pre-activations and a sealed round token, and :func:`aideploy_decrypt` runs the
+remaining rounds itself (decrypt, ReLU, re-encrypt, POST with the token, through the run's
+HTTP client on the clients' side of the network) until the encrypted logits come back. A
+request's latency and bytes in the run's traffic are then those of all its rounds.
 """
 
 import json
@@ -12,15 +19,19 @@ import json
 import numpy as np
 
 from aideploy import hookimpl
-from aideploy.artifacts import KeySession, Request, Requests, Scores
+from aideploy.artifacts import KeySession, Request, Requests, Response, Scores
 from aideploy.errors import ConfigError, PredictError
 from aideploy.keystore import publish_public_keys
-from aideploy.linear import linear_model
+from aideploy.linear import linear_model, mlp_layers
+from aideploy.stages import Mode
+from aideploy_scoring import fastmlp
 from aideploy_scoring.fastlinear import FastClient, FastParams, FastSchemeError, choose_params
 from aideploy_scoring.service import BINARY_TYPE, KEY_HEADERS, SCHEME_HEADER
 
 SCHEME = "fast"
 RUNTIME = ["seal-python==4.4.0", "cryptography>=41", "numba>=0.68", "azure-storage-blob>=12.19", "cachetools>=5.3"]
+#: Targets that give every worker of a deployment the same MLP round-token secret.
+MLP_TARGETS = ("local",)
 
 
 @hookimpl
@@ -28,15 +39,23 @@ def aideploy_scoring_requirements(ctx):
     return RUNTIME if ctx.cfg.encryption.plugin == SCHEME else None
 
 
-def _params(cfg, model):
-    """The scheme's parameters for this model, or a ConfigError naming options that exist."""
-    linear = linear_model(model, SCHEME)
+def _params(cfg, model) -> tuple[list[int], str | None, FastParams]:
+    """``(sizes, activation, params)`` for this model: ``[n_in, n_out]`` and None for a linear
+    one, the layer sizes and the hidden activation for an MLP; or a ConfigError."""
+    mlp = mlp_layers(model, SCHEME)
     try:
-        return linear, choose_params(linear.coef, linear.intercept, cfg.x_bound, cfg.max_error)
+        if mlp is not None:
+            layers, activation = mlp
+            sizes = [layers[0][0].shape[1]] + [W.shape[0] for W, _ in layers]
+            return sizes, activation, fastmlp.choose_params(layers, activation, cfg.x_bound, cfg.max_error)
+        linear = linear_model(model, SCHEME)
+        return ([linear.n_features, linear.n_outputs], None,
+                choose_params(linear.coef, linear.intercept, cfg.x_bound, cfg.max_error))
     except FastSchemeError as exc:
         raise ConfigError(f"encryption=fast cannot serve {model.name}:{model.version}: {exc}",
                           hint="allow a larger error (encryption.max_error), or, if the inputs are smaller "
-                          "than encryption.x_bound, lower it; the limits are in scoring/fastlinear.py") from None
+                          "than encryption.x_bound, lower it; the limits are in scoring/fastlinear.py "
+                          "and scoring/fastmlp.py") from None
 
 
 def _check_range(cfg, X: np.ndarray, what: str) -> None:
@@ -51,11 +70,17 @@ def aideploy_check_model(ctx, model, dataset):
     if ctx.cfg.encryption.plugin == SCHEME:
         if dataset.X_test is not None:  # a file's rows are checked a chunk at a time, as they are sent
             _check_range(ctx.cfg.encryption, dataset.X_test, f"data {dataset.name!r}")
-        _params(ctx.cfg.encryption, model)
+        _, activation, _ = _params(ctx.cfg.encryption, model)
+        target = ctx.cfg.target.plugin
+        if activation is not None and ctx.mode is not Mode.predict and target not in MLP_TARGETS:
+            raise ConfigError(f"encryption=fast serves {model.name}:{model.version} (an MLP) with round tokens "
+                              f"that every worker must open, and target={target} does not provision their "
+                              "shared secret yet",
+                              hint=f"deploy it with target={' or '.join(MLP_TARGETS)}, or with encryption=none")
 
 
-def _described(ctx, service) -> tuple[int, int, FastParams]:
-    """Shape and parameters from the service's description (``mode=predict`` without a model)."""
+def _described(ctx, service) -> tuple[list[int], str | None, FastParams]:
+    """Sizes, activation and parameters from the service's description (``mode=predict`` without a model)."""
     if service is None or not service.fast:
         raise ConfigError(f"encryption=fast without a model needs the service's public parameters, and the "
                           f"service at {ctx.cfg.scoring_uri} does not give them",
@@ -64,7 +89,13 @@ def _described(ctx, service) -> tuple[int, int, FastParams]:
     fast = service.fast
     try:
         params = FastParams.from_json(json.dumps(fast["params"]).encode())
-        return int(fast["n_features"]), int(fast["n_outputs"]), params
+        mlp = fast.get("mlp")
+        if mlp is not None:
+            sizes, activation = [int(s) for s in mlp["sizes"]], str(mlp["activation"])
+            if activation not in fastmlp.ACTIVATIONS or len(sizes) < 2:
+                raise ValueError(f"an MLP with activation {activation!r} and sizes {sizes}")
+            return sizes, activation, params
+        return [int(fast["n_features"]), int(fast["n_outputs"])], None, params
     except (FastSchemeError, KeyError, TypeError, ValueError) as exc:
         raise PredictError(f"the service at {ctx.cfg.scoring_uri} described unusable fast parameters: {exc}",
                            hint="is it running the same aideploy version as this client?") from None
@@ -72,12 +103,11 @@ def _described(ctx, service) -> tuple[int, int, FastParams]:
 
 @hookimpl
 def aideploy_setup_keys(cfg, ctx, model, service):
-    if model is not None:
-        linear, params = _params(cfg, model)
-        n_features, n_outputs = linear.n_features, linear.n_outputs
+    sizes, activation, params = _params(cfg, model) if model is not None else _described(ctx, service)
+    if activation is not None:
+        client = fastmlp.MLPClient(sizes, activation, params)
     else:
-        n_features, n_outputs, params = _described(ctx, service)
-    client = FastClient(n_features, n_outputs, params)
+        client = FastClient(sizes[0], sizes[-1], params)
     bundle = client.public_bundle()
     url = publish_public_keys(ctx, client.key_id, bundle)
     return KeySession(SCHEME, client.key_id, len(bundle), client, {"key_id": client.key_id, "key_url": url})
@@ -94,13 +124,61 @@ def aideploy_encrypt(cfg, keys, dataset):
                      for i in range(0, len(X), step)])
 
 
+def _undecryptable(index: int, exc: Exception) -> PredictError:
+    return PredictError(f"answer {index} cannot be decrypted: {exc}",
+                        hint="is the service running aideploy's score.py with the same scheme version?")
+
+
+def _rounds(ctx, client, requests, responses) -> Scores:
+    """Run an MLP's remaining rounds for every request of the chunk, round by round (each round's
+    requests in flight together, ``predict.concurrency`` at a time); the logits."""
+    endpoint, network = ctx.artifacts["endpoint"], ctx.artifacts["network"]
+    http = ctx.http_client(endpoint, float(ctx.cfg.target.request_timeout))
+    items = responses.items
+    answers = [response.body for response in items]
+    cost = [[response.latency_ms, response.request_bytes, len(response.body)] for response in items]
+    logits: list = [None] * len(items)
+    waiting = list(range(len(items)))
+    while waiting:
+        sends = []
+        for i in waiting:
+            request = requests.items[i]
+            try:
+                message, values = client.respond(answers[i], request.n_samples)
+            except FastSchemeError as exc:
+                raise _undecryptable(i + 1, exc) from None
+            if message is None:
+                logits[i] = values
+            else:
+                sends.append((i, Request(message, request.n_samples, request.headers)))
+        waiting = [i for i, _ in sends]
+        if sends:
+            try:
+                answered = network.call(http.post, [r for _, r in sends])
+            except PredictError as exc:
+                if "expired" in exc.cause:
+                    exc.hint = ("round 1 of a whole chunk is sent before its round 2: lower predict.chunk_rows, "
+                                "or deploy with a larger encryption.round_ttl_seconds")
+                raise
+            for (i, _), response in zip(sends, answered.items):
+                answers[i] = response.body
+                cost[i][0] += response.latency_ms
+                cost[i][1] += response.request_bytes
+                cost[i][2] += len(response.body)
+    # the run's traffic counts every round of a request as that request's
+    for i, (latency, sent, received) in enumerate(cost):
+        items[i] = Response(answers[i], latency, sent, received)
+    return Scores(np.vstack(logits))
+
+
 @hookimpl
-def aideploy_decrypt(keys, requests, responses):
+def aideploy_decrypt(ctx, keys, requests, responses):
+    if isinstance(keys.client, fastmlp.MLPClient):
+        return _rounds(ctx, keys.client, requests, responses)
     rows = []
     for index, (request, response) in enumerate(zip(requests.items, responses.items), start=1):
         try:
             rows.append(keys.client.decrypt(response.body, request.n_samples))
         except FastSchemeError as exc:
-            raise PredictError(f"answer {index} cannot be decrypted: {exc}",
-                               hint="is the service running aideploy's score.py with the same scheme version?") from None
+            raise _undecryptable(index, exc) from None
     return Scores(np.vstack(rows))

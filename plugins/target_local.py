@@ -126,6 +126,13 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
         "AIDEPLOY_PREPARE_SCHEMES": PREPARED_SCHEMES.get(ctx.cfg.encryption.plugin, "none"),
     }
     env.pop("AIDEPLOY_AUTH_KEY_SHA256", None)
+    # Seals the fast MLP rounds' tokens: one secret for every worker of this deployment, made
+    # here (or the operator's, if set) and given to the service only (never logged; the run's
+    # files do not hold it).
+    if not env.get("AIDEPLOY_MLP_TOKEN_SECRET"):
+        env["AIDEPLOY_MLP_TOKEN_SECRET"] = secrets.token_hex(32)
+    env["AIDEPLOY_MAX_QUERIES_PER_KEY"] = str(int(ctx.cfg.encryption.get("max_queries_per_key", 0) or 0))
+    env["AIDEPLOY_MLP_TOKEN_TTL"] = str(float(ctx.cfg.encryption.get("round_ttl_seconds", 300.0) or 300.0))
     if environment.python_exe is not None:  # nothing of aideploy's own environment leaks in
         for variable in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
             env.pop(variable, None)

@@ -139,3 +139,157 @@ class FastScheme:
         except (binascii.Error, ValueError):
             raise RequestError("field 'data' is not valid base64") from None
         return {"data": base64.b64encode(self.score_binary(payload, query)).decode()}
+
+
+#: The per-deployment secret that seals the MLP rounds' tokens (hex, at least 32 digits). Every
+#: worker and replica of one deployment must have the same one; the target sets it from a
+#: secret it generates at deploy time (never logged, never written to the run's files).
+TOKEN_SECRET_ENV = "AIDEPLOY_MLP_TOKEN_SECRET"
+#: Samples one client key may send through round 1 of the MLP protocol, per worker; 0: unlimited.
+MAX_QUERIES_ENV = "AIDEPLOY_MAX_QUERIES_PER_KEY"
+#: Seconds a round token stays valid (default 300): a client sends a whole chunk's round 1 before
+#: its round 2, so this must outlast sending one chunk. Spent tokens are remembered this long.
+TOKEN_TTL_ENV = "AIDEPLOY_MLP_TOKEN_TTL"
+
+
+def token_secret_from_environment() -> bytes:
+    """The deployment's token secret, or a fresh per-worker one (with a warning) when unset."""
+    import logging
+
+    value = os.environ.get(TOKEN_SECRET_ENV, "")
+    if value:
+        try:
+            secret = bytes.fromhex(value)
+        except ValueError:
+            raise RuntimeError(f"{TOKEN_SECRET_ENV} must be hex digits") from None
+        if len(secret) < 16:
+            raise RuntimeError(f"{TOKEN_SECRET_ENV} must hold at least 16 bytes (32 hex digits)")
+        return secret
+    logging.getLogger("aideploy.scoring").warning(
+        "%s is not set: this worker seals MLP round tokens with its own random secret, so a query's rounds "
+        "succeed only if they all reach this worker; set it to the same secret in every worker and replica",
+        TOKEN_SECRET_ENV)
+    return os.urandom(32)
+
+
+class QueryBudget:
+    """Round-1 samples per client key id on this worker, refused (429) beyond ``limit``.
+
+    Per worker and per replica: a deployment with W workers on R replicas lets one key through
+    up to ``W * R * limit`` samples. The counts of the least recently used keys are forgotten
+    beyond ``MAX_KEYS`` (a key forgotten starts again at 0). A client can always make a new key:
+    the budget bounds what one key learns; who may query at all is the deployment's auth key's.
+    """
+
+    MAX_KEYS = 100_000
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        self._used: LRUCache[str, int] = LRUCache(maxsize=self.MAX_KEYS)
+        self._lock = threading.Lock()
+
+    def spend(self, key_id: str, n: int) -> None:
+        if self.limit <= 0:
+            return
+        with self._lock:
+            used = self._used.get(key_id, 0)
+            if used + n > self.limit:
+                raise RequestError(f"key {key_id} has used {used} of its {self.limit} queries on this service "
+                                   f"(max_queries_per_key); a query of {n} more is refused", 429)
+            self._used[key_id] = used + n
+
+    def refund(self, key_id: str, n: int) -> None:
+        if self.limit > 0:
+            with self._lock:
+                self._used[key_id] = max(0, self._used.get(key_id, 0) - n)
+
+
+class FastMLPScheme:
+    """``encryption=fast`` for a ReLU (or identity) MLP: :mod:`fastmlp`'s interactive rounds.
+
+    Every round is one binary request, the body a ``fastmlp`` round message; the answer a
+    ``fastmlp`` round answer, binary, carrying the sealed round token for the next round (its
+    secrets: the query's permutation and scaling seed). Nothing is kept between rounds but the
+    spent tokens (replay refusal, per worker): any worker holding :data:`TOKEN_SECRET_ENV`
+    serves any round. A bad round (tampered, expired, replayed, out of order, wrong size) is a
+    400; a key over ``max_queries_per_key`` a 429.
+    """
+
+    name = "fast"
+    MAX_SERVERS = 8
+
+    def __init__(self, layers: list, activation: str, fetcher: KeyFetcher, secret: bytes | None = None,
+                 max_queries_per_key: int | None = None, token_ttl: float | None = None) -> None:
+        from aideploy_scoring import fastmlp
+
+        self._fm = fastmlp
+        self.layers, self.activation = layers, activation
+        self.fetcher = fetcher
+        self._secret = secret if secret is not None else token_secret_from_environment()
+        if max_queries_per_key is None:
+            max_queries_per_key = int(os.environ.get(MAX_QUERIES_ENV, "0") or 0)
+        self.budget = QueryBudget(max_queries_per_key)
+        self.token_ttl = token_ttl if token_ttl is not None else float(os.environ.get(TOKEN_TTL_ENV) or 300.0)
+        self._servers: LRUCache[bytes, Any] = LRUCache(maxsize=self.MAX_SERVERS)
+        self._lock = threading.Lock()
+        self._load = self._load_bundle
+
+    def _server_for(self, params: Any) -> Any:
+        fingerprint = params.fingerprint()
+        with self._lock:
+            server = self._servers.get(fingerprint)
+            if server is None:
+                server = self._servers[fingerprint] = self._fm.MLPServer(
+                    self.layers, self.activation, params, secret=self._secret, token_ttl=self.token_ttl)
+            return server
+
+    def warm_up(self) -> None:
+        """Build a server and run one query through every round (compiles the kernels, which do
+        not depend on the parameters): the default ``max_error`` (1e-3) if it fits the model,
+        else the first larger one that does, so a model served with a looser error still starts."""
+        import numpy as np
+
+        for max_error in (1e-3, 1e-2, 1e-1, 1.0):
+            try:
+                params = self._fm.choose_params(self.layers, self.activation, max_error=max_error)
+                break
+            except self._fm.FastSchemeError:
+                if max_error == 1.0:
+                    raise
+        self._server_for(params)  # what the first requests with these parameters use
+        # the rounds run on a throwaway server: its tokens may not expire mid-warm-up, nor be spent here
+        server = self._fm.MLPServer(self.layers, self.activation, params, secret=os.urandom(32), token_ttl=3600.0)
+        client = self._fm.MLPClient(server.sizes, self.activation, params)
+        public = server.load_public(client.public_bundle())
+        for n in (1, 4):
+            client.predict(np.zeros((n, server.sizes[0])), lambda message: server.score(message, public))
+
+    def _load_bundle(self, bundle: bytes) -> tuple[Any, Any]:
+        from aideploy_scoring.fastlinear import bundle_params
+
+        try:
+            server = self._server_for(bundle_params(bundle))
+            return _LoadedKey((server, server.load_public(bundle)))
+        except self._fm.FastSchemeError as exc:
+            raise ValueError(f"public bundle refused: {exc}") from None  # KeyFetcher makes it a 400
+
+    def score_binary(self, payload: dict, message: bytes) -> bytes:
+        server, public = fetch_keys(self.fetcher, payload, self._load)
+        head = self._fm.peek(message)
+        first = head is not None and head[0] == 1
+        if first:
+            self.budget.spend(payload["key_id"], head[1])
+        try:
+            return server.score(message, public)
+        except self._fm.FastSchemeError as exc:
+            if first:
+                self.budget.refund(payload["key_id"], head[1])
+            raise RequestError(str(exc)) from None
+
+    def score(self, payload: dict) -> Any:
+        data = require(payload, "data", str, "a base64 round message")
+        try:
+            message = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError("field 'data' is not valid base64") from None
+        return {"data": base64.b64encode(self.score_binary(payload, message)).decode()}

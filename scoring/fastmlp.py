@@ -69,8 +69,9 @@ reveals which units are active and how many, their values up to a factor in
 the first layer: an adaptive client varying ``x`` can estimate the rows of ``W_1`` up to scale
 (it sees ``<w_k, x> + b_k`` up to an unknown positive factor and an unknown permutation, and
 can re-identify units across queries by their responses).  Fresh permutations and factors
-per query slow this down; they do not prevent it.  ``max_queries_per_key`` (a knob of the
-service, not built here) is the mitigation the issue asks for.  Weight privacy of each round's
+per query slow this down; they do not prevent it.  The mitigation is ``max_queries_per_key``:
+the service (``encrypted.QueryBudget``) refuses round 1 with a 429 once a key has sent that
+many samples, counted per worker.  Weight privacy of each round's
 answer is fastlinear's (flooding, see its docstring).  Not hidden: layer sizes, the
 activation, ``H`` (derived from the model, sent nowhere but implied by the values' range).
 
@@ -102,7 +103,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from . import fastlinear as fl
 from .fastlinear import FastClient, FastParams, FastPublicKey, FastSchemeError, FastServer
 
-__all__ = ["RoundError", "MLPClient", "MLPServer", "MLPPlan", "plan", "choose_params", "ACTIVATIONS"]
+__all__ = ["RoundError", "MLPClient", "MLPServer", "MLPPlan", "plan", "choose_params", "peek", "ACTIVATIONS"]
 
 WIRE_VERSION = 1
 ACTIVATIONS = ("relu", "identity")
@@ -304,6 +305,18 @@ class _TokenBox:
 
 
 # ------------------------------------------------------------------------ server
+
+
+def peek(message: bytes) -> tuple[int, int] | None:
+    """``(round, n_samples)`` of a round message, read without authenticating anything (the
+    service's query budget counts round-1 samples before scoring); None if it is not one."""
+    try:
+        magic, ver, rnd, tlen = _QUERY_HEADER.unpack_from(message)
+        if magic != _QUERY_MAGIC or ver != WIRE_VERSION:
+            return None
+        return rnd, int(fl._QUERY_HEADER.unpack_from(message, _QUERY_HEADER.size + tlen)[7])
+    except struct.error:
+        return None
 
 
 class MLPServer:

@@ -12,6 +12,9 @@ served under the encrypted schemes. Request bodies:
 - fast: the query as an ``application/octet-stream`` body with headers ``X-Aideploy-Scheme:
   fast``, ``X-Aideploy-Key-Id`` and ``X-Aideploy-Key-Url`` -> the encrypted logits, binary;
   or as JSON, ``{"scheme": "fast", "data": <base64 query>, "key_id", "key_url"}``
+- fast, a ReLU MLP (``fastmlp``): the same headers, one request per round; the body a round
+  message, the answer the round's encrypted values with the next round's sealed token
+  (``AIDEPLOY_MLP_TOKEN_SECRET``: one secret for every worker, ``encrypted.TOKEN_SECRET_ENV``)
 
 ``GET /score`` describes the service (``ScoringService.describe``): the features, task and
 classes of the model, the schemes served and the fast scheme's public parameters, so a client

@@ -132,6 +132,25 @@ class ScoringService:
             raise RequestError(f"this service's model ({model.summary}) cannot be served encrypted: {exc}; "
                                "send plain requests ({\"data\": [[...]]})") from None
 
+    @staticmethod
+    def mlp_layers(model: ModelAdapter) -> tuple[list, str] | None:
+        """``(layers, activation)`` of a scikit-learn MLP (affine preprocessing folded in), None for
+        any other model, :class:`NotLinear` for an MLP whose activation cannot be served."""
+        estimator = getattr(model, "estimator", None)
+        if estimator is None:
+            return None
+        from aideploy_scoring.linearize import fold_mlp, is_mlp
+
+        return fold_mlp(estimator) if is_mlp(estimator) else None
+
+    def mlp(self, model: ModelAdapter) -> tuple[list, str] | None:
+        """:meth:`mlp_layers`, with a refused MLP as a 400 saying why."""
+        try:
+            return self.mlp_layers(model)
+        except NotLinear as exc:
+            raise RequestError(f"this service's model ({model.summary}) cannot be served encrypted: {exc}; "
+                               "send plain requests ({\"data\": [[...]]})") from None
+
     def _register_encrypted_schemes(self) -> None:
         # Imported on first use, so a plain deployment needs none of the encryption runtimes.
         def seal(model):
@@ -142,8 +161,11 @@ class ScoringService:
         self.add_scheme("seal", seal)
 
         def fast(model):
-            from aideploy_scoring.encrypted import FastScheme
+            from aideploy_scoring.encrypted import FastMLPScheme, FastScheme
 
+            mlp = self.mlp(model)
+            if mlp is not None:
+                return FastMLPScheme(*mlp, self.key_fetcher())
             return FastScheme(self.linear(model), self.key_fetcher())
 
         self.add_scheme("fast", fast)
@@ -233,7 +255,8 @@ class ScoringService:
 
         The features the model takes, its task and classes, the schemes this service serves and,
         for the fast scheme, the public parameters that fit the model for inputs in
-        ``[-x_bound, x_bound]`` within ``max_error`` (query arguments; defaults 1 and 0.001).
+        ``[-x_bound, x_bound]`` within ``max_error`` (query arguments; defaults 1 and 0.001) and,
+        for an MLP, its layer sizes and activation (``fast.mlp``), which its rounds reveal anyway.
         The parameters' scales tell the order of magnitude of the model's weights and nothing
         finer; everything else here is what the plain protocol's answers reveal anyway.
         """
@@ -261,9 +284,14 @@ class ScoringService:
         served = ["none"]
         try:
             self.model.linear()
+            runtimes = {"fast": "seal", "seal": "encrypted.inference"}
         except NotLinear:
-            return served
-        runtimes = {"fast": "seal", "seal": "encrypted.inference"}
+            try:
+                if self.mlp_layers(self.model) is None:
+                    return served
+            except NotLinear:
+                return served
+            runtimes = {"fast": "seal"}  # an MLP: only the fast scheme runs its rounds
         for name, module in runtimes.items():
             try:
                 present = importlib.util.find_spec(module) is not None
@@ -278,6 +306,10 @@ class ScoringService:
         if key not in self._described:
             from aideploy_scoring import fastlinear
 
+            mlp = self.mlp(self.model)
+            if mlp is not None:
+                self._described_mlp(key, *mlp)
+                return self._described[key]
             linear = self.linear(self.model)
             try:
                 params = fastlinear.choose_params(linear.coef, linear.intercept, x_bound, max_error)
@@ -289,6 +321,23 @@ class ScoringService:
             self._described[key] = {"n_features": linear.n_features, "n_outputs": linear.n_outputs,
                                     "params": json.loads(params.to_json())}
         return self._described[key]
+
+    def _described_mlp(self, key: tuple[float, float], layers: list, activation: str) -> None:
+        """The fast scheme's description of an MLP: its layer sizes and activation beside the
+        parameters (which :func:`fastmlp.choose_params` fits to every layer)."""
+        from aideploy_scoring import fastmlp
+
+        try:
+            params = fastmlp.choose_params(layers, activation, key[0], key[1])
+        except fastmlp.FastSchemeError as exc:
+            raise RequestError(f"encryption=fast cannot serve this model for x_bound={key[0]:g}, "
+                               f"max_error={key[1]:g}: {exc}") from None
+        sizes = [int(layers[0][0].shape[1])] + [int(W.shape[0]) for W, _ in layers]
+        if len(self._described) > 64:
+            self._described.clear()
+        self._described[key] = {"n_features": sizes[0], "n_outputs": sizes[-1],
+                                "params": json.loads(params.to_json()),
+                                "mlp": {"sizes": sizes, "activation": activation}}
 
     def _authorize(self, headers) -> None:
         if self.auth_key_sha256 is None:

@@ -287,15 +287,82 @@ def test_token_bound_to_key():
         server.score(message, server.load_public(other.public_bundle()))
 
 
-@pytest.mark.parametrize("activation,match", [("tanh", "tanh"), ("relu", "does not run the MLP rounds yet")])
-def test_model_stage_refusal_is_a_config_error(activation, match):
+def test_model_stage_refuses_tanh_and_folds_relu():
     from types import SimpleNamespace
 
     from aideploy.errors import ConfigError
-    from aideploy.linear import linear_model
+    from aideploy.linear import mlp_layers
     from aideploy_scoring.model_sklearn import SklearnModel
 
-    model = SimpleNamespace(adapter=SklearnModel(trained((8,), activation)), name="mlp", version="1")
-    with pytest.raises(ConfigError, match=match) as info:
-        linear_model(model, "fast")
+    tanh = SimpleNamespace(adapter=SklearnModel(trained((8,), "tanh")), name="mlp", version="1")
+    with pytest.raises(ConfigError, match="tanh") as info:
+        mlp_layers(tanh, "fast")
     assert "\n" not in str(info.value)
+    relu = SimpleNamespace(adapter=SklearnModel(trained((8,), "relu")), name="mlp", version="1")
+    layers, activation = mlp_layers(relu, "fast")
+    assert activation == "relu" and [W.shape for W, _ in layers] == [(8, 64), (10, 8)]
+    assert mlp_layers(relu, "seal") is None  # seal: "needs a linear model" says it
+
+
+@pytest.mark.parametrize("target,refused", [("local", False), ("managed_endpoint", True), ("aci", True)])
+def test_mlps_are_deployed_only_where_workers_share_the_token_secret(target, refused):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from aideploy.errors import ConfigError
+    from aideploy.stages import Mode
+    from aideploy_plugins.encryption_fast import aideploy_check_model
+    from aideploy_scoring.model_sklearn import SklearnModel
+
+    cfg = OmegaConf.create({"encryption": {"plugin": "fast", "x_bound": 1.0, "max_error": 1e-2},
+                            "target": {"plugin": target}})
+    model = SimpleNamespace(adapter=SklearnModel(trained((8,))), name="mlp", version="1")
+    dataset = SimpleNamespace(X_test=None, name="digits")
+    for mode in (Mode.run, Mode.predict):
+        ctx = SimpleNamespace(cfg=cfg, mode=mode)
+        if refused and mode is not Mode.predict:
+            with pytest.raises(ConfigError, match="shared secret"):
+                aideploy_check_model(ctx=ctx, model=model, dataset=dataset)
+        else:
+            aideploy_check_model(ctx=ctx, model=model, dataset=dataset)
+
+
+def test_workers_sharing_the_environment_secret_serve_each_others_rounds(monkeypatch):
+    """Two FastMLPSchemes built as two workers' init() builds them (secret from the environment):
+    round 1 on one, round 2 on the other. A worker with another secret refuses the token."""
+    import os
+
+    from aideploy_scoring.encrypted import TOKEN_SECRET_ENV, FastMLPScheme
+
+    layers, activation = fold_mlp(trained((16,)))
+    monkeypatch.setenv(TOKEN_SECRET_ENV, os.urandom(32).hex())
+    one, two = FastMLPScheme(layers, activation, None), FastMLPScheme(layers, activation, None)
+    monkeypatch.setenv(TOKEN_SECRET_ENV, os.urandom(32).hex())
+    other = FastMLPScheme(layers, activation, None)
+    params = fm.choose_params(layers, activation, max_error=1e-3)
+    client = fm.MLPClient([64, 16, 10], activation, params)
+    bundle = client.public_bundle()
+    X, _ = digits()
+    message, _ = client.respond(one._load(bundle)[0].score(client.encrypt(X[:2]), one._load(bundle)[1]), 2)
+    server, public = other._load(bundle)
+    with pytest.raises(fm.RoundError, match="does not authenticate"):
+        server.score(message, public)
+    server, public = two._load(bundle)
+    _, logits = client.respond(server.score(message, public), 2)
+    assert (logits.argmax(1) == plain_logits(layers, X[:2]).argmax(1)).all()
+
+
+def test_query_budget_counts_samples_per_key():
+    from aideploy_scoring.encrypted import QueryBudget
+    from aideploy_scoring.service import RequestError
+
+    budget = QueryBudget(10)
+    budget.spend("a", 6)
+    budget.spend("b", 10)
+    with pytest.raises(RequestError, match="max_queries_per_key") as info:
+        budget.spend("a", 5)
+    assert info.value.status == 429
+    budget.refund("a", 6)  # a refused round 1 does not count
+    budget.spend("a", 10)
+    QueryBudget(0).spend("a", 10 ** 9)  # 0: unlimited
