@@ -302,6 +302,24 @@ ASSET_NOTES = {
 }
 
 
+def deployment_actions(deployment: Any, client: Any, endpoint: str, name: str, note: str,
+                       extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The asset registrations (code, environment, model) and the deployment's create, as plan actions."""
+    from aideploy.azure_requests import WORKSPACE_LOCATION, asset_registrations, sdk_request
+
+    readable = serialized(deployment)  # before the SDK swaps local paths for registered assets' ids
+    actions = [{"action": action, "settings": {"name": asset.name, "version": str(asset.version), "anonymous": True},
+                "request": request, "note": ASSET_NOTES[action]}
+               for action, asset, request in asset_registrations(deployment, client)]
+    actions.append({"action": "online_deployments.begin_create_or_update", "settings": readable,
+                    "request": sdk_request("online_deployments_create_or_update",
+                                           client.online_deployments._online_deployment,
+                                           deployment._to_rest_object(location=WORKSPACE_LOCATION),
+                                           endpoint_name=endpoint, deployment_name=name),
+                    "note": note, **(extra or {})})
+    return actions
+
+
 def plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) -> list[dict[str, Any]]:
     """Each step of the deploy stage: the SDK call, its readable settings and the REST request it sends.
 
@@ -311,14 +329,14 @@ def plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) ->
     """
     from azure.ai.ml.operations._online_endpoint_operations import _strip_zeroes_from_traffic
 
-    from aideploy.azure_requests import WORKSPACE_LOCATION, asset_registrations, plan_client, sdk_request
+    from aideploy.azure_requests import WORKSPACE_LOCATION, plan_client, sdk_request
 
     name = endpoint_name(ctx)
     scheme, network_cfg = ctx.cfg.encryption.plugin, ctx.cfg.network
     endpoint = build_endpoint(cfg, network_cfg, name)
     deployment = build_deployment(cfg, name, model, environment, code, scheme, network_cfg)
     client = plan_client()
-    endpoints, deployments = client.online_endpoints._online_operation, client.online_deployments._online_deployment
+    endpoints = client.online_endpoints._online_operation
     ws = cfg.workspace
     vnet = network_cfg.plugin == "vnet"
     actions: list[dict[str, Any]] = [
@@ -335,17 +353,9 @@ def plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) ->
                                 endpoint._to_rest_online_endpoint(location=WORKSPACE_LOCATION), endpoint_name=name),
          **({"note": MANAGED_NETWORK_NOTE} if vnet else {})},
     ]
-    readable = serialized(deployment)  # before the SDK swaps local paths for registered assets' ids
-    for action, asset, request in asset_registrations(deployment, client):
-        actions.append({"action": action, "settings": {"name": asset.name, "version": str(asset.version),
-                                                       "anonymous": True}, "request": request,
-                        "note": ASSET_NOTES[action]})
-    actions.append({"action": "online_deployments.begin_create_or_update", "settings": readable,
-                    "request": sdk_request("online_deployments_create_or_update", deployments,
-                                           deployment._to_rest_object(location=WORKSPACE_LOCATION),
-                                           endpoint_name=name, deployment_name=cfg.deployment),
-                    "note": "the SDK first checks the endpoint exists (GET) and validates the scoring script",
-                    **({"egress": MANAGED_NETWORK_NOTE} if vnet else {})})
+    actions += deployment_actions(deployment, client, name, cfg.deployment,
+                                  "the SDK first checks the endpoint exists (GET) and validates the scoring script",
+                                  {"egress": MANAGED_NETWORK_NOTE} if vnet else {})
     # The traffic update re-sends the whole endpoint, as OnlineEndpointOperations does.
     endpoint.traffic = _strip_zeroes_from_traffic({cfg.deployment: 100})
     actions.append({"action": "online_endpoints.begin_create_or_update",
@@ -551,7 +561,7 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
 def update_plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) -> dict[str, Any]:
     """Every step of :func:`aideploy_update` as the SDK's requests: the path that passes the smoke test
     (``actions``) and the one that fails it (``rollback``), both from :func:`blue_green_steps`."""
-    from aideploy.azure_requests import WORKSPACE_LOCATION, asset_registrations, plan_client, sdk_request
+    from aideploy.azure_requests import plan_client, sdk_request
 
     name = endpoint_name(ctx)
     update_cfg = ctx.cfg["update"]
@@ -562,22 +572,14 @@ def update_plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: 
     current.traffic = {old: 100}
     deployment = build_deployment(cfg, name, model, environment, code, scheme, network_cfg, name=new)
     client = plan_client()
-    endpoints, deployments = client.online_endpoints._online_operation, client.online_deployments._online_deployment
+    endpoints = client.online_endpoints._online_operation
     actions = plan_actions(cfg, ctx, model, environment, code)[:2]  # MLClient, workspaces.get
     actions.append({"action": "online_endpoints.get", "settings": {"name": name},
                     "request": sdk_request("online_endpoints_get", endpoints, endpoint_name=name),
                     "note": f"the deployment holding 100% of the traffic is replaced: {old!r} here "
                     "(target.deployment); a split traffic is refused"})
-    readable = serialized(deployment)
-    for action, asset, request in asset_registrations(deployment, client):
-        actions.append({"action": action, "settings": {"name": asset.name, "version": str(asset.version),
-                                                       "anonymous": True}, "request": request,
-                        "note": ASSET_NOTES[action]})
-    actions.append({"action": "online_deployments.begin_create_or_update", "settings": readable,
-                    "request": sdk_request("online_deployments_create_or_update", deployments,
-                                           deployment._to_rest_object(location=WORKSPACE_LOCATION),
-                                           endpoint_name=name, deployment_name=new),
-                    "note": f"beside {old!r}; the endpoint's traffic is not touched, so {new!r} gets 0%"})
+    actions += deployment_actions(deployment, client, name, new,
+                                  f"beside {old!r}; the endpoint's traffic is not touched, so {new!r} gets 0%")
     keys = {"key": "online_endpoints_list_keys", "aml_token": "online_endpoints_get_token"}.get(auth_mode(cfg))
     actions.append({"action": "online_endpoints.get_keys", "settings": {"name": name, "auth_mode": auth_mode(cfg)},
                     **({"request": sdk_request(keys, endpoints, endpoint_name=name)} if keys else
