@@ -26,6 +26,14 @@ from aideploy_scoring.models import REGRESSION
 FORMATS = ("csv", "parquet")
 
 
+def same_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise label equality; JSON and CSV turn labels into ints or strings, so labels of
+    different types are compared as text."""
+    if a.dtype.kind != b.dtype.kind:
+        return a.astype(str) == b.astype(str)
+    return a == b
+
+
 def labels_from_scores(classes: list | None, scores: np.ndarray) -> np.ndarray:
     """Labels from decision scores as a linear classifier's own ``predict`` chooses them."""
     if scores.shape[1] == 1:  # binary: the one score is the positive class's margin

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from aideploy.errors import ConfigError
+from aideploy.predictions import same_labels
 
 MAX_REASON = 300
 
@@ -66,10 +67,8 @@ def agreeing(served: list[Any], expected: np.ndarray, regression: bool) -> int:
             same = np.isclose(got.astype(np.float64), want.astype(np.float64), rtol=1e-6, atol=1e-9)
         except (TypeError, ValueError):
             return 0
-    elif got.dtype.kind != want.dtype.kind:  # JSON turns labels into ints or strings
-        same = got.astype(str) == want.astype(str)
     else:
-        same = got == want
+        same = same_labels(got, want)
     return int(np.sum(same.reshape(len(expected), -1).all(axis=1)))
 
 

@@ -22,18 +22,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from aideploy import hookimpl
+from aideploy.predictions import same_labels
 from aideploy.results import percentiles
 from aideploy_scoring.models import REGRESSION, infer_task
 
 WARMUP_REQUESTS = 3
 CHUNK_ROWS = 8192
-
-
-def _same_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # JSON and CSV turn labels into ints or strings; compare them as text when the types differ.
-    if a.dtype.kind != b.dtype.kind:
-        return a.astype(str) == b.astype(str)
-    return a == b
 
 
 def _max_diff(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
@@ -84,11 +78,11 @@ class _Tally:
 
 def _classification(t: _Tally, service: np.ndarray, y, reference, frame) -> None:
     if y is not None:
-        t.add("correct", np.sum(_same_labels(service, y)))
+        t.add("correct", np.sum(same_labels(service, y)))
         if reference is not None:
-            t.add("plain_correct", np.sum(_same_labels(np.asarray(reference.predictions), y)))
+            t.add("plain_correct", np.sum(same_labels(np.asarray(reference.predictions), y)))
     if reference is not None:
-        t.add("agree", np.sum(_same_labels(service, np.asarray(reference.predictions))))
+        t.add("agree", np.sum(same_labels(service, np.asarray(reference.predictions))))
         t.high("max_score_error", _max_diff(_columns(frame, "score_"), reference.scores))
         t.high("max_probability_error", _max_diff(_columns(frame, "proba_"), reference.probabilities))
 
