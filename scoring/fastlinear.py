@@ -170,7 +170,7 @@ import os
 import struct
 import threading
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import seal
@@ -956,23 +956,33 @@ def choose_params(coef: np.ndarray, intercept: np.ndarray | float, x_bound: floa
         return base
     except FastSchemeError as exc:
         reason = exc
-    best: tuple[float, FastParams] | None = None
-    for t_bits in range(46, base.coeff_modulus_bits[0] + base.coeff_modulus_bits[1] - 9):
-        for x_bits in range(10, min(30, t_bits - 3) + 1):
-            for w_bits in range(10, 31):
-                if x_bits + w_bits >= t_bits:
-                    continue
-                params = FastParams(plain_modulus_bits=t_bits, x_scale_bits=x_bits, w_scale_bits=w_bits,
-                                    x_bound=x_bound, max_error=max_error)
-                try:
-                    fit = _fit_model(W, b, params, ctx.n, 1 << t_bits, ctx.q)
-                except FastSchemeError:
-                    continue
-                if best is None or fit.margin_bits > best[0]:
-                    best = (fit.margin_bits, params)
+    candidates = (FastParams(plain_modulus_bits=t_bits, x_scale_bits=x_bits, w_scale_bits=w_bits,
+                             x_bound=x_bound, max_error=max_error)
+                  for t_bits in range(46, base.coeff_modulus_bits[0] + base.coeff_modulus_bits[1] - 9)
+                  for x_bits in range(10, min(30, t_bits - 3) + 1)
+                  for w_bits in range(10, 31) if x_bits + w_bits < t_bits)
+    best, _ = widest_margin(
+        candidates, lambda p: _fit_model(W, b, p, ctx.n, 1 << p.plain_modulus_bits, ctx.q).margin_bits)
     if best is None:
         raise FastSchemeError(f"{reason}; no fixed-point scales serve this model within max_error={max_error:g}")
-    return best[1]
+    return best
+
+
+def widest_margin(candidates: Iterable[FastParams],
+                  margin: Callable[[FastParams], float]) -> tuple[FastParams | None, FastSchemeError | None]:
+    """The candidate whose ``margin`` (flooding bits) is largest, the first of equals, and the last
+    refusal; ``margin`` raises :class:`FastSchemeError` for a candidate that cannot serve."""
+    best: tuple[float, FastParams] | None = None
+    reason = None
+    for params in candidates:
+        try:
+            bits = margin(params)
+        except FastSchemeError as exc:
+            reason = exc
+            continue
+        if best is None or bits > best[0]:
+            best = (bits, params)
+    return (best[1] if best is not None else None), reason
 
 
 class FastServer:

@@ -244,25 +244,14 @@ def choose_params(layers: Sequence[tuple[np.ndarray, np.ndarray]], activation: s
     """The parameter set (plain modulus, scales) that serves the network within ``max_error``
     logit error with the largest smallest flooding margin; :class:`FastSchemeError` if none."""
     layers = _check_layers(layers, activation)
-    best: tuple[float, FastParams] | None = None
-    reason = None
-    for t_bits in range(46, 55, 2):
-        for x_bits in range(12, 27, 2):
-            for w_bits in range(12, 31, 2):
-                if x_bits + w_bits + 2 > t_bits:
-                    continue
-                params = FastParams(plain_modulus_bits=t_bits, x_scale_bits=x_bits, w_scale_bits=w_bits,
-                                    x_bound=x_bound, max_error=max_error)
-                try:
-                    p = plan(layers, activation, params, spread)
-                except FastSchemeError as exc:
-                    reason = exc
-                    continue
-                if best is None or p.margin_bits > best[0]:
-                    best = (p.margin_bits, params)
+    candidates = (FastParams(plain_modulus_bits=t_bits, x_scale_bits=x_bits, w_scale_bits=w_bits,
+                             x_bound=x_bound, max_error=max_error)
+                  for t_bits in range(46, 55, 2) for x_bits in range(12, 27, 2) for w_bits in range(12, 31, 2)
+                  if x_bits + w_bits + 2 <= t_bits)
+    best, reason = fl.widest_margin(candidates, lambda p: plan(layers, activation, p, spread).margin_bits)
     if best is None:
         raise FastSchemeError(f"no parameters serve this network within max_error={max_error:g}: {reason}")
-    return best[1]
+    return best
 
 
 # ------------------------------------------------------------------------ secrets
