@@ -40,7 +40,7 @@ _cancelled = threading.Event()
 
 
 def cancel_requests(cancel: bool = True) -> None:
-    """Make :func:`post_all` stop before its next request (``False`` allows requests again).
+    """Make :class:`Client` stop before its next request (``False`` allows requests again).
 
     The runner cancels on Ctrl-C and SIGTERM. The signal interrupts only the main thread; with
     ``network=vnet`` the requests run on a thread inside the client's namespace, which would
