@@ -13,6 +13,7 @@ written) after an error or Ctrl-C and resumes from there; a killed one cannot be
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,27 @@ from aideploy.errors import ConfigError
 from aideploy_scoring.models import REGRESSION
 
 FORMATS = ("csv", "parquet")
+# Answer fields of the plain protocol (aideploy_scoring.models), and what they become in Scores.
+FIELDS = {"predictions": "predictions", "probabilities": "probabilities", "scores": "values"}
+
+
+def read_answer(body: bytes) -> dict | None:
+    """The protocol's fields in one plain answer, or None when it is in another format.
+
+    A bare list is the predictions; a script that returned ``json.dumps(...)`` is read too
+    (azmlinfsrv quotes its string again).
+    """
+    try:
+        payload = json.loads(body)
+        if isinstance(payload, str):
+            payload = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(payload, list):
+        return {"predictions": payload}
+    if isinstance(payload, dict) and ("predictions" in payload or "scores" in payload):
+        return {name: payload[name] for name in FIELDS if isinstance(payload.get(name), list)}
+    return None
 
 
 def same_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:

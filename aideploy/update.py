@@ -77,6 +77,7 @@ def smoke_test(scoring_uri: str, headers: Mapping[str, str], model: Any, dataset
     """POST ``samples`` rows of ``dataset`` one per request to ``scoring_uri`` and compare each answer
     with ``model`` in process. Never raises for what the service does: that is the result."""
     from aideploy import http
+    from aideploy.predictions import read_answer
     from aideploy_scoring.models import REGRESSION
 
     X = np.asarray(dataset.X_test[:samples], dtype=np.float64)
@@ -95,13 +96,11 @@ def smoke_test(scoring_uri: str, headers: Mapping[str, str], model: Any, dataset
             if answer.status_code != 200:
                 return SmokeResult(len(X), agreed, f"{where}: HTTP {answer.status_code} "
                                    f"{answer.text[:MAX_REASON].strip()}")
-            try:
-                served = answer.json()
-                served = served["predictions"] if isinstance(served, dict) else served
-            except (ValueError, KeyError, TypeError):
+            served = (read_answer(answer.content) or {}).get("predictions")
+            if served is None:
                 return SmokeResult(len(X), agreed, f"{where}: the answer holds no predictions: "
                                    f"{answer.text[:MAX_REASON].strip()}")
-            if agreeing(list(served) if isinstance(served, list) else [served], expected[i:i + 1], regression) != 1:
+            if agreeing(served, expected[i:i + 1], regression) != 1:
                 return SmokeResult(len(X), agreed, f"{where}: the new version predicts {served!r}, the model in "
                                    f"process {expected[i:i + 1].tolist()!r}")
             agreed += 1

@@ -12,10 +12,7 @@ import numpy as np
 from aideploy import hookimpl
 from aideploy.artifacts import Request, Requests, Scores
 from aideploy.errors import PredictError
-
-# Answer fields, in the protocol's names, and what they become in Scores.
-FIELDS = {"predictions": "predictions", "probabilities": "probabilities", "scores": "values"}
-
+from aideploy.predictions import FIELDS, read_answer
 
 @hookimpl
 def aideploy_setup_keys():
@@ -28,21 +25,6 @@ def aideploy_encrypt(cfg, dataset):
     step = max(1, int(cfg.batch_size))
     return Requests([Request(json.dumps({"data": X[i:i + step].tolist()}).encode(), len(X[i:i + step]))
                      for i in range(0, len(X), step)])
-
-
-def read_answer(body: bytes) -> dict | None:
-    """The protocol's fields in one answer, or None when it is in another format."""
-    try:
-        payload = json.loads(body)
-        if isinstance(payload, str):  # a script that returned json.dumps(...): azmlinfsrv quotes it again
-            payload = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if isinstance(payload, list):
-        return {"predictions": payload}
-    if isinstance(payload, dict) and ("predictions" in payload or "scores" in payload):
-        return {name: payload[name] for name in FIELDS if isinstance(payload.get(name), list)}
-    return None
 
 
 @hookimpl

@@ -132,6 +132,59 @@ def test_a_smoke_result_is_ok_only_when_every_sample_agreed():
         "ok": False, "samples": 3, "agreed": 1, "reason": "sample 2 of 3: HTTP 500"}
 
 
+def _answering(body_of):
+    """A real HTTP server on loopback whose POST answer is ``body_of(rows)``."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            rows = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["data"]
+            body = body_of(rows).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("answer, ok", [
+    (lambda labels: json.dumps({"predictions": labels}), True),
+    (lambda labels: json.dumps(labels), True),  # a bare list
+    (lambda labels: json.dumps(json.dumps({"predictions": labels})), True),  # a score.py that returned json.dumps
+    (lambda labels: json.dumps({"predictions": [(v + 1) % 10 for v in labels]}), False),
+    (lambda labels: "not json", False),
+])
+def test_the_smoke_test_reads_answers_as_the_client_does(answer, ok):
+    from types import SimpleNamespace
+
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from aideploy.update import smoke_test
+    from aideploy_scoring.model_sklearn import SklearnModel
+
+    X, y = load_digits(return_X_y=True)
+    adapter = SklearnModel(LogisticRegression(max_iter=500).fit(X[:600], y[:600]))
+    server = _answering(lambda rows: answer(adapter.predict(np.asarray(rows)).predictions.tolist()))
+    try:
+        result = smoke_test(f"http://127.0.0.1:{server.server_port}/score", {},
+                            SimpleNamespace(adapter=adapter, task=adapter.task), SimpleNamespace(X_test=X[600:]),
+                            samples=3, timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.ok is ok, result.reason
+    assert result.samples == 3 and result.agreed == (3 if ok else 0)
+
+
 # ----------------------------------------------------------------------------- the update block
 
 
