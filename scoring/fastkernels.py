@@ -2,7 +2,8 @@
 
 numpy alone spends most of a single query in a dozen passes over 2 x 4096-word arrays
 (and the NTTs of a public-key encryption of zero are out of its reach), so the hot
-path is compiled with numba (LLVM; vectorised for the CPU it runs on, no GIL held).
+path is compiled with numba (LLVM; vectorised for the CPU it runs on, no GIL held just in
+time). Scoring workers run the same source compiled ahead of time (:mod:`.fastkernels_aot`).
 Every kernel works on 32-bit residues modulo primes ``q < 2^32`` and multiplies them
 with Shoup's method: for a fixed factor ``w`` and ``w' = floor(w * 2^32 / q)``,
 ``x * w - floor(x * w' / 2^32) * q`` lies in ``[0, 2q)`` for every ``x < 2^32``,
@@ -24,51 +25,55 @@ from __future__ import annotations
 import hashlib
 import os
 
-import numba as nb
 import numpy as np
-from numba.core import caching as _caching
+
+from . import fastkernels_aot
 
 __all__ = ["NttTables", "to_seal_order", "from_seal_order", "ntt_forward", "ntt_inverse",
            "expand_uniform", "residues_below", "sample_noise", "encrypt_zero", "row_outputs", "column_outputs", "workspace", "aligned", "shoup", "pk0_reversed"]
 
+_BUILT = fastkernels_aot.load()  # the ahead-of-time build (scoring workers), else None
+if _BUILT is not None:
+    nb = fastkernels_aot.Compiled(_BUILT)  # no numba, no LLVM in this process
+else:
+    import numba as nb
+    from numba.core import caching as _caching
 
+    class _ContentCacheLocator(_caching._SourceFileBackedLocatorMixin, _caching._CacheLocator):
+        """Numba's on-disk cache for this module, found by the module's *content*.
 
-class _ContentCacheLocator(_caching._SourceFileBackedLocatorMixin, _caching._CacheLocator):
-    """Numba's on-disk cache for this module, found by the module's *content*.
+        Numba files its cache under the source file's directory (or a directory derived from its
+        path), but this module runs from a fresh staged copy of the scoring package in every
+        deployment, so each service would compile from scratch (seconds per worker).  Keyed by
+        a hash of this file instead, every copy shares one cache: ``$NUMBA_CACHE_DIR`` if set,
+        else ``$XDG_CACHE_HOME/aideploy/numba`` (``~/.cache/aideploy/numba``).  Numba still checks
+        the source stamp and the CPU; an unwritable location falls back to numba's own locators.
+        """
 
-    Numba files its cache under the source file's directory (or a directory derived from its
-    path), but this module runs from a fresh staged copy of the scoring package in every
-    deployment, so each service would compile from scratch (seconds per worker).  Keyed by
-    a hash of this file instead, every copy shares one cache: ``$NUMBA_CACHE_DIR`` if set,
-    else ``$XDG_CACHE_HOME/aideploy/numba`` (``~/.cache/aideploy/numba``).  Numba still checks
-    the source stamp and the CPU; an unwritable location falls back to numba's own locators.
-    """
+        def __init__(self, py_func, py_file):
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            with open(py_file, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()[:24]
+            root = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
+                os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "aideploy", "numba")
+            self._cache_path = os.path.join(root, f"fastkernels-{digest}")
 
-    def __init__(self, py_func, py_file):
-        self._py_file = py_file
-        self._lineno = py_func.__code__.co_firstlineno
-        with open(py_file, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()[:24]
-        root = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "aideploy", "numba")
-        self._cache_path = os.path.join(root, f"fastkernels-{digest}")
+        def get_cache_path(self):
+            return self._cache_path
 
-    def get_cache_path(self):
-        return self._cache_path
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if py_func.__module__ != __name__ or not os.path.isfile(py_file):
+                return None
+            locator = cls(py_func, py_file)
+            try:
+                locator.ensure_cache_path()
+            except OSError:
+                return None
+            return locator
 
-    @classmethod
-    def from_function(cls, py_func, py_file):
-        if py_func.__module__ != __name__ or not os.path.isfile(py_file):
-            return None
-        locator = cls(py_func, py_file)
-        try:
-            locator.ensure_cache_path()
-        except OSError:
-            return None
-        return locator
-
-
-_caching.CacheImpl._locator_classes.insert(0, _ContentCacheLocator)  # numba >= 0.68 (pyproject pins it)
+    _caching.CacheImpl._locator_classes.insert(0, _ContentCacheLocator)  # numba >= 0.68 (pyproject pins it)
 
 _TILE = 16  # the last log2(_TILE) layers run on the transposed (16, N/16) tile
 _U32 = np.uint32

@@ -1068,7 +1068,7 @@ class FastServer:
         w_max = int(np.abs(wh).max())
         if w_max >= 1 << 31:
             raise FastSchemeError("weights too large for exact batch evaluation")
-        self._wh = wh.astype(np.int32)
+        self._wh = np.ascontiguousarray(wh, dtype=np.int32)  # C order whatever the model's: one compiled layout
         self._fold = min(nf, ((1 << 63) - 1) // (max(w_max, 1) << 31))
         # ---- bias as a phase: round(q * bh / t) mod q_j, per class
         q = ctx.q

@@ -150,17 +150,19 @@ for query in sorted(work.glob("*.query")):
     status, answer = service.handle_http("POST", headers, __import__("io").BytesIO(body), len(body))
     statuses.append(status)
     query.with_suffix(".answer").write_bytes(answer if isinstance(answer, bytes) else json.dumps(answer).encode())
-print(json.dumps({"after_init": after_init, "after_requests": signatures(), "statuses": statuses}))
+print(json.dumps({"after_init": after_init, "after_requests": signatures(), "statuses": statuses,
+                  "numba": "numba" in sys.modules}))
 """
 
 
-def run_worker(work, model_dir, prepare: str) -> dict:
+def run_worker(work, model_dir, prepare: str, kernels: str = "jit") -> dict:
     import json
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "AZUREML_MODEL_DIR": str(model_dir), "AIDEPLOY_PREPARE_SCHEMES": prepare}
+    env = {**os.environ, "AZUREML_MODEL_DIR": str(model_dir), "AIDEPLOY_PREPARE_SCHEMES": prepare,
+           "AIDEPLOY_KERNELS": kernels}
     proc = subprocess.run([sys.executable, "-c", WORKER, str(work)], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -168,7 +170,8 @@ def run_worker(work, model_dir, prepare: str) -> dict:
 
 
 def test_init_compiles_every_kernel_so_no_request_pays_a_compile(tmp_path):
-    """After init() the kernels have their signatures, and real queries of every shape add none."""
+    """After init() the kernels have their signatures, and real queries of every shape add none;
+    a worker on the ahead-of-time build answers the same queries without numba."""
     import json
 
     from sklearn.datasets import load_digits
@@ -197,6 +200,8 @@ def test_init_compiles_every_kernel_so_no_request_pays_a_compile(tmp_path):
             (work / f"{name}.query").write_bytes(client.encrypt(X[:n], layout=layout, seeded=seeded))
         cold = run_worker(work, model_dir, "none")
         warm = run_worker(work, model_dir, "none,fast")
+        warm_answers = {name: (work / f"{name}.answer").read_bytes() for name in shapes}
+        built = run_worker(work, model_dir, "none,fast", kernels="aot")  # as score.py serves
         keys.close()
     # Not prepared: the first requests compile (or load) the kernels; the test can tell.
     assert cold["after_init"]["row_outputs"] == 0 and cold["after_requests"]["row_outputs"] > 0
@@ -206,6 +211,10 @@ def test_init_compiles_every_kernel_so_no_request_pays_a_compile(tmp_path):
                    "ntt_forward", "ntt_inverse"):
         assert warm["after_init"][kernel] > 0, kernel
     assert warm["after_requests"] == warm["after_init"]
+    assert warm["numba"]
+    # The ahead-of-time kernels (fastkernels_aot): the same answers, and numba never imported.
+    assert built["statuses"] == [200] * len(shapes) and not built["numba"]
     for name, (n, _, _) in shapes.items():
-        scores = client.decrypt((work / f"{name}.answer").read_bytes(), n)
-        assert np.abs(scores - model.decision_function(X[:n])).max() <= 1e-3, name
+        for answer in (warm_answers[name], (work / f"{name}.answer").read_bytes()):
+            scores = client.decrypt(answer, n)
+            assert np.abs(scores - model.decision_function(X[:n])).max() <= 1e-3, name
