@@ -5,6 +5,9 @@ yml) -> ``InferenceConfig`` (the same staged ``score.py`` the local target serve
 ``AciWebservice.deploy_configuration`` (from config alone; with ``network=vnet`` the VNET, subnet
 and region of seed 004) -> ``Model.deploy`` -> ``wait_for_deployment(show_output=True)``.
 
+A plan (``dry_run=true``) shows each step with the request azureml-core sends to the workspace's
+Model Management Service (see :mod:`aideploy.azure_requests`).
+
 azureml-core is deprecated, but users still run it; ``target=managed_endpoint`` is its SDK v2
 successor. The SDKs are optional (``pip install 'aideploy[azure]'``) and imported only inside
 the functions below, so loading this plugin never needs them.
@@ -67,15 +70,14 @@ def deploy_configuration(cfg: Any, network_cfg: Any) -> Any:
         raise ConfigError(f"target=aci: {exc.message}", hint="fix the target.* setting named above") from None
 
 
-def create_payload(deploy_config: Any, name: str, environment_image_request: dict[str, Any] | None = None,
-                   overwrite: bool = False) -> dict[str, Any]:
-    """The SDK's own serialised form of the deploy configuration: the body of its create request.
+def create_payload(deploy_config: Any, name: str) -> dict[str, Any]:
+    """The SDK's own serialised form of the deploy configuration, as readable settings.
 
-    Without ``environment_image_request`` (the readable settings) that part is null; the create
-    request's body has it (:func:`plan_requests`).
+    ``environmentImageRequest`` is null here: ``Model.deploy`` builds it at deploy time (the
+    plan's create request has it, see :func:`aideploy_plan`).
     """
     try:
-        return deploy_config._build_create_payload(name, environment_image_request, overwrite=overwrite)
+        return deploy_config._build_create_payload(name, None)
     except Exception:  # a private method: if a later SDK changes it, fall back to its attributes
         return {k: v for k, v in vars(deploy_config).items() if not k.startswith("_")}
 
@@ -267,9 +269,9 @@ ENVIRONMENT_NOTE = ("not registered on its own: azureml-core sends it inline, as
                     "of the service's create (or update) request, with AZUREML_ENTRY_SCRIPT and "
                     "AZUREML_SOURCE_DIRECTORY added")
 DEPLOY_NOTE = ("before it, Model.deploy uploads the generated driver script and the source directory (as .tar.gz) "
-               "to the artifact store, and asks MMS to validate the name, the request and the ACI quota "
-               "(POST .../services/validate...; their failures are ignored); then it polls "
-               "GET .../operations/{operationId} until the service is up")
+               "to the artifact store ({driverScript}, {archive}), and asks MMS to validate the request and, unless "
+               "overwrite, the name and the ACI quota (POST .../services/validate...; a failed validation call is "
+               "ignored); then wait_for_deployment polls GET .../operations/{operationId} until the service is up")
 
 
 def new_model_ids(model: Any) -> list[str]:
@@ -371,8 +373,11 @@ def aideploy_plan(cfg, ctx, model, environment, code):
         return {**sdk, "mode": "delete", "actions": [prepare[0], read_service_action(name, "whether it exists"),
                                                      delete]}
     delete["settings"]["when"] = teardown_note(ctx, name)
-    body = create_payload(deploy_config, name, v1_environment_image_request(config, new_model_ids(model)),
-                          overwrite=bool(cfg.overwrite))
+    # Model._deploy_with_environment_image_request (azureml/core/model.py): the configuration's own
+    # payload around the environment image request. No fallback here: a body the SDK did not build
+    # is not the request.
+    body = deploy_config._build_create_payload(name, v1_environment_image_request(config, new_model_ids(model)),
+                                               overwrite=bool(cfg.overwrite))
     actions = [
         *prepare,
         {"action": "InferenceConfig", "settings": {"source_directory": config.source_directory,

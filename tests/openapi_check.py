@@ -71,8 +71,11 @@ class Spec:
         declares = "properties" in definition or "allOf" in definition
         additional = definition.get("additionalProperties")
         for parent in definition.get("allOf", []):
-            # A member is a reference (the 2026 documents) or an inline schema (the 2019 v1 documents).
-            pdoc, pdef = self.resolve(parent["$ref"], doc)[::2] if "$ref" in parent else (doc, parent)
+            # A member is a reference (the 2026 documents) or an inline schema (the 2019 v1 document).
+            if "$ref" in parent:
+                pdoc, _, pdef = self.resolve(parent["$ref"], doc)
+            else:
+                pdoc, pdef = doc, parent
             pprops, preq, pdisc, _, padd = self.flatten(pdoc, pdef)
             props.update(pprops)
             required |= preq
