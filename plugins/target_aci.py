@@ -283,8 +283,9 @@ def update_patch(config: Any, model_ids: list[str]) -> list[dict[str, Any]]:
     """The JSON patch ``AciWebservice.update(models=..., inference_config=...)`` sends (``azureml/core/webservice/aci.py``).
 
     A service deployed from an environment gets ``replace /environmentImageRequest``; the SDK then
-    adds one ``add /properties/<key>`` per entry of its tracking registry (empty unless some
-    azureml package registered one).
+    adds one ``add /properties/<key>`` per entry of its tracking registry: the git branch, commit
+    and dirty flag of the working directory's repository, if it is in one (so this reads the cwd,
+    as the SDK does when the update runs from there).
     """
     from azureml._base_sdk_common.tracking import global_tracking_info_registry
 
