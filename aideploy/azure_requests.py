@@ -1,4 +1,7 @@
-"""The REST requests azure-ai-ml (SDK v2) would send, built by the SDK itself, for plans.
+"""The REST requests the Azure SDKs would send, built by the SDKs themselves, for plans.
+
+azure-ai-ml (SDK v2, ``target=managed_endpoint``) first; azureml-core (SDK v1, ``target=aci``) in
+the second half of this module.
 
 A plan cannot send anything, so it asks the installed SDK for each request instead of
 describing it: the generated operations' own request builders give the method, the path and
@@ -33,6 +36,9 @@ class _NoCredential:
     """An ``MLClient`` needs a credential; a plan's client never sends anything, so this one never gives a token."""
 
     def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        raise RuntimeError("a plan does not sign in")
+
+    def signed_session(self, session: Any = None) -> Any:  # msrest's credential interface (azureml-core)
         raise RuntimeError("a plan does not sign in")
 
 
@@ -126,3 +132,121 @@ def asset_registrations(deployment: Any, client: Any) -> list[tuple[str, Any, di
     deployment.environment = asset_id(scope, AzureMLResourceType.ENVIRONMENT, environment)
     deployment.model = asset_id(scope, AzureMLResourceType.MODEL, model)
     return registrations
+
+
+# ============================================================================= azureml-core (SDK v1)
+#
+# azureml-core talks to the workspace's Model Management Service (MMS): model and asset
+# registration through its generated msrest client (``azureml._restclient``), web services with
+# ``requests`` on ``_get_mms_url(workspace) + '/services...'``. Neither sends an api-version: the
+# service version is the route's ``v1.0``. The builders below give the path with placeholders,
+# and the body exactly as the SDK serialises it.
+
+V1_SCOPE = {"subscriptionId": "{subscriptionId}", "resourceGroup": "{resourceGroup}", "workspace": "{workspace}"}
+"""Path placeholders of the v1 Model Management Service, named as its (2019) specification names them."""
+
+V1_UPLOAD = "aml://artifact/LocalUpload/{container}/"
+"""Where azureml-core's uploads land: ``upload_dependency`` names a fresh ``{container}`` for each file."""
+
+
+def mms_version() -> dict[str, Any]:
+    """The version fields of a v1 request: no api-version query, the service version in the route."""
+    from azureml._model_management._constants import MMS_ROUTE_API_VERSION
+
+    return {"api-version": None, "service-version": MMS_ROUTE_API_VERSION}
+
+
+def mms_request(method: str, suffix: str, body: Any = None, query: dict[str, str] | None = None) -> dict[str, Any]:
+    """A request azureml-core sends with ``requests`` to ``_get_mms_url(workspace) + suffix``.
+
+    ``_get_mms_url`` (``azureml/_model_management/_util.py``) needs a workspace for the region's
+    host; its path template is the one here, filled with placeholders instead of the workspace's ids.
+    """
+    from azureml._model_management._constants import MMS_ROUTE_API_VERSION
+
+    path = ("/modelmanagement/{}/subscriptions/{}/resourceGroups/{}/providers/"
+            "Microsoft.MachineLearningServices/workspaces/{}".format(MMS_ROUTE_API_VERSION, *V1_SCOPE.values()))
+    request: dict[str, Any] = {"method": method, "path": path + suffix, **mms_version()}
+    if query:
+        request["query"] = query
+    if body is not None:
+        request["body"] = body
+    return request
+
+
+def mms_client() -> Any:
+    """azureml-core's generated MMS client (``RestClient``, as ``ServiceContext`` makes it); it never signs in."""
+    from azureml._restclient.rest_client import RestClient
+
+    return RestClient(_NoCredential())
+
+
+def mms_generated_request(method: str, operation: Any, body: Any, body_type: str) -> dict[str, Any]:
+    """A request through the generated client: the operation's own URL template and msrest serialiser,
+    which is what e.g. ``MLModelsOperations.register`` does before it sends."""
+    return {"method": method, "path": operation.metadata["url"].format(**V1_SCOPE), **mms_version(),
+            "body": operation.__self__._serialize.body(body, body_type)}
+
+
+def v1_model_registration(model_path: Path, model_name: str, tags: dict[str, str] | None,
+                          description: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two MMS requests of ``Model.register`` once its files are uploaded: the asset, then the model.
+
+    ``Model._create_asset`` registers ``LocalUpload/<container>/<file or directory name>`` as an
+    asset (``AssetsClient.create_asset``); ``Model._register_with_asset`` registers the model on
+    ``aml://asset/<asset id>`` (``ModelsClient.register_model``). Both build the generated client's
+    models, rebuilt here with the same classes and defaults; ``{container}`` (named at upload time)
+    and ``{assetId}`` (returned by the first request) are placeholders.
+    """
+    from azureml._restclient.models import Asset, Model
+    from azureml._restclient.models_client import DEFAULT_MIMETYPE
+
+    client = mms_client()
+    asset = Asset(name=model_name, artifacts=[{"prefix": f"LocalUpload/{{container}}/{Path(model_path).name}"}],
+                  kv_tags=None, properties=None, runid=None, meta=None, type=None)
+    model = Model(name=model_name, kv_tags=json.loads(json.dumps(tags)) if tags else tags, properties=None,
+                  description=description, url="aml://asset/{assetId}", mime_type=DEFAULT_MIMETYPE,
+                  framework=None, framework_version=None, unpack=False, experiment_name=None, run_id=None,
+                  datasets=[], sample_input_data=None, sample_output_data=None, resource_requirements=None)
+    return (mms_generated_request("POST", client.assets.create, asset, "Asset"),
+            mms_generated_request("POST", client.ml_models.register, model, "Model"))
+
+
+def v1_environment_image_request(config: Any, model_ids: list[str]) -> dict[str, Any]:
+    """``InferenceConfig._build_environment_image_request`` (``azureml/core/model.py``) without its uploads.
+
+    The SDK's template and environment serialiser, and what ``_handle_assets`` adds: the entry
+    script's environment variables, the generated driver script (a temporary ``tmp*.py``, shown as
+    ``{driverScript}.py``) and the source directory as a ``.tar.gz`` named by a uuid prefix
+    (``{archive}.tar.gz``), each at its ``V1_UPLOAD`` location. ``config`` is not changed (the SDK
+    sets the variables on the caller's environment; here a copy takes them).
+    """
+    import copy
+    import os
+
+    from azureml._model_management._util import environment_image_payload_template
+    from azureml.core import Environment
+
+    payload = copy.deepcopy(environment_image_payload_template)
+    if model_ids:
+        payload["modelIds"] = model_ids
+    environment = copy.deepcopy(config.environment)
+    scoring_base_name, script_location = config._get_entry_script_path()
+    if environment.environment_variables is None:  # as the SDK does (setting the property logs a deprecation)
+        environment.environment_variables = {}
+    variables = environment.environment_variables
+    if config.source_directory:
+        variables["AZUREML_SOURCE_DIRECTORY"] = scoring_base_name
+    variables["AZUREML_ENTRY_SCRIPT"] = os.path.join(scoring_base_name, script_location).replace(os.sep, "/")
+    driver = "{driverScript}.py"
+    payload["assets"].append({"id": driver, "url": V1_UPLOAD + driver, "mimeType": "application/x-python"})
+    payload["driverProgram"] = driver
+    if config.source_directory:
+        archive = "{archive}.tar.gz"
+        payload["assets"].append({"mimeType": "application/octet-stream", "id": archive, "url": V1_UPLOAD + archive,
+                                  "unpack": True})
+    else:
+        script = os.path.basename(config.entry_script)
+        payload["assets"].append({"mimeType": "application/octet-stream", "id": script, "url": V1_UPLOAD + script})
+    payload["environment"] = Environment._serialize_to_dict(environment)
+    return payload

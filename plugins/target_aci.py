@@ -5,6 +5,9 @@ yml) -> ``InferenceConfig`` (the same staged ``score.py`` the local target serve
 ``AciWebservice.deploy_configuration`` (from config alone; with ``network=vnet`` the VNET, subnet
 and region of seed 004) -> ``Model.deploy`` -> ``wait_for_deployment(show_output=True)``.
 
+A plan (``dry_run=true``) shows each step with the request azureml-core sends to the workspace's
+Model Management Service (see :mod:`aideploy.azure_requests`).
+
 azureml-core is deprecated, but users still run it; ``target=managed_endpoint`` is its SDK v2
 successor. The SDKs are optional (``pip install 'aideploy[azure]'``) and imported only inside
 the functions below, so loading this plugin never needs them.
@@ -68,9 +71,10 @@ def deploy_configuration(cfg: Any, network_cfg: Any) -> Any:
 
 
 def create_payload(deploy_config: Any, name: str) -> dict[str, Any]:
-    """The SDK's own serialised form of the deploy configuration: the body of its create request.
+    """The SDK's own serialised form of the deploy configuration, as readable settings.
 
-    ``environmentImageRequest`` is null: the SDK builds it from the workspace at deploy time.
+    ``environmentImageRequest`` is null here: ``Model.deploy`` builds it at deploy time (the
+    plan's create request has it, see :func:`aideploy_plan`).
     """
     try:
         return deploy_config._build_create_payload(name, None)
@@ -257,11 +261,86 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
                              **({"vnet": f"{vnet['vnet_name']}/{vnet['subnet_name']}"} if vnet else {})})
 
 
+# ----------------------------------------------------------------------------- plans: the SDK's requests
+
+UPLOAD_NOTE = ("Model.register first uploads the model's files to the workspace's artifact store "
+               "(LocalUpload/{container}/, the container named at upload time), then registers them as this asset")
+ENVIRONMENT_NOTE = ("not registered on its own: azureml-core sends it inline, as environmentImageRequest.environment "
+                    "of the service's create (or update) request, with AZUREML_ENTRY_SCRIPT and "
+                    "AZUREML_SOURCE_DIRECTORY added")
+DEPLOY_NOTE = ("before it, Model.deploy uploads the generated driver script and the source directory (as .tar.gz) "
+               "to the artifact store ({driverScript}, {archive}), and asks MMS to validate the request and, unless "
+               "overwrite, the name and the ACI quota (POST .../services/validate...; a failed validation call is "
+               "ignored); then wait_for_deployment polls GET .../operations/{operationId} until the service is up")
+
+
+def new_model_ids(model: Any) -> list[str]:
+    """The registered model's id as ``Model.deploy`` sends it: ``name:version``, the version assigned by MMS."""
+    return [f"{model.name}:{{modelVersion}}"]
+
+
+def update_patch(config: Any, model_ids: list[str]) -> list[dict[str, Any]]:
+    """The JSON patch ``AciWebservice.update(models=..., inference_config=...)`` sends (``azureml/core/webservice/aci.py``).
+
+    A service deployed from an environment gets ``replace /environmentImageRequest``; the SDK then
+    adds one ``add /properties/<key>`` per entry of its tracking registry: the git branch, commit
+    and dirty flag of the working directory's repository, if it is in one (so this reads the cwd,
+    as the SDK does when the update runs from there).
+    """
+    from azureml._base_sdk_common.tracking import global_tracking_info_registry
+
+    from aideploy.azure_requests import v1_environment_image_request
+
+    patch = [{"op": "replace", "path": "/environmentImageRequest",
+              "value": v1_environment_image_request(config, model_ids)}]
+    properties: dict[str, Any] = {}
+    properties.update(global_tracking_info_registry.gather_all())
+    return patch + [{"op": "add", "path": f"/properties/{key}", "value": value} for key, value in properties.items()]
+
+
+def registration_actions(cfg: Any, model: Any) -> list[dict[str, Any]]:
+    """``Model.register`` as plan actions: the asset its upload becomes, then the model on that asset."""
+    from pathlib import Path
+
+    from aideploy.azure_requests import v1_model_registration
+
+    args = model_register_args(cfg, model)
+    asset, register = v1_model_registration(Path(args["model_path"]), args["model_name"], args["tags"],
+                                            args["description"])
+    return [{"action": "AssetsClient.create_asset", "settings": {"name": args["model_name"],
+                                                                 "model_path": args["model_path"]},
+             "request": asset, "note": UPLOAD_NOTE},
+            {"action": "Model.register", "settings": args, "request": register,
+             "note": "{assetId} is the id the asset's create returns; MMS assigns the version"}]
+
+
+def service_actions(name: str, auth: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(``get_keys`` when the service takes a key, ``Webservice.delete``) as plan actions, with their requests."""
+    from aideploy.azure_requests import mms_request
+
+    keys = [{"action": "Webservice.get_keys", "settings": {"name": name},
+             "request": mms_request("POST", f"/services/{name}/listkeys")}] if auth else []
+    return keys, {"action": "Webservice.delete", "settings": {"name": name},
+                  "request": mms_request("DELETE", f"/services/{name}"),
+                  "note": "MMS first validates the delete (POST .../services/validate, failures ignored)"}
+
+
+def read_service_action(name: str, reads: str) -> dict[str, Any]:
+    """``Webservice(ws, name)`` as a plan action: ``Webservice._get`` reads the service with its models."""
+    from aideploy.azure_requests import mms_request
+
+    return {"action": "Webservice", "settings": {"name": name, "reads": reads},
+            "request": mms_request("GET", f"/services/{name}", query={"expand": "true"})}
+
+
 @hookimpl
 def aideploy_plan(cfg, ctx, model, environment, code):
-    """What the deploy stage would do, from the SDK's own objects; no workspace, credential or network."""
+    """What the deploy stage would do, as azureml-core's own objects and requests; no workspace, credential
+    or network."""
     require_sdk(PLUGIN_NAME, *PLAN_SDK_MODULES)
     import azureml.core
+
+    from aideploy.azure_requests import mms_request, v1_environment_image_request
 
     vnet = vnet_settings(ctx.cfg.network)
     name = service_name(ctx)
@@ -271,7 +350,7 @@ def aideploy_plan(cfg, ctx, model, environment, code):
     env = build_environment(environment)
     config = inference_config(code, env)
     ws = cfg.workspace
-    actions: list[dict[str, Any]] = [
+    prepare: list[dict[str, Any]] = [
         {"action": "Workspace.get", "settings": {
             "from": f"target.workspace.config_file={ws.config_file}" if ws.config_file else
             f"env vars {ws.subscription_id_env}, {ws.resource_group_env}, {ws.workspace_name_env} if all set, "
@@ -280,12 +359,28 @@ def aideploy_plan(cfg, ctx, model, environment, code):
     ]
     if vnet and cfg.check_subnet:
         _, rg_label = vnet_resource_group(ctx, None)
-        actions.append({"action": "NetworkManagementClient.subnets.get", "settings": {
+        prepare.append({"action": "NetworkManagementClient.subnets.get", "settings": {
             "resource_group_name": rg_label, "virtual_network_name": vnet["vnet_name"],
             "subnet_name": vnet["subnet_name"], "required_delegation": ACI_DELEGATION}})
-    actions += [
-        {"action": "Model.register", "settings": model_register_args(cfg, model)},
-        {"action": "Environment.from_conda_specification", "settings": environment_dict(env)},
+    prepare += registration_actions(cfg, model)
+    prepare.append({"action": "Environment.from_conda_specification", "settings": environment_dict(env),
+                    "note": ENVIRONMENT_NOTE})
+    sdk = {"target": "aci", "sdk": f"azureml-core {azureml.core.VERSION}"}
+    if ctx.mode is Mode.update:
+        return {**sdk, "mode": "update", **update_plan_actions(cfg, ctx, model, env, config, prepare)}
+    keys, delete = service_actions(name, bool(cfg.auth_enabled))
+    if ctx.mode is Mode.delete:  # delete_service: Webservice(ws, name), then its delete()
+        delete["settings"]["when"] = "now: mode=delete (a name that is not there is a warning)"
+        return {**sdk, "mode": "delete", "actions": [prepare[0], read_service_action(name, "whether it exists"),
+                                                     delete]}
+    delete["settings"]["when"] = teardown_note(ctx, name)
+    # Model._deploy_with_environment_image_request (azureml/core/model.py): the configuration's own
+    # payload around the environment image request. No fallback here: a body the SDK did not build
+    # is not the request.
+    body = deploy_config._build_create_payload(name, v1_environment_image_request(config, new_model_ids(model)),
+                                               overwrite=bool(cfg.overwrite))
+    actions = [
+        *prepare,
         {"action": "InferenceConfig", "settings": {"source_directory": config.source_directory,
                                                    "entry_script": config.entry_script,
                                                    "environment": env.name}},
@@ -293,35 +388,43 @@ def aideploy_plan(cfg, ctx, model, environment, code):
         {"action": "Model.deploy", "settings": {"name": name, "models": [model.name], "overwrite": cfg.overwrite,
                                                 "wait_for_deployment": {"show_output": True,
                                                                         "timeout_sec": cfg.deploy_timeout},
-                                                "get_keys": bool(cfg.auth_enabled)}},
-        {"action": "Webservice.delete", "settings": {"name": name, "when": teardown_note(ctx, name)}},
+                                                "get_keys": bool(cfg.auth_enabled)},
+         "request": mms_request("POST", "/services", body), "note": DEPLOY_NOTE},
+        *keys,
+        delete,
     ]
-    if ctx.mode is Mode.update:
-        return {"target": "aci", "sdk": f"azureml-core {azureml.core.VERSION}", "mode": "update",
-                **update_plan_actions(cfg, ctx, model, env, config, actions[:-4])}
-    return {"target": "aci", "sdk": f"azureml-core {azureml.core.VERSION}", "actions": actions}
+    return {**sdk, "actions": actions}
 
 
 ROLLBACK_NOTE = ("an ACI service holds one version: Webservice.update replaces it in place, so a failed smoke "
                  "test re-deploys the models the service had before, with this run's inference config")
+PREVIOUS_MODELS = "{previousModelId}"
+"""Stands for the ids of the models the service had (``Webservice.models``, read before the update), one each."""
 
 
 def update_plan_actions(cfg: Any, ctx: Any, model: Any, env: Any, config: Any,
                         prepare: list[dict[str, Any]]) -> dict[str, Any]:
     """``mode=update``: ``Webservice.update(models=..., inference_config=...)`` on the existing service,
-    a smoke test, and the roll-back a failed one takes."""
+    a smoke test, and the roll-back a failed one takes, each with the request azureml-core sends."""
+    from aideploy.azure_requests import mms_request
+
     name = service_name(ctx)
     samples = ctx.cfg["update"].smoke_samples
     inference = {"source_directory": config.source_directory, "entry_script": config.entry_script,
                  "environment": env.name}
-    wait = {"show_output": True, "timeout_sec": cfg.deploy_timeout}
+    wait = {"action": "Webservice.wait_for_deployment",
+            "settings": {"show_output": True, "timeout_sec": cfg.deploy_timeout},
+            "note": "polls GET .../operations/{operationId} (from the update's answer) until the service is up"}
+    keys, _ = service_actions(name, bool(cfg.auth_enabled))
     actions = [
         *prepare[:1],
-        {"action": "Webservice", "settings": {"name": name, "reads": "its models, kept for a roll-back"}},
+        read_service_action(name, "its models, kept for a roll-back"),
         *prepare[1:],
         {"action": "Webservice.update", "settings": {"name": name, "models": [f"{model.name} (registered above)"],
-                                                     "inference_config": inference}},
-        {"action": "Webservice.wait_for_deployment", "settings": wait},
+                                                     "inference_config": inference},
+         "request": mms_request("PATCH", f"/services/{name}", update_patch(config, new_model_ids(model)))},
+        wait,
+        *keys,
         {"action": "smoke test", "settings": {
             "samples": samples, "passes": "every answer's predictions equal the model's in process",
             "request": {"method": "POST", "url": "{scoring_uri}", "repeat": f"once per test-set row, {samples} rows",
@@ -331,8 +434,9 @@ def update_plan_actions(cfg: Any, ctx: Any, model: Any, env: Any, config: Any,
     ]
     rollback = [
         {"action": "Webservice.update", "settings": {"name": name, "models": "<the models it had before>",
-                                                     "inference_config": inference}, "note": ROLLBACK_NOTE},
-        {"action": "Webservice.wait_for_deployment", "settings": wait},
+                                                     "inference_config": inference}, "note": ROLLBACK_NOTE,
+         "request": mms_request("PATCH", f"/services/{name}", update_patch(config, [PREVIOUS_MODELS]))},
+        wait,
     ]
     return {"actions": actions, "rollback": rollback}
 

@@ -7,6 +7,9 @@ that a request must not carry, and ``x-nullable``. A definition that declares pr
 ``additionalProperties`` accepts no others: an undeclared key in a body is an error (ARM ignores
 some, rejects others; either way the body is not what the spec describes).
 
+``allOf`` members are references (the 2026 documents) or inline schemas (the 2019 v1 Model
+Management document, whose subtypes add their properties inline).
+
 Only what the extracted definitions use is implemented; anything else (a ``$ref`` to a
 definition that was not extracted) is reported as an error rather than skipped.
 """
@@ -55,8 +58,9 @@ class Spec:
         seen: set[str] = set()
         definition = self.docs[doc]["definitions"][name]
         for parent in definition.get("allOf", []):
-            pdoc, pname, _ = self.resolve(parent["$ref"], doc)
-            seen |= {pname} | self._ancestors(pdoc, pname)
+            if "$ref" in parent:  # an inline member names no ancestor
+                pdoc, pname, _ = self.resolve(parent["$ref"], doc)
+                seen |= {pname} | self._ancestors(pdoc, pname)
         return seen
 
     def flatten(self, doc: str, definition: dict) -> tuple[dict, set[str], str | None, bool, Any]:
@@ -67,7 +71,11 @@ class Spec:
         declares = "properties" in definition or "allOf" in definition
         additional = definition.get("additionalProperties")
         for parent in definition.get("allOf", []):
-            pdoc, _, pdef = self.resolve(parent["$ref"], doc)
+            # A member is a reference (the 2026 documents) or an inline schema (the 2019 v1 document).
+            if "$ref" in parent:
+                pdoc, _, pdef = self.resolve(parent["$ref"], doc)
+            else:
+                pdoc, pdef = doc, parent
             pprops, preq, pdisc, _, padd = self.flatten(pdoc, pdef)
             props.update(pprops)
             required |= preq
@@ -78,9 +86,18 @@ class Spec:
 
     def validate(self, instance: Any, ref: str, doc: str = ML_SPEC) -> list[str]:
         """Every way ``instance`` departs from the definition ``ref`` (``#/definitions/OnlineEndpoint``)."""
+        return self.validate_schema(instance, {"$ref": ref}, doc)
+
+    def validate_schema(self, instance: Any, schema: dict, doc: str) -> list[str]:
+        """Every way ``instance`` departs from ``schema`` as ``doc`` writes it (e.g. a body parameter's array)."""
         errors: list[str] = []
-        self._check(instance, {"$ref": ref}, doc, "$", errors)
+        self._check(instance, schema, doc, "$", errors)
         return errors
+
+    def body_schema(self, doc: str, template: str, method: str) -> dict | None:
+        """The body parameter's schema of ``method`` on the path ``template`` (None: the operation takes no body);
+        a KeyError when the document has no such operation."""
+        return self.docs[doc]["paths"][template][method.lower()].get("body")
 
     # ------------------------------------------------------------------------- one value
 

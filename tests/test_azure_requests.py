@@ -1,4 +1,8 @@
-"""``target=managed_endpoint`` plans are the SDK's real requests, valid against Microsoft's REST spec.
+"""Azure plans are the SDKs' real requests, valid against Microsoft's REST specs.
+
+``target=managed_endpoint`` (azure-ai-ml) against the 2026-07-01 spec, with no exception for the
+endpoint and deployment; ``target=aci`` (azureml-core) against the 2019-09-30 v1 Model Management
+spec, except for the listed gaps where that spec is older than the SDK (at the end of this file).
 
 Each plan action carries the request azure-ai-ml would send (method, path, api-version, body),
 built by the installed SDK's own request builders and serialiser. Every body is checked against
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -232,3 +237,237 @@ def test_vnet_plan_explains_the_managed_network(tmp_path):
     plan = plan_for(tmp_path, "network=vnet")
     note = actions(plan, "online_endpoints.begin_create_or_update")[0]["note"]
     assert "private endpoint" in note and "managed network" in note and "outbound" in note
+
+
+# ============================================================================= target=aci: azureml-core (v1)
+#
+# azureml-core talks to the workspace's Model Management Service (MMS). Its only published
+# specification is the 2019-09-30 preview (tests/azure_spec/modelmanagement-2019-09-30.json),
+# older than the SDK: the gaps below are where the SDK sends more than that document knows.
+
+V1_SPEC = "modelmanagement-2019-09-30.json"
+
+ENVIRONMENT_GAPS = {
+    # Declared by azureml-core's Environment, not by the 2019 ModelEnvironmentDefinition.
+    "$.environmentImageRequest.environment.python.condaDependenciesFile: not a property the spec declares":
+        "PythonSection.conda_dependencies_file came to azureml-core after 2019; sent as null when unused",
+    "$.environmentImageRequest.environment.docker.buildContext: not a property the spec declares":
+        "DockerSection.build_context (Docker build contexts) came after 2019; null when unused",
+    "$.environmentImageRequest.environment.docker.baseImageRegistry.registryIdentity: "
+    "not a property the spec declares":
+        "ContainerRegistry.registry_identity (managed-identity pulls) came after 2019; null when unused",
+    "$.environmentImageRequest.environment.docker.platform: not a property the spec declares":
+        "DockerSection.platform ({os, architecture}) came after 2019",
+    "$.environmentImageRequest.environment.databricks: not a property the spec declares":
+        "Environment.databricks is serialised by azureml-core but absent from the 2019 ModelEnvironmentDefinition",
+    "$.environmentImageRequest.environment.r: not a property the spec declares":
+        "Environment.r (R environments) came after 2019; null when unused",
+    "$.environmentImageRequest.environment.assetId: not a property the spec declares":
+        "Environment.asset_id (registry assets) came after 2019; null when unused",
+    # azureml-core serialises every unset optional field as null; the 2019 spec marks none x-nullable.
+    "$.environmentImageRequest.environment.version: null is not allowed":
+        "null: an environment that is not registered has no version (MMS registers it from this request)",
+    "$.environmentImageRequest.environment.python.baseCondaEnvironment: null is not allowed": "null: unset",
+    "$.environmentImageRequest.environment.docker.baseDockerfile: null is not allowed":
+        "null: the base image is used instead",
+    "$.environmentImageRequest.environment.docker.baseImageRegistry.address: null is not allowed":
+        "null: the base image is on the public mcr.microsoft.com",
+    "$.environmentImageRequest.environment.docker.baseImageRegistry.username: null is not allowed": "null: public",
+    "$.environmentImageRequest.environment.docker.baseImageRegistry.password: null is not allowed": "null: public",
+    "$.environmentImageRequest.environment.inferencingStackVersion: null is not allowed": "null: unset",
+}
+SERVICE_GAPS = {
+    # The create request's own fields, from azureml-core's ACI payload template.
+    "$.cname: null is not allowed": "null: no custom DNS name (the template's default)",
+    "$.dnsNameLabel: null is not allowed": "null: Azure picks the DNS label (the template's default)",
+    "$.keys.primaryKey: null is not allowed": "null: MMS generates the keys (the template's default)",
+    "$.keys.secondaryKey: null is not allowed": "null: MMS generates the keys (the template's default)",
+}
+PUBLIC_GAPS = {
+    "$.location: null is not allowed": "null on a public network: MMS puts the service in the workspace's region",
+}
+VNET_GAPS = {
+    "$.vnetConfiguration: not a property the spec declares":
+        "ACI in a customer VNET (seed 004) came to azureml-core after the 2019-09-30 spec, whose "
+        "ACIServiceCreateRequest has no vnetConfiguration; the SDK sends {vnetName, subnetName}",
+}
+PATCH_GAPS = {
+    "$[*].value: a string is not of type object":
+        "the spec types JsonPatchOperation.value as an object; JSON Patch (RFC 6902) takes any value, and "
+        "Webservice.update adds /properties/<key> strings from azureml-core's tracking registry (the git "
+        "branch and commit when it runs in a git repository)",
+}
+ACI_SPEC_GAPS = {**ENVIRONMENT_GAPS, **SERVICE_GAPS, **PUBLIC_GAPS, **VNET_GAPS, **PATCH_GAPS}
+"""Every way an ACI request body departs from the v1 spec, with why: none is aideploy's doing."""
+
+
+def gap_key(error: str) -> str:
+    """An error without what varies between runs: the list of known properties, a patch's index and value."""
+    error = error.split(" (known: ")[0]
+    return re.sub(r"^\$\[\d+\]\.value: '.*' is not of type object$", "$[*].value: a string is not of type object",
+                  error)
+
+
+def v1_template(path: str, service: str) -> str:
+    """The spec's path template for a concrete MMS path of ``service``."""
+    return path.replace(f"/services/{service}", "/services/{id}")
+
+
+def v1_spec_errors(plan: dict, service: str) -> set[str]:
+    """Every departure from the v1 spec of the plan's MMS requests (actions and roll-back), as :func:`gap_key`.
+
+    Each request's operation must be in the spec (path template and method), with a body exactly
+    when the operation takes one. A JSON patch is checked as the spec's array of operations, and
+    each replaced property's value against that property in ``ACIServiceCreateRequest``.
+    """
+    create = SPEC.flatten(V1_SPEC, SPEC.resolve("#/definitions/ACIServiceCreateRequest", V1_SPEC)[2])[0]
+    errors: set[str] = set()
+    for a in plan["actions"] + plan.get("rollback", []):
+        request = a.get("request", {})
+        if "service-version" not in request:  # a note or the smoke test's scoring request
+            continue
+        schema = SPEC.body_schema(V1_SPEC, v1_template(request["path"], service), request["method"])
+        assert (schema is None) == ("body" not in request), a
+        if schema is None:
+            continue
+        found = SPEC.validate_schema(request["body"], schema, V1_SPEC)
+        if request["method"] == "PATCH":
+            for op in request["body"]:
+                prop = op["path"].split("/")[1]
+                if op["path"] == f"/{prop}" and prop in create:
+                    pdoc, pschema = create[prop]
+                    found += [e.replace("$", f"$.{prop}", 1) for e in SPEC.validate_schema(op["value"], pschema, pdoc)]
+        errors |= {gap_key(e) for e in found}
+    return errors
+
+
+def aci_plan(tmp_path: Path, *overrides: str) -> dict:
+    out = tmp_path / "out"
+    results = api.run(["dry_run=true", f"home={tmp_path / 'home'}", "target=aci", "deployment_name=digits-svc",
+                       *overrides], out)
+    assert results["status"] == "ok", results.get("error")
+    return json.loads((out / "plan.json").read_text())
+
+
+def aci_requests(plan: dict, action: str) -> list[dict]:
+    return [a["request"] for a in plan["actions"] + plan.get("rollback", []) if a["action"] == action]
+
+
+VNET = ("network=vnet", "network.location=japaneast")
+
+
+@pytest.mark.parametrize("mode", ["run", "update", "delete"])
+@pytest.mark.parametrize("network", ["public", "vnet"])
+@pytest.mark.parametrize("auth", [True, False])
+def test_every_aci_body_validates_against_the_v1_spec_but_the_listed_gaps(tmp_path, mode, network, auth):
+    pytest.importorskip("azureml.core", reason="the Azure extra is not installed: pip install 'aideploy[azure]'")
+    plan = aci_plan(tmp_path, f"mode={mode}", f"target.auth_enabled={str(auth).lower()}",
+                    *(VNET if network == "vnet" else ()))
+    expected = {"run": {**ENVIRONMENT_GAPS, **SERVICE_GAPS, **(VNET_GAPS if network == "vnet" else PUBLIC_GAPS)},
+                "update": ENVIRONMENT_GAPS, "delete": {}}[mode]
+    # Equal, not a subset: an unlisted difference fails, and so does a listed one that went away.
+    assert v1_spec_errors(plan, "digits-svc") == set(expected)
+    assert ("Webservice.get_keys" in [a["action"] for a in plan["actions"]]) is (auth and mode != "delete")
+
+
+def test_a_patch_adds_the_sdks_tracking_properties_as_strings(tmp_path, monkeypatch):
+    """Run inside a git repository, azureml-core adds its git properties to the update: the patch gap."""
+    pytest.importorskip("azureml.core", reason="the Azure extra is not installed: pip install 'aideploy[azure]'")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    monkeypatch.chdir(repo)
+    plan = aci_plan(tmp_path, "mode=update")
+    assert v1_spec_errors(plan, "digits-svc") == set(ENVIRONMENT_GAPS) | set(PATCH_GAPS)
+    for patch in (r["body"] for r in aci_requests(plan, "Webservice.update")):
+        added = {op["path"] for op in patch if op["op"] == "add"}
+        assert "/properties/azureml.git.dirty" in added and patch[0]["path"] == "/environmentImageRequest"
+
+
+def test_aci_requests_are_the_sdks_routes(tmp_path):
+    pytest.importorskip("azureml.core", reason="the Azure extra is not installed: pip install 'aideploy[azure]'")
+    from azureml._model_management._constants import MMS_ROUTE_API_VERSION
+
+    from aideploy.azure_requests import V1_SCOPE, mms_client, mms_request
+
+    plan = aci_plan(tmp_path)
+    root = ("/modelmanagement/v1.0/subscriptions/{subscriptionId}/resourceGroups/{resourceGroup}/providers/"
+            "Microsoft.MachineLearningServices/workspaces/{workspace}")
+    expected = {"AssetsClient.create_asset": ("POST", "/assets"), "Model.register": ("POST", "/models"),
+                "Model.deploy": ("POST", "/services"), "Webservice.get_keys": ("POST", "/services/digits-svc/listkeys"),
+                "Webservice.delete": ("DELETE", "/services/digits-svc")}
+    for action, (method, suffix) in expected.items():
+        (request,) = aci_requests(plan, action)
+        assert (request["method"], request["path"]) == (method, root + suffix)
+        # No api-version query: the service version is the route's.
+        assert request["api-version"] is None and request["service-version"] == MMS_ROUTE_API_VERSION
+    # The generated client's own templates give the registrations' paths, and they agree with
+    # the template of _get_mms_url that the web service requests use.
+    client = mms_client()
+    assert client.ml_models.register.metadata["url"].format(**V1_SCOPE) == mms_request("POST", "/models")["path"]
+    assert client.assets.create.metadata["url"].format(**V1_SCOPE) == mms_request("POST", "/assets")["path"]
+    # Every path is one of the spec's, with its method.
+    v1 = SPEC.docs[V1_SPEC]["paths"]
+    for a in plan["actions"]:
+        if "service-version" in a.get("request", {}):
+            assert a["request"]["method"].lower() in v1[v1_template(a["request"]["path"], "digits-svc")]
+
+
+def test_aci_registration_bodies_are_the_generated_clients(tmp_path):
+    pytest.importorskip("azureml.core", reason="the Azure extra is not installed: pip install 'aideploy[azure]'")
+    plan = aci_plan(tmp_path)
+    (asset,), (model,) = aci_requests(plan, "AssetsClient.create_asset"), aci_requests(plan, "Model.register")
+    register = actions(plan, "Model.register")[0]["settings"]
+    assert asset["body"] == {"name": "sklearn_digits",
+                             "artifacts": [{"prefix": f"LocalUpload/{{container}}/{Path(register['model_path']).name}"}]}
+    assert model["body"] == {"name": "sklearn_digits", "url": "aml://asset/{assetId}", "mimeType": "application/json",
+                             "unpack": False, "datasets": [], "kvTags": register["tags"],
+                             "description": register["description"]}
+
+
+def test_aci_create_and_update_carry_the_sdks_environment_image_request(tmp_path, monkeypatch):
+    """The environment image request in the plan is what ``InferenceConfig._build_environment_image_request``
+    itself builds, with only its two uploads (which need a workspace) standing still."""
+    pytest.importorskip("azureml.core", reason="the Azure extra is not installed: pip install 'aideploy[azure]'")
+    import azureml.core.model as sdk_model
+
+    from aideploy.azure_requests import V1_UPLOAD
+    from aideploy_plugins.target_aci import build_environment, inference_config
+
+    plan = aci_plan(tmp_path, "mode=run", *VNET)
+    (create,) = aci_requests(plan, "Model.deploy")
+    eir = create["body"]["environmentImageRequest"]
+    assert eir["modelIds"] == ["sklearn_digits:{modelVersion}"]
+    assert create["body"]["vnetConfiguration"] == {"vnetName": "amlvnet1", "subnetName": "amlsubnet1"}
+    assert create["body"]["location"] == "japaneast" and create["body"]["computeType"] == "ACI"
+
+    # The SDK's own function, its uploads replaced by their placeholder results.
+    def upload(workspace, dependency, create_tar=False, arcname=None, show_output=False):
+        name = "{archive}.tar.gz" if create_tar else Path(dependency).name
+        return V1_UPLOAD + name, name
+
+    monkeypatch.setattr(sdk_model, "upload_dependency", upload)
+    monkeypatch.setattr(sdk_model, "wrap_execution_script_with_source_directory",
+                        lambda source, script, debug: "/nowhere/{driverScript}.py")
+    settings = actions(plan, "InferenceConfig")[0]["settings"]
+    code = type("Code", (), {"source_dir": Path(settings["source_directory"]), "entry_script": settings["entry_script"]})
+    environment = type("Env", (), {"name": "aideploy-env", "conda_file": tmp_path / "out" / "environment.yml"})
+    config = inference_config(code, build_environment(environment))
+    assert config._build_environment_image_request(None, ["sklearn_digits:{modelVersion}"]) == eir
+
+    update = aci_plan(tmp_path, "mode=update")
+    (patch, rollback) = (r["body"] for r in aci_requests(update, "Webservice.update"))
+    assert patch[0] == {"op": "replace", "path": "/environmentImageRequest", "value": eir}
+    assert rollback[0]["value"]["modelIds"] == ["{previousModelId}"]
+    assert {**rollback[0]["value"], "modelIds": eir["modelIds"]} == eir
+
+
+def test_aci_delete_plan_reads_then_deletes_the_service(tmp_path):
+    pytest.importorskip("azureml.core", reason="the Azure extra is not installed: pip install 'aideploy[azure]'")
+    plan = aci_plan(tmp_path, "mode=delete")
+    assert plan["mode"] == "delete"
+    assert [a["action"] for a in plan["actions"]] == ["Workspace.get", "Webservice", "Webservice.delete"]
+    read, delete = plan["actions"][1]["request"], plan["actions"][2]["request"]
+    assert read["method"] == "GET" and read["path"].endswith("/services/digits-svc") and read["query"] == {"expand": "true"}
+    assert delete["method"] == "DELETE" and delete["path"] == read["path"] and "body" not in delete
+    assert plan["actions"][2]["settings"]["when"].startswith("now: mode=delete")

@@ -187,11 +187,13 @@ def test_aci_update_plan_is_webservice_update_with_a_roll_back(tmp_path):
                        "target=aci", "update.smoke_samples=5"], out)
     assert results["status"] == "ok", results.get("error")
     plan = json.loads((out / "plan.json").read_text())
-    assert names(plan["actions"]) == ["Workspace.get", "Webservice", "Model.register",
+    assert names(plan["actions"]) == ["Workspace.get", "Webservice", "AssetsClient.create_asset", "Model.register",
                                       "Environment.from_conda_specification", "Webservice.update",
-                                      "Webservice.wait_for_deployment", "smoke test"]
-    update = plan["actions"][4]["settings"]
+                                      "Webservice.wait_for_deployment", "Webservice.get_keys", "smoke test"]
+    update = plan["actions"][5]["settings"]
     assert update["name"] == "digits-svc" and update["models"] == ["sklearn_digits (registered above)"]
+    # The requests themselves, and their bodies against the v1 spec: tests/test_azure_requests.py.
+    assert plan["actions"][5]["request"]["method"] == "PATCH"
     assert update["inference_config"]["entry_script"].endswith("score.py")
     smoke = plan["actions"][-1]["settings"]
     assert smoke["samples"] == 5 and smoke["request"]["headers"]["Authorization"] == "Bearer {key}"
