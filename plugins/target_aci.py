@@ -15,7 +15,9 @@ the functions below, so loading this plugin never needs them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from pathlib import Path
 from typing import Any
 
 from aideploy import hookimpl
@@ -111,6 +113,17 @@ def model_register_args(cfg: Any, model: Any) -> dict[str, Any]:
     return {"model_path": str(model.path), "model_name": model.name,
             "tags": {**dict(cfg.tags), "aideploy_model": f"{model.name}:{model.version}"},
             "description": f"{model.name} version {model.version} from aideploy's registry"}
+
+
+def register_model(workspace: Any, cfg: Any, model: Any) -> Any:
+    """``Model.register`` from the model's own directory: azureml-core (1.60 on) refuses a
+    ``model_path`` outside the current directory, and aideploy's registry is under ``home``."""
+    from azureml.core import Model
+
+    args = model_register_args(cfg, model)
+    path = Path(args["model_path"]).resolve()
+    with contextlib.chdir(path.parent):
+        return Model.register(workspace=workspace, **{**args, "model_path": path.name})
 
 
 def service_name(ctx: Any) -> str:
@@ -218,7 +231,7 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     settings, workspace = session.settings, session.workspace
     config = inference_config(code, build_environment(environment))
     try:
-        registered = Model.register(workspace=workspace, **model_register_args(cfg, model))
+        registered = register_model(workspace, cfg, model)
     except Exception as exc:
         raise sdk_error(exc, f"Model.register({model.name!r})", settings, DeployError) from None
     try:
@@ -300,8 +313,6 @@ def update_patch(config: Any, model_ids: list[str]) -> list[dict[str, Any]]:
 
 def registration_actions(cfg: Any, model: Any) -> list[dict[str, Any]]:
     """``Model.register`` as plan actions: the asset its upload becomes, then the model on that asset."""
-    from pathlib import Path
-
     from aideploy.azure_requests import v1_model_registration
 
     args = model_register_args(cfg, model)
@@ -457,7 +468,6 @@ def aideploy_delete(cfg, ctx, name):
 def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
     """``Webservice.update(models=..., inference_config=...)`` on the existing service, then a smoke test;
     a failed one re-deploys the models the service had before (ACI holds one version at a time)."""
-    from azureml.core import Model
     from azureml.core.webservice import Webservice
     from azureml.exceptions import WebserviceException
 
@@ -474,7 +484,7 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
     previous = list(service.models or [])
     config = inference_config(code, build_environment(environment))
     try:
-        registered = Model.register(workspace=workspace, **model_register_args(cfg, model))
+        registered = register_model(workspace, cfg, model)
         service.update(models=[registered], inference_config=config)
         service.wait_for_deployment(show_output=True, timeout_sec=cfg.deploy_timeout)
     except Exception as exc:

@@ -567,3 +567,32 @@ def test_encrypted_azure_run_refuses_a_local_key_store(cli, target):
     assert proc.returncode == 2
     assert "keystore=azure_blob" in proc.stderr
     assert "[1/" not in proc.stderr  # refused before the first stage ran
+
+
+def test_aci_registers_a_model_from_outside_the_working_directory(tmp_path, monkeypatch, no_network):
+    """azureml-core refuses a model_path outside the current directory ("Unauthorized access"),
+    and aideploy's registry is under ``home``: registration runs from the model's directory, and
+    gets as far as Azure's sign-in (the network boundary), with the directory restored."""
+    from types import SimpleNamespace
+
+    from azureml.core import Workspace
+    from azureml.core.authentication import ServicePrincipalAuthentication
+
+    from aideploy_plugins.target_aci import register_model
+
+    model_file = tmp_path / "home" / "models" / "digits" / "1" / "model.pkl"
+    model_file.parent.mkdir(parents=True)
+    model_file.write_bytes(b"not read before the upload")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    auth = ServicePrincipalAuthentication("00000000-0000-0000-0000-000000000000", "app", "secret")
+    workspace = Workspace("00000000-0000-0000-0000-000000000000", "rg", "ws", auth=auth,
+                          _disable_service_check=True)
+    model = SimpleNamespace(path=model_file, name="digits", version=1)
+    with pytest.raises(Exception) as raised:
+        register_model(workspace, SimpleNamespace(tags={}), model)
+    assert "outside current working directory" not in str(raised.value)
+    assert any("login.microsoftonline.com" in attempt for attempt in no_network), no_network
+    assert Path.cwd() == elsewhere
+    no_network.clear()  # the attempt was the point: registration reached the sign-in
