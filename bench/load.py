@@ -96,6 +96,7 @@ class LoadResult:
     single_ms: dict = field(default_factory=dict)  # one client: p50, p99
     batch: dict = field(default_factory=dict)  # samples/s, p50/p99 ms, errors
     client_ms: dict = field(default_factory=dict)  # per request: prepare (encrypt), check (decrypt)
+    numba_workers: int = 0  # workers with numba's LLVM loaded (0: the kernels' ahead-of-time build)
 
 
 # ------------------------------------------------------------------ the served deployment
@@ -117,6 +118,15 @@ def server_processes(master_pid: int) -> list[psutil.Process]:
         return [master, *master.children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
+
+
+def numba_workers(master_pid: int) -> int:
+    """How many of the server's processes have LLVM (numba just in time) mapped."""
+    count = 0
+    for proc in server_processes(master_pid):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+            count += any("llvmlite" in m.path for m in proc.memory_maps())
+    return count
 
 
 def server_rss(master_pid: int) -> int:
@@ -357,6 +367,7 @@ def run_mode(encryption: str, cfg: LoadConfig, workdir: Path, azurite: AzuriteSe
         _warm_up(served, single.queries, cfg)
         result.rss_mb["warm"] = server_rss(served.master_pid) / MB
         result.pss_mb["warm"] = server_pss(served.master_pid) / MB
+        result.numba_workers = numba_workers(served.master_pid)
         # 2. single client
         one = _run_phase(served, single.queries, 1, cfg.single_requests, cfg)
         result.single_ms = {k: v for k, v in _percentiles(one.latencies).items() if k in ("p50", "p99")}
@@ -498,6 +509,8 @@ def compare_table(plain: LoadResult, fast: LoadResult) -> str:
         (f"client, per batch of {c['batch']}: prepare / check",
          *(f"{r.client_ms['prepare_batch']:.2f} / {r.client_ms['check_batch']:.2f} ms" for r in (plain, fast))),
         ("max score error", f"{plain.max_score_error:.1e}", f"{fast.max_score_error:.1e}"),
+        ("workers with numba (LLVM) loaded", str(plain.numba_workers),
+         f"{fast.numba_workers}" + (" (kernels compiled ahead of time)" if not fast.numba_workers else "")),
     ]
     lines = ["| | encryption=none | encryption=fast |", "|---|---|---|"]
     lines += [f"| {label} | {a} | {b} |" for label, a, b in rows]

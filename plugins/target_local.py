@@ -95,10 +95,10 @@ def serve_command(environment) -> list[str]:
     return server_command()
 
 
-def prebuild_kernels(ctx, environment, code, env: dict[str, str]) -> None:
+def prebuild_kernels(ctx, environment, code, env: dict[str, str]) -> bool:
     """Compile the fast scheme's kernels ahead of time for the scoring environment, before the
     server starts (once per machine and environment; ``fastkernels_aot``), so that its workers
-    start within ``startup_timeout`` without numba. A failure leaves them to numba, as before."""
+    start within ``startup_timeout`` without numba. False if that failed: numba compiles them."""
     from aideploy_scoring.fastkernels_aot import KernelBuildError, ensure
 
     python = environment.python_exe or sys.executable
@@ -108,9 +108,10 @@ def prebuild_kernels(ctx, environment, code, env: dict[str, str]) -> None:
     except KernelBuildError as exc:
         ctx.log.warning("the fast scheme's kernels were not compiled ahead of time (%s): each worker "
                         "compiles them with numba", exc)
-        return
+        return False
     if built:
         ctx.log.info("compiled the fast scheme's kernels ahead of time in %.0f s (%s)", time.monotonic() - started, where)
+    return True
 
 
 @hookimpl
@@ -156,8 +157,8 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
             env.pop(variable, None)
     if key:  # the service gets only a hash of the key
         env["AIDEPLOY_AUTH_KEY_SHA256"] = hashlib.sha256(key.reveal().encode()).hexdigest()
-    if ctx.cfg.encryption.plugin == "fast":
-        prebuild_kernels(ctx, environment, code, env)
+    if ctx.cfg.encryption.plugin == "fast":  # the workers use the build, or numba if there is none
+        env["AIDEPLOY_KERNELS"] = "aot" if prebuild_kernels(ctx, environment, code, env) else "jit"
     argv = [*network.argv_prefix, *serve_command(environment), "--entry_script", str(code.entry), "--model_dir", str(model_dir),
             "--port", str(port), "--worker_count", str(cfg.worker_count)]
     server = ManagedProcess("azmlinfsrv", argv, ctx.output_dir / SERVER_LOG, env=env, cwd=code.source_dir)
