@@ -29,7 +29,7 @@ import numpy as np
 from numba.core import caching as _caching
 
 __all__ = ["NttTables", "to_seal_order", "from_seal_order", "ntt_forward", "ntt_inverse",
-           "expand_uniform", "residues_below", "sample_noise", "encrypt_zero", "row_outputs", "column_outputs", "workspace", "aligned", "shoup", "pk0_reversed"]
+           "expand_uniform", "residues_below", "sample_noise", "encrypt_zero", "row_outputs", "column_outputs", "scaled_weights", "row_plaintexts", "bias_phases", "workspace", "aligned", "shoup", "pk0_reversed"]
 
 
 
@@ -667,6 +667,117 @@ def encrypt_zero(words, primes, pk, pkp, big, tail, n_inv, z1, z0, want_z0, work
                 v = tmp[i] + _residue(_cbd21(words[n + i]), q)
                 z0[j, i] = min(v, v - q)
     return u
+
+
+# ------------------------------------------------------------------ weight plaintexts
+
+
+@nb.njit(**_JIT)
+def scaled_weights(W, row_map, row_scale, col_map, col_scale, out):
+    """``out[k, i] = rint(W[row_map[k], col_map[i]] * col_scale[i] * row_scale[k])`` (int64).
+
+    A model's quantised weights with rows and columns permuted and scaled: :mod:`fastmlp`
+    folds each query's secrets into a layer this way (the caller keeps every value below 2^53).
+    """
+    for k in range(out.shape[0]):
+        src = W[row_map[k]]
+        s = row_scale[k]
+        dst = out[k]
+        for i in range(out.shape[1]):
+            dst[i] = np.int64(np.rint(src[col_map[i]] * col_scale[i] * s))
+
+
+@nb.njit(inline="always")
+def _shoup_exact(w, q, ratio):
+    """``floor(w * 2^32 / q)`` for ``w < q < 2^32`` without a division: a float64 estimate
+    (``ratio = 2^32 / q``; off by at most one) corrected with one exact remainder."""
+    est = _U64(np.float64(w) * ratio)
+    r = np.int64((w << _U64(32)) - est * q)  # exact: the true remainder lies in [-q, 2q)
+    if r < 0:
+        est -= _U64(1)
+    elif r >= np.int64(q):
+        est += _U64(1)
+    return est
+
+
+@nb.njit(**_JIT)
+def row_plaintexts(wh, per, primes, big, tail, w_ntt, w_ntt_p, rw, tmp):
+    """The row layout's weight plaintexts of ``wh`` (C, nf) int64, classes in groups of ``per``.
+
+    Group ``g`` holds classes ``g*per ..`` at offsets ``cl*nf`` in reversed order (see
+    :mod:`fastlinear`): ``w_ntt[g, j]`` its NTT modulo ``primes[j]`` (tiled order) and
+    ``w_ntt_p`` the Shoup companions, both (groups, 2, N) uint64; ``rw[g]`` the polynomial's
+    first ``len(g) * nf`` coefficients reversed (the rows in natural order, last class
+    first), for the logit coefficients of ``c0 * W_g``.  ``tmp``: (N,) uint64 scratch.
+    """
+    n_classes, nf = wh.shape
+    n = tmp.shape[0]
+    for g in range(w_ntt.shape[0]):
+        first = g * per
+        size = min(per, n_classes - first)
+        for cl in range(size):
+            row = wh[first + cl]
+            dst = rw[g, (size - 1 - cl) * nf:(size - cl) * nf]
+            for i in range(nf):
+                dst[i] = row[i]
+        for j in range(primes.shape[0]):
+            q = primes[j]
+            qi = np.int64(q)
+            for i in range(n):
+                tmp[i] = 0
+            for cl in range(size):
+                row = wh[first + cl]
+                base = cl * nf + nf - 1
+                for i in range(nf):
+                    v = row[i]
+                    tmp[base - i] = _U64(v + qi if v < 0 else v)
+            out = w_ntt[g, j]
+            ntt_forward(tmp, out, q, big[j], tail[j])
+            ratio = 4294967296.0 / np.float64(q)
+            outp = w_ntt_p[g, j]
+            for i in range(n):
+                outp[i] = _shoup_exact(out[i], q, ratio)
+
+
+@nb.njit(inline="always")
+def _mul128(a, b):
+    """``a * b`` for uint64 ``a``, ``b`` as (high, low) uint64 words."""
+    a0 = a & _M32
+    a1 = a >> _U64(32)
+    b0 = b & _M32
+    b1 = b >> _U64(32)
+    ll = a0 * b0
+    lh = a0 * b1
+    hl = a1 * b0
+    mid = (ll >> _U64(32)) + (lh & _M32) + (hl & _M32)
+    return a1 * b1 + (lh >> _U64(32)) + (hl >> _U64(32)) + (mid >> _U64(32)), (ll & _M32) | (mid << _U64(32))
+
+
+@nb.njit(**_JIT)
+def bias_phases(bh, q, t_bits, primes, out):
+    """``out[c, j] = round(q * bh[c] / 2^t_bits) mod primes[j]`` exactly (int64 residues).
+
+    The phase of a constant ``bh`` in a BFV plaintext with ``t = 2^t_bits`` (1 <= t_bits < 64)
+    and data modulus ``q`` (uint64, ``< 2^64``), ``|bh| < 2^63``; ties round up, as
+    ``(2*q*bh + t) // (2*t)`` does (for ``bh < 0``: ``-floor((q*|bh| + t/2 - 1) / t)``).
+    """
+    half = _U64(1) << _U64(t_bits - 1)
+    for c in range(bh.shape[0]):
+        v = bh[c]
+        hi, lo = _mul128(q, _U64(-v) if v < 0 else _U64(v))
+        lo2 = lo + (half - _U64(1) if v < 0 else half)
+        if lo2 < lo:
+            hi += _U64(1)
+        # (hi, lo2) >> t_bits
+        qlo = (lo2 >> _U64(t_bits)) | (hi << _U64(64 - t_bits))
+        qhi = hi >> _U64(t_bits)
+        for j in range(primes.shape[0]):
+            p = _U64(primes[j])
+            r64 = (_U64(0xFFFFFFFFFFFFFFFF) % p + _U64(1)) % p  # 2^64 mod p
+            r = ((qhi % p) * r64 + qlo % p) % p
+            if v < 0 and r:
+                r = p - r
+            out[c, j] = np.int64(r)
 
 
 # ---------------------------------------------------------------------- row scoring

@@ -836,10 +836,11 @@ _noise = _NoiseStream()
 
 
 class _Workspaces(threading.local):
-    """Each thread's kernel scratch memory (:func:`fastkernels.workspace`), by N."""
+    """Each thread's kernel scratch memory (:func:`fastkernels.workspace`, by N) and reusable arrays."""
 
     def __init__(self) -> None:
         self.by_n: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.scratch: dict[tuple, np.ndarray] = {}
 
 
 _workspaces = _Workspaces()
@@ -850,6 +851,16 @@ def _workspace(n: int) -> tuple[np.ndarray, np.ndarray]:
     if work is None:
         work = _workspaces.by_n[n] = fk.workspace(n)
     return work
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """This thread's reusable array ``name`` of ``shape`` and ``dtype`` (aligned, contents
+    undefined): one per thread, name and shape (a network's layers alternate shapes)."""
+    key = (name, shape, np.dtype(dtype).str)
+    buf = _workspaces.scratch.get(key)
+    if buf is None:
+        buf = _workspaces.scratch[key] = fk._aligned(shape, dtype)
+    return buf
 
 
 def _read_bundle_params(bundle: Any) -> tuple[FastParams, int]:
@@ -1023,57 +1034,40 @@ class FastServer:
     @classmethod
     def _from_fit(cls, params: FastParams, fit: "_ModelFit") -> "FastServer":
         """A server for weights that are already quantised and checked (``fit``), skipping the
-        checks of the constructor: :mod:`fastmlp` builds one per query and layer from weights
-        whose worst case it has fitted once (its per-query weights are never larger)."""
+        checks of the constructor: :mod:`fastmlp` builds one per layer from the worst case of
+        that layer's per-query weights and scores each query with that query's
+        :class:`_Weights` (never larger, so the fit's geometry and guarantees hold); their
+        plaintexts are made on first use, so the worst case's never are."""
         self = cls.__new__(cls)
         self.params = params
         self._ctx = _context(params)
-        self._prepare(fit)
+        self._prepare(fit, precompute=False)
         return self
 
-    def _prepare(self, fit: "_ModelFit") -> None:
-        """Precompute the weight plaintexts of both layouts and the bias phases from ``fit``."""
+    def _prepare(self, fit: "_ModelFit", precompute: bool = True) -> None:
+        """The layouts' geometry and the model's :class:`_Weights` from ``fit``; with
+        ``precompute`` its row-layout plaintexts now rather than on the first row query."""
         ctx = self._ctx
-        n, t = ctx.n, ctx.t
-        wh, bh, self._groups = fit.wh, fit.bh, fit.groups
+        wh, self._groups = fit.wh, fit.groups
         C, nf = wh.shape
         self.n_features, self.n_classes = nf, C
         self.error_bound, self._flood_bits, self.flood_margin_bits = fit.error_bound, fit.flood_bits, fit.margin_bits
-
-        # ---- row layout: NTT-form weight plaintexts (tiled order, Shoup companions) and, for
-        # the logit coefficients of c0*W_g, each group's weight polynomial reversed
-        tables = ctx.tables
-        n_groups = len(self._groups)
-        self._w_ntt = fk.aligned(np.empty((n_groups, 2, n), dtype=np.uint64))
-        self._rw = np.zeros((n_groups, max(len(g) for g in self._groups) * nf), dtype=np.int64)
-        self._rw_len = np.empty(n_groups, dtype=np.int64)
-        self._pos = np.empty(C, dtype=np.int64)  # logit coefficient of each class in its group
-        self._group = np.empty(C, dtype=np.int64)
-        for g, classes in enumerate(self._groups):
-            poly = np.zeros(n, dtype=np.int64)
-            for cl, c in enumerate(classes):
-                poly[cl * nf: cl * nf + nf] = wh[c, ::-1]  # X^{-i} ordering
-                self._pos[c] = cl * nf + nf - 1
-                self._group[c] = g
-            size = len(classes) * nf
-            self._rw[g, :size] = poly[:size][::-1]
-            self._rw_len[g] = size
-            for j, q in enumerate(ctx.primes):
-                fk.ntt_forward(np.where(poly < 0, poly + q, poly).astype(np.uint64), self._w_ntt[g, j], q,
-                               tables.big[j], tables.tail[j])
-        self._w_ntt_p = fk.aligned(np.stack([[fk.shoup(self._w_ntt[g, j], q) for j, q in enumerate(ctx.primes)]
-                                             for g in range(n_groups)]))
+        # ---- row layout: classes in groups of `per`; the logit of class c is coefficient
+        # pos[c] of its group's product (see fastkernels.row_plaintexts)
+        per = len(self._groups[0])
+        classes = np.arange(C)
+        self._group = classes // per
+        self._pos = (classes % per) * nf + nf - 1
+        self._rw_len = np.array([len(g) * nf for g in self._groups], dtype=np.int64)
         # ---- column layout (fastkernels.column_outputs): int32 weights times centred residues
         # (|x| <= 2^31); a partial sum over `fold` features cannot overflow int64
         w_max = int(np.abs(wh).max())
         if w_max >= 1 << 31:
             raise FastSchemeError("weights too large for exact batch evaluation")
-        self._wh = wh.astype(np.int32)
         self._fold = min(nf, ((1 << 63) - 1) // (max(w_max, 1) << 31))
-        # ---- bias as a phase: round(q * bh / t) mod q_j, per class
-        q = ctx.q
-        bias_phase = [((2 * q * v + t) // (2 * t)) % q for v in bh]
-        self._bias_i64 = np.array([[bp % qj for qj in ctx.primes] for bp in bias_phase], dtype=np.int64)  # (C, 2)
+        self._weights = _Weights(ctx, wh, np.array(fit.bh, dtype=np.int64), per)
+        if precompute:
+            self._w_ntt = self._weights.row()[0]
         self._fingerprint = self.params.fingerprint()
 
     def __repr__(self) -> str:
@@ -1189,9 +1183,11 @@ class FastServer:
         f = (u >> np.uint64(63 - self._flood_bits)).astype(np.int64) - (1 << self._flood_bits)
         return (f % self._ctx.q_i64.reshape(2, 1)).astype(np.uint64)
 
-    def predict(self, query: bytes, public: FastPublicKey) -> bytes:
-        """Score an encrypted query with the model; returns the encrypted response."""
+    def predict(self, query: bytes, public: FastPublicKey, weights: "_Weights | None" = None) -> bytes:
+        """Score an encrypted query with the model (or with ``weights``, another quantisation of
+        the same shape whose values the server's fit bounds); returns the encrypted response."""
         code, ns, c0, a = self._parse_query(query, public)
+        weights = self._weights if weights is None else weights
         n, C = self._ctx.n, self.n_classes
         n_cts = ns * len(self._groups) if code == _LAYOUT_ROW else -(-ns // n) * C
         header = _RESPONSE_HEADER.pack(_RESPONSE_MAGIC, WIRE_VERSION, code, 0, public._key_id,
@@ -1201,36 +1197,77 @@ class FastServer:
         c1_out = np.frombuffer(out, dtype="<u4", count=n_cts * 2 * n, offset=len(header))
         c0_out = np.frombuffer(out, dtype="<u4", offset=len(header) + 4 * c1_out.size)
         if code == _LAYOUT_ROW:
-            self._predict_row(ns, c0, a, public, c1_out.reshape(ns, -1, 2, n), c0_out.reshape(ns, 2, C))
+            self._predict_row(ns, c0, a, public, weights, c1_out.reshape(ns, -1, 2, n), c0_out.reshape(ns, 2, C))
         else:
-            self._predict_column(ns, c0, a, public, c1_out.reshape(-1, C, 2, n), c0_out.reshape(C, 2, ns))
+            self._predict_column(ns, c0, a, public, weights, c1_out.reshape(-1, C, 2, n), c0_out.reshape(C, 2, ns))
         return bytes(out)
 
-    def _predict_row(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey,
+    def _predict_row(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey, weights: "_Weights",
                      c1_out: np.ndarray, c0_out: np.ndarray) -> None:
         """One ciphertext per sample; output ciphertext (sample, group) = ct * W_g + Enc(0)."""
         ctx = self._ctx
         tables = ctx.tables
         n, n_groups = ctx.n, len(self._groups)
+        w_ntt, w_ntt_p, rw = weights.row()
         words = _noise.words(ns * (n_groups * n + 2 * self.n_classes)).reshape(ns, -1)
-        fk.row_outputs(c0, a, words, ctx.primes_u64, self._w_ntt, self._w_ntt_p, self._rw, self._rw_len,
-                       self._pos, self._group, self._bias_i64, public._pk, public._pkp, public._pk0_rev,
+        fk.row_outputs(c0, a, words, ctx.primes_u64, w_ntt, w_ntt_p, rw, self._rw_len,
+                       self._pos, self._group, weights.bias, public._pk, public._pkp, public._pk0_rev,
                        tables.big, tables.tail, tables.n_inv, self._flood_bits, c1_out, c0_out, _workspace(n))
 
-    def _predict_column(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey,
+    def _predict_column(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey, weights: "_Weights",
                         c1_out: np.ndarray, c0_out: np.ndarray) -> None:
         """One ciphertext per feature and block of N samples; class c = sum_i wh_ci * ct_i + Enc(0)."""
         ctx = self._ctx
         n, nf, C = ctx.n, self.n_features, self.n_classes
         n_blocks = -(-ns // n)
+        wh = weights.column()
         z = public.zeros(n_blocks * C).reshape(n_blocks, C, 2, 2, n)  # [..., 0, :, :] z0, [..., 1, :, :] z1
         c0_full = np.empty((C, 2, n_blocks * n), dtype=np.uint32)
         for blk in range(n_blocks):
             rows = slice(blk * nf, (blk + 1) * nf)
-            fk.column_outputs(a[rows], self._wh, self._fold, ctx.primes_u64, z[blk, :, 1], c1_out[blk])
-            fk.column_outputs(c0[rows], self._wh, self._fold, ctx.primes_u64, z[blk, :, 0],
+            fk.column_outputs(a[rows], wh, self._fold, ctx.primes_u64, z[blk, :, 1], c1_out[blk])
+            fk.column_outputs(c0[rows], wh, self._fold, ctx.primes_u64, z[blk, :, 0],
                               c0_full[:, :, blk * n:(blk + 1) * n])
         logits = c0_full[:, :, :ns].astype(np.int64)
-        logits += self._bias_i64[:, :, None]
+        logits += weights.bias[:, :, None]
         logits += self._flood((C, 2, ns)).astype(np.int64)
         np.remainder(logits, ctx.q_i64.reshape(2, 1), out=c0_out, casting="unsafe")
+
+
+class _Weights:
+    """A quantised model (``wh`` (C, nf) int64, intercepts ``bh`` (C,) int64, ``|.| < 2^53``) in
+    the forms the layouts score with: the bias as phases (:attr:`bias`, made at once), the
+    column layout's int32 weights and the row layout's NTT-form plaintexts (made on first use).
+
+    ``scratch``: keep the row plaintexts in this thread's reusable buffers instead of new arrays
+    (:mod:`fastmlp` makes one of these per query and layer: fresh arrays of that size would
+    page-fault on every request); such an object is valid until this thread makes the next one.
+    """
+
+    def __init__(self, ctx: _Context, wh: np.ndarray, bh: np.ndarray, per: int, scratch: bool = False):
+        self._ctx, self.wh, self._per, self._scratch = ctx, wh, per, scratch
+        self.bias = np.empty((wh.shape[0], 2), dtype=np.int64)
+        fk.bias_phases(bh, np.uint64(ctx.q), ctx.params.plain_modulus_bits, ctx.primes_u64, self.bias)
+        self._row: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def row(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(w_ntt, w_ntt_p, rw)`` of :func:`fastkernels.row_plaintexts`."""
+        if self._row is None:
+            ctx = self._ctx
+            n, (C, nf) = ctx.n, self.wh.shape
+            groups = -(-C // self._per)
+            shapes = ((groups, 2, n), (groups, 2, n), (groups, self._per * nf))
+            dtypes = (np.uint64, np.uint64, np.int64)
+            if self._scratch:
+                w_ntt, w_ntt_p, rw = (_scratch(f"row{i}", s, d) for i, (s, d) in enumerate(zip(shapes, dtypes)))
+            else:
+                w_ntt, w_ntt_p, rw = (fk._aligned(s, d) for s, d in zip(shapes, dtypes))
+            tables = ctx.tables
+            fk.row_plaintexts(self.wh, self._per, ctx.primes_u64, tables.big, tables.tail, w_ntt, w_ntt_p, rw,
+                              _workspace(n)[0][0].view(np.uint64))
+            self._row = (w_ntt, w_ntt_p, rw)
+        return self._row
+
+    def column(self) -> np.ndarray:
+        """The weights as int32 (the server's fit checked they fit)."""
+        return self.wh.astype(np.int32)
