@@ -1183,15 +1183,18 @@ class FastServer:
         f = (u >> np.uint64(63 - self._flood_bits)).astype(np.int64) - (1 << self._flood_bits)
         return (f % self._ctx.q_i64.reshape(2, 1)).astype(np.uint64)
 
-    def predict(self, query: bytes, public: FastPublicKey, weights: "_Weights | None" = None) -> bytes:
+    def predict(self, query: bytes, public: FastPublicKey, weights: "_Weights | None" = None,
+                prefix: Callable[[], bytes] | None = None) -> bytes:
         """Score an encrypted query with the model (or with ``weights``, another quantisation of
-        the same shape whose values the server's fit bounds); returns the encrypted response."""
+        the same shape whose values the server's fit bounds); returns the encrypted response,
+        after ``prefix()`` if given (called once the query is accepted; saves a copy of the
+        response for a caller that wraps it)."""
         code, ns, c0, a = self._parse_query(query, public)
         weights = self._weights if weights is None else weights
         n, C = self._ctx.n, self.n_classes
         n_cts = ns * len(self._groups) if code == _LAYOUT_ROW else -(-ns // n) * C
-        header = _RESPONSE_HEADER.pack(_RESPONSE_MAGIC, WIRE_VERSION, code, 0, public._key_id,
-                                       self.n_features, C, ns, n_cts)
+        header = (prefix() if prefix is not None else b"") + _RESPONSE_HEADER.pack(
+            _RESPONSE_MAGIC, WIRE_VERSION, code, 0, public._key_id, self.n_features, C, ns, n_cts)
         out = bytearray(len(header) + 4 * (n_cts * 2 * n + ns * 2 * C))
         out[: len(header)] = header
         c1_out = np.frombuffer(out, dtype="<u4", count=n_cts * 2 * n, offset=len(header))
@@ -1239,9 +1242,10 @@ class _Weights:
     the forms the layouts score with: the bias as phases (:attr:`bias`, made at once), the
     column layout's int32 weights and the row layout's NTT-form plaintexts (made on first use).
 
-    ``scratch``: keep the row plaintexts in this thread's reusable buffers instead of new arrays
-    (:mod:`fastmlp` makes one of these per query and layer: fresh arrays of that size would
-    page-fault on every request); such an object is valid until this thread makes the next one.
+    ``scratch``: weights for one request (:mod:`fastmlp` makes one of these per query and
+    layer): the row plaintexts go to this thread's reusable buffers (fresh arrays of that size
+    would page-fault on every request) and get no Shoup companions (the request's ``a`` gets
+    them, fewer); such an object is valid until this thread makes the next one.
     """
 
     def __init__(self, ctx: _Context, wh: np.ndarray, bh: np.ndarray, per: int, scratch: bool = False):
@@ -1256,7 +1260,8 @@ class _Weights:
             ctx = self._ctx
             n, (C, nf) = ctx.n, self.wh.shape
             groups = -(-C // self._per)
-            shapes = ((groups, 2, n), (groups, 2, n), (groups, self._per * nf))
+            # weights used once: fastkernels.row_outputs takes companions of `a` instead
+            shapes = ((groups, 2, n), (0 if self._scratch else groups, 2, n), (groups, self._per * nf))
             dtypes = (np.uint64, np.uint64, np.int64)
             if self._scratch:
                 w_ntt, w_ntt_p, rw = (_scratch(f"row{i}", s, d) for i, (s, d) in enumerate(zip(shapes, dtypes)))

@@ -344,6 +344,7 @@ class MLPServer:
         self._servers = [self._worst_case_server(l) for l in range(self.n_layers)]
         self._W = [np.ascontiguousarray(W) for W, _ in self.plan.layers]
         self._identity = [np.arange(n) for n in self.sizes]
+        self._scales = float(params.x_bound), params.x_scale, params.w_scale
         self._spent: dict[bytes, float] = {}
         self._lock = threading.Lock()
 
@@ -373,8 +374,7 @@ class MLPServer:
         """Layer ``l``'s weights for the query of ``seed``: what :func:`_effective` gives for its
         secrets, quantised by one kernel into this thread's buffers (valid for this round)."""
         p, L = self.plan, self.n_layers
-        R = float(self.params.x_bound)
-        sx, sw = self.params.x_scale, self.params.w_scale
+        R, sx, sw = self._scales
         n_out, n_in = self._W[l].shape
         if l > 0:  # undo the previous layer's permutation and factors
             col_map, u_in = _layer_secrets(seed, l - 1, n_in, p.spread)
@@ -442,19 +442,22 @@ class MLPServer:
                 raise RoundError(f"round {rnd} carries {n_samples} samples, the query started with {t_ns}")
             self._spend(query_id, rnd, expiry, now)
         l = rnd - 1
-        try:  # validates the query: key, shape, size, ranges
-            answer = self._servers[l].predict(query, public, self._weights(l, seed))
+        final = rnd == self.n_layers
+
+        def header() -> bytes:
+            out_token = b"" if final else self._tokens.seal(rnd + 1, 0, n_samples, now + self.token_ttl,
+                                                             public._key_id, seed, query_id)
+            scale = self.plan.out_scale if final else 0.0
+            return _ANSWER_HEADER.pack(_ANSWER_MAGIC, WIRE_VERSION, rnd, int(final), 0, scale,
+                                       len(out_token)) + out_token
+
+        try:  # validates the query (key, shape, size, ranges), then answers after header()
+            return self._servers[l].predict(query, public, self._weights(l, seed), header)
         except FastSchemeError:
             if rnd > 1:  # a refused message does not spend the token: the client may resend
                 with self._lock:
                     self._spent.pop(query_id + bytes([rnd]), None)
             raise
-        final = rnd == self.n_layers
-        out_token = b"" if final else self._tokens.seal(rnd + 1, 0, n_samples, now + self.token_ttl,
-                                                         public._key_id, seed, query_id)
-        scale = self.plan.out_scale if final else 0.0
-        return _ANSWER_HEADER.pack(_ANSWER_MAGIC, WIRE_VERSION, rnd, int(final), 0, scale, len(out_token)) \
-            + out_token + answer
 
 
 # ------------------------------------------------------------------------ client
