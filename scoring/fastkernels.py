@@ -936,28 +936,32 @@ def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bi
                     logits_out[s, j, c] = _U32(v % q)
 
 
-_COLS = 128  # coefficients per accumulator tile of column_outputs: (C, 128) int64 stays in L1
+_COLS = 128  # coefficients per accumulator tile of column_outputs
+_CLASS_BLOCK = 16  # classes per accumulator block: (16, 128) int64 stays in L1 beside the hi/lo sums
 
 
 @nb.njit(**_JIT)
-def column_outputs(ct, w, fold, primes, z, out):
-    """``out[c, j] = (sum_i w[c, i] * ct[i, j] + z[c, j]) mod primes[j]``, exactly.
+def column_outputs(ct, w, fold, primes, z, out, width):
+    """``out[c, j] = (sum_i w[c, i] * ct[i, j] + z[c, j]) mod primes[j]``, exactly, for the
+    first ``width`` coefficients (a multiple of ``_COLS``; the rest of ``out`` is not written).
 
     The batch layout's scalar linear combinations: ``ct`` (nf, 2, N) uint32 residues, ``w``
     (C, nf) int32 signed weights, ``z`` (C, 2, N) residues to add (an encryption of zero),
     ``out`` (C, 2, N) uint32; N a multiple of ``_COLS``.  Residues are centred to ``x - 2^31``
-    so that every product is a signed 32 x 32 -> 64-bit multiply (``vpmuldq``) and bounded by
-    ``max|w| * 2^31``; ``2^31 * sum_i w[c, i]`` is added back at the end.  Each partial sum
-    runs over at most ``fold`` features, chosen by the caller so that it cannot overflow
-    (``fold * max|w| * 2^31 < 2^63``), and is then split into its high and low 32 bits,
-    which are summed apart and reduced once per coefficient.
+    (once per feature and tile, for a block of classes) so that every product is a signed
+    32 x 32 -> 64-bit multiply (``vpmuldq``) and bounded by ``max|w| * 2^31``; ``2^31 * sum_i
+    w[c, i]`` is added back at the end.  Each partial sum runs over at most ``fold`` features,
+    chosen by the caller so that it cannot overflow (``fold * max|w| * 2^31 < 2^63``), and is
+    then split into its high and low 32 bits, which are summed apart and reduced once per
+    coefficient.
     """
     nf = ct.shape[0]
     n = ct.shape[2]
     n_classes = w.shape[0]
-    acc = np.empty((n_classes, _COLS), dtype=np.int64)
+    acc = np.empty((_CLASS_BLOCK, _COLS), dtype=np.int64)
     hi = np.empty((n_classes, _COLS), dtype=np.int64)
     lo = np.empty((n_classes, _COLS), dtype=np.int64)
+    xc = np.empty(_COLS, dtype=np.int32)
     offset = np.empty(n_classes, dtype=np.int64)
     m32 = np.int64(0xFFFFFFFF)
     flip = _U32(0x80000000)
@@ -969,23 +973,28 @@ def column_outputs(ct, w, fold, primes, z, out):
             for i in range(nf):
                 total += np.int64(w[c, i])
             offset[c] = np.int64((_U64(total % q) * _U64((1 << 31) % q)) % _U64(q))
-        for col in range(0, n, _COLS):
+        for col in range(0, min(width, n), _COLS):
             hi[:] = 0
             lo[:] = 0
-            for i0 in range(0, nf, fold):
-                acc[:] = 0
-                for i in range(i0, min(nf, i0 + fold)):
-                    x = ct[i, j, col:col + _COLS]
-                    for c in range(n_classes):
-                        wc = np.int64(w[c, i])
-                        a = acc[c]
+            for c0 in range(0, n_classes, _CLASS_BLOCK):
+                c1 = min(n_classes, c0 + _CLASS_BLOCK)
+                for i0 in range(0, nf, fold):
+                    acc[:] = 0
+                    for i in range(i0, min(nf, i0 + fold)):
+                        x = ct[i, j, col:col + _COLS]
                         for k in range(_COLS):
-                            a[k] += wc * np.int64(np.int32(x[k] ^ flip))
-                for c in range(n_classes):
-                    for k in range(_COLS):
-                        v = acc[c, k]
-                        hi[c, k] += v >> 32
-                        lo[c, k] += v & m32
+                            xc[k] = np.int32(x[k] ^ flip)
+                        for c in range(c0, c1):
+                            wc = np.int64(w[c, i])
+                            a = acc[c - c0]
+                            for k in range(_COLS):
+                                a[k] += wc * np.int64(xc[k])
+                    for c in range(c0, c1):
+                        a = acc[c - c0]
+                        for k in range(_COLS):
+                            v = a[k]
+                            hi[c, k] += v >> 32
+                            lo[c, k] += v & m32
             for c in range(n_classes):
                 zc = z[c, j, col:col + _COLS]
                 oc = out[c, j, col:col + _COLS]

@@ -137,9 +137,12 @@ Layouts
 * ``column`` (batches): one ciphertext per feature, up to N samples in the
   coefficients; class c is ``sum_i wh_{c,i} * ct_i`` plus a fresh encryption of
   zero -- a scalar linear combination, computed exactly with 64-bit integer
-  products by :func:`fastkernels.column_outputs` (one thread; it outran float64
-  BLAS, which needs two limbs per weight to stay exact, by ~1.5x).  Every
-  coefficient of an output ciphertext is a logit.  The client picks the layout
+  products by :func:`fastkernels.column_outputs` (it outran float64 BLAS, which
+  needs two limbs per weight to stay exact, by ~1.5x; large requests split their
+  classes over up to four threads).  Every coefficient of an output ciphertext is a
+  logit, and of ``c0'`` only the samples' coefficients are computed.  The cost is per
+  block of N samples whatever their number: mostly ``nf * C * 2N`` products for ``c1'``
+  (``sum_i wh_{c,i} * a_i``, the uniform halves), which no choice of samples shrinks.  The client picks the layout
   that moves fewer ciphertexts, query and response together, unless told otherwise.  Expanding the seeds costs about
   a third of a seeded 784-feature batch; ``encrypt(..., seeded=False)`` ships the
   uniform polynomials instead (2x upload, 12.5 KB/sample) and skips it.
@@ -161,6 +164,7 @@ coefficient-domain polynomials (``c0``, ``c0'``) are in SEAL's / natural order.
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import functools
 import hashlib
@@ -863,6 +867,46 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
     return buf
 
 
+# Batch (column layout) requests this large split their classes over threads: the kernels hold
+# no GIL.  Below it (a second MLP layer, small models) one thread is faster than the hand-off.
+_THREAD_MIN_WORK = 1 << 14  # features x classes x blocks
+_MAX_THREADS = 4
+
+
+class _Pool:
+    """A thread pool for the batch kernels, made on first use, remade in a forked worker."""
+
+    def __init__(self) -> None:
+        self._pid, self._executor, self._lock = -1, None, threading.Lock()
+
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    _MAX_THREADS - 1, thread_name_prefix="aideploy-fast")
+                self._pid = os.getpid()
+            return self._executor
+
+
+_pool = _Pool()
+
+
+def _in_threads(work: Callable[[int, int], None], n_classes: int, parallel: bool) -> None:
+    """``work(lo, hi)`` over ``[0, n_classes)``: in one call, or (``parallel``) split into up
+    to ``min(cores, 4)`` class ranges (multiples of the kernel's class block) run at once."""
+    block = fk._CLASS_BLOCK
+    parts = min(os.cpu_count() or 1, _MAX_THREADS, -(-n_classes // block)) if parallel else 1
+    if parts < 2:
+        work(0, n_classes)
+        return
+    step = -(-n_classes // (parts * block)) * block
+    bounds = [(lo, min(n_classes, lo + step)) for lo in range(0, n_classes, step)]
+    futures = [_pool.executor().submit(work, lo, hi) for lo, hi in bounds[1:]]
+    work(*bounds[0])
+    for f in futures:
+        f.result()
+
+
 def _read_bundle_params(bundle: Any) -> tuple[FastParams, int]:
     if not isinstance(bundle, bytes):
         raise FastSchemeError("bundle must be bytes")
@@ -1226,11 +1270,18 @@ class FastServer:
         wh = weights.column()
         z = public.zeros(n_blocks * C).reshape(n_blocks, C, 2, 2, n)  # [..., 0, :, :] z0, [..., 1, :, :] z1
         c0_full = np.empty((C, 2, n_blocks * n), dtype=np.uint32)
-        for blk in range(n_blocks):
-            rows = slice(blk * nf, (blk + 1) * nf)
-            fk.column_outputs(a[rows], wh, self._fold, ctx.primes_u64, z[blk, :, 1], c1_out[blk])
-            fk.column_outputs(c0[rows], wh, self._fold, ctx.primes_u64, z[blk, :, 0],
-                              c0_full[:, :, blk * n:(blk + 1) * n])
+
+        def classes(lo: int, hi: int) -> None:
+            for blk in range(n_blocks):
+                rows = slice(blk * nf, (blk + 1) * nf)
+                fk.column_outputs(a[rows], wh[lo:hi], self._fold, ctx.primes_u64, z[blk, lo:hi, 1],
+                                  c1_out[blk, lo:hi], n)
+                # of c0' only the samples' coefficients are sent: a partial block computes those
+                used = -(-min(n, ns - blk * n) // fk._COLS) * fk._COLS
+                fk.column_outputs(c0[rows], wh[lo:hi], self._fold, ctx.primes_u64, z[blk, lo:hi, 0],
+                                  c0_full[lo:hi, :, blk * n:(blk + 1) * n], used)
+
+        _in_threads(classes, C, nf * C * n_blocks >= _THREAD_MIN_WORK)
         logits = c0_full[:, :, :ns].astype(np.int64)
         logits += weights.bias[:, :, None]
         logits += self._flood((C, 2, ns)).astype(np.int64)

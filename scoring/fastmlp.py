@@ -419,7 +419,7 @@ class MLPServer:
         if len(message) < _QUERY_HEADER.size + tlen:
             raise RoundError("round message truncated in its token")
         token = message[_QUERY_HEADER.size:_QUERY_HEADER.size + tlen]
-        query = message[_QUERY_HEADER.size + tlen:]
+        query = memoryview(message)[_QUERY_HEADER.size + tlen:]  # a batch's query is megabytes: no copy
         if len(query) < fl._QUERY_HEADER.size:
             raise RoundError("round message holds no query")
         n_samples = fl._QUERY_HEADER.unpack_from(query)[7]
