@@ -732,9 +732,8 @@ def _shoup_exact(w, q, ratio):
 
 
 @nb.njit(**_JIT)
-def row_plaintexts(wh, per, primes, big, tail, w_ntt, w_ntt_p, rw, tmp, g0, g1):
-    """The row layout's weight plaintexts of ``wh`` (C, nf) int64, classes in groups of
-    ``per``, for groups ``g0 <= g < g1`` (the other entries are not written).
+def row_plaintexts(wh, per, primes, big, tail, w_ntt, w_ntt_p, rw, tmp):
+    """The row layout's weight plaintexts of ``wh`` (C, nf) int64, classes in groups of ``per``.
 
     Group ``g`` holds classes ``g*per ..`` at offsets ``cl*nf`` in reversed order (see
     :mod:`fastlinear`): ``w_ntt[g, j]`` its NTT modulo ``primes[j]`` (tiled order) and
@@ -746,7 +745,7 @@ def row_plaintexts(wh, per, primes, big, tail, w_ntt, w_ntt_p, rw, tmp, g0, g1):
     n_classes, nf = wh.shape
     n = tmp.shape[0]
     companions = w_ntt_p.shape[0] > 0
-    for g in range(g0, g1):
+    for g in range(w_ntt.shape[0]):
         first = g * per
         size = min(per, n_classes - first)
         for cl in range(size):
@@ -859,17 +858,16 @@ def _limbs(c, lo, hi):
 
 @nb.njit(**_JIT)
 def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bias, pk, pkp, pk0_rev,
-                big, tail, n_inv, flood_bits, c1_out, logits_out, work, g0, g1):
-    """Score ``ns`` row-layout ciphertexts: the whole request path after parsing, for the class
-    groups ``g0 <= g < g1`` (threads can share a request by group ranges).
+                big, tail, n_inv, flood_bits, c1_out, logits_out, work):
+    """Score ``ns`` row-layout ciphertexts: the whole request path after parsing.
 
     Per sample s and class group g the output ciphertext is ``ct_s * W_g + Enc_pk(0)``:
     ``c1_out[s, g]`` (tiled NTT order, every coefficient) and, in ``logits_out[s, :, c]``,
     the coefficient of ``c0`` that holds class c's logit (the others are never computed),
     plus the bias and a fresh flooding value in ``[-2^flood_bits, 2^flood_bits)``.
 
-    c0 (ns, 2, N) u32 coefficients; a (ns, 2, N) u32 tiled NTT; words (ns, G*N + 2K) uniform
-    u64 for the G = g1 - g0 groups and their K classes; w_ntt/w_ntt_p (n_groups, 2, N) u64 tiled; rw (n_groups, Lmax) int64 reversed
+    c0 (ns, 2, N) u32 coefficients; a (ns, 2, N) u32 tiled NTT; words (ns, n_groups*N + 2C)
+    uniform u64; w_ntt/w_ntt_p (n_groups, 2, N) u64 tiled; rw (n_groups, Lmax) int64 reversed
     group weight polynomials, the first rw_len[g] used; pos/group (C,) logit coefficient and group of each class;
     bias (C, 2) int64 residues; pk/pkp (2, 2, N) u64; pk0_rev (2, 2N) int32 (see
     :func:`pk0_reversed`); work: scratch from :func:`workspace`.  An empty ``w_ntt_p``
@@ -878,10 +876,8 @@ def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bi
     """
     ns = c0.shape[0]
     n = c0.shape[2]
+    n_groups = w_ntt.shape[0]
     n_classes = pos.shape[0]
-    c_first = 0  # the first class of group g0: its flooding words come first
-    while group[c_first] < g0:
-        c_first += 1
     ints, floats = work
     z1 = ints[5:7].view(np.uint64)
     a_p = ints[7:9].view(np.uint64)
@@ -891,7 +887,7 @@ def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bi
     hi16 = floats[2:4]
     flood_shift = _U64(63 - flood_bits)
     flood_half = np.int64(1) << flood_bits
-    tail_words = (g1 - g0) * n
+    tail_words = n_groups * n
     for s in range(ns):
         for j in range(2):
             _limbs(c0[s, j], lo16[j], hi16[j])
@@ -900,8 +896,8 @@ def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bi
                 ratio = 4294967296.0 / np.float64(q)
                 for i in range(n):
                     a_p[j, i] = _shoup_exact(_U64(a[s, j, i]), q, ratio)
-        for g in range(g0, g1):
-            zw = words[s, (g - g0) * n:(g - g0 + 1) * n]
+        for g in range(n_groups):
+            zw = words[s, g * n:(g + 1) * n]
             u = encrypt_zero(zw, primes, pk, pkp, big, tail, n_inv, z1, z1, False, ints[:5])
             for i in range(n):
                 uf[i] = u[i]
@@ -925,8 +921,8 @@ def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bi
                 if group[c] != g:
                     continue
                 k = pos[c]
-                e0 = _cbd21(words[s, tail_words + 2 * (c - c_first)])
-                f = np.int64(words[s, tail_words + 2 * (c - c_first) + 1] >> flood_shift) - flood_half
+                e0 = _cbd21(words[s, tail_words + 2 * c])
+                f = np.int64(words[s, tail_words + 2 * c + 1] >> flood_shift) - flood_half
                 # coefficient k of pk0*u, both primes
                 z00, z01 = _dot2_i32(uf, pk0_rev[0, n - 1 - k:2 * n - 1 - k], pk0_rev[1, n - 1 - k:2 * n - 1 - k])
                 L = rw_len[g]

@@ -867,11 +867,9 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
     return buf
 
 
-# Requests this large split their work over threads (the kernels hold no GIL): a batch's classes
-# (features x classes x blocks), a row query's groups (samples x groups, each ~0.05 ms).  Below
-# that (a second MLP layer, small models) one thread is faster than the hand-off.
-_THREAD_MIN_WORK = 1 << 14
-_THREAD_MIN_GROUPS = 4
+# Batch (column layout) requests this large split their classes over threads: the kernels hold
+# no GIL.  Below it (a second MLP layer, small models) one thread is faster than the hand-off.
+_THREAD_MIN_WORK = 1 << 14  # features x classes x blocks
 _MAX_THREADS = 4
 
 
@@ -893,15 +891,16 @@ class _Pool:
 _pool = _Pool()
 
 
-def _in_threads(work: Callable[[int, int], None], count: int, block: int, parallel: bool) -> None:
-    """``work(lo, hi)`` over ``[0, count)``: in one call, or (``parallel``) split into up to
-    ``min(cores, 4)`` ranges (multiples of ``block``) run at once, the first in this thread."""
-    parts = min(os.cpu_count() or 1, _MAX_THREADS, -(-count // block)) if parallel else 1
+def _in_threads(work: Callable[[int, int], None], n_classes: int, parallel: bool) -> None:
+    """``work(lo, hi)`` over ``[0, n_classes)``: in one call, or (``parallel``) split into up
+    to ``min(cores, 4)`` class ranges (multiples of the kernel's class block) run at once."""
+    block = fk._CLASS_BLOCK
+    parts = min(os.cpu_count() or 1, _MAX_THREADS, -(-n_classes // block)) if parallel else 1
     if parts < 2:
-        work(0, count)
+        work(0, n_classes)
         return
-    step = -(-count // (parts * block)) * block
-    bounds = [(lo, min(count, lo + step)) for lo in range(0, count, step)]
+    step = -(-n_classes // (parts * block)) * block
+    bounds = [(lo, min(n_classes, lo + step)) for lo in range(0, n_classes, step)]
     futures = [_pool.executor().submit(work, lo, hi) for lo, hi in bounds[1:]]
     work(*bounds[0])
     for f in futures:
@@ -1252,24 +1251,15 @@ class FastServer:
 
     def _predict_row(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey, weights: "_Weights",
                      c1_out: np.ndarray, c0_out: np.ndarray) -> None:
-        """One ciphertext per sample; output ciphertext (sample, group) = ct * W_g + Enc(0).
-        Requests with several groups split them over threads (each makes its groups'
-        plaintexts if they are per-request, its encryptions of zero and its outputs)."""
+        """One ciphertext per sample; output ciphertext (sample, group) = ct * W_g + Enc(0)."""
         ctx = self._ctx
         tables = ctx.tables
-        n, n_groups, per = ctx.n, len(self._groups), len(self._groups[0])
-        w_ntt, w_ntt_p, rw = weights.row_arrays() if weights.per_request else weights.row()
-
-        def groups(g0: int, g1: int) -> None:
-            weights.build(g0, g1)
-            n_classes = min(self.n_classes, g1 * per) - g0 * per
-            words = _noise.words(ns * ((g1 - g0) * n + 2 * n_classes)).reshape(ns, -1)
-            fk.row_outputs(c0, a, words, ctx.primes_u64, w_ntt, w_ntt_p, rw, self._rw_len,
-                           self._pos, self._group, weights.bias, public._pk, public._pkp, public._pk0_rev,
-                           tables.big, tables.tail, tables.n_inv, self._flood_bits, c1_out, c0_out, _workspace(n),
-                           g0, g1)
-
-        _in_threads(groups, n_groups, 1, ns * n_groups >= _THREAD_MIN_GROUPS)
+        n, n_groups = ctx.n, len(self._groups)
+        w_ntt, w_ntt_p, rw = weights.row()
+        words = _noise.words(ns * (n_groups * n + 2 * self.n_classes)).reshape(ns, -1)
+        fk.row_outputs(c0, a, words, ctx.primes_u64, w_ntt, w_ntt_p, rw, self._rw_len,
+                       self._pos, self._group, weights.bias, public._pk, public._pkp, public._pk0_rev,
+                       tables.big, tables.tail, tables.n_inv, self._flood_bits, c1_out, c0_out, _workspace(n))
 
     def _predict_column(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey, weights: "_Weights",
                         c1_out: np.ndarray, c0_out: np.ndarray) -> None:
@@ -1291,7 +1281,7 @@ class FastServer:
                 fk.column_outputs(c0[rows], wh[lo:hi], self._fold, ctx.primes_u64, z[blk, lo:hi, 0],
                                   c0_full[lo:hi, :, blk * n:(blk + 1) * n], used)
 
-        _in_threads(classes, C, fk._CLASS_BLOCK, nf * C * n_blocks >= _THREAD_MIN_WORK)
+        _in_threads(classes, C, nf * C * n_blocks >= _THREAD_MIN_WORK)
         logits = c0_full[:, :, :ns].astype(np.int64)
         logits += weights.bias[:, :, None]
         logits += self._flood((C, 2, ns)).astype(np.int64)
@@ -1313,42 +1303,26 @@ class _Weights:
         self._ctx, self.wh, self._per, self._scratch = ctx, wh, per, scratch
         self.bias = np.empty((wh.shape[0], 2), dtype=np.int64)
         fk.bias_phases(bh, np.uint64(ctx.q), ctx.params.plain_modulus_bits, ctx.primes_u64, self.bias)
-        self._row: tuple[np.ndarray, ...] | None = None
-        self._built = False
+        self._row: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def row_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(w_ntt, w_ntt_p, rw)`` of :func:`fastkernels.row_plaintexts`, allocated; their groups
-        are filled by :meth:`build` (or already were)."""
+    def row(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(w_ntt, w_ntt_p, rw)`` of :func:`fastkernels.row_plaintexts`."""
         if self._row is None:
-            n, (C, nf) = self._ctx.n, self.wh.shape
+            ctx = self._ctx
+            n, (C, nf) = ctx.n, self.wh.shape
             groups = -(-C // self._per)
             # weights used once: fastkernels.row_outputs takes companions of `a` instead
             shapes = ((groups, 2, n), (0 if self._scratch else groups, 2, n), (groups, self._per * nf))
             dtypes = (np.uint64, np.uint64, np.int64)
             if self._scratch:
-                self._row = tuple(_scratch(f"row{i}", s, d) for i, (s, d) in enumerate(zip(shapes, dtypes)))
+                w_ntt, w_ntt_p, rw = (_scratch(f"row{i}", s, d) for i, (s, d) in enumerate(zip(shapes, dtypes)))
             else:
-                self._row = tuple(fk._aligned(s, d) for s, d in zip(shapes, dtypes))
+                w_ntt, w_ntt_p, rw = (fk._aligned(s, d) for s, d in zip(shapes, dtypes))
+            tables = ctx.tables
+            fk.row_plaintexts(self.wh, self._per, ctx.primes_u64, tables.big, tables.tail, w_ntt, w_ntt_p, rw,
+                              _workspace(n)[0][0].view(np.uint64))
+            self._row = (w_ntt, w_ntt_p, rw)
         return self._row
-
-    @property
-    def per_request(self) -> bool:
-        """Made for one request: :meth:`build` fills its groups where they are scored."""
-        return self._scratch
-
-    def build(self, g0: int, g1: int) -> None:
-        """Fill groups ``g0 .. g1 - 1`` of :meth:`row_arrays` (threads may fill disjoint ranges)."""
-        if not self._built:
-            tables = self._ctx.tables
-            fk.row_plaintexts(self.wh, self._per, self._ctx.primes_u64, tables.big, tables.tail, *self.row_arrays(),
-                              _workspace(self._ctx.n)[0][0].view(np.uint64), g0, g1)
-
-    def row(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(w_ntt, w_ntt_p, rw)``, every group filled."""
-        arrays = self.row_arrays()
-        self.build(0, arrays[0].shape[0])
-        self._built = True
-        return arrays
 
     def column(self) -> np.ndarray:
         """The weights as int32 (the server's fit checked they fit)."""
