@@ -709,13 +709,18 @@ def scaled_weights(W, row_map, row_scale, col_map, col_scale, out):
 
     A model's quantised weights with rows and columns permuted and scaled: :mod:`fastmlp`
     folds each query's secrets into a layer this way (the caller keeps every value below 2^53).
+    An empty ``col_map`` means the columns as they are, unscaled (a network's first layer).
     """
     for k in range(out.shape[0]):
         src = W[row_map[k]]
         s = row_scale[k]
         dst = out[k]
-        for i in range(out.shape[1]):
-            dst[i] = np.int64(np.rint(src[col_map[i]] * col_scale[i] * s))
+        if col_map.shape[0] == 0:
+            for i in range(out.shape[1]):
+                dst[i] = np.int64(np.rint(src[i] * s))
+        else:
+            for i in range(out.shape[1]):
+                dst[i] = np.int64(np.rint(src[col_map[i]] * col_scale[i] * s))
 
 
 @nb.njit(inline="always")

@@ -343,7 +343,8 @@ class MLPServer:
         # flooding, input validation); each query is scored with its own weights (_weights)
         self._servers = [self._worst_case_server(l) for l in range(self.n_layers)]
         self._W = [np.ascontiguousarray(W) for W, _ in self.plan.layers]
-        self._identity = [np.arange(n) for n in self.sizes]
+        self._outputs = np.arange(self.sizes[-1])
+        self._no_map = np.empty(0, dtype=np.intp), np.empty(0)
         self._scales = float(params.x_bound), params.x_scale, params.w_scale
         self._spent: dict[bytes, float] = {}
         self._lock = threading.Lock()
@@ -379,13 +380,13 @@ class MLPServer:
         if l > 0:  # undo the previous layer's permutation and factors
             col_map, u_in = _layer_secrets(seed, l - 1, n_in, p.spread)
             col_scale = p.bounds[l - 1][col_map] / (R * u_in)
-        else:
-            col_map, col_scale = self._identity[0], np.ones(n_in)
+        else:  # the inputs as they are (scaled_weights' empty map)
+            col_map, col_scale = self._no_map
         if l < L - 1:  # permute, scale by R * u / H
             row_map, u_out = _layer_secrets(seed, l, n_out, p.spread)
             row_scale = (R * sw) * u_out / p.bounds[l][row_map]
         else:
-            row_map, row_scale = self._identity[-1], np.full(n_out, sw / p.out_scale)
+            row_map, row_scale = self._outputs, np.full(n_out, sw / p.out_scale)
         wh = fl._scratch("fastmlp-wh", (n_out, n_in), np.int64)
         fk.scaled_weights(self._W[l], row_map, row_scale, col_map, col_scale, wh)
         bh = np.rint(p.layers[l][1][row_map] * row_scale * sx).astype(np.int64)
