@@ -239,10 +239,12 @@ def _warm_up_workload() -> None:
 
 @contextlib.contextmanager
 def _kernel_flags(dispatcher: Any) -> Iterator[None]:
-    """Compile with the kernel's own ``@njit`` options (``error_model="numpy"``, ``fastmath``, ...):
-    ``numba.pycc`` would use numba's defaults, and Python's error model alone costs the batch
-    kernels ~40% (a zero check before every division)."""
-    from numba.core import compiler
+    """Compile with the kernel's own ``@njit`` options (``error_model="numpy"``, ``fastmath``, ...)
+    and the CPU features the JIT uses: ``numba.pycc`` would use numba's defaults (Python's error
+    model alone costs the batch kernels ~40%, a zero check before every division) and LLVM's
+    default tuning for the CPU."""
+    from numba.core import compiler, config
+    from numba.core.codegen import AOTCPUCodegen
     from numba.pycc import compiler as pycc_compiler
 
     def flags() -> Any:
@@ -251,10 +253,14 @@ def _kernel_flags(dispatcher: Any) -> Iterator[None]:
         return made
 
     saved, pycc_compiler.Flags = pycc_compiler.Flags, flags
+    features = AOTCPUCodegen._customize_tm_features
+    if config.CPU_FEATURES is not None:  # what fastkernels chose for the JIT (512-bit vectors on some CPUs)
+        AOTCPUCodegen._customize_tm_features = lambda self: config.CPU_FEATURES
     try:
         yield
     finally:
         pycc_compiler.Flags = saved
+        AOTCPUCodegen._customize_tm_features = features
 
 
 def _build(final: Path) -> None:

@@ -137,9 +137,12 @@ Layouts
 * ``column`` (batches): one ciphertext per feature, up to N samples in the
   coefficients; class c is ``sum_i wh_{c,i} * ct_i`` plus a fresh encryption of
   zero -- a scalar linear combination, computed exactly with 64-bit integer
-  products by :func:`fastkernels.column_outputs` (one thread; it outran float64
-  BLAS, which needs two limbs per weight to stay exact, by ~1.5x).  Every
-  coefficient of an output ciphertext is a logit.  The client picks the layout
+  products by :func:`fastkernels.column_outputs` (it outran float64 BLAS, which
+  needs two limbs per weight to stay exact, by ~1.5x; large requests split their
+  classes over up to four threads).  Every coefficient of an output ciphertext is a
+  logit, and of ``c0'`` only the samples' coefficients are computed.  The cost is per
+  block of N samples whatever their number: mostly ``nf * C * 2N`` products for ``c1'``
+  (``sum_i wh_{c,i} * a_i``, the uniform halves), which no choice of samples shrinks.  The client picks the layout
   that moves fewer ciphertexts, query and response together, unless told otherwise.  Expanding the seeds costs about
   a third of a seeded 784-feature batch; ``encrypt(..., seeded=False)`` ships the
   uniform polynomials instead (2x upload, 12.5 KB/sample) and skips it.
@@ -161,6 +164,7 @@ coefficient-domain polynomials (``c0``, ``c0'``) are in SEAL's / natural order.
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import functools
 import hashlib
@@ -836,10 +840,11 @@ _noise = _NoiseStream()
 
 
 class _Workspaces(threading.local):
-    """Each thread's kernel scratch memory (:func:`fastkernels.workspace`), by N."""
+    """Each thread's kernel scratch memory (:func:`fastkernels.workspace`, by N) and reusable arrays."""
 
     def __init__(self) -> None:
         self.by_n: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.scratch: dict[tuple, np.ndarray] = {}
 
 
 _workspaces = _Workspaces()
@@ -850,6 +855,56 @@ def _workspace(n: int) -> tuple[np.ndarray, np.ndarray]:
     if work is None:
         work = _workspaces.by_n[n] = fk.workspace(n)
     return work
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """This thread's reusable array ``name`` of ``shape`` and ``dtype`` (aligned, contents
+    undefined): one per thread, name and shape (a network's layers alternate shapes)."""
+    key = (name, shape, np.dtype(dtype).str)
+    buf = _workspaces.scratch.get(key)
+    if buf is None:
+        buf = _workspaces.scratch[key] = fk._aligned(shape, dtype)
+    return buf
+
+
+# Batch (column layout) requests this large split their classes over threads: the kernels hold
+# no GIL.  Below it (a second MLP layer, small models) one thread is faster than the hand-off.
+_THREAD_MIN_WORK = 1 << 14  # features x classes x blocks
+_MAX_THREADS = 4
+
+
+class _Pool:
+    """A thread pool for the batch kernels, made on first use, remade in a forked worker."""
+
+    def __init__(self) -> None:
+        self._pid, self._executor, self._lock = -1, None, threading.Lock()
+
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    _MAX_THREADS - 1, thread_name_prefix="aideploy-fast")
+                self._pid = os.getpid()
+            return self._executor
+
+
+_pool = _Pool()
+
+
+def _in_threads(work: Callable[[int, int], None], n_classes: int, parallel: bool) -> None:
+    """``work(lo, hi)`` over ``[0, n_classes)``: in one call, or (``parallel``) split into up
+    to ``min(cores, 4)`` class ranges (multiples of the kernel's class block) run at once."""
+    block = fk._CLASS_BLOCK
+    parts = min(os.cpu_count() or 1, _MAX_THREADS, -(-n_classes // block)) if parallel else 1
+    if parts < 2:
+        work(0, n_classes)
+        return
+    step = -(-n_classes // (parts * block)) * block
+    bounds = [(lo, min(n_classes, lo + step)) for lo in range(0, n_classes, step)]
+    futures = [_pool.executor().submit(work, lo, hi) for lo, hi in bounds[1:]]
+    work(*bounds[0])
+    for f in futures:
+        f.result()
 
 
 def _read_bundle_params(bundle: Any) -> tuple[FastParams, int]:
@@ -1023,57 +1078,40 @@ class FastServer:
     @classmethod
     def _from_fit(cls, params: FastParams, fit: "_ModelFit") -> "FastServer":
         """A server for weights that are already quantised and checked (``fit``), skipping the
-        checks of the constructor: :mod:`fastmlp` builds one per query and layer from weights
-        whose worst case it has fitted once (its per-query weights are never larger)."""
+        checks of the constructor: :mod:`fastmlp` builds one per layer from the worst case of
+        that layer's per-query weights and scores each query with that query's
+        :class:`_Weights` (never larger, so the fit's geometry and guarantees hold); their
+        plaintexts are made on first use, so the worst case's never are."""
         self = cls.__new__(cls)
         self.params = params
         self._ctx = _context(params)
-        self._prepare(fit)
+        self._prepare(fit, precompute=False)
         return self
 
-    def _prepare(self, fit: "_ModelFit") -> None:
-        """Precompute the weight plaintexts of both layouts and the bias phases from ``fit``."""
+    def _prepare(self, fit: "_ModelFit", precompute: bool = True) -> None:
+        """The layouts' geometry and the model's :class:`_Weights` from ``fit``; with
+        ``precompute`` its row-layout plaintexts now rather than on the first row query."""
         ctx = self._ctx
-        n, t = ctx.n, ctx.t
-        wh, bh, self._groups = fit.wh, fit.bh, fit.groups
+        wh, self._groups = fit.wh, fit.groups
         C, nf = wh.shape
         self.n_features, self.n_classes = nf, C
         self.error_bound, self._flood_bits, self.flood_margin_bits = fit.error_bound, fit.flood_bits, fit.margin_bits
-
-        # ---- row layout: NTT-form weight plaintexts (tiled order, Shoup companions) and, for
-        # the logit coefficients of c0*W_g, each group's weight polynomial reversed
-        tables = ctx.tables
-        n_groups = len(self._groups)
-        self._w_ntt = fk.aligned(np.empty((n_groups, 2, n), dtype=np.uint64))
-        self._rw = np.zeros((n_groups, max(len(g) for g in self._groups) * nf), dtype=np.int64)
-        self._rw_len = np.empty(n_groups, dtype=np.int64)
-        self._pos = np.empty(C, dtype=np.int64)  # logit coefficient of each class in its group
-        self._group = np.empty(C, dtype=np.int64)
-        for g, classes in enumerate(self._groups):
-            poly = np.zeros(n, dtype=np.int64)
-            for cl, c in enumerate(classes):
-                poly[cl * nf: cl * nf + nf] = wh[c, ::-1]  # X^{-i} ordering
-                self._pos[c] = cl * nf + nf - 1
-                self._group[c] = g
-            size = len(classes) * nf
-            self._rw[g, :size] = poly[:size][::-1]
-            self._rw_len[g] = size
-            for j, q in enumerate(ctx.primes):
-                fk.ntt_forward(np.where(poly < 0, poly + q, poly).astype(np.uint64), self._w_ntt[g, j], q,
-                               tables.big[j], tables.tail[j])
-        self._w_ntt_p = fk.aligned(np.stack([[fk.shoup(self._w_ntt[g, j], q) for j, q in enumerate(ctx.primes)]
-                                             for g in range(n_groups)]))
+        # ---- row layout: classes in groups of `per`; the logit of class c is coefficient
+        # pos[c] of its group's product (see fastkernels.row_plaintexts)
+        per = len(self._groups[0])
+        classes = np.arange(C)
+        self._group = classes // per
+        self._pos = (classes % per) * nf + nf - 1
+        self._rw_len = np.array([len(g) * nf for g in self._groups], dtype=np.int64)
         # ---- column layout (fastkernels.column_outputs): int32 weights times centred residues
         # (|x| <= 2^31); a partial sum over `fold` features cannot overflow int64
         w_max = int(np.abs(wh).max())
         if w_max >= 1 << 31:
             raise FastSchemeError("weights too large for exact batch evaluation")
-        self._wh = np.ascontiguousarray(wh, dtype=np.int32)  # C order whatever the model's: one compiled layout
         self._fold = min(nf, ((1 << 63) - 1) // (max(w_max, 1) << 31))
-        # ---- bias as a phase: round(q * bh / t) mod q_j, per class
-        q = ctx.q
-        bias_phase = [((2 * q * v + t) // (2 * t)) % q for v in bh]
-        self._bias_i64 = np.array([[bp % qj for qj in ctx.primes] for bp in bias_phase], dtype=np.int64)  # (C, 2)
+        self._weights = _Weights(ctx, wh, np.array(fit.bh, dtype=np.int64), per)
+        if precompute:
+            self._w_ntt = self._weights.row()[0]
         self._fingerprint = self.params.fingerprint()
 
     def __repr__(self) -> str:
@@ -1189,48 +1227,104 @@ class FastServer:
         f = (u >> np.uint64(63 - self._flood_bits)).astype(np.int64) - (1 << self._flood_bits)
         return (f % self._ctx.q_i64.reshape(2, 1)).astype(np.uint64)
 
-    def predict(self, query: bytes, public: FastPublicKey) -> bytes:
-        """Score an encrypted query with the model; returns the encrypted response."""
+    def predict(self, query: bytes, public: FastPublicKey, weights: "_Weights | None" = None,
+                prefix: Callable[[], bytes] | None = None) -> bytes:
+        """Score an encrypted query with the model (or with ``weights``, another quantisation of
+        the same shape whose values the server's fit bounds); returns the encrypted response,
+        after ``prefix()`` if given (called once the query is accepted; saves a copy of the
+        response for a caller that wraps it)."""
         code, ns, c0, a = self._parse_query(query, public)
+        weights = self._weights if weights is None else weights
         n, C = self._ctx.n, self.n_classes
         n_cts = ns * len(self._groups) if code == _LAYOUT_ROW else -(-ns // n) * C
-        header = _RESPONSE_HEADER.pack(_RESPONSE_MAGIC, WIRE_VERSION, code, 0, public._key_id,
-                                       self.n_features, C, ns, n_cts)
+        header = (prefix() if prefix is not None else b"") + _RESPONSE_HEADER.pack(
+            _RESPONSE_MAGIC, WIRE_VERSION, code, 0, public._key_id, self.n_features, C, ns, n_cts)
         out = bytearray(len(header) + 4 * (n_cts * 2 * n + ns * 2 * C))
         out[: len(header)] = header
         c1_out = np.frombuffer(out, dtype="<u4", count=n_cts * 2 * n, offset=len(header))
         c0_out = np.frombuffer(out, dtype="<u4", offset=len(header) + 4 * c1_out.size)
         if code == _LAYOUT_ROW:
-            self._predict_row(ns, c0, a, public, c1_out.reshape(ns, -1, 2, n), c0_out.reshape(ns, 2, C))
+            self._predict_row(ns, c0, a, public, weights, c1_out.reshape(ns, -1, 2, n), c0_out.reshape(ns, 2, C))
         else:
-            self._predict_column(ns, c0, a, public, c1_out.reshape(-1, C, 2, n), c0_out.reshape(C, 2, ns))
+            self._predict_column(ns, c0, a, public, weights, c1_out.reshape(-1, C, 2, n), c0_out.reshape(C, 2, ns))
         return bytes(out)
 
-    def _predict_row(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey,
+    def _predict_row(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey, weights: "_Weights",
                      c1_out: np.ndarray, c0_out: np.ndarray) -> None:
         """One ciphertext per sample; output ciphertext (sample, group) = ct * W_g + Enc(0)."""
         ctx = self._ctx
         tables = ctx.tables
         n, n_groups = ctx.n, len(self._groups)
+        w_ntt, w_ntt_p, rw = weights.row()
         words = _noise.words(ns * (n_groups * n + 2 * self.n_classes)).reshape(ns, -1)
-        fk.row_outputs(c0, a, words, ctx.primes_u64, self._w_ntt, self._w_ntt_p, self._rw, self._rw_len,
-                       self._pos, self._group, self._bias_i64, public._pk, public._pkp, public._pk0_rev,
+        fk.row_outputs(c0, a, words, ctx.primes_u64, w_ntt, w_ntt_p, rw, self._rw_len,
+                       self._pos, self._group, weights.bias, public._pk, public._pkp, public._pk0_rev,
                        tables.big, tables.tail, tables.n_inv, self._flood_bits, c1_out, c0_out, _workspace(n))
 
-    def _predict_column(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey,
+    def _predict_column(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey, weights: "_Weights",
                         c1_out: np.ndarray, c0_out: np.ndarray) -> None:
         """One ciphertext per feature and block of N samples; class c = sum_i wh_ci * ct_i + Enc(0)."""
         ctx = self._ctx
         n, nf, C = ctx.n, self.n_features, self.n_classes
         n_blocks = -(-ns // n)
+        wh = weights.column()
         z = public.zeros(n_blocks * C).reshape(n_blocks, C, 2, 2, n)  # [..., 0, :, :] z0, [..., 1, :, :] z1
         c0_full = np.empty((C, 2, n_blocks * n), dtype=np.uint32)
-        for blk in range(n_blocks):
-            rows = slice(blk * nf, (blk + 1) * nf)
-            fk.column_outputs(a[rows], self._wh, self._fold, ctx.primes_u64, z[blk, :, 1], c1_out[blk])
-            fk.column_outputs(c0[rows], self._wh, self._fold, ctx.primes_u64, z[blk, :, 0],
-                              c0_full[:, :, blk * n:(blk + 1) * n])
+
+        def classes(lo: int, hi: int) -> None:
+            for blk in range(n_blocks):
+                rows = slice(blk * nf, (blk + 1) * nf)
+                fk.column_outputs(a[rows], wh[lo:hi], self._fold, ctx.primes_u64, z[blk, lo:hi, 1],
+                                  c1_out[blk, lo:hi], n)
+                # of c0' only the samples' coefficients are sent: a partial block computes those
+                used = -(-min(n, ns - blk * n) // fk._COLS) * fk._COLS
+                fk.column_outputs(c0[rows], wh[lo:hi], self._fold, ctx.primes_u64, z[blk, lo:hi, 0],
+                                  c0_full[lo:hi, :, blk * n:(blk + 1) * n], used)
+
+        _in_threads(classes, C, nf * C * n_blocks >= _THREAD_MIN_WORK)
         logits = c0_full[:, :, :ns].astype(np.int64)
-        logits += self._bias_i64[:, :, None]
+        logits += weights.bias[:, :, None]
         logits += self._flood((C, 2, ns)).astype(np.int64)
         np.remainder(logits, ctx.q_i64.reshape(2, 1), out=c0_out, casting="unsafe")
+
+
+class _Weights:
+    """A quantised model (``wh`` (C, nf) int64, intercepts ``bh`` (C,) int64, ``|.| < 2^53``) in
+    the forms the layouts score with: the bias as phases (:attr:`bias`, made at once), the
+    column layout's int32 weights and the row layout's NTT-form plaintexts (made on first use).
+
+    ``scratch``: weights for one request (:mod:`fastmlp` makes one of these per query and
+    layer): the row plaintexts go to this thread's reusable buffers (fresh arrays of that size
+    would page-fault on every request) and get no Shoup companions (the request's ``a`` gets
+    them, fewer); such an object is valid until this thread makes the next one.
+    """
+
+    def __init__(self, ctx: _Context, wh: np.ndarray, bh: np.ndarray, per: int, scratch: bool = False):
+        # C order whatever the model's: the kernels are compiled for one layout (fastkernels_aot)
+        self._ctx, self.wh, self._per, self._scratch = ctx, np.ascontiguousarray(wh), per, scratch
+        self.bias = np.empty((wh.shape[0], 2), dtype=np.int64)
+        fk.bias_phases(bh, np.uint64(ctx.q), ctx.params.plain_modulus_bits, ctx.primes_u64, self.bias)
+        self._row: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def row(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(w_ntt, w_ntt_p, rw)`` of :func:`fastkernels.row_plaintexts`."""
+        if self._row is None:
+            ctx = self._ctx
+            n, (C, nf) = ctx.n, self.wh.shape
+            groups = -(-C // self._per)
+            # weights used once: fastkernels.row_outputs takes companions of `a` instead
+            shapes = ((groups, 2, n), (0 if self._scratch else groups, 2, n), (groups, self._per * nf))
+            dtypes = (np.uint64, np.uint64, np.int64)
+            if self._scratch:
+                w_ntt, w_ntt_p, rw = (_scratch(f"row{i}", s, d) for i, (s, d) in enumerate(zip(shapes, dtypes)))
+            else:
+                w_ntt, w_ntt_p, rw = (fk._aligned(s, d) for s, d in zip(shapes, dtypes))
+            tables = ctx.tables
+            fk.row_plaintexts(self.wh, self._per, ctx.primes_u64, tables.big, tables.tail, w_ntt, w_ntt_p, rw,
+                              _workspace(n)[0][0].view(np.uint64))
+            self._row = (w_ntt, w_ntt_p, rw)
+        return self._row
+
+    def column(self) -> np.ndarray:
+        """The weights as int32 (the server's fit checked they fit)."""
+        return self.wh.astype(np.int32)

@@ -100,6 +100,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from . import fastkernels as fk
 from . import fastlinear as fl
 from .fastlinear import FastClient, FastParams, FastPublicKey, FastSchemeError, FastServer
 
@@ -338,8 +339,13 @@ class MLPServer:
         self._tokens = _TokenBox(secret if secret is not None else os.urandom(32),
                                  params.fingerprint() + self.model_fingerprint)
         self._ctx = fl._context(params)
-        # a server for the first layer's worst case: loads keys, validates shapes
-        self._key_server = self._layer_server(0, None, None, None, None)
+        # per layer: a server fitted to the worst case of its per-query weights (geometry,
+        # flooding, input validation); each query is scored with its own weights (_weights)
+        self._servers = [self._worst_case_server(l) for l in range(self.n_layers)]
+        self._W = [np.ascontiguousarray(W) for W, _ in self.plan.layers]
+        self._outputs = np.arange(self.sizes[-1])
+        self._no_map = np.empty(0, dtype=np.intp), np.empty(0)
+        self._scales = float(params.x_bound), params.x_scale, params.w_scale
         self._spent: dict[bytes, float] = {}
         self._lock = threading.Lock()
 
@@ -349,23 +355,42 @@ class MLPServer:
                 "spread_bits": self.plan.spread, "token_ttl": self.token_ttl, "params": self.params.describe()}
 
     def load_public(self, bundle: bytes) -> FastPublicKey:
-        return self._key_server.load_public(bundle)
+        return self._servers[0].load_public(bundle)
 
-    def _layer_server(self, l: int, perm_in, u_in, perm_out, u_out) -> FastServer:
+    def _worst_case_server(self, l: int) -> FastServer:
+        """Layer ``l`` fitted as planned: ``u = 1`` on its outputs, ``u = 2^-spread`` on its inputs."""
         p = self.plan
         W, b = p.layers[l]
-        if l < self.n_layers - 1 and perm_out is None:  # worst case, as planned
-            perm_out, u_out = np.arange(W.shape[0]), np.ones(W.shape[0])
-        if l > 0 and perm_in is None:
-            perm_in, u_in = np.arange(W.shape[1]), np.full(W.shape[1], 2.0 ** -p.spread)
+        n_out, n_in = W.shape
         Wq, bq = _effective(W, b, l, self.n_layers, p.bounds, float(self.params.x_bound),
-                            perm_in, u_in, perm_out, u_out, p.out_scale)
+                            np.arange(n_in), np.full(n_in, 2.0 ** -p.spread), np.arange(n_out), np.ones(n_out),
+                            p.out_scale)
         sx, sw = self.params.x_scale, self.params.w_scale
-        wh = np.rint(Wq * sw).astype(np.int64)
-        bh = [int(round(float(v) * sx * sw)) for v in bq]
-        fit = fl._ModelFit(wh, bh, fl._row_geometry(W.shape[1], W.shape[0], self._ctx.n),
-                           p.error_bounds[l], p.flood_bits[l], p.margin_bits)
+        fit = fl._ModelFit(np.rint(Wq * sw).astype(np.int64), [int(round(float(v) * sx * sw)) for v in bq],
+                           fl._row_geometry(n_in, n_out, self._ctx.n), p.error_bounds[l], p.flood_bits[l],
+                           p.margin_bits)
         return FastServer._from_fit(self.params, fit)
+
+    def _weights(self, l: int, seed: bytes) -> "fl._Weights":
+        """Layer ``l``'s weights for the query of ``seed``: what :func:`_effective` gives for its
+        secrets, quantised by one kernel into this thread's buffers (valid for this round)."""
+        p, L = self.plan, self.n_layers
+        R, sx, sw = self._scales
+        n_out, n_in = self._W[l].shape
+        if l > 0:  # undo the previous layer's permutation and factors
+            col_map, u_in = _layer_secrets(seed, l - 1, n_in, p.spread)
+            col_scale = p.bounds[l - 1][col_map] / (R * u_in)
+        else:  # the inputs as they are (scaled_weights' empty map)
+            col_map, col_scale = self._no_map
+        if l < L - 1:  # permute, scale by R * u / H
+            row_map, u_out = _layer_secrets(seed, l, n_out, p.spread)
+            row_scale = (R * sw) * u_out / p.bounds[l][row_map]
+        else:
+            row_map, row_scale = self._outputs, np.full(n_out, sw / p.out_scale)
+        wh = fl._scratch("fastmlp-wh", (n_out, n_in), np.int64)
+        fk.scaled_weights(self._W[l], row_map, row_scale, col_map, col_scale, wh)
+        bh = np.rint(p.layers[l][1][row_map] * row_scale * sx).astype(np.int64)
+        return fl._Weights(self._ctx, wh, bh, len(self._servers[l]._groups[0]), scratch=True)
 
     def _spend(self, query_id: bytes, rnd: int, expiry: float, now: float) -> None:
         """Refuse a token already used on this worker; remember it until it expires."""
@@ -395,7 +420,7 @@ class MLPServer:
         if len(message) < _QUERY_HEADER.size + tlen:
             raise RoundError("round message truncated in its token")
         token = message[_QUERY_HEADER.size:_QUERY_HEADER.size + tlen]
-        query = message[_QUERY_HEADER.size + tlen:]
+        query = memoryview(message)[_QUERY_HEADER.size + tlen:]  # a batch's query is megabytes: no copy
         if len(query) < fl._QUERY_HEADER.size:
             raise RoundError("round message holds no query")
         n_samples = fl._QUERY_HEADER.unpack_from(query)[7]
@@ -418,27 +443,22 @@ class MLPServer:
                 raise RoundError(f"round {rnd} carries {n_samples} samples, the query started with {t_ns}")
             self._spend(query_id, rnd, expiry, now)
         l = rnd - 1
-        W = self.plan.layers[l][0]
-        spread = self.plan.spread
-        perm_in = u_in = perm_out = u_out = None
-        if l > 0:
-            perm_in, u_in = _layer_secrets(seed, l - 1, W.shape[1], spread)
-        if l < self.n_layers - 1:
-            perm_out, u_out = _layer_secrets(seed, l, W.shape[0], spread)
-        server = self._layer_server(l, perm_in, u_in, perm_out, u_out)
-        try:
-            answer = server.predict(query, public)  # validates the query: key, shape, size, ranges
+        final = rnd == self.n_layers
+
+        def header() -> bytes:
+            out_token = b"" if final else self._tokens.seal(rnd + 1, 0, n_samples, now + self.token_ttl,
+                                                             public._key_id, seed, query_id)
+            scale = self.plan.out_scale if final else 0.0
+            return _ANSWER_HEADER.pack(_ANSWER_MAGIC, WIRE_VERSION, rnd, int(final), 0, scale,
+                                       len(out_token)) + out_token
+
+        try:  # validates the query (key, shape, size, ranges), then answers after header()
+            return self._servers[l].predict(query, public, self._weights(l, seed), header)
         except FastSchemeError:
             if rnd > 1:  # a refused message does not spend the token: the client may resend
                 with self._lock:
                     self._spent.pop(query_id + bytes([rnd]), None)
             raise
-        final = rnd == self.n_layers
-        out_token = b"" if final else self._tokens.seal(rnd + 1, 0, n_samples, now + self.token_ttl,
-                                                         public._key_id, seed, query_id)
-        scale = self.plan.out_scale if final else 0.0
-        return _ANSWER_HEADER.pack(_ANSWER_MAGIC, WIRE_VERSION, rnd, int(final), 0, scale, len(out_token)) \
-            + out_token + answer
 
 
 # ------------------------------------------------------------------------ client

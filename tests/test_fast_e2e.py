@@ -208,7 +208,7 @@ def test_init_compiles_every_kernel_so_no_request_pays_a_compile(tmp_path):
     # Prepared: everything the requests need is there after init, and they add nothing.
     assert warm["statuses"] == [200] * len(shapes)
     for kernel in ("row_outputs", "column_outputs", "encrypt_zero", "expand_uniform", "residues_below",
-                   "ntt_forward", "ntt_inverse"):
+                   "row_plaintexts", "bias_phases", "ntt_inverse"):
         assert warm["after_init"][kernel] > 0, kernel
     assert warm["after_requests"] == warm["after_init"]
     assert warm["numba"]

@@ -536,6 +536,41 @@ def test_noise_words_are_fresh_across_calls_and_long_requests(monkeypatch):
     assert stream.words(0).shape == (0,)
 
 
+@pytest.mark.parametrize("t_bits", [8, 9, 46, 54])
+def test_bias_phases_match_python_integers(t_bits):
+    """round(q * bh / t) mod q_j from 128-bit arithmetic in the kernel, ties included (small
+    t makes them common), against Python's integers."""
+    ctx = fl._context(FastParams())
+    rng = np.random.default_rng(t_bits)
+    bh = np.concatenate([rng.integers(-2**53, 2**53, 500), rng.integers(-600, 600, 500),
+                         [0, 1, -1, 2**53 - 1, -(2**53 - 1)]]).astype(np.int64)
+    out = np.empty((bh.size, 2), dtype=np.int64)
+    fk.bias_phases(bh, np.uint64(ctx.q), t_bits, ctx.primes_u64, out)
+    t = 1 << t_bits
+    expect = [[((2 * ctx.q * int(v) + t) // (2 * t)) % qj for qj in ctx.primes] for v in bh]
+    assert out.tolist() == expect
+
+
+def test_row_plaintexts_without_companions_score_alike():
+    """Weights made for one request (no Shoup companions: the kernel takes the query's ``a``'s)
+    give the same response bytes, up to the fresh noise, as the precomputed ones: decrypted
+    logits agree within the error bound."""
+    rng = np.random.default_rng(3)
+    W, b = rng.normal(size=(10, 784)) * 0.05, rng.normal(size=10)
+    server = FastServer(W, b)
+    client = FastClient(784, 10, server.params)
+    public = server.load_public(client.public_bundle())
+    once = fl._Weights(server._ctx, server._weights.wh.copy(), np.rint(b * server.params.x_scale
+                       * server.params.w_scale).astype(np.int64), len(server._groups[0]), scratch=True)
+    assert once.row()[1].shape[0] == 0
+    X = rng.uniform(-1, 1, (3, 784))
+    query = client.encrypt(X, layout="row")
+    a = client.decrypt(server.predict(query, public), 3)
+    c = client.decrypt(server.predict(query, public, once), 3)
+    assert np.abs(a - c).max() <= 2 * server.error_bound
+    assert np.abs(c - (X @ W.T + b)).max() <= server.error_bound
+
+
 @pytest.mark.parametrize("w_bits", [8, 26, 30])
 def test_column_outputs_are_exact_at_the_overflow_limit(w_bits):
     """The batch kernel's int64 partial sums, with the largest weights its fold allows.
@@ -556,7 +591,10 @@ def test_column_outputs_are_exact_at_the_overflow_limit(w_bits):
     z = np.stack([rng.integers(0, q, (n_classes, n), dtype=np.uint64) for q in ctx.primes], axis=1)
     fold = ((1 << 63) - 1) // (top << 31)
     out = np.empty((n_classes, 2, n), dtype=np.uint32)
-    fk.column_outputs(ct, w.astype(np.int32), fold, ctx.primes_u64, z, out)
+    fk.column_outputs(ct, w.astype(np.int32), fold, ctx.primes_u64, z, out, n)
+    part = np.full_like(out, 7)
+    fk.column_outputs(ct, w.astype(np.int32), fold, ctx.primes_u64, z, part, 256)  # a partial block's c0
     for j, q in enumerate(ctx.primes):
         expect = (w.astype(object) @ ct[:, j, :].astype(object) + z[:, j, :].astype(object)) % q
         assert np.array_equal(out[:, j, :].astype(object), expect)
+    assert np.array_equal(part[:, :, :256], out[:, :, :256]) and (part[:, :, 256:] == 7).all()

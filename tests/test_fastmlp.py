@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+from aideploy_scoring import fastkernels as fk
 from aideploy_scoring import fastmlp as fm
 from aideploy_scoring.fastlinear import FastSchemeError
 from aideploy_scoring.linearize import fold_mlp
@@ -121,6 +122,34 @@ def test_hidden_values_are_permuted_and_scaled_per_query():
     # same multiset of signs (ReLU pattern preserved), values differ from h
     assert sorted(np.sign(np.round(views[0], 3))) == sorted(np.sign(np.round(h, 3)))
     assert not np.allclose(np.sort(views[0]), np.sort(h), atol=1e-2)
+
+
+def test_per_query_weights_fold_the_secrets_and_stay_within_the_fit():
+    """Each query's layer weights are the secrets folded into the model (``_effective``,
+    quantised), differ between queries, and never exceed the worst case the plan fitted."""
+    model, server, client, public = deployed((32, 16))
+    p = server.plan
+    R, sx, sw = float(server.params.x_bound), server.params.x_scale, server.params.w_scale
+    seen = []
+    for seed in (bytes(32), b"\x01" * 32, bytes(range(32))):
+        for l, (W, b) in enumerate(p.layers):
+            n_out, n_in = W.shape
+            secrets_in = fm._layer_secrets(seed, l - 1, n_in, p.spread) if l else (None, None)
+            secrets_out = fm._layer_secrets(seed, l, n_out, p.spread) if l < len(p.layers) - 1 else (None, None)
+            Wq, bq = fm._effective(W, b, l, len(p.layers), p.bounds, R, *secrets_in, *secrets_out, p.out_scale)
+            weights = server._weights(l, seed)
+            assert np.abs(weights.wh - Wq * sw).max() <= 0.5 + 1e-6
+            rows = secrets_out[0] if secrets_out[0] is not None else np.arange(n_out)
+            cols = secrets_in[0] if secrets_in[0] is not None else np.arange(n_in)
+            worst = server._servers[l]._weights.wh[rows][:, cols]  # the fitted case, same units
+            assert np.all(np.abs(weights.wh) <= np.abs(worst))
+            bias = np.empty_like(weights.bias)
+            fk.bias_phases(np.rint(bq * sx * sw).astype(np.int64), np.uint64(server._ctx.q),
+                              server.params.plain_modulus_bits, server._ctx.primes_u64, bias)
+            assert np.array_equal(weights.bias, bias)
+            if l == 0:
+                seen.append(weights.wh.copy())
+    assert not np.array_equal(seen[0], seen[1]) and not np.array_equal(seen[1], seen[2])
 
 
 def test_784_feature_network():
