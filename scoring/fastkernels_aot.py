@@ -268,6 +268,7 @@ def _build(final: Path) -> None:
     import warnings
 
     os.environ[MODE_ENV] = "jit"
+    from numba.core import types
     from numba.core.registry import CPUDispatcher
 
     with warnings.catch_warnings():
@@ -287,8 +288,10 @@ def _build(final: Path) -> None:
                 dispatcher = getattr(fastkernels, name)
                 if not isinstance(dispatcher, CPUDispatcher) or not dispatcher.signatures:
                     continue
-                args = tuple(dispatcher.signatures[0])
-                for other in dispatcher.signatures[1:]:
+                # a fresh compile also records literal specialisations (Literal[bool](False)): unliteral
+                signatures = [tuple(types.unliteral(t) for t in sig) for sig in dispatcher.signatures]
+                args = signatures[0]
+                for other in signatures[1:]:
                     args = tuple(_join(a, b) for a, b in zip(args, other))
                 result = dispatcher.nopython_signatures[0].return_type
                 module = f"_aideploy_fk_{name}"
