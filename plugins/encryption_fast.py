@@ -31,7 +31,7 @@ from aideploy_scoring.service import BINARY_TYPE, KEY_HEADERS, SCHEME_HEADER
 SCHEME = "fast"
 # numba compiles the kernels; setuptools is what numba.pycc builds their extension modules with
 # (scoring/fastkernels_aot.py: the workers then run without numba)
-RUNTIME = ["seal-python==4.4.0", "cryptography>=41", "numba>=0.68", "setuptools>=68", "azure-storage-blob>=12.19",
+RUNTIME = ["seal-python==4.4.0", "cryptography>=41", "numba>=0.68", "setuptools", "azure-storage-blob>=12.19",
            "cachetools>=5.3"]
 #: Targets that give every worker of a deployment the same MLP round-token secret.
 MLP_TARGETS = ("local",)
