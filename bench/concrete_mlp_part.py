@@ -19,42 +19,22 @@ Hidden width: Concrete-ML sizes the hidden layer as ``int(input_dim * n_hidden_n
 so the multiplier is ``(hidden + 0.5) / input_dim``.  Two torch 2.13 workarounds: ONNX export
 defaults to the TorchScript exporter (``concrete_part._patch_torch_onnx``), and brevitas 0.10.2
 (Concrete-ML's quantisation-aware layers) calls ``Tensor.rename(None)`` to drop named-tensor
-names on every forward pass, but torch 2.13 no longer has named tensors: a tensor then has no
-names, so :func:`_patch_named_tensors` makes ``rename(None)`` the identity it would be.
+names on every forward pass, but torch 2.13 no longer has named tensors
+(``concrete_part._patch_named_tensors``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
-import tempfile
 import time
-import warnings
 
-from concrete_part import _patch_torch_onnx
-
-
-def _patch_named_tensors() -> None:
-    import torch
-
-    if hasattr(torch.Tensor, "rename"):
-        return
-
-    def rename(self, *names, **rename_map):
-        if rename_map or any(n is not None for n in names):
-            raise NotImplementedError("named tensors are gone in this torch; only rename(None) is supported")
-        return self
-
-    torch.Tensor.rename = rename
+from concrete_part import deploy, run_part
 
 
 def bench_model(name: str, data, n_samples: int, workdir: str) -> dict:
     import numpy as np
     import torch
-    from concrete import fhe
-    from concrete.ml.deployment import FHEModelClient, FHEModelDev, FHEModelServer
     from concrete.ml.sklearn import NeuralNetClassifier
 
     hidden = int(data[f"{name}_hidden"])
@@ -79,15 +59,7 @@ def bench_model(name: str, data, n_samples: int, workdir: str) -> dict:
     compile_s = time.perf_counter() - t0
     clear = model.predict(X_test, fhe="disable")
 
-    path = os.path.join(workdir, name)
-    FHEModelDev(os.path.join(path, "model"), model).save()
-    client = FHEModelClient(os.path.join(path, "model"), os.path.join(path, "keys"))
-    t0 = time.perf_counter()
-    client.generate_private_and_evaluation_keys()
-    keygen_s = time.perf_counter() - t0
-    eval_keys = client.get_serialized_evaluation_keys()
-    server = FHEModelServer(os.path.join(path, "model"))
-    keys_obj = fhe.EvaluationKeys.deserialize(eval_keys)  # cached by a service, like our loaded keys
+    client, server, eval_keys, keys_obj, keygen_s = deploy(model, os.path.join(workdir, name))
 
     queries = [client.quantize_encrypt_serialize(X_test[i:i + 1]) for i in range(n_samples)]
     server.run(queries[0], keys_obj)  # warm-up (loads the server circuit), untimed
@@ -122,25 +94,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--samples", type=int, default=3, help="test samples run under FHE per model")
     args = ap.parse_args()
-    result: dict = {"python": sys.version.split()[0]}
-    try:
-        warnings.filterwarnings("ignore")
-        import numpy as np
-        import torch
-
-        _patch_torch_onnx()
-        _patch_named_tensors()
-        import concrete.ml
-
-        result.update({"concrete_ml": concrete.ml.__version__, "torch": torch.__version__})
-        data = np.load(args.npz)
-        with tempfile.TemporaryDirectory(prefix="aideploy-concrete-mlp-") as workdir:
-            result["models"] = {str(n): bench_model(str(n), data, max(1, args.samples), workdir)
-                                for n in data["names"]}
-    except Exception as exc:  # report, never crash the caller's bench
-        result["error"] = f"{type(exc).__name__}: {exc}"
-    with open(args.out, "w") as fh:
-        json.dump(result, fh)
+    run_part(args.out, args.npz, "aideploy-concrete-mlp-",
+             lambda data, workdir: {str(n): bench_model(str(n), data, max(1, args.samples), workdir)
+                                    for n in data["names"]})
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ from aideploy_scoring import fastmlp as fm
 from aideploy_scoring.encrypted import QueryBudget
 from aideploy_scoring.fastlinear import FastSchemeError
 from aideploy_scoring.linearize import fold_mlp
+from aideploy_scoring.service import RequestError
 
 SECRET = b"mlp-attack-bench-secret-32bytes!"
 
@@ -231,7 +232,7 @@ def keys_attack(server: fm.MLPServer, W: np.ndarray, budget: int, anchors: int, 
         limit.spend(oracle.client.key_id, len(X))
         try:
             limit.spend(oracle.client.key_id, 1)  # one sample more on the same key
-        except Exception:
+        except RequestError:  # the service's 429
             refused += 1
         Z = oracle(X)
         if ref is None:
