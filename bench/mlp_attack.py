@@ -371,7 +371,7 @@ class SingleSampleAttack:
         before = self.oracle.queries
         normal = w / np.linalg.norm(w)
         for _ in range(tries):
-            q = unit.point + 0.3 * (self.rng.uniform(-self.R / 2, self.R / 2, self.n) - unit.point)
+            q = unit.point + 0.1 * (self.rng.uniform(-self.R / 2, self.R / 2, self.n) - unit.point)
             q -= (normal @ (q - unit.point)) * normal
             half = 0.3 * np.linalg.norm(q - unit.point)
             if np.abs(q).max() + half > self.R:
