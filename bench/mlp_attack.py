@@ -18,26 +18,29 @@ positive factor (``scoring/fastmlp.py``), so after round 1 the client decrypts
    fixed up to its factor, so units are matched across batches by the cosine of their anchor
    vectors and rescaled onto the first batch; then least squares as in 1.
 3. **single** (one sample per query, no shared factors): count-bisection along lines through the
-   input box finds, for each unit, a point ``p`` on its hyperplane ``<w, x> + b = 0`` (the number
-   of positive answers is invariant to the permutation and the factors).  Near ``p`` that unit is
-   the answer closest to zero whatever the permutation, so probes ``p + d e_i`` identify it (the
-   smallest ``|z|``, accepted only if it is ``2^(spread+1)`` times below the next one, else ``d``
-   shrinks) and read ``sign(w_i)`` and ``|w_i|`` up to the factor ``u``.  Passes over all ``i``
-   repeat the probes with fresh factors; per coordinate the log-magnitudes are combined by the
-   bounded support of ``log u`` (midpoint of the interval all probes allow; median if they
-   disagree).  Reported per unit: queries until its row reaches the threshold (its probes plus
-   an equal share of the line search).
+   box ``[-R/2, R/2]^n`` finds, for each unit, a point ``p`` on its hyperplane ``<w, x> + b = 0``
+   (the number of positive answers is invariant to the permutation and the factors; two points
+   are on one hyperplane iff points between them are too).  Near ``p`` that unit is the answer
+   closest to zero whatever the permutation, so the probes ``p +- d e_i`` identify it (the
+   smallest ``|z|``, ``2^(spread+1)`` times below the next, above the noise floor, opposite signs
+   on the two sides, else ``d`` shrinks) and read ``sign(w_i)`` and ``|w_i|`` up to the factor
+   ``u``.  Passes over all ``i`` repeat the probes with fresh factors; per coordinate the
+   magnitudes are combined by the bounded support of ``u`` and of the noise (midpoint of the
+   interval all probes allow; median if they disagree).  A unit whose point is crowded (other
+   units near zero there: small probes, more noise) moves along its estimated hyperplane.
+   Reported per unit: queries until its row reaches the threshold (its probes plus an equal share
+   of the line search); at most 4 passes (2 with ``--quick``).
 
 Oracles: the real scheme in process (``MLPClient`` encrypts, ``MLPServer.score`` answers round 1,
-the client decrypts with its own key; no HTTP), or, where the real path is too slow for the
-number of queries (the single-sample attack on 784 inputs, ~10^5 queries at ~8 ms each), a
-simulation of exactly what the client decrypts: the same plan, the same per-query secrets
-(``fastmlp._layer_secrets`` from a fresh seed) and weights with them folded in
-(``fastmlp._effective``), plus uniform noise up to the layer's guaranteed error bound.  The
-simulation is validated against the real path first, on queries whose seed the bench reads back
-from the round token (it holds the deployment secret): same permutation, and values within the
-error bound.  Evaluation only (never used by the attacks): cosines against the true rows, units
-matched to rows by the best assignment.
+the client decrypts with its own key; no HTTP) for attacks 1 and 2.  Attack 3 needs ~4*10^4
+queries on 64 inputs and ~4*10^5 on 784, ~8 ms each on the real path, so by default it runs on a
+simulation of exactly what the client decrypts (``--real-single`` for the real path): the server's
+plan and a fresh seed give the query's permutation and factors, folded into the weights as the
+server folds them, the fixed-point arithmetic is reproduced exactly, and the flood is drawn as
+the server draws it (:class:`SimulatedOracle`).  The simulation is validated against the real
+path in every run, on queries whose seed the bench reads back from the round token (it holds the
+deployment secret): the difference is the flood alone.  Evaluation only (never used by the
+attacks): cosines against the true rows, units matched to rows by the best assignment.
 """
 
 from __future__ import annotations
