@@ -1,6 +1,6 @@
 """Leakage of ``encryption=fast``'s MLP rounds: an adaptive client with a valid key recovers W1.
 
-    PYTHONPATH=... python bench/mlp_attack.py [--json] [--quick] [--seed N]
+    PYTHONPATH=... python bench/mlp_attack.py [--json] [--quick] [--seed N] [--model 64-32-10] [--real-single]
 
 Per query the server permutes the first layer's hidden units and scales each by a fresh secret
 positive factor (``scoring/fastmlp.py``), so after round 1 the client decrypts
@@ -66,6 +66,7 @@ from aideploy_scoring.linearize import fold_mlp
 from aideploy_scoring.service import RequestError
 
 SECRET = b"mlp-attack-bench-secret-32bytes!"
+MODELS = {"64-32-10": 32, "784-64-10": 64}  # name: hidden units
 
 
 # ------------------------------------------------------------------------ models and oracles
@@ -78,7 +79,7 @@ def digits_models() -> dict[str, tuple[list, str]]:
     X8 = X / 16.0
     X28 = np.kron(X8.reshape(-1, 8, 8), np.ones((4, 4)))[:, 2:30, 2:30].reshape(len(X), 784)
     out = {}
-    for name, Xs, hidden in (("64-32-10", X8, 32), ("784-64-10", X28, 64)):
+    for (name, hidden), Xs in zip(MODELS.items(), (X8, X28)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = MLPClassifier((hidden,), max_iter=60, random_state=0).fit(Xs[:1400], y[:1400])
@@ -428,10 +429,12 @@ class SingleSampleAttack:
 # ------------------------------------------------------------------------ main
 
 
-def run(quick: bool, seed: int, threshold: float, real_single: bool) -> dict:
+def run(quick: bool, seed: int, threshold: float, real_single: bool, only: str | None = None) -> dict:
     rng = np.random.default_rng(seed)
     out = {"threshold": threshold, "seed": seed, "models": {}}
     for name, (layers, act) in digits_models().items():
+        if only is not None and name != only:
+            continue
         t0 = time.perf_counter()
         server = fm.MLPServer(layers, act, secret=SECRET)
         W = layers[0][0]
@@ -496,11 +499,12 @@ def main() -> None:
     ap.add_argument("--real-single", action="store_true",
                     help="run the one-sample-per-query attack on the real scheme instead of the validated "
                          "simulation (~10 ms per query: minutes for 64 inputs, about an hour for 784)")
+    ap.add_argument("--model", choices=MODELS, help="attack this network only")
     args = ap.parse_args()
     if not 0 < args.threshold < 1:
         raise SystemExit("--threshold must be in (0, 1)")
     try:
-        result = run(args.quick, args.seed, args.threshold, args.real_single)
+        result = run(args.quick, args.seed, args.threshold, args.real_single, args.model)
     except FastSchemeError as exc:
         raise SystemExit(f"mlp_attack: {exc}") from None
     print(json.dumps(result, indent=1) if args.json else table(result))
