@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import warnings
+from typing import Any, Callable
 
 
 def _patch_torch_onnx() -> None:
@@ -47,6 +48,23 @@ def _patch_torch_onnx() -> None:
     torch.onnx.export = export
 
 
+def _patch_named_tensors() -> None:
+    """brevitas 0.10.2 (Concrete-ML's quantisation-aware layers) calls ``Tensor.rename(None)`` to
+    drop named-tensor names on every forward pass; torch 2.13 has no named tensors, so a tensor
+    has no names and ``rename(None)`` is the identity it would be."""
+    import torch
+
+    if hasattr(torch.Tensor, "rename"):
+        return
+
+    def rename(self, *names, **rename_map):
+        if rename_map or any(n is not None for n in names):
+            raise NotImplementedError("named tensors are gone in this torch; only rename(None) is supported")
+        return self
+
+    torch.Tensor.rename = rename
+
+
 def _median_ms(fn, reps: int) -> tuple[float, object]:
     times, out = [], None
     for _ in range(reps):
@@ -56,10 +74,25 @@ def _median_ms(fn, reps: int) -> tuple[float, object]:
     return 1e3 * statistics.median(times), out
 
 
-def bench_model(name: str, data, reps: int, batch: int, workdir: str) -> dict:
-    import numpy as np
+def deploy(model, path: str) -> tuple:
+    """Concrete-ML's deployment split for a compiled ``model`` under ``path``: ``(client, server,
+    serialized evaluation keys, deserialized keys, key-generation seconds)``; the keys are
+    deserialized once, as a service would cache them (like our loaded keys)."""
     from concrete import fhe
     from concrete.ml.deployment import FHEModelClient, FHEModelDev, FHEModelServer
+
+    FHEModelDev(os.path.join(path, "model"), model).save()
+    client = FHEModelClient(os.path.join(path, "model"), os.path.join(path, "keys"))
+    t0 = time.perf_counter()
+    client.generate_private_and_evaluation_keys()
+    keygen_s = time.perf_counter() - t0
+    eval_keys = client.get_serialized_evaluation_keys()
+    server = FHEModelServer(os.path.join(path, "model"))
+    return client, server, eval_keys, fhe.EvaluationKeys.deserialize(eval_keys), keygen_s
+
+
+def bench_model(name: str, data, reps: int, batch: int, workdir: str) -> dict:
+    import numpy as np
     from concrete.ml.sklearn import LogisticRegression
     from sklearn.linear_model import LogisticRegression as SkLogisticRegression
 
@@ -76,15 +109,7 @@ def bench_model(name: str, data, reps: int, batch: int, workdir: str) -> dict:
     compile_s = time.perf_counter() - t0
     stats = model.fhe_circuit.statistics
 
-    path = os.path.join(workdir, name)
-    FHEModelDev(os.path.join(path, "model"), model).save()
-    client = FHEModelClient(os.path.join(path, "model"), os.path.join(path, "keys"))
-    t0 = time.perf_counter()
-    client.generate_private_and_evaluation_keys()
-    keygen_s = time.perf_counter() - t0
-    eval_keys = client.get_serialized_evaluation_keys()
-    server = FHEModelServer(os.path.join(path, "model"))
-    keys_obj = fhe.EvaluationKeys.deserialize(eval_keys)  # cached by a service, like our loaded keys
+    client, server, eval_keys, keys_obj, keygen_s = deploy(model, os.path.join(workdir, name))
 
     samples = [X_test[i:i + 1] for i in range(min(8, len(X_test)))]
     queries = [client.quantize_encrypt_serialize(x) for x in samples]
@@ -124,12 +149,10 @@ def bench_model(name: str, data, reps: int, batch: int, workdir: str) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--npz", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
+def run_part(out: str, npz: str, prefix: str, bench: Callable[[Any, str], dict]) -> None:
+    """Imports Concrete-ML (after the torch workarounds), runs ``bench(data from npz, workdir)``
+    and writes ``{"python", "concrete_ml", "torch", "numpy", "models": <its result>}`` -- or the
+    error in place of the models -- to ``out`` as JSON; never raises (the caller's bench goes on)."""
     result: dict = {"python": sys.version.split()[0]}
     try:
         warnings.filterwarnings("ignore")
@@ -137,22 +160,35 @@ def main() -> None:
         import torch
 
         _patch_torch_onnx()
+        _patch_named_tensors()
         import concrete.ml
 
         result.update({"concrete_ml": concrete.ml.__version__, "torch": torch.__version__, "numpy": np.__version__})
-        data = np.load(args.npz)
-        names = [str(n) for n in data["names"]]
-        with tempfile.TemporaryDirectory(prefix="aideploy-concrete-") as workdir:
-            result["models"] = {}
-            for name in names:
-                n_features = data[f"{name}_coef"].shape[1]
-                reps = (5 if args.quick else 15) if n_features > 200 else (10 if args.quick else 40)
-                batch = (3 if args.quick else 10) if n_features > 200 else (10 if args.quick else 50)
-                result["models"][name] = bench_model(name, data, reps, batch, workdir)
+        with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
+            result["models"] = bench(np.load(npz), workdir)
     except Exception as exc:  # report, never crash the caller's bench
         result["error"] = f"{type(exc).__name__}: {exc}"
-    with open(args.out, "w") as fh:
+    with open(out, "w") as fh:
         json.dump(result, fh)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--npz", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+
+    def bench(data, workdir: str) -> dict:
+        models = {}
+        for name in (str(n) for n in data["names"]):
+            n_features = data[f"{name}_coef"].shape[1]
+            reps = (5 if args.quick else 15) if n_features > 200 else (10 if args.quick else 40)
+            batch = (3 if args.quick else 10) if n_features > 200 else (10 if args.quick else 50)
+            models[name] = bench_model(name, data, reps, batch, workdir)
+        return models
+
+    run_part(args.out, args.npz, "aideploy-concrete-", bench)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,14 @@ HTTP on a keep-alive connection: the wall time per query, all rounds (client enc
 decryption and ReLU included), and the HTTP time alone (the sum of the rounds' POSTs).
 
     PYTHONPATH=... AIDEPLOY_NODE_MODULES=... python bench/mlp_bench.py --http [n_queries]
+
+With ``--concrete`` (after the in-process or HTTP part): Concrete-ML's ``NeuralNetClassifier``
+(ReLU, 4-bit, the same hidden sizes: 64->32->10 on digits, 784->64->10 on the 28x28 digits, same
+training split) run by ``bench/concrete_mlp_part.py`` in ``bench/.venv-concrete``, beside our
+server compute per query (all rounds, ``MLPServer.score``) on MLPs of the same sizes, with the
+speed ratio. A few encrypted samples only: Concrete-ML takes seconds per sample.
+
+    PYTHONPATH=... python bench/mlp_bench.py --concrete [n_queries]
 """
 
 import sys
@@ -23,7 +31,7 @@ from aideploy_scoring import fastmlp as fm
 from aideploy_scoring.fastlinear import FastClient, FastServer
 from aideploy_scoring.linearize import fold_mlp
 
-args = [a for a in sys.argv[1:] if a != "--http"]
+args = [a for a in sys.argv[1:] if a not in ("--http", "--concrete")]
 n_queries = int(args[0]) if args else 20
 X, y = load_digits(return_X_y=True)
 X = np.kron((X / 16.0).reshape(-1, 8, 8), np.ones((4, 4)))[:, 2:30, 2:30].reshape(len(X), 784)
@@ -172,5 +180,63 @@ def over_http():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def server_ms_per_query(layers, act, rows) -> float:
+    """Median ``MLPServer.score`` time per single-sample query, all rounds (two warm-up queries)."""
+    server = fm.MLPServer(layers, act, secret=b"bench-secret-bench-secret-bench!")
+    client = fm.MLPClient(server.sizes, act, server.params)
+    public = server.load_public(client.public_bundle())
+    times = []
+
+    def send(message):
+        t0 = time.perf_counter()
+        answer = server.score(message, public)
+        times[-1] += time.perf_counter() - t0
+        return answer
+
+    for x in rows:
+        times.append(0.0)
+        client.predict(x, send)
+    return 1e3 * float(np.median(times[2:]))
+
+
+def versus_concrete(samples: int = 3):
+    """Concrete-ML's NeuralNetClassifier of the same sizes in its venv, beside our server compute."""
+    import tempfile
+    from pathlib import Path
+
+    from run import run_concrete_part
+
+    X8 = load_digits().data / 16.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = MLPClassifier((32,), max_iter=60, random_state=0).fit(X8[:1400], y[:1400])
+    ours = {"64-32-10": (X8, small, fold_mlp(small)), "784-64-10": (X, model, (layers, act))}
+    arrays = {"names": np.array(list(ours))}
+    for name, (Xs, _, (lay, _)) in ours.items():
+        arrays.update({f"{name}_hidden": lay[0][0].shape[0], f"{name}_X_train": Xs[:1400],
+                       f"{name}_y_train": y[:1400], f"{name}_X_test": Xs[1400:], f"{name}_y_test": y[1400:]})
+    with tempfile.TemporaryDirectory(prefix="aideploy-mlpbench-concrete-") as tmp:
+        cml = run_concrete_part("concrete_mlp_part.py", arrays, Path(tmp), ["--samples", str(samples)], timeout=1800)
+    if "error" in cml:
+        print(f"Concrete-ML: not run ({cml['error']})")
+        return
+    print(f"\nConcrete-ML {cml['concrete_ml']} (torch {cml['torch']}) NeuralNetClassifier, ReLU, 4-bit, "
+          f"server FHEModelServer.run per sample (median of {samples}) vs our MLPServer.score, all rounds, "
+          f"median of {n_queries} single-sample queries:")
+    print("| model | ours ms/query | Concrete-ML ms/sample | speed-up | Concrete-ML eval keys | "
+          "Concrete-ML query + response | accuracy: ours (plaintext MLP) / Concrete-ML (clear, quantised) | "
+          "Concrete-ML FHE = clear |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (Xs, mlp, (lay, a)) in ours.items():
+        c = cml["models"][name]
+        mine = server_ms_per_query(lay, a, Xs[1400:1400 + n_queries + 2])
+        print(f"| {name} | {mine:.2f} | {c['server_ms_median']:.0f} | {c['server_ms_median'] / mine:,.0f}x | "
+              f"{c['key_bytes'] / 2**20:.1f} MB | {(c['query_bytes'] + c['response_bytes']) / 1024:.1f} KB | "
+              f"{mlp.score(Xs[1400:], y[1400:]):.3f} / {c['clear_quantized_accuracy']:.3f} | "
+              f"{c['fhe_vs_clear_agreement']:.2f} on {c['fhe_samples']} |")
+
+
 if __name__ == "__main__":
     over_http() if "--http" in sys.argv[1:] else in_process()
+    if "--concrete" in sys.argv[1:]:
+        versus_concrete()

@@ -236,30 +236,36 @@ def bench_seal(d: dict, client, key_id: str, public_keys: bytes, prepared, reps:
 # ------------------------------------------------------------------------- concrete
 
 
-def bench_concrete(data: dict, quick: bool, tmp: Path) -> dict:
-    """Runs bench/concrete_part.py in bench/.venv-concrete; {"error": reason} if it cannot."""
+def run_concrete_part(script: str, arrays: dict, tmp: Path, args: list[str], timeout: float = 900) -> dict:
+    """Runs ``bench/<script> --npz <arrays> --out <json> <args>`` in bench/.venv-concrete and
+    returns the JSON it wrote; {"error": reason} if it cannot."""
     if not CONCRETE_PYTHON.exists():
         return {"error": f"{CONCRETE_PYTHON.relative_to(ROOT)} does not exist (see bench/RESULTS.md to create it)"}
-    npz, out = tmp / "concrete_models.npz", tmp / "concrete.json"
+    stem = Path(script).stem
+    npz, out = tmp / f"{stem}.npz", tmp / f"{stem}.json"
+    np.savez(npz, **arrays)
+    cmd = [str(CONCRETE_PYTHON), str(ROOT / "bench" / script), "--npz", str(npz), "--out", str(out), *args]
+    try:
+        # Concrete's compiler leaves a temp dir (sharedlib.so, circuit.mlir) per circuit behind:
+        # keep them inside the bench's own temp dir, which is deleted at the end.
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp,
+                              env={**os.environ, "TMPDIR": str(tmp)})
+    except subprocess.TimeoutExpired:
+        return {"error": f"bench/{script} took more than {timeout:.0f} s"}
+    if not out.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        return {"error": f"bench/{script} failed: {tail[0]}"}
+    return json.loads(out.read_text())
+
+
+def bench_concrete(data: dict, quick: bool, tmp: Path) -> dict:
+    """Runs bench/concrete_part.py in bench/.venv-concrete; {"error": reason} if it cannot."""
     arrays: dict = {"names": np.array(list(data))}
     for name, d in data.items():
         arrays.update({f"{name}_coef": d["coef"], f"{name}_intercept": d["intercept"],
                        f"{name}_classes": d["model"].classes_, f"{name}_X_train": d["X_train"],
                        f"{name}_X_test": d["X_test"]})
-    np.savez(npz, **arrays)
-    cmd = [str(CONCRETE_PYTHON), str(ROOT / "bench" / "concrete_part.py"), "--npz", str(npz), "--out", str(out)]
-    cmd += ["--quick"] if quick else []
-    try:
-        # Concrete's compiler leaves a temp dir (sharedlib.so, circuit.mlir) per circuit behind:
-        # keep them inside the bench's own temp dir, which is deleted at the end.
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp,
-                              env={**os.environ, "TMPDIR": str(tmp)})
-    except subprocess.TimeoutExpired:
-        return {"error": "bench/concrete_part.py took more than 900 s"}
-    if not out.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-        return {"error": f"bench/concrete_part.py failed: {tail[0]}"}
-    return json.loads(out.read_text())
+    return run_concrete_part("concrete_part.py", arrays, tmp, ["--quick"] if quick else [])
 
 
 # ---------------------------------------------------------------------------- http
