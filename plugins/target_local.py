@@ -151,6 +151,7 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     if not env.get("AIDEPLOY_MLP_TOKEN_SECRET"):
         env["AIDEPLOY_MLP_TOKEN_SECRET"] = secrets.token_hex(32)
     env["AIDEPLOY_MAX_QUERIES_PER_KEY"] = str(int(ctx.cfg.encryption.get("max_queries_per_key", 0) or 0))
+    env["AIDEPLOY_MLP_MAX_SAMPLES_PER_QUERY"] = str(int(ctx.cfg.encryption.get("max_samples_per_query", 0) or 0))
     env["AIDEPLOY_MLP_TOKEN_TTL"] = str(float(ctx.cfg.encryption.get("round_ttl_seconds", 300.0) or 300.0))
     if environment.python_exe is not None:  # nothing of aideploy's own environment leaks in
         for variable in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):

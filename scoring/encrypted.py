@@ -147,6 +147,10 @@ class FastScheme:
 TOKEN_SECRET_ENV = "AIDEPLOY_MLP_TOKEN_SECRET"
 #: Samples one client key may send through round 1 of the MLP protocol, per worker; 0: unlimited.
 MAX_QUERIES_ENV = "AIDEPLOY_MAX_QUERIES_PER_KEY"
+#: Samples one MLP query may hold (round 1); 0: unlimited. A query's secret permutation and
+#: factors are shared by its samples, so n + 1 samples in one query give W_1's rows away
+#: (bench/mlp_attack.py); 1 makes every sample pay for its own.
+MAX_SAMPLES_ENV = "AIDEPLOY_MLP_MAX_SAMPLES_PER_QUERY"
 #: Seconds a round token stays valid (default 300): a client sends a whole chunk's round 1 before
 #: its round 2, so this must outlast sending one chunk. Spent tokens are remembered this long.
 TOKEN_TTL_ENV = "AIDEPLOY_MLP_TOKEN_TTL"
@@ -173,7 +177,8 @@ def token_secret_from_environment() -> bytes:
 
 
 class QueryBudget:
-    """Round-1 samples per client key id on this worker, refused (429) beyond ``limit``.
+    """Round-1 samples per client key id on this worker, refused (429) beyond ``limit``, and
+    samples per query, refused (400) beyond ``per_query``; 0: unlimited.
 
     Per worker and per replica: a deployment with W workers on R replicas lets one key through
     up to ``W * R * limit`` samples. The counts of the least recently used keys are forgotten
@@ -183,12 +188,16 @@ class QueryBudget:
 
     MAX_KEYS = 100_000
 
-    def __init__(self, limit: int) -> None:
-        self.limit = int(limit)
+    def __init__(self, limit: int, per_query: int = 0) -> None:
+        self.limit, self.per_query = int(limit), int(per_query)
         self._used: LRUCache[str, int] = LRUCache(maxsize=self.MAX_KEYS)
         self._lock = threading.Lock()
 
     def spend(self, key_id: str, n: int) -> None:
+        if 0 < self.per_query < n:
+            raise RequestError(f"a query of {n} samples is refused: this service takes at most {self.per_query} "
+                               "per query (max_samples_per_query); send encryption.batch_size="
+                               f"{self.per_query} or fewer")
         if self.limit <= 0:
             return
         with self._lock:
@@ -219,7 +228,8 @@ class FastMLPScheme:
     MAX_SERVERS = 8
 
     def __init__(self, layers: list, activation: str, fetcher: KeyFetcher, secret: bytes | None = None,
-                 max_queries_per_key: int | None = None, token_ttl: float | None = None) -> None:
+                 max_queries_per_key: int | None = None, token_ttl: float | None = None,
+                 max_samples_per_query: int | None = None) -> None:
         from aideploy_scoring import fastmlp
 
         self._fm = fastmlp
@@ -228,7 +238,9 @@ class FastMLPScheme:
         self._secret = secret if secret is not None else token_secret_from_environment()
         if max_queries_per_key is None:
             max_queries_per_key = int(os.environ.get(MAX_QUERIES_ENV, "0") or 0)
-        self.budget = QueryBudget(max_queries_per_key)
+        if max_samples_per_query is None:
+            max_samples_per_query = int(os.environ.get(MAX_SAMPLES_ENV, "0") or 0)
+        self.budget = QueryBudget(max_queries_per_key, max_samples_per_query)
         self.token_ttl = token_ttl if token_ttl is not None else float(os.environ.get(TOKEN_TTL_ENV) or 300.0)
         self._servers: LRUCache[bytes, Any] = LRUCache(maxsize=self.MAX_SERVERS)
         self._lock = threading.Lock()

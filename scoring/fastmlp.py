@@ -69,9 +69,11 @@ reveals which units are active and how many, their values up to a factor in
 the first layer: an adaptive client varying ``x`` can estimate the rows of ``W_1`` up to scale
 (it sees ``<w_k, x> + b_k`` up to an unknown positive factor and an unknown permutation, and
 can re-identify units across queries by their responses).  Fresh permutations and factors
-per query slow this down; they do not prevent it.  The mitigation is ``max_queries_per_key``:
-the service (``encrypted.QueryBudget``) refuses round 1 with a 429 once a key has sent that
-many samples, counted per worker.  Weight privacy of each round's
+per query slow this down; they do not prevent it, and a query's samples share them: one batch
+query of ``n + 1`` samples gives ``W_1``'s rows exactly (``bench/mlp_attack.py`` measures
+both).  The service's knobs (``encrypted.QueryBudget``): ``max_samples_per_query`` refuses a
+larger round 1 with a 400 (1: every sample gets its own secrets), ``max_queries_per_key``
+refuses round 1 with a 429 once a key has sent that many samples, both counted per worker.  Weight privacy of each round's
 answer is fastlinear's (flooding, see its docstring).  Not hidden: layer sizes, the
 activation, ``H`` (derived from the model, sent nowhere but implied by the values' range).
 

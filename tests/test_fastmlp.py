@@ -395,3 +395,29 @@ def test_query_budget_counts_samples_per_key():
     budget.refund("a", 6)  # a refused round 1 does not count
     budget.spend("a", 10)
     QueryBudget(0).spend("a", 10 ** 9)  # 0: unlimited
+
+
+def test_a_query_over_max_samples_per_query_is_a_400_and_costs_nothing():
+    from aideploy_scoring.encrypted import QueryBudget
+    from aideploy_scoring.service import RequestError
+
+    budget = QueryBudget(10, per_query=1)
+    with pytest.raises(RequestError, match="max_samples_per_query") as info:
+        budget.spend("a", 2)
+    assert info.value.status == 400 and "batch_size=1" in str(info.value)
+    for _ in range(10):
+        budget.spend("a", 1)  # the refused query spent none of the key's 10
+    QueryBudget(0, per_query=0).spend("a", 10 ** 6)
+
+
+def test_a_batch_over_max_samples_per_query_fails_before_any_stage():
+    from aideploy.config import register_configs
+    from aideploy.errors import ConfigError
+    from aideploy.manager import PluginRegistry
+    from aideploy.validate import preflight
+
+    register_configs(registry=PluginRegistry.load())
+    with pytest.raises(ConfigError, match="max_samples_per_query=1") as info:
+        preflight(["encryption=fast", "encryption.batch_size=4", "encryption.max_samples_per_query=1"])
+    assert info.value.hint
+    preflight(["encryption=fast", "encryption.batch_size=1", "encryption.max_samples_per_query=1"])

@@ -162,7 +162,8 @@ def test_served_mlp_predicts_without_the_model_and_refuses_bad_rounds(cli, mlp, 
     pd.DataFrame(X, columns=[f"pixel{i}" for i in range(X.shape[1])]).assign(digit=y).to_csv(rows, index=False)
     with AzuriteServer() as store, served(Cli(tmp_path / "svc", tmp_path / "home"), "encryption=fast", CURRENT,
                                           "model=sklearn_pickle", f"model.path={path}", "target.worker_count=2",
-                                          f"encryption.max_queries_per_key={BUDGET}") as uri:
+                                          f"encryption.max_queries_per_key={BUDGET}",
+                                          f"encryption.max_samples_per_query={BUDGET + 1}") as uri:
         # mode=predict knows only the URI: GET /score says MLP, sizes and parameters
         proc = cli("mode=predict", f"scoring_uri={uri}", "encryption=fast", "data=csv", f"data.path={rows}",
                    "data.label_column=digit", "encryption.batch_size=25", "predict.concurrency=2",
@@ -190,6 +191,8 @@ def test_served_mlp_predicts_without_the_model_and_refuses_bad_rounds(cli, mlp, 
         # the untampered message is still good (refusals spend nothing), and the service serves
         _, logits = caller.client.respond(caller.send(message), len(sample))
         assert (logits.argmax(1) == model.predict(sample)).all()
+        # more samples in one query than max_samples_per_query: a 400, which spends nothing
+        refused(caller.post(caller.client.encrypt(np.zeros((BUDGET + 2, 64)))), 400, "max_samples_per_query")
         # one key's budget: a query that would take it over max_queries_per_key is a 429
         refused(caller.post(caller.client.encrypt(np.zeros((BUDGET + 1, 64)))), 429, "max_queries_per_key")
         assert (caller.logits(X[3:13]).argmax(1) == model.predict(X[3:13])).mean() >= 0.9
