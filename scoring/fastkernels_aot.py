@@ -172,7 +172,9 @@ def load() -> dict[str, Callable] | None:
                                                                                             loader=loader))
             loader.exec_module(module)
             kernels[name] = _guarded(name, getattr(module, name), entry["args"])
-    except (OSError, ValueError, KeyError, ImportError, AttributeError):
+    except (OSError, ValueError, KeyError, ImportError, AttributeError) as exc:
+        log.warning("the fast scheme's kernels in %s do not load (%s: %s); numba compiles them just in time "
+                    "instead", where, type(exc).__name__, exc)
         return None
     return kernels
 
