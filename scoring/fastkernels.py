@@ -33,6 +33,9 @@ __all__ = ["NttTables", "to_seal_order", "from_seal_order", "ntt_forward", "ntt_
            "expand_uniform", "residues_below", "sample_noise", "encrypt_zero", "row_outputs", "column_outputs", "scaled_weights", "row_plaintexts", "bias_phases", "workspace", "aligned", "shoup", "pk0_reversed"]
 
 _BUILT = fastkernels_aot.load()  # the ahead-of-time build (scoring workers), else None
+#: Whether the kernels run without the GIL, so that threads calling them run at once: numba's
+#: do (``nogil``); the ahead-of-time build's entry points hold it.
+RELEASES_GIL = _BUILT is None
 if _BUILT is not None:
     nb = fastkernels_aot.Compiled(_BUILT)  # no numba, no LLVM in this process
 else:

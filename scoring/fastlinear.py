@@ -867,8 +867,9 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
     return buf
 
 
-# Batch (column layout) requests this large split their classes over threads: the kernels hold
-# no GIL.  Below it (a second MLP layer, small models) one thread is faster than the hand-off.
+# Batch (column layout) requests this large split their classes over threads when the kernels
+# hold no GIL (numba's; not the ahead-of-time build's, fk.RELEASES_GIL).  Below it (a second MLP
+# layer, small models) one thread is faster than the hand-off.
 _THREAD_MIN_WORK = 1 << 14  # features x classes x blocks
 _MAX_THREADS = 4
 
@@ -895,7 +896,7 @@ def _in_threads(work: Callable[[int, int], None], n_classes: int, parallel: bool
     """``work(lo, hi)`` over ``[0, n_classes)``: in one call, or (``parallel``) split into up
     to ``min(cores, 4)`` class ranges (multiples of the kernel's class block) run at once."""
     block = fk._CLASS_BLOCK
-    parts = min(os.cpu_count() or 1, _MAX_THREADS, -(-n_classes // block)) if parallel else 1
+    parts = min(os.cpu_count() or 1, _MAX_THREADS, -(-n_classes // block)) if parallel and fk.RELEASES_GIL else 1
     if parts < 2:
         work(0, n_classes)
         return
