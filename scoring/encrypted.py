@@ -46,6 +46,16 @@ def fetch_keys(fetcher: KeyFetcher, payload: dict, transform: Callable[[bytes], 
                        "or the seed's 'conn_str' and 'container'")
 
 
+def score_as_json(score_binary: Callable[[dict, bytes], bytes], payload: dict, what: str) -> dict:
+    """A binary scheme's JSON form: ``{"data": <base64>}`` in and out, around ``score_binary``."""
+    data = require(payload, "data", str, what)
+    try:
+        body = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError("field 'data' is not valid base64") from None
+    return {"data": base64.b64encode(score_binary(payload, body)).decode()}
+
+
 class SealScheme:
     """encrypted-inference (seed 000): ``{"data": [ciphertext, ...], "key_id", "key_url"}``."""
 
@@ -133,12 +143,7 @@ class FastScheme:
             raise RequestError(str(exc)) from None
 
     def score(self, payload: dict) -> Any:
-        data = require(payload, "data", str, "a base64 query")
-        try:
-            query = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise RequestError("field 'data' is not valid base64") from None
-        return {"data": base64.b64encode(self.score_binary(payload, query)).decode()}
+        return score_as_json(self.score_binary, payload, "a base64 query")
 
 
 #: The per-deployment secret that seals the MLP rounds' tokens (hex, at least 32 digits). Every
@@ -299,9 +304,4 @@ class FastMLPScheme:
             raise RequestError(str(exc)) from None
 
     def score(self, payload: dict) -> Any:
-        data = require(payload, "data", str, "a base64 round message")
-        try:
-            message = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise RequestError("field 'data' is not valid base64") from None
-        return {"data": base64.b64encode(self.score_binary(payload, message)).decode()}
+        return score_as_json(self.score_binary, payload, "a base64 round message")
