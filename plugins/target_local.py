@@ -99,12 +99,12 @@ def prebuild_kernels(ctx, environment, code, env: dict[str, str]) -> bool:
     """Compile the fast scheme's kernels ahead of time for the scoring environment, before the
     server starts (once per machine and environment; ``fastkernels_aot``), so that its workers
     start within ``startup_timeout`` without numba. False if that failed: numba compiles them."""
-    from aideploy_scoring.fastkernels_aot import KernelBuildError, ensure
+    from aideploy_scoring.fastkernels_aot import MODE_ENV, KernelBuildError, ensure
 
     python = environment.python_exe or sys.executable
     started = time.monotonic()
     try:
-        where, built = ensure(python, cwd=code.source_dir, env={**env, "AIDEPLOY_KERNELS": "jit"})
+        where, built = ensure(python, cwd=code.source_dir, env={**env, MODE_ENV: "jit"})
     except KernelBuildError as exc:
         ctx.log.warning("the fast scheme's kernels were not compiled ahead of time (%s): each worker "
                         "compiles them with numba", exc)
@@ -148,18 +148,21 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     # Seals the fast MLP rounds' tokens: one secret for every worker of this deployment, made
     # here (or the operator's, if set) and given to the service only (never logged; the run's
     # files do not hold it).
-    if not env.get("AIDEPLOY_MLP_TOKEN_SECRET"):
-        env["AIDEPLOY_MLP_TOKEN_SECRET"] = secrets.token_hex(32)
-    env["AIDEPLOY_MAX_QUERIES_PER_KEY"] = str(int(ctx.cfg.encryption.get("max_queries_per_key", 0) or 0))
-    env["AIDEPLOY_MLP_MAX_SAMPLES_PER_QUERY"] = str(int(ctx.cfg.encryption.get("max_samples_per_query", 0) or 0))
-    env["AIDEPLOY_MLP_TOKEN_TTL"] = str(float(ctx.cfg.encryption.get("round_ttl_seconds", 300.0) or 300.0))
+    from aideploy_scoring import encrypted as scheme_env
+    from aideploy_scoring.fastkernels_aot import MODE_ENV as KERNELS_ENV
+
+    if not env.get(scheme_env.TOKEN_SECRET_ENV):
+        env[scheme_env.TOKEN_SECRET_ENV] = secrets.token_hex(32)
+    env[scheme_env.MAX_QUERIES_ENV] = str(int(ctx.cfg.encryption.get("max_queries_per_key", 0) or 0))
+    env[scheme_env.MAX_SAMPLES_ENV] = str(int(ctx.cfg.encryption.get("max_samples_per_query", 0) or 0))
+    env[scheme_env.TOKEN_TTL_ENV] = str(float(ctx.cfg.encryption.get("round_ttl_seconds", 300.0) or 300.0))
     if environment.python_exe is not None:  # nothing of aideploy's own environment leaks in
         for variable in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
             env.pop(variable, None)
     if key:  # the service gets only a hash of the key
         env["AIDEPLOY_AUTH_KEY_SHA256"] = hashlib.sha256(key.reveal().encode()).hexdigest()
     if ctx.cfg.encryption.plugin == "fast":  # the workers use the build, or numba if there is none
-        env["AIDEPLOY_KERNELS"] = "aot" if prebuild_kernels(ctx, environment, code, env) else "jit"
+        env[KERNELS_ENV] = "aot" if prebuild_kernels(ctx, environment, code, env) else "jit"
     argv = [*network.argv_prefix, *serve_command(environment), "--entry_script", str(code.entry), "--model_dir", str(model_dir),
             "--port", str(port), "--worker_count", str(cfg.worker_count)]
     server = ManagedProcess("azmlinfsrv", argv, ctx.output_dir / SERVER_LOG, env=env, cwd=code.source_dir)
