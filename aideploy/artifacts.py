@@ -271,6 +271,8 @@ class KeySession:
 
     ``public`` is whatever the encryption scheme needs on the wire to name the public keys
     (for the built-in schemes, ``{"key_id": ..., "key_url": <read-only SAS URL>}``).
+    ``register``: aideploy's service (protocol 2) is sent ``public`` once before the queries
+    (:func:`aideploy.client.register_keys`), so that it fetches the keys then.
     """
 
     scheme: str
@@ -278,6 +280,7 @@ class KeySession:
     key_bytes: int
     client: Any = field(repr=False)
     public: dict[str, Any] = field(default_factory=dict, repr=False)
+    register: bool = False
 
     def summary(self) -> dict[str, Any]:
         return {"scheme": self.scheme, "key_id": self.key_id, "key_bytes": self.key_bytes}
@@ -319,12 +322,14 @@ class ServiceInfo:
     schemes: list[str] = field(default_factory=lambda: ["none"])
     fast: dict[str, Any] | None = None  # the fast scheme's n_features, n_outputs and public params
     model_summary: str = ""
+    protocol: int = 1  # of the service's request formats (2: key registration)
 
     @classmethod
     def from_json(cls, info: dict[str, Any]) -> "ServiceInfo":
         model = info.get("model") or {}
         return cls(model.get("n_features"), model.get("task"), model.get("classes"), model.get("feature_names"),
-                   list(info.get("schemes") or ["none"]), info.get("fast"), str(model.get("summary") or ""))
+                   list(info.get("schemes") or ["none"]), info.get("fast"), str(model.get("summary") or ""),
+                   int(info.get("protocol") or 1))
 
     def summary(self) -> dict[str, Any]:
         return {"service_model": self.model_summary, "features": self.n_features, "task": self.task,

@@ -15,6 +15,7 @@ A failure keeps every whole chunk already written and says how many rows that is
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -24,7 +25,7 @@ from typing import Any
 import requests
 
 from aideploy import http
-from aideploy.artifacts import Endpoint, ServiceInfo, Traffic
+from aideploy.artifacts import Endpoint, Request, ServiceInfo, Traffic
 from aideploy.errors import AideployError, ConfigError, PredictError
 from aideploy.predictions import PredictionsWriter, columns_of
 from aideploy.stages import DECRYPT, ENCRYPT, PREDICT
@@ -94,6 +95,34 @@ def check_against_service(ctx, service: ServiceInfo) -> None:
     if scheme not in ("plain", "none") and scheme not in service.schemes:
         raise ConfigError(f"the service at {uri} serves {', '.join(service.schemes)}, not encryption={scheme}",
                           hint=f"use encryption={service.schemes[-1]}, or deploy with encryption={scheme}")
+
+
+def register_keys(ctx) -> None:
+    """Send the run's public keys to aideploy's service once, before any query.
+
+    The service fetches and parses them then (one request to the key store, shared by every
+    worker), so no query waits for the store, and a key the service cannot read (a SAS it
+    refuses, a store it cannot reach) fails here, before any row is encrypted. Only for keys
+    that ask for it (``KeySession.register``) and a service known to take it: aideploy's own
+    ``score.py`` deployed by this run, or one that describes itself with protocol 2 or later.
+    """
+    keys, endpoint = ctx.artifacts.get("keys"), ctx.artifacts.get("endpoint")
+    if keys is None or not keys.register or endpoint is None:
+        return
+    service, code = ctx.artifacts.get("service"), ctx.artifacts.get("code")
+    if not ((service is not None and service.protocol >= 2) or (code is not None and code.builtin)):
+        return
+    body = json.dumps({"scheme": keys.scheme, "register_key": True, **keys.public}).encode()
+    item = Request(body, 0, {"Content-Type": "application/json"})
+    http_client = ctx.http_client(endpoint, float(ctx.cfg.target.request_timeout))
+    start = time.perf_counter()
+    try:
+        ctx.artifacts["network"].call(http_client.send, item, "the key registration")
+    except PredictError as exc:
+        raise PredictError(f"the service cannot use this run's public keys: {exc.cause}",
+                           hint="the service must reach the key store (keystore=...) and accept its SAS; "
+                           f"{exc.hint}") from None
+    log.info("      keys %s registered with the service in %.0f ms", keys.key_id, 1000 * (time.perf_counter() - start))
 
 
 class _Progress:

@@ -79,7 +79,7 @@ def _retried(response: requests.Response) -> str:
     return f" (after {len(history)} retries)" if history else ""
 
 
-def _connection_failure(exc: requests.ConnectionError, uri: str, index: int) -> str:
+def _connection_failure(exc: requests.ConnectionError, uri: str, what: str) -> str:
     """The cause line: 'connection refused, after retries' rather than urllib3's nested repr."""
     cause = exc.args[0] if exc.args else exc
     retried = ""
@@ -87,10 +87,10 @@ def _connection_failure(exc: requests.ConnectionError, uri: str, index: int) -> 
         retried = ", after retries"
         cause = cause.reason or cause
     if isinstance(cause, ProtocolError):  # sent, then the connection closed: never retried
-        return f"the service at {uri} closed the connection before answering request {index}"
+        return f"the service at {uri} closed the connection before answering {what}"
     text = str(cause)
     reason = "connection refused" if "refused" in text.lower() else text[:200]
-    return f"cannot reach the service at {uri} (request {index}): {reason}{retried}"
+    return f"cannot reach the service at {uri} ({what}): {reason}{retried}"
 
 
 def _hint(status: int) -> str:
@@ -103,27 +103,29 @@ def _hint(status: int) -> str:
     return "see the service's log in the output dir"
 
 
-def _post(http: requests.Session, endpoint: Endpoint, item: Request, index: int, timeout: float) -> Response:
-    """POST one request; a PredictionError with the service's reason for anything but a 200."""
+def _post(http: requests.Session, endpoint: Endpoint, item: Request, what: int | str, timeout: float) -> Response:
+    """POST one request; a PredictionError with the service's reason for anything but a 200.
+    ``what`` names it in messages: a number (request 3), or words (the key registration)."""
+    index = f"request {what}" if isinstance(what, int) else what
     if _cancelled.is_set():
-        raise PredictError(f"cancelled before request {index}", hint="the run was interrupted")
+        raise PredictError(f"cancelled before {index}", hint="the run was interrupted")
     start = time.perf_counter()
     try:
         response = http.post(endpoint.scoring_uri, data=item.body, headers=item.headers or None, timeout=timeout)
     except requests.Timeout:
-        raise PredictError(f"the service at {endpoint.scoring_uri} did not answer request {index} "
+        raise PredictError(f"the service at {endpoint.scoring_uri} did not answer {index} "
                            f"within {timeout:g} s", hint="raise target.request_timeout, or check the "
                            "service's log for a stuck worker") from None
     except requests.ConnectionError as exc:
         raise PredictError(_connection_failure(exc, endpoint.scoring_uri, index),
                            hint="is it still running? see the service's log in the output dir") from None
     except requests.RequestException as exc:  # e.g. the answer cut short: ChunkedEncodingError
-        raise PredictError(f"the answer to request {index} from {endpoint.scoring_uri} broke off midway "
+        raise PredictError(f"the answer to {index} from {endpoint.scoring_uri} broke off midway "
                            f"({type(exc).__name__})",
                            hint="did the service stop or crash? see its log in the output dir") from None
     latency_ms = (time.perf_counter() - start) * 1000.0
     if response.status_code != 200:
-        raise PredictError(f"the service answered request {index} with HTTP {response.status_code}"
+        raise PredictError(f"the service answered {index} with HTTP {response.status_code}"
                            f"{_retried(response)}: {_error_text(response)}", hint=_hint(response.status_code))
     return Response(response.content, latency_ms, len(item.body))
 
@@ -155,6 +157,10 @@ class Client:
     def _one(self, job: tuple[int, Request]) -> Response:
         index, item = job
         return _post(self._session(), self.endpoint, item, index, self.timeout)
+
+    def send(self, item: Request, what: str) -> Response:
+        """POST one request that is not a query (``what`` names it in errors); not counted."""
+        return _post(self._session(), self.endpoint, item, what, self.timeout)
 
     def post(self, items: list[Request]) -> Responses:
         """POST ``items``; the answers in request order. Fails on the first error answer."""

@@ -297,6 +297,8 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
                     if stage is KEYS and ctx.artifacts.get("service") is not None:
                         client.check_against_service(ctx, ctx.artifacts["service"])
                     runner.run_stage(stage)
+                    if stage is KEYS:
+                        client.register_keys(ctx)
             if cfg.dry_run:
                 results_mod.write_plan(ctx, ctx.artifacts["plan"])
             elif mode is Mode.delete and ctx.artifacts.get("deleted"):

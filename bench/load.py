@@ -6,7 +6,9 @@ target.worker_count=W`` (the real azmlinfsrv, gunicorn master + W workers; the r
 config identical) one after the other, with one Azurite for the clients' public keys, and
 measures on each:
 
-1. **fresh**: the first 50 requests of the new deployment, one client (the cold start);
+1. **fresh**: the first 50 requests of the new deployment, one client (the cold start), after
+   what precedes them in a real run: the platform's health probes (``GET /``, twice) and, for
+   fast, the client's key registration (timed and reported apart);
 2. **single**: one client, sequential requests (the per-request overhead);
 3. **load**: C threads of R requests each, every thread on its own keep-alive session;
 4. **batch**: C threads sending ``--batch`` samples per request, in samples/s.
@@ -93,6 +95,7 @@ class LoadResult:
     rss_samples: int = 0
     pss_mb: dict = field(default_factory=dict)  # warm, end
     fresh_ms: dict = field(default_factory=dict)  # first requests of the new deployment: p50, max
+    register_ms: float = 0.0  # fast: the key registration before them
     single_ms: dict = field(default_factory=dict)  # one client: p50, p99
     batch: dict = field(default_factory=dict)  # samples/s, p50/p99 ms, errors
     client_ms: dict = field(default_factory=dict)  # per request: prepare (encrypt), check (decrypt)
@@ -200,6 +203,7 @@ class FastQueries:
     def __init__(self, n_keys: int, store: BlobKeyStore, X: np.ndarray, n_classes: int, per_key: int,
                  batch: int = 1) -> None:
         self.clients: list[FastClient] = []
+        self.registrations: list[bytes] = []  # the key registration of each client, JSON
         self.queries: list[Query] = []  # round-robin over the keys
         self.encrypt_s = 0.0
         rng = np.random.default_rng(0)
@@ -207,6 +211,8 @@ class FastQueries:
             client = FastClient(X.shape[1], n_classes)
             url = store.put(client.key_id, client.public_bundle())
             self.clients.append(client)
+            self.registrations.append(json.dumps({"scheme": "fast", "register_key": True, "key_id": client.key_id,
+                                                  "key_url": url}).encode())
             headers = {"Content-Type": "application/octet-stream", "X-Aideploy-Scheme": "fast",
                        "X-Aideploy-Key-Id": client.key_id, "X-Aideploy-Key-Url": url}
             for _ in range(per_key):
@@ -362,6 +368,14 @@ def run_mode(encryption: str, cfg: LoadConfig, workdir: Path, azurite: AzuriteSe
             batch = PlainQueries(X, 16, batch=cfg.batch)
         result.rss_mb["idle"] = server_rss(served.master_pid) / MB
         # 1. fresh: the first requests the deployment ever serves (one client, one key)
+        auth = {"Authorization": f"Bearer {served.key}"}
+        for _ in range(2):  # the health probes of the platform (and of the local target's readiness check)
+            requests.get(served.uri.rsplit("/", 1)[0] + "/", timeout=cfg.timeout).raise_for_status()
+        if encryption == "fast":
+            start = time.perf_counter()
+            requests.post(served.uri, data=single.registrations[0], headers={**auth, "Content-Type": "application/json"},
+                          timeout=cfg.timeout).raise_for_status()
+            result.register_ms = (time.perf_counter() - start) * 1000.0
         fresh = _run_phase(served, single.queries[:1], 1, FRESH_REQUESTS, cfg)
         result.fresh_ms = {k: v for k, v in _percentiles(fresh.latencies).items() if k in ("p50", "max")}
         _warm_up(served, single.queries, cfg)
@@ -497,6 +511,7 @@ def compare_table(plain: LoadResult, fast: LoadResult) -> str:
         (f"batch of {c['batch']}: {c['clients']} clients x {c['batch_requests']} requests",
          f"{plain.batch.get('samples_per_s', 0):,.0f} samples/s", f"{fast.batch.get('samples_per_s', 0):,.0f} samples/s"),
         ("batch latency p50 / p99", _lat(plain.batch), _lat(fast.batch)),
+        ("fresh deployment: the client's key registration, before its queries", "-", f"{fast.register_ms:.2f} ms"),
         (f"fresh deployment, first {FRESH_REQUESTS} requests: p50 / max", _lat(plain.fresh_ms, ("p50", "max")),
          _lat(fast.fresh_ms, ("p50", "max"))),
         ("server RSS idle / warm / peak / end",

@@ -113,7 +113,8 @@ def aideploy_setup_keys(cfg, ctx, model, service):
         client = FastClient(sizes[0], sizes[-1], params)
     bundle = client.public_bundle()
     url = publish_public_keys(ctx, client.key_id, bundle)
-    return KeySession(SCHEME, client.key_id, len(bundle), client, {"key_id": client.key_id, "key_url": url})
+    return KeySession(SCHEME, client.key_id, len(bundle), client, {"key_id": client.key_id, "key_url": url},
+                      register=True)
 
 
 @hookimpl

@@ -49,7 +49,7 @@ def aideploy_setup_keys(ctx):
     client = EILinearRegressionClient(verbose=False)
     key_id, public_keys = client.get_public_keys()
     url = publish_public_keys(ctx, key_id, public_keys)
-    return KeySession(SCHEME, key_id, len(public_keys), client, {"key_id": key_id, "key_url": url})
+    return KeySession(SCHEME, key_id, len(public_keys), client, {"key_id": key_id, "key_url": url}, register=True)
 
 
 @hookimpl

@@ -11,6 +11,7 @@ from typing import Any, Callable
 from cachetools import LRUCache
 
 from aideploy_scoring.keyfetch import MAX_SAS_RECHECK_SECONDS, KeyFetcher, KeyFetchError
+from aideploy_scoring.keyshare import SHARE_DIR_ENV
 from aideploy_scoring.service import LinearModel, RequestError, require
 
 
@@ -21,13 +22,16 @@ def key_fetcher_from_environment() -> KeyFetcher:
     which storage hosts the service will contact for keys named in requests.
     ``AIDEPLOY_SAS_RECHECK_SECONDS`` (0 to 30, default 30) is how long a positive check of
     one SAS URL with the key store is reused (:mod:`.keyfetch`); 0 checks on every request.
+    ``AIDEPLOY_KEY_SHARE_DIR`` is the directory the deployment's workers share verified keys
+    through (:mod:`.keyshare`); unset, each worker fetches every key itself.
     """
     hosts = os.environ.get("AIDEPLOY_KEY_HOSTS")
     return KeyFetcher(max_cache_bytes=int(os.environ.get("AIDEPLOY_KEY_CACHE_BYTES", 256 * 1024 * 1024)),
                       max_key_bytes=int(os.environ.get("AIDEPLOY_MAX_KEY_BYTES", 64 * 1024 * 1024)),
                       allowed_hosts=[h.strip() for h in hosts.split(",")] if hosts else None,
                       sas_recheck_seconds=float(os.environ.get("AIDEPLOY_SAS_RECHECK_SECONDS",
-                                                               MAX_SAS_RECHECK_SECONDS)))
+                                                               MAX_SAS_RECHECK_SECONDS)),
+                      shared_dir=os.environ.get(SHARE_DIR_ENV) or None)
 
 
 def fetch_keys(fetcher: KeyFetcher, payload: dict, transform: Callable[[bytes], Any]) -> Any:
@@ -46,6 +50,22 @@ def fetch_keys(fetcher: KeyFetcher, payload: dict, transform: Callable[[bytes], 
                        "or the seed's 'conn_str' and 'container'")
 
 
+class KeyedScheme:
+    """A scheme whose requests name the client's public keys (``key_id`` + ``key_url``):
+    ``self.fetcher`` fetches them and ``self._load`` parses them."""
+
+    fetcher: KeyFetcher
+    _load: Callable[[bytes], Any]
+
+    def register_key(self, payload: dict) -> dict:
+        """``{"scheme", "register_key": true, "key_id", "key_url"}``: fetch and parse the keys
+        now, before any query. Every worker of the deployment then holds them (the fetch is
+        shared, :mod:`.keyshare`), and a key the service cannot read or use is refused here, with
+        the reason, rather than on the client's first query."""
+        fetch_keys(self.fetcher, payload, self._load)
+        return {"registered": payload["key_id"]}
+
+
 def score_as_json(score_binary: Callable[[dict, bytes], bytes], payload: dict, what: str) -> dict:
     """A binary scheme's JSON form: ``{"data": <base64>}`` in and out, around ``score_binary``."""
     data = require(payload, "data", str, what)
@@ -56,7 +76,7 @@ def score_as_json(score_binary: Callable[[dict, bytes], bytes], payload: dict, w
     return {"data": base64.b64encode(score_binary(payload, body)).decode()}
 
 
-class SealScheme:
+class SealScheme(KeyedScheme):
     """encrypted-inference (seed 000): ``{"data": [ciphertext, ...], "key_id", "key_url"}``."""
 
     name = "seal"
@@ -65,6 +85,7 @@ class SealScheme:
         from aideploy_scoring import seal_ei
 
         self._seal = seal_ei
+        self._load = seal_ei.prepare_keys
         try:
             self.server = seal_ei.SealLinearServer(model.coef, model.intercept)
         except ValueError as exc:  # weights outside what the library can encode
@@ -73,7 +94,7 @@ class SealScheme:
 
     def score(self, payload: dict) -> Any:
         data = require(payload, "data", list, "a list of base64 ciphertexts")
-        keys = fetch_keys(self.fetcher, payload, self._seal.prepare_keys)
+        keys = fetch_keys(self.fetcher, payload, self._load)
         try:
             return self.server.predict(data, keys)
         except self._seal.SealInputError as exc:
@@ -89,7 +110,7 @@ class _LoadedKey(tuple):
         return self[1].nbytes
 
 
-class FastScheme:
+class FastScheme(KeyedScheme):
     """Our coefficient-encoded SEAL scheme (``fastlinear``): one query, any number of samples.
 
     A server is built per parameter set a client's bundle asks for (the model's error
@@ -218,7 +239,7 @@ class QueryBudget:
                 self._used[key_id] = max(0, self._used.get(key_id, 0) - n)
 
 
-class FastMLPScheme:
+class FastMLPScheme(KeyedScheme):
     """``encryption=fast`` for a ReLU (or identity) MLP: :mod:`fastmlp`'s interactive rounds.
 
     Every round is one binary request, the body a ``fastmlp`` round message; the answer a

@@ -50,7 +50,15 @@ the very same SAS string is answered from the key cache without the HEAD:
   are never cached: every request checks with the store.
 
 The key cache itself stays bounded in bytes; the verdicts are a few hundred
-bytes each, at most ``max_sas_checks`` of them.  The server's clock is
+bytes each, at most ``max_sas_checks`` of them.
+
+Shared by the workers of a deployment
+-------------------------------------
+With ``shared_dir``, the store's positive answers and the key bytes it returned
+are also written to a directory every worker of the deployment reads
+(:mod:`.keyshare`): a key one worker fetched (a client's key registration, or
+its first query) is served by the others without a request to the store, under
+the same deadline and the same local ``se`` check.  The server's clock is
 trusted for ``se`` (keep it NTP-synchronised, as Azure's SAS checks assume).
 
 Cache entries are keyed by the blob's location (scheme, host, account path,
@@ -67,6 +75,8 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import hashlib
+import logging
+import os
 import re
 import threading
 import time
@@ -86,6 +96,10 @@ from azure.core.exceptions import (
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobClient, BlobServiceClient, LinearRetry
 from cachetools import LRUCache
+
+from aideploy_scoring.keyshare import SharedKeys
+
+log = logging.getLogger("aideploy.scoring")
 
 __all__ = [
     "KeyFetcher",
@@ -228,6 +242,9 @@ class KeyFetcher:
             (0 to 30; 0 checks with the store on every request).  See the
             module docstring.
         max_sas_checks: Bound on the number of positive checks kept (LRU).
+        shared_dir: A directory shared with the deployment's other workers (see the module
+            docstring and :mod:`.keyshare`), bounded by ``max_cache_bytes``; None: not shared.
+            A directory that cannot be used is logged, and the fetcher works alone.
     """
 
     def __init__(
@@ -240,6 +257,7 @@ class KeyFetcher:
         allowed_hosts: Iterable[str] | None = None,
         sas_recheck_seconds: float = MAX_SAS_RECHECK_SECONDS,
         max_sas_checks: int = 4096,
+        shared_dir: str | os.PathLike | None = None,
     ) -> None:
         if max_cache_bytes < 0 or max_key_bytes <= 0 or timeout <= 0 or retries < 0:
             raise ValueError("max_cache_bytes >= 0, max_key_bytes > 0, timeout > 0 and retries >= 0 required")
@@ -263,6 +281,13 @@ class KeyFetcher:
         self._hits = 0
         self._misses = 0
         self._store_checks = 0
+        self._shared_hits = 0
+        self._shared: SharedKeys | None = None
+        if shared_dir is not None and self._checks is not None:
+            try:
+                self._shared = SharedKeys(shared_dir, self.max_cache_bytes, self.sas_recheck_seconds, max_sas_checks)
+            except (OSError, ValueError) as exc:
+                log.warning("keys are not shared between workers: %s", exc)
 
     # ----------------------------------------------------------------- public
     def fetch(
@@ -304,6 +329,8 @@ class KeyFetcher:
         if self._checks is not None and isinstance(key_url, str) and conn_str is None and container is None:
             check_key = (key_id, hashlib.sha256(key_url.encode("utf-8", "surrogatepass")).digest())
             cached = self._checked(check_key, transform)
+            if cached is None and self._shared is not None:
+                cached = self._from_shared(key_id, check_key, transform)
             if cached is not None:
                 return cached.value
         blob, location, expires = self._blob_client(key_id, key_url, conn_str, container)
@@ -337,15 +364,10 @@ class KeyFetcher:
             break
         if len(data) > self.max_key_bytes:  # belt and braces: size is ETag-pinned
             raise KeyTooLargeError(f"key {key_id} exceeds {self.max_key_bytes} bytes", code="KeyTooLarge")
-        value: Any = data
-        if transform is not None:
-            try:
-                value = transform(data)
-            except ValueError as exc:
-                raise KeyRequestError(
-                    f"key {key_id} could not be parsed: {redact(exc)[:200]}", code="InvalidKeyMaterial"
-                ) from exc
+        value = self._transform(key_id, data, transform)
         self._cache_put(cache_key, _Entry(etag, value, _measure(value, len(data))))
+        if self._shared is not None and check_key is not None and expires is not None:
+            self._shared.put_blob(location, etag, data)
         self._remember_check(check_key, location, etag, expires)
         return value
 
@@ -360,7 +382,8 @@ class KeyFetcher:
     @property
     def stats(self) -> dict[str, int]:
         """Cache counters: ``hits``, ``misses``, ``items``, ``bytes``, ``max_bytes``; ``store_checks``
-        (HEADs made to the store) and ``sas_checks`` (positive SAS checks remembered)."""
+        (HEADs made to the store), ``sas_checks`` (positive SAS checks remembered) and
+        ``shared_hits`` (requests answered from another worker's check)."""
         with self._lock:
             return {
                 "hits": self._hits,
@@ -370,6 +393,7 @@ class KeyFetcher:
                 "max_bytes": self.max_cache_bytes,
                 "store_checks": self._store_checks,
                 "sas_checks": len(self._checks) if self._checks is not None else 0,
+                "shared_hits": self._shared_hits,
             }
 
     def __repr__(self) -> str:
@@ -395,12 +419,53 @@ class KeyFetcher:
             self._hits += 1
             return entry
 
+    def _from_shared(self, key_id: str, check_key: tuple[str, bytes], transform: Any) -> _Entry | None:
+        """The key another worker's still-valid check of this exact SAS vouches for, else None.
+
+        The check keeps the deadline the store's answer set; the key is parsed here if this
+        worker does not hold it at that ETag."""
+        found = self._shared.check(*check_key)
+        if found is None:
+            return None
+        location, etag, recheck_at, expires = found
+        if time.monotonic() >= recheck_at or time.time() >= expires:
+            return None
+        cache_key = (location, transform)
+        with self._lock:
+            entry = self._cache.get(cache_key)
+        if entry is None or entry.etag != etag:
+            data = self._shared.blob(location, etag, self.max_key_bytes)
+            if data is None:
+                return None
+            value = self._transform(key_id, data, transform)
+            entry = _Entry(etag, value, _measure(value, len(data)))
+            self._cache_put(cache_key, entry)
+        with self._lock:
+            self._checks[check_key] = _Check(location, etag, recheck_at, expires)
+            self._hits += 1
+            self._shared_hits += 1
+        return entry
+
+    @staticmethod
+    def _transform(key_id: str, data: bytes, transform: Callable[[bytes], Any] | None) -> Any:
+        if transform is None:
+            return data
+        try:
+            return transform(data)
+        except ValueError as exc:
+            raise KeyRequestError(
+                f"key {key_id} could not be parsed: {redact(exc)[:200]}", code="InvalidKeyMaterial"
+            ) from exc
+
     def _remember_check(self, check_key: tuple[str, bytes] | None, location: str, etag: str,
                         expires: float | None) -> None:
         if check_key is None or expires is None:
             return
+        recheck_at = time.monotonic() + self.sas_recheck_seconds
         with self._lock:
-            self._checks[check_key] = _Check(location, etag, time.monotonic() + self.sas_recheck_seconds, expires)
+            self._checks[check_key] = _Check(location, etag, recheck_at, expires)
+        if self._shared is not None:
+            self._shared.put_check(*check_key, location, etag, recheck_at, expires)
 
     def _holds(self, cache_key: tuple[str, object]) -> bool:
         with self._lock:

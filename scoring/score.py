@@ -16,6 +16,11 @@ served under the encrypted schemes. Request bodies:
   message, the answer the round's encrypted values with the next round's sealed token
   (``AIDEPLOY_MLP_TOKEN_SECRET``: one secret for every worker, ``encrypted.TOKEN_SECRET_ENV``)
 
+- a key registration, for the encrypted schemes: ``{"scheme", "register_key": true, "key_id",
+  "key_url"}`` -> ``{"registered": key_id}``, sent once after the client uploads its keys: the
+  service fetches and parses them then, and every worker reads them from
+  ``AIDEPLOY_KEY_SHARE_DIR`` (``keyshare``), so no query waits for the key store
+
 ``GET /score`` describes the service (``ScoringService.describe``): the features, task and
 classes of the model, the schemes served and the fast scheme's public parameters, so a client
 needs only the scoring URI.
@@ -25,12 +30,16 @@ Bad requests get HTTP 4xx with ``{"error": "..."}``; the server keeps serving.
 
 import os
 import sys
+import tempfile
 
 # The package beside this file is shipped with it; make it importable wherever it runs.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The fast scheme's kernels as plain extension modules (fastkernels_aot): no numba or LLVM in
 # the workers, ~115 MB less each. A machine without a build makes one in the first init().
 os.environ.setdefault("AIDEPLOY_KERNELS", "aot")
+# The workers' shared verified keys (keyshare): one directory per server (the gunicorn master
+# is every worker's parent). The local target sets its own, and removes it when it stops.
+os.environ.setdefault("AIDEPLOY_KEY_SHARE_DIR", os.path.join(tempfile.gettempdir(), f"aideploy-keys-{os.getppid()}"))
 
 try:
     from azureml_inference_server_http.api.aml_request import rawhttp

@@ -124,13 +124,14 @@ SERVE_KEY = "test-scoring-key-0123456789"
 
 
 @contextlib.contextmanager
-def served(cli: Cli, *overrides: str):
+def served(cli: Cli, *overrides: str, env: dict | None = None):
     """``aideploy mode=serve ...`` for the duration of the block; yields the scoring URI.
 
     The service requires ``Authorization: Bearer SERVE_KEY``. Ctrl-C (SIGINT) stops it, as a
-    user would, and the block fails if that did not end the run cleanly.
+    user would, and the block fails if that did not end the run cleanly. ``env``: more
+    variables for aideploy (the service inherits them).
     """
-    proc, out = cli.start("mode=serve", *overrides, env={"AIDEPLOY_SCORING_KEY": SERVE_KEY})
+    proc, out = cli.start("mode=serve", *overrides, env={"AIDEPLOY_SCORING_KEY": SERVE_KEY, **(env or {})})
     try:
         wait_for(out / "endpoint.json", proc)
         yield json.loads((out / "endpoint.json").read_text())["scoring_uri"]
