@@ -212,7 +212,10 @@ def aideploy_setup_keys(cfg, ctx, model, service):
     the fast scheme's public parameters), or None if it said nothing.
 
     Return a :class:`~aideploy.artifacts.KeySession`, or None when the scheme has no keys.
-    Uploaded blobs must be registered with ``ctx.resources`` for deletion.
+    Uploaded blobs must be registered with ``ctx.resources`` for deletion. With
+    ``register=True`` (the built-in schemes), the runner then sends ``public`` to aideploy's
+    service once, before any query (:func:`aideploy.client.register_keys`): set it only for a
+    scheme aideploy's ``score.py`` serves.
     """
 
 

@@ -50,7 +50,8 @@ the very same SAS string is answered from the key cache without the HEAD:
   are never cached: every request checks with the store.
 
 The key cache itself stays bounded in bytes; the verdicts are a few hundred
-bytes each, at most ``max_sas_checks`` of them.
+bytes each, at most ``max_sas_checks`` of them.  The server's clock is
+trusted for ``se`` (keep it NTP-synchronised, as Azure's SAS checks assume).
 
 Shared by the workers of a deployment
 -------------------------------------
@@ -58,8 +59,7 @@ With ``shared_dir``, the store's positive answers and the key bytes it returned
 are also written to a directory every worker of the deployment reads
 (:mod:`.keyshare`): a key one worker fetched (a client's key registration, or
 its first query) is served by the others without a request to the store, under
-the same deadline and the same local ``se`` check.  The server's clock is
-trusted for ``se`` (keep it NTP-synchronised, as Azure's SAS checks assume).
+the same deadline and the same local ``se`` check.
 
 Cache entries are keyed by the blob's location (scheme, host, account path,
 container, blob name; never the query string) plus the ``transform`` used,
