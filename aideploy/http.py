@@ -106,26 +106,26 @@ def _hint(status: int) -> str:
 def _post(http: requests.Session, endpoint: Endpoint, item: Request, what: int | str, timeout: float) -> Response:
     """POST one request; a PredictionError with the service's reason for anything but a 200.
     ``what`` names it in messages: a number (request 3), or words (the key registration)."""
-    index = f"request {what}" if isinstance(what, int) else what
+    label = f"request {what}" if isinstance(what, int) else what
     if _cancelled.is_set():
-        raise PredictError(f"cancelled before {index}", hint="the run was interrupted")
+        raise PredictError(f"cancelled before {label}", hint="the run was interrupted")
     start = time.perf_counter()
     try:
         response = http.post(endpoint.scoring_uri, data=item.body, headers=item.headers or None, timeout=timeout)
     except requests.Timeout:
-        raise PredictError(f"the service at {endpoint.scoring_uri} did not answer {index} "
+        raise PredictError(f"the service at {endpoint.scoring_uri} did not answer {label} "
                            f"within {timeout:g} s", hint="raise target.request_timeout, or check the "
                            "service's log for a stuck worker") from None
     except requests.ConnectionError as exc:
-        raise PredictError(_connection_failure(exc, endpoint.scoring_uri, index),
+        raise PredictError(_connection_failure(exc, endpoint.scoring_uri, label),
                            hint="is it still running? see the service's log in the output dir") from None
     except requests.RequestException as exc:  # e.g. the answer cut short: ChunkedEncodingError
-        raise PredictError(f"the answer to {index} from {endpoint.scoring_uri} broke off midway "
+        raise PredictError(f"the answer to {label} from {endpoint.scoring_uri} broke off midway "
                            f"({type(exc).__name__})",
                            hint="did the service stop or crash? see its log in the output dir") from None
     latency_ms = (time.perf_counter() - start) * 1000.0
     if response.status_code != 200:
-        raise PredictError(f"the service answered {index} with HTTP {response.status_code}"
+        raise PredictError(f"the service answered {label} with HTTP {response.status_code}"
                            f"{_retried(response)}: {_error_text(response)}", hint=_hint(response.status_code))
     return Response(response.content, latency_ms, len(item.body))
 
