@@ -110,36 +110,57 @@ class _LoadedKey(tuple):
         return self[1].nbytes
 
 
-class FastScheme(KeyedScheme):
-    """Our coefficient-encoded SEAL scheme (``fastlinear``): one query, any number of samples.
-
-    A server is built per parameter set a client's bundle asks for (the model's error
-    guarantee is checked then); the last ``MAX_SERVERS`` are kept, as the parameters come
-    from clients. Each output ciphertext gets a fresh public-key encryption of zero, made on
-    the request path (compiled kernels, no GIL held): nothing runs between requests.
-    """
+class _FastKeyedScheme(KeyedScheme):
+    """What the fast schemes share: a server per parameter set a client's bundle asks for (the
+    model's error guarantee is checked then), the last ``MAX_SERVERS`` kept, as the parameters
+    come from clients; and a bundle parsed by its server, as the key cache holds it."""
 
     name = "fast"
     MAX_SERVERS = 8
 
-    def __init__(self, model: LinearModel, fetcher: KeyFetcher) -> None:
-        from aideploy_scoring import fastlinear
-
-        self._fl = fastlinear
-        self.model = model
+    def __init__(self, fetcher: KeyFetcher) -> None:
         self.fetcher = fetcher
         self._servers: LRUCache[bytes, Any] = LRUCache(maxsize=self.MAX_SERVERS)
         self._lock = threading.Lock()
         self._load = self._load_bundle  # one object: the key cache is keyed by the transform
+
+    def _new_server(self, params: Any) -> Any:
+        raise NotImplementedError
 
     def _server_for(self, params: Any) -> Any:
         fingerprint = params.fingerprint()
         with self._lock:
             server = self._servers.get(fingerprint)
             if server is None:
-                server = self._servers[fingerprint] = self._fl.FastServer(self.model.coef, self.model.intercept,
-                                                                          params)
+                server = self._servers[fingerprint] = self._new_server(params)
             return server
+
+    def _load_bundle(self, bundle: bytes) -> tuple[Any, Any]:
+        from aideploy_scoring.fastlinear import FastSchemeError, bundle_params
+
+        try:
+            server = self._server_for(bundle_params(bundle))
+            return _LoadedKey((server, server.load_public(bundle)))
+        except FastSchemeError as exc:
+            raise ValueError(f"public bundle refused: {exc}") from None  # KeyFetcher makes it a 400
+
+
+class FastScheme(_FastKeyedScheme):
+    """Our coefficient-encoded SEAL scheme (``fastlinear``): one query, any number of samples.
+
+    Each output ciphertext gets a fresh public-key encryption of zero, made on the request
+    path (compiled kernels, no GIL held): nothing runs between requests.
+    """
+
+    def __init__(self, model: LinearModel, fetcher: KeyFetcher) -> None:
+        from aideploy_scoring import fastlinear
+
+        super().__init__(fetcher)
+        self._fl = fastlinear
+        self.model = model
+
+    def _new_server(self, params: Any) -> Any:
+        return self._fl.FastServer(self.model.coef, self.model.intercept, params)
 
     def warm_up(self) -> None:
         """Build the server for this model's default parameters and run every kernel once.
@@ -148,13 +169,6 @@ class FastScheme(KeyedScheme):
         loaded from numba's disk cache) there, so no request pays for them.
         """
         self._server_for(self._fl.choose_params(self.model.coef, self.model.intercept)).warm_up()
-
-    def _load_bundle(self, bundle: bytes) -> tuple[Any, Any]:
-        try:
-            server = self._server_for(self._fl.bundle_params(bundle))
-            return _LoadedKey((server, server.load_public(bundle)))
-        except self._fl.FastSchemeError as exc:
-            raise ValueError(f"public bundle refused: {exc}") from None  # KeyFetcher makes it a 400
 
     def score_binary(self, payload: dict, query: bytes) -> bytes:
         server, public = fetch_keys(self.fetcher, payload, self._load)
@@ -239,7 +253,7 @@ class QueryBudget:
                 self._used[key_id] = max(0, self._used.get(key_id, 0) - n)
 
 
-class FastMLPScheme(KeyedScheme):
+class FastMLPScheme(_FastKeyedScheme):
     """``encryption=fast`` for a ReLU (or identity) MLP: :mod:`fastmlp`'s interactive rounds.
 
     Every round is one binary request, the body a ``fastmlp`` round message; the answer a
@@ -250,17 +264,14 @@ class FastMLPScheme(KeyedScheme):
     400; a key over ``max_queries_per_key`` a 429.
     """
 
-    name = "fast"
-    MAX_SERVERS = 8
-
     def __init__(self, layers: list, activation: str, fetcher: KeyFetcher, secret: bytes | None = None,
                  max_queries_per_key: int | None = None, token_ttl: float | None = None,
                  max_samples_per_query: int | None = None) -> None:
         from aideploy_scoring import fastmlp
 
+        super().__init__(fetcher)
         self._fm = fastmlp
         self.layers, self.activation = layers, activation
-        self.fetcher = fetcher
         self._secret = secret if secret is not None else token_secret_from_environment()
         if max_queries_per_key is None:
             max_queries_per_key = int(os.environ.get(MAX_QUERIES_ENV, "0") or 0)
@@ -268,18 +279,9 @@ class FastMLPScheme(KeyedScheme):
             max_samples_per_query = int(os.environ.get(MAX_SAMPLES_ENV, "0") or 0)
         self.budget = QueryBudget(max_queries_per_key, max_samples_per_query)
         self.token_ttl = token_ttl if token_ttl is not None else float(os.environ.get(TOKEN_TTL_ENV) or 300.0)
-        self._servers: LRUCache[bytes, Any] = LRUCache(maxsize=self.MAX_SERVERS)
-        self._lock = threading.Lock()
-        self._load = self._load_bundle
 
-    def _server_for(self, params: Any) -> Any:
-        fingerprint = params.fingerprint()
-        with self._lock:
-            server = self._servers.get(fingerprint)
-            if server is None:
-                server = self._servers[fingerprint] = self._fm.MLPServer(
-                    self.layers, self.activation, params, secret=self._secret, token_ttl=self.token_ttl)
-            return server
+    def _new_server(self, params: Any) -> Any:
+        return self._fm.MLPServer(self.layers, self.activation, params, secret=self._secret, token_ttl=self.token_ttl)
 
     def warm_up(self) -> None:
         """Build a server and run one query through every round (compiles the kernels, which do
@@ -301,15 +303,6 @@ class FastMLPScheme(KeyedScheme):
         public = server.load_public(client.public_bundle())
         for n in (1, 4):
             client.predict(np.zeros((n, server.sizes[0])), lambda message: server.score(message, public))
-
-    def _load_bundle(self, bundle: bytes) -> tuple[Any, Any]:
-        from aideploy_scoring.fastlinear import bundle_params
-
-        try:
-            server = self._server_for(bundle_params(bundle))
-            return _LoadedKey((server, server.load_public(bundle)))
-        except self._fm.FastSchemeError as exc:
-            raise ValueError(f"public bundle refused: {exc}") from None  # KeyFetcher makes it a 400
 
     def score_binary(self, payload: dict, message: bytes) -> bytes:
         server, public = fetch_keys(self.fetcher, payload, self._load)
