@@ -163,11 +163,12 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
             env.pop(variable, None)
     if key:  # the service gets only a hash of the key
         env["AIDEPLOY_AUTH_KEY_SHA256"] = hashlib.sha256(key.reveal().encode()).hexdigest()
-    if ctx.cfg.encryption.plugin != "plain":  # the workers share the keys they verified (keyshare)
-        shared = Path(tempfile.mkdtemp(prefix="aideploy-keys-"))
-        ctx.resources.add(f"shared key directory {shared}", lambda: shutil.rmtree(shared, ignore_errors=True),
-                          path_record(shared))
-        env[SHARE_DIR_ENV] = str(shared)
+    # The workers share the keys they verified (keyshare). Every deployment, not only encrypted
+    # ones: a plain deployment serves the encrypted schemes its environment has runtimes for.
+    shared = Path(tempfile.mkdtemp(prefix="aideploy-keys-"))
+    ctx.resources.add(f"shared key directory {shared}", lambda: shutil.rmtree(shared, ignore_errors=True),
+                      path_record(shared))
+    env[SHARE_DIR_ENV] = str(shared)
     if ctx.cfg.encryption.plugin == "fast":  # the workers use the build, or numba if there is none
         env[KERNELS_ENV] = "aot" if prebuild_kernels(ctx, environment, code, env) else "jit"
     argv = [*network.argv_prefix, *serve_command(environment), "--entry_script", str(code.entry), "--model_dir", str(model_dir),

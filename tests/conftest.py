@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -62,6 +63,19 @@ def no_leaked_processes():
         except psutil.NoSuchProcess:
             continue
     assert not described, f"processes left running: {described}"
+
+
+def _default_key_dirs() -> set[str]:
+    return {name for name in os.listdir(tempfile.gettempdir()) if re.fullmatch(r"aideploy-keys-\d+", name)}
+
+
+@pytest.fixture(autouse=True)
+def no_default_key_directory():
+    """No service the tests start shares keys through score.py's default directory (the one an
+    Azure container uses): ``target=local`` gives every deployment its own, and removes it."""
+    before = _default_key_dirs()
+    yield
+    assert not _default_key_dirs() - before, "a service used score.py's default key directory"
 
 
 @pytest.fixture
