@@ -209,6 +209,10 @@ class _Check:
     recheck_at: float  # time.monotonic() after which the store is asked again
     expires: float  # the SAS's se, epoch seconds
 
+    def live(self) -> bool:
+        """Still good: before its recheck deadline and before the SAS's expiry."""
+        return time.monotonic() < self.recheck_at and time.time() < self.expires
+
 
 def _measure(value: object, raw_len: int) -> int:
     """Bytes a cached value occupies: ``nbytes``, else ``len()``, else the blob size."""
@@ -364,8 +368,7 @@ class KeyFetcher:
             break
         if len(data) > self.max_key_bytes:  # belt and braces: size is ETag-pinned
             raise KeyTooLargeError(f"key {key_id} exceeds {self.max_key_bytes} bytes", code="KeyTooLarge")
-        value = self._transform(key_id, data, transform)
-        self._cache_put(cache_key, _Entry(etag, value, _measure(value, len(data))))
+        value = self._parse_and_cache(key_id, cache_key, etag, data, transform).value
         if self._shared is not None and check_key is not None and expires is not None:
             self._shared.put_blob(location, etag, data)
         self._remember_check(check_key, location, etag, expires)
@@ -410,7 +413,7 @@ class KeyFetcher:
             check = self._checks.get(check_key)
             if check is None:
                 return None
-            if time.monotonic() >= check.recheck_at or time.time() >= check.expires:
+            if not check.live():
                 del self._checks[check_key]  # the caller goes to the store (or refuses an expired SAS)
                 return None
             entry = self._cache.get((check.location, transform))
@@ -419,43 +422,43 @@ class KeyFetcher:
             self._hits += 1
             return entry
 
-    def _from_shared(self, key_id: str, check_key: tuple[str, bytes], transform: Any) -> _Entry | None:
+    def _from_shared(self, key_id: str, check_key: tuple[str, bytes], transform: object) -> _Entry | None:
         """The key another worker's still-valid check of this exact SAS vouches for, else None.
 
         The check keeps the deadline the store's answer set; the key is parsed here if this
         worker does not hold it at that ETag."""
         found = self._shared.check(*check_key)
-        if found is None:
+        check = _Check(*found) if found is not None else None
+        if check is None or not check.live():
             return None
-        location, etag, recheck_at, expires = found
-        if time.monotonic() >= recheck_at or time.time() >= expires:
-            return None
-        cache_key = (location, transform)
+        cache_key = (check.location, transform)
         with self._lock:
             entry = self._cache.get(cache_key)
-        if entry is None or entry.etag != etag:
-            data = self._shared.blob(location, etag, self.max_key_bytes)
+        if entry is None or entry.etag != check.etag:
+            data = self._shared.blob(check.location, check.etag, self.max_key_bytes)
             if data is None:
                 return None
-            value = self._transform(key_id, data, transform)
-            entry = _Entry(etag, value, _measure(value, len(data)))
-            self._cache_put(cache_key, entry)
+            entry = self._parse_and_cache(key_id, cache_key, check.etag, data, transform)
         with self._lock:
-            self._checks[check_key] = _Check(location, etag, recheck_at, expires)
+            self._checks[check_key] = check
             self._hits += 1
             self._shared_hits += 1
         return entry
 
-    @staticmethod
-    def _transform(key_id: str, data: bytes, transform: Callable[[bytes], Any] | None) -> Any:
-        if transform is None:
-            return data
-        try:
-            return transform(data)
-        except ValueError as exc:
-            raise KeyRequestError(
-                f"key {key_id} could not be parsed: {redact(exc)[:200]}", code="InvalidKeyMaterial"
-            ) from exc
+    def _parse_and_cache(self, key_id: str, cache_key: tuple[str, object], etag: str, data: bytes,
+                         transform: Callable[[bytes], Any] | None) -> _Entry:
+        """``transform(data)`` (a ValueError is a 400), cached under ``cache_key`` at ``etag``."""
+        value: Any = data
+        if transform is not None:
+            try:
+                value = transform(data)
+            except ValueError as exc:
+                raise KeyRequestError(
+                    f"key {key_id} could not be parsed: {redact(exc)[:200]}", code="InvalidKeyMaterial"
+                ) from exc
+        entry = _Entry(etag, value, _measure(value, len(data)))
+        self._cache_put(cache_key, entry)
+        return entry
 
     def _remember_check(self, check_key: tuple[str, bytes] | None, location: str, etag: str,
                         expires: float | None) -> None:
