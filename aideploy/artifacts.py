@@ -39,18 +39,24 @@ class Secret:
 class Dataset:
     """Samples to score, labels when the source has them, and (for training) a training split.
 
-    Small data sets live in memory (``X_test``). A file's rows may instead come as ``rows``, a
-    :class:`aideploy.datafiles.RowSource` read a chunk at a time, so a million-row file is never
-    in memory at once; ``X_test`` is then None. :meth:`chunks` reads either way.
+    Small data sets live in memory (``X_test``: an array, or a DataFrame of named, typed
+    columns). A file's rows may instead come as ``rows``, a :class:`aideploy.datafiles.RowSource`
+    read a chunk at a time, so a million-row file is never in memory at once; ``X_test`` is then
+    None. :meth:`chunks` reads either way.
+
+    ``schema`` is what the model takes (:class:`aideploy_scoring.schema.Schema`), set once the
+    model stage (or the service's description) knows it: chunks of a file are then read in its
+    column types, as a DataFrame for a model that takes named columns.
     """
 
     name: str
-    X_test: np.ndarray | None = None
+    X_test: Any = None
     y_test: np.ndarray | None = None  # None: no labels (nothing to compute accuracy against)
-    X_train: np.ndarray | None = None
+    X_train: Any = None
     y_train: np.ndarray | None = None
     rows: Any = field(default=None, repr=False)
     feature_names: list[str] | None = None
+    schema: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.X_test is None and self.rows is None:
@@ -68,15 +74,23 @@ class Dataset:
     def has_labels(self) -> bool:
         return bool(self.rows.has_labels) if self.rows is not None else self.y_test is not None
 
+    def sample(self, rows: int = 1000) -> Any:
+        """The first ``rows`` samples as the source types them (a DataFrame for a table), for
+        typing a schema's columns; None when there is nothing to look at."""
+        if self.rows is not None:
+            return self.rows.sample(rows)
+        return self.X_test[:rows]
+
     def chunks(self, size: int, start: int = 0) -> Iterator["Dataset"]:
         """The samples from ``start`` on as in-memory Datasets of at most ``size`` rows each."""
         if self.rows is not None:
-            for X, y in self.rows.chunks(size, start):
-                yield Dataset(self.name, X, y, feature_names=self.feature_names)
+            for X, y in self.rows.chunks(size, start, self.schema):
+                yield Dataset(self.name, X, y, feature_names=self.feature_names, schema=self.schema)
             return
         for first in range(start, len(self.X_test), size):
             y = self.y_test[first:first + size] if self.y_test is not None else None
-            yield Dataset(self.name, self.X_test[first:first + size], y, feature_names=self.feature_names)
+            yield Dataset(self.name, self.X_test[first:first + size], y, feature_names=self.feature_names,
+                          schema=self.schema)
 
     def summary(self) -> dict[str, Any]:
         return {"data": self.name, "test_samples": self.n_samples, "features": self.n_features,
@@ -113,6 +127,11 @@ class RegisteredModel:
     @property
     def classes(self) -> list | None:
         return self.adapter.classes
+
+    @property
+    def schema(self) -> Any:
+        """What the model takes (:class:`aideploy_scoring.schema.Schema`), or None if nothing says."""
+        return self.adapter.schema
 
     def summary(self) -> dict[str, Any]:
         return {"model": f"{self.name}:{self.version}", "kind": self.kind, "type": self.adapter.summary,
@@ -323,13 +342,17 @@ class ServiceInfo:
     fast: dict[str, Any] | None = None  # the fast scheme's n_features, n_outputs and public params
     model_summary: str = ""
     protocol: int = 1  # of the service's request formats (2: key registration)
+    schema: Any = None  # what the model takes (aideploy_scoring.schema.Schema), where the service says
 
     @classmethod
     def from_json(cls, info: dict[str, Any]) -> "ServiceInfo":
+        from aideploy_scoring.schema import Schema
+
         model = info.get("model") or {}
+        schema = Schema.from_json(info["input"]) if isinstance(info.get("input"), dict) else None
         return cls(model.get("n_features"), model.get("task"), model.get("classes"), model.get("feature_names"),
                    list(info.get("schemes") or ["none"]), info.get("fast"), str(model.get("summary") or ""),
-                   int(info.get("protocol") or 1))
+                   int(info.get("protocol") or 1), schema)
 
     def summary(self) -> dict[str, Any]:
         return {"service_model": self.model_summary, "features": self.n_features, "task": self.task,

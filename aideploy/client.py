@@ -18,22 +18,28 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import requests
 
-from aideploy import http
+from aideploy import http, schemas
 from aideploy.artifacts import Endpoint, Request, ServiceInfo, Traffic
 from aideploy.errors import AideployError, ConfigError, PredictError
 from aideploy.predictions import PredictionsWriter, columns_of
 from aideploy.stages import DECRYPT, ENCRYPT, PREDICT
+from aideploy_scoring.schema import Schema
 
 log = logging.getLogger("aideploy")
 
 STREAMED = (ENCRYPT, PREDICT, DECRYPT)
 """The stages run once per chunk of rows, in this order."""
+REQUEST_BYTES = 256 * 1024  # plain requests are sized to about this much JSON (64 KB-1 MB keeps HTTP efficient)
+MAX_AUTO_BATCH = 10_000  # rows per request at most when sized automatically
+SIZING_ROWS = 64  # rows encoded to measure a row's size
 
 
 def output_path(ctx) -> Path:
@@ -86,11 +92,11 @@ def check_against_service(ctx, service: ServiceInfo) -> None:
     """The data and the encryption scheme fit what the service serves, or a ConfigError."""
     dataset = ctx.artifacts["dataset"]
     uri = ctx.cfg.scoring_uri
-    if service.n_features is not None and dataset.n_features != service.n_features:
-        raise ConfigError(f"{dataset.name} has {dataset.n_features} feature columns but the service at {uri} "
-                          f"takes {service.n_features} ({service.model_summary})",
-                          hint="choose the feature columns with data.feature_columns=[...] (data.label_column "
-                          "for the label), or predict against the service for this data")
+    schema = service.schema
+    if schema is None and service.n_features is not None:  # a service from before schemas
+        schema = Schema.positional(service.n_features, service.feature_names)
+    extra = getattr(ctx.cfg.predict.extra_columns, "value", ctx.cfg.predict.extra_columns)
+    schemas.check_columns(dataset, schema, extra, f"the service at {uri} ({service.model_summary})")
     scheme = ctx.cfg.encryption.plugin
     if scheme not in ("plain", "none") and scheme not in service.schemes:
         raise ConfigError(f"the service at {uri} serves {', '.join(service.schemes)}, not encryption={scheme}",
@@ -126,32 +132,57 @@ def register_keys(ctx) -> None:
 
 
 class _Progress:
-    """Rows done, rows/s and ETA: a tqdm bar on a terminal, else a log line every few seconds."""
+    """Rows answered, rows/s and ETA: a tqdm bar on a terminal, else a log line every ``every``
+    seconds (from a timer, so a slow request does not silence it). Answers are counted as they
+    arrive (:attr:`RunContext.on_answer`, from the sending threads), each chunk's count made
+    exact once it is written (a multi-round scheme answers a row more than once)."""
 
     def __init__(self, total: int, done: int, every: float) -> None:
         self.total, self.done, self.every = total, done, every
-        self.start = self.last = time.monotonic()
-        self.first = done
+        self.start = time.monotonic()
+        self.first = self.limit = done
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=done, unit="rows", unit_scale=True, dynamic_ncols=True,
                             desc="      predict", leave=False, file=sys.stderr)
+        else:
+            threading.Thread(target=self._report, name="aideploy-progress", daemon=True).start()
 
-    def update(self, rows: int) -> None:
-        self.done += rows
-        if self.bar is not None:
-            self.bar.update(rows)
-            return
-        now = time.monotonic()
-        if now - self.last >= self.every and self.done < self.total:
-            rate = (self.done - self.first) / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            log.info("      predict: %d/%d rows, %.0f rows/s, ETA %.0f s", self.done, self.total, rate, eta)
-            self.last = now
+    def chunk(self, rows: int) -> None:
+        """The next chunk of ``rows`` rows is being sent."""
+        with self.lock:
+            self.limit = min(self.total, self.done + rows)
+
+    def answered(self, rows: int) -> None:
+        with self.lock:
+            step = max(0, min(rows, self.limit - self.done))
+            self.done += step
+        if self.bar is not None and step:
+            self.bar.update(step)
+
+    def written(self, rows: int) -> None:
+        """All rows up to ``rows`` are in the predictions file."""
+        with self.lock:
+            step, self.done = rows - self.done, rows
+        if self.bar is not None and step:
+            self.bar.update(step)
+
+    def _report(self) -> None:
+        while not self.stopped.wait(self.every):
+            with self.lock:
+                done = self.done
+            if done >= self.total:
+                continue
+            rate = (done - self.first) / max(time.monotonic() - self.start, 1e-9)
+            eta = f"ETA {(self.total - done) / rate:.0f} s" if rate > 0 else "waiting for the first answers"
+            log.info("      predict: %d/%d rows, %.0f rows/s, %s", done, self.total, rate, eta)
 
     def close(self) -> None:
+        self.stopped.set()
         if self.bar is not None:
             self.bar.close()
 
@@ -168,6 +199,53 @@ def _check_width(scores, classes: list | None, index: int) -> None:
                                hint="is scoring_uri the service of this model? (GET it to see what it serves)")
 
 
+def plain_body(X: Any) -> bytes:
+    """A plain request's JSON body: a table's named columns in pandas' split form (NaN as null),
+    numbers by position as ``{"data": [[...]]}``."""
+    if hasattr(X, "columns"):
+        return X.to_json(orient="split", index=False, force_ascii=False, double_precision=15).encode()
+    return json.dumps({"data": np.asarray(X).tolist()}).encode()
+
+
+def rows_per_request(ctx, dataset) -> int:
+    """Rows per request: ``predict.batch_size``, else (deprecated) ``encryption.batch_size``, else for
+    plain requests as many rows as make ~:data:`REQUEST_BYTES` of JSON (from the first rows), and
+    one row per query for the encrypted schemes."""
+    given = ctx.cfg.predict.batch_size
+    if given:
+        return int(given)
+    legacy = ctx.cfg.encryption.get("batch_size")
+    if legacy:
+        log.warning("      encryption.batch_size is deprecated: it is now predict.batch_size=%d (rows per request for "
+                    "every scheme)", legacy)
+        return int(legacy)
+    if ctx.cfg.encryption.plugin != "plain":
+        return 1
+    sample = dataset.sample(SIZING_ROWS)
+    if sample is None or not len(sample):
+        return 1
+    if dataset.schema is not None and dataset.schema.named and hasattr(sample, "columns"):
+        sample = sample[[c for c in sample.columns if c in set(dataset.schema.names)]]
+    per_row = len(plain_body(sample)) / len(sample)
+    return int(max(1, min(MAX_AUTO_BATCH, REQUEST_BYTES // max(per_row, 1.0))))
+
+
+def _salvage(runner, requests, answered, classes, task, writer) -> None:
+    """Decrypt and write the answers a failed chunk got before its failure, so no answered row is lost."""
+    if not answered or requests is None:
+        return
+    from aideploy.artifacts import Requests, Responses
+
+    try:
+        scores = runner.call(DECRYPT, requests=Requests(requests.items[:len(answered)]), responses=Responses(answered))
+        columns = columns_of(scores, task, classes)
+    except Exception as exc:  # noqa: BLE001 - the run's own failure is the one to report
+        log.warning("      the %d answers before the failure could not be read back: %s", len(answered), exc)
+        return
+    if columns is not None:
+        writer.write(columns)
+
+
 def stream(runner) -> None:
     """Run :data:`STREAMED` over the rows, chunk by chunk, into the predictions file."""
     ctx = runner.ctx
@@ -182,16 +260,20 @@ def stream(runner) -> None:
     ctx.artifacts["predictions"] = writer.info
     traffic = ctx.artifacts["traffic"] = Traffic()
     seconds = {stage.name: 0.0 for stage in STREAMED}
-    batch = max(1, int(ctx.cfg.encryption.get("batch_size", 1) or 1))
+    batch = ctx.batch_size = rows_per_request(ctx, dataset)
     size = max(int(cfg.chunk_rows), batch * int(cfg.concurrency))
     size = -(-size // batch) * batch  # whole requests per chunk
+    log.info("      %d rows per request, %d per chunk, %d requests in flight", batch, size, int(cfg.concurrency))
     progress = _Progress(dataset.n_samples, writer.rows, float(cfg.progress_seconds))
+    ctx.on_answer = progress.answered
     current = ENCRYPT
     started: set[str] = set()
     first, total = ctx.progress
+    results: dict[str, Any] = {}
     try:
         for index, chunk in enumerate(dataset.chunks(size, writer.rows), start=1):
-            results: dict[str, Any] = {"dataset": chunk}
+            results = {"dataset": chunk}
+            progress.chunk(len(chunk.X_test))
             for current in STREAMED:
                 if current.name not in started:  # observers: the stage starts with its first chunk
                     started.add(current.name)
@@ -209,8 +291,11 @@ def stream(runner) -> None:
                 kept += [str(answer)[:200] for answer in (scores.answers or [])][:3 - len(kept)]
             else:
                 writer.write(columns)
-            progress.update(len(chunk.X_test))
+            progress.written(writer.rows)
     except BaseException as exc:
+        ctx.on_answer = None
+        if isinstance(exc, PredictError) and current is PREDICT:
+            _salvage(runner, results.get("requests"), exc.answered, classes, task, writer)
         progress.close()
         info = writer.close()
         runner.stage_seconds.update(seconds)
@@ -219,6 +304,7 @@ def stream(runner) -> None:
             exc.hint += f"; predict.resume=true predict.output={info.path} continues after them"
         ctx.plugins.hook.aideploy_on_stage_error(stage=current, ctx=ctx, error=exc)
         raise
+    ctx.on_answer = None
     progress.close()
     info = writer.close()
     if not info.rows and info.path.exists():

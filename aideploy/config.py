@@ -70,7 +70,7 @@ class TableData(DataConfig):
 @dataclass
 class CsvData(TableData):
     plugin: str = "csv"
-    header: bool = True
+    header: Optional[bool] = None  # null: detect (a first line of only numbers is data)
     delimiter: str = ","
 
 
@@ -163,6 +163,7 @@ class EnvironmentConfig:
     channels: List[str] = field(default_factory=lambda: ["conda-forge"])
     conda: List[str] = field(default_factory=list)
     pip: List[str] = field(default_factory=list)
+    extra_pip: List[str] = field(default_factory=list)  # added to pip (and to what the model needs)
     azure_pip: List[str] = field(default_factory=list)
 
 
@@ -221,7 +222,7 @@ class EncryptionConfig:
 @dataclass
 class NoEncryption(EncryptionConfig):
     plugin: str = "plain"
-    batch_size: int = bounded(1, ge=1)
+    batch_size: Optional[int] = bounded(None, ge=1)  # deprecated: predict.batch_size
 
 
 @dataclass
@@ -232,7 +233,7 @@ class SealEncryption(EncryptionConfig):
 @dataclass
 class FastEncryption(EncryptionConfig):
     plugin: str = "fast"
-    batch_size: int = bounded(1, ge=1)
+    batch_size: Optional[int] = bounded(None, ge=1)  # deprecated: predict.batch_size
     x_bound: float = bounded(1.0, gt=0)
     max_error: float = bounded(1e-3, gt=0)
     max_queries_per_key: int = bounded(0, ge=0)
@@ -388,12 +389,21 @@ class OutputFormat(str, Enum):
     parquet = "parquet"
 
 
+class ExtraColumns(str, Enum):
+    """What the client does with data columns the model does not take."""
+
+    error = "error"
+    drop = "drop"
+
+
 @dataclass
 class PredictConfig:
     """How the client sends the rows and where their predictions go (``mode=run`` and ``predict``)."""
 
+    batch_size: Optional[int] = bounded(None, ge=1)  # rows per request; null: sized to ~256 KB per request
     concurrency: int = bounded(4, ge=1, le=256)
     chunk_rows: int = bounded(4096, ge=1)
+    extra_columns: ExtraColumns = ExtraColumns.error
     output: Optional[str] = None
     output_format: OutputFormat = OutputFormat.csv
     resume: bool = False

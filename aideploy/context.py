@@ -29,6 +29,9 @@ class RunContext:
         choices: the chosen option of each config group, e.g. ``{"target": "local"}``.
         resources: register everything acquired here for teardown.
         artifacts: stage results by name (``dataset``, ``model``, ``endpoint``, ...).
+        batch_size: rows per request, set by the client before the first chunk is encrypted
+            (``predict.batch_size``, or sized by :func:`aideploy.client.rows_per_request`).
+        on_answer: called with each answered query's row count, as answers come (progress).
     """
 
     cfg: DictConfig
@@ -40,6 +43,8 @@ class RunContext:
     artifacts: dict[str, Any] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("aideploy"))
     progress: tuple[int, int] = (0, 0)
+    batch_size: int = 1
+    on_answer: Callable[[int], None] | None = None
     _open_keystore: Callable[[], Any] | None = None
     _clients: dict[Any, Any] = field(default_factory=dict)
 
@@ -54,7 +59,8 @@ class RunContext:
 
         key = ("http_client", endpoint.scoring_uri)
         if key not in self._clients:
-            client = self._clients[key] = http.Client(endpoint, timeout, int(self.cfg.predict.concurrency))
+            client = self._clients[key] = http.Client(endpoint, timeout, int(self.cfg.predict.concurrency),
+                                                      on_answer=lambda n: self.on_answer and self.on_answer(n))
             self.resources.add(f"HTTP connections to {endpoint.scoring_uri}", client.close)
         return self._clients[key]
 

@@ -12,14 +12,21 @@ gives the file's line number, as an editor shows it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from aideploy.errors import ConfigError
+from aideploy_scoring.schema import BOOLEAN, INTEGER, NUMBER, STRING, InputError, Schema
 
-Chunk = tuple[np.ndarray, "np.ndarray | None"]
+Chunk = tuple[Any, "np.ndarray | None"]
+# How a typed column is read from a CSV: text stays text ("007"), a whole number may be missing.
+READ_DTYPES = {NUMBER: "float64", INTEGER: "float64", BOOLEAN: "boolean", STRING: str}
+# pandas' default missing-value spellings, for saying "a missing value?" where none is allowed
+NA_SPELLINGS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                          "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
 
 
 def existing_file(path: str | Path, option: str, what: str) -> Path:
@@ -33,20 +40,55 @@ def existing_file(path: str | Path, option: str, what: str) -> Path:
 
 
 class RowSource:
-    """Rows of one file: ``n_rows`` x ``n_features`` features, with labels when ``has_labels``."""
+    """Rows of one file: ``n_rows`` rows of ``n_features`` feature columns, with labels when ``has_labels``.
+
+    ``chunks(size, start, schema)`` reads them as the model takes them (:mod:`aideploy_scoring.schema`):
+    for a model that takes named columns, a DataFrame of those columns, each read in its type
+    (a string column stays text, "007" included; empty cells and the usual NA spellings are
+    missing); otherwise, or with no schema, a float64 array by position.
+    """
 
     path: Path
     n_rows: int
+    names: list[str]
     feature_names: list[str] | None
     has_labels: bool
+    label_index: int | None
+    columns: list[int]
 
     @property
     def n_features(self) -> int:
+        return len(self.columns)
+
+    def sample(self, rows: int) -> Any:
+        """The first ``rows`` rows' feature columns as pandas types them (to type a schema's columns), or None."""
+        return None
+
+    def chunks(self, size: int, start: int = 0, schema: Schema | None = None) -> Iterator[Chunk]:
+        """(X, y or None) from row ``start`` on, ``size`` rows at a time; see the class docstring."""
         raise NotImplementedError
 
-    def chunks(self, size: int, start: int = 0) -> Iterator[Chunk]:
-        """(X float64 (rows, n_features), y or None) from row ``start`` on, ``size`` rows at a time."""
-        raise NotImplementedError
+    def _labels(self, block) -> "np.ndarray | None":
+        return block.iloc[:, self.label_index].to_numpy() if self.has_labels else None
+
+    def _table(self, block, schema: Schema, first_row: int, header_lines: int | None) -> Any:
+        """The feature columns of ``block`` (named as the file names them) checked against ``schema``."""
+        frame = block.iloc[:, self.columns]
+        frame.columns = [self.names[i] for i in self.columns]
+        try:
+            return schema.conform(frame, extra="drop", first_row=first_row)
+        except InputError as exc:
+            raise _bad_cell(self.path, exc, header_lines) from None
+
+
+def _bad_cell(path: Path, exc: InputError, header_lines: int | None) -> ConfigError:
+    """A schema's refusal of a file's cell, placed in the file (line and row)."""
+    if exc.row is None:
+        return ConfigError(f"{path}: {exc}", hint="check that the file is data for this model")
+    detail = re.sub(r"^row \d+, ", "", str(exc))
+    return ConfigError(f"{_where(path, exc.row, header_lines)}, {detail}",
+                       hint="fix the file, or check that it is data for this model (GET the scoring URI to see "
+                       "the columns and types it takes)")
 
 
 def _pick_columns(names: list[str], label: str | None, features: Sequence[str] | None,
@@ -80,64 +122,100 @@ def _where(path: Path, row: int, header_lines: int | None) -> str:
     return f"{path}: {line}"
 
 
+def _not_a_number(text: str) -> str:
+    if text.strip() == "":
+        return "is empty"
+    if text.strip() in NA_SPELLINGS:
+        return f"holds {text[:40]!r}, not a number (a missing value?)"
+    return f"holds {text[:40]!r}, not a number"
+
+
+def nullable_mask(schema: Schema | None, n_features: int) -> np.ndarray:
+    """Which of ``n_features`` positional columns may be missing (NaN), as the schema says."""
+    if schema is None or schema.n_features != n_features:
+        return np.zeros(n_features, dtype=bool)
+    return np.array([c.nullable for c in schema.columns], dtype=bool)
+
+
 def _numeric(block, columns: list[int], names: list[str], path: Path, first_row: int,
-             header_lines: int | None = None) -> np.ndarray:
-    """The chosen columns of a pandas frame as float64, or an error naming the first bad cell."""
+             header_lines: int | None = None, nullable: np.ndarray | None = None) -> np.ndarray:
+    """The chosen columns of a pandas frame as float64 (NaN only where ``nullable``), or an error
+    naming the first bad cell."""
     import pandas as pd
 
     part = block.iloc[:, columns]
+    nullable = np.zeros(len(columns), dtype=bool) if nullable is None else nullable
     try:
-        return part.to_numpy(dtype=np.float64)
+        X = part.to_numpy(dtype=np.float64)
     except (TypeError, ValueError):
-        pass
+        X = None
+    if X is not None and not (np.isnan(X) & ~nullable).any():
+        return X
     for position, column in enumerate(columns):
         values = part.iloc[:, position]
-        bad = pd.to_numeric(values, errors="coerce").isna() & values.notna()
+        bad = pd.to_numeric(values, errors="coerce").isna()
+        if nullable[position]:
+            bad &= values.notna()
         if bad.any():
             row = first_row + int(np.flatnonzero(bad.to_numpy())[0])
             cell = values[bad].iloc[0]
-            raise ConfigError(f"{_where(path, row, header_lines)}, column {names[column]!r} holds {str(cell)[:40]!r}, "
-                              "not a number",
-                              hint="every feature cell must be a number; pick the feature columns with "
-                              "data.feature_columns=[...] or fix the file")
+            text = "" if cell is None or (isinstance(cell, float) and np.isnan(cell)) else str(cell)
+            raise ConfigError(f"{_where(path, row, header_lines)}, column {names[column]!r} {_not_a_number(text)}",
+                              hint="this model takes numbers by position and no missing values: fill in every "
+                              "feature cell, or pick the feature columns with data.feature_columns=[...]")
     raise ConfigError(f"{path}: the feature columns are not all numbers", hint="fix the file")
 
 
-def _no_missing(X: np.ndarray, names: list[str], columns: list[int], path: Path, first_row: int,
-                header_lines: int | None = None) -> None:
-    missing = np.isnan(X)
-    if missing.any():
-        row, position = (int(i) for i in np.argwhere(missing)[0])
-        raise ConfigError(f"{_where(path, first_row + row, header_lines)}, column {names[columns[position]]!r} "
-                          "is empty",
-                          hint="fill in every feature cell (the service needs a number for each)")
+def _all_numbers(cells: Sequence[Any]) -> bool:
+    for cell in cells:
+        try:
+            float(str(cell))
+        except ValueError:
+            return False
+    return True
 
 
 class CsvRows(RowSource):
-    """A CSV file read with pandas' C parser, ``chunk`` rows at a time."""
+    """A CSV file (UTF-8, quoted fields) read with pandas' C parser, ``chunk`` rows at a time.
+
+    ``header``: the first line names the columns (True), is data (False), or None: it names
+    them unless it is all numbers, which is data (as ``numpy.savetxt`` writes a file).
+    """
 
     def __init__(self, path: str | Path, label_column: str | None = None,
-                 feature_columns: Sequence[str] | None = None, header: bool = True, delimiter: str = ",") -> None:
+                 feature_columns: Sequence[str] | None = None, header: bool | None = None,
+                 delimiter: str = ",") -> None:
         import pandas as pd
 
         self.path = existing_file(path, "data.path", "a CSV file with one sample per row")
-        self.header, self.delimiter = header, delimiter
+        self.delimiter = delimiter
         try:
-            head = pd.read_csv(self.path, sep=delimiter, header=0 if header else None, nrows=1)
+            first = pd.read_csv(self.path, sep=delimiter, header=None, nrows=1, dtype=str,
+                                keep_default_na=False, encoding="utf-8")
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{self.path} is not a CSV table: {str(exc).splitlines()[0]}",
-                              hint="give a comma-separated file (data.delimiter for another separator)") from None
-        self.names = [str(c) for c in head.columns]
+                              hint="give a comma-separated UTF-8 file (data.delimiter for another separator)") from None
+        cells = list(first.iloc[0])
+        numbers = _all_numbers(cells)
+        if header is None:
+            header = not numbers
+        elif header and numbers:
+            raise ConfigError(f"{self.path}: its first line is all numbers ({', '.join(cells[:4])}"
+                              f"{', ...' if len(cells) > 4 else ''}), so it is data, not a header",
+                              hint="set data.header=false for a file without a header line (or data.header=null "
+                              "to detect it)")
+        self.header = header
+        self.names = [str(c) for c in cells] if header else [str(i) for i in range(len(cells))]
+        if header and len(set(self.names)) != len(self.names):
+            twice = next(n for n in self.names if self.names.count(n) > 1)
+            raise ConfigError(f"{self.path}: column {twice!r} appears twice in the header",
+                              hint="give every column its own name")
         self.label_index, self.columns = _pick_columns(self.names, label_column, feature_columns, self.path)
         self.has_labels = self.label_index is not None
         self.feature_names = [self.names[i] for i in self.columns] if header else None
         self.n_rows = self._count_rows()
         if self.n_rows == 0:
             raise ConfigError(f"{self.path} has a header but no rows", hint="give a file with rows in it")
-
-    @property
-    def n_features(self) -> int:
-        return len(self.columns)
 
     def _count_rows(self) -> int:
         lines, last = 0, b"\n"
@@ -148,31 +226,75 @@ class CsvRows(RowSource):
         lines += last != b"\n"  # a last line without its newline
         return lines - (1 if self.header else 0)
 
-    def chunks(self, size: int, start: int = 0) -> Iterator[Chunk]:
+    def _reader(self, size: int, start: int, **options: Any):
         import pandas as pd
 
         # file lines to skip: the header, then the rows before ``start``
         skip = range(start + 1) if self.header else range(start)
-        reader = pd.read_csv(self.path, sep=self.delimiter, header=None, skiprows=skip, chunksize=size,
-                             low_memory=False)
+        return pd.read_csv(self.path, sep=self.delimiter, header=None, names=self.names, skiprows=skip,
+                           chunksize=size, low_memory=False, encoding="utf-8", **options)
+
+    def sample(self, rows: int) -> Any:
+        block = next(iter(self._reader(rows, 0)), None)
+        if block is None:
+            return None
+        frame = block.iloc[:, self.columns]
+        frame.columns = [self.names[i] for i in self.columns]
+        return frame
+
+    def chunks(self, size: int, start: int = 0, schema: Schema | None = None) -> Iterator[Chunk]:
+        import pandas as pd
+
+        header_lines = int(self.header)
+        named = schema is not None and schema.named
+        nullable = nullable_mask(schema, self.n_features)
+        options: dict[str, Any] = {}
+        if named:
+            options["dtype"] = {name: READ_DTYPES[schema.column(name).type] for name in self.feature_names or ()
+                                if name in schema.names}
+        elif not nullable.any():  # NA spellings stay text, so an error can say which it was
+            options.update(keep_default_na=False, na_values=[""])
         row = start
         try:
-            for block in reader:
-                if block.shape[1] != len(self.names):
-                    raise ConfigError(f"{self.path}: the rows from row {row} have {block.shape[1]} columns, the "
-                                      f"header {len(self.names)}", hint="every row needs the same number of columns")
-                X = _numeric(block, self.columns, self.names, self.path, row, int(self.header))
-                _no_missing(X, self.names, self.columns, self.path, row, int(self.header))
-                y = block.iloc[:, self.label_index].to_numpy() if self.has_labels else None
-                yield X, y
+            for block in self._reader(size, start, **options):
+                X = (self._table(block, schema, row, header_lines) if named else
+                     _numeric(block, self.columns, self.names, self.path, row, header_lines, nullable))
+                yield X, self._labels(block)
                 row += len(block)
         except pd.errors.ParserError as exc:
             raise ConfigError(f"{self.path}: {str(exc).splitlines()[0]}",
                               hint="every row needs the same number of columns") from None
+        except (ValueError, TypeError) as exc:  # a cell pandas cannot read as its column's type
+            if isinstance(exc, ConfigError):
+                raise
+            self._diagnose(row, size, schema, header_lines, exc)
+
+    def _diagnose(self, row: int, size: int, schema: Schema, header_lines: int, exc: Exception) -> None:
+        """Find the cell that stopped a typed read: the chunk read again as text, each typed column's
+        cells checked as that type (empty cells and NA spellings are missing)."""
+        import pandas as pd
+
+        block = next(iter(self._reader(size, row, dtype=str)))
+        for i in self.columns:
+            name = self.names[i]
+            kind = schema.column(name).type if name in schema.names else STRING
+            if kind == STRING:
+                continue
+            text = block.iloc[:, i]
+            if kind == BOOLEAN:
+                bad = ~text.str.lower().isin(["true", "false", "1", "0", "1.0", "0.0"]) & text.notna()
+            else:
+                bad = pd.to_numeric(text, errors="coerce").isna() & text.notna()
+            if bad.any():
+                position = int(np.flatnonzero(bad.to_numpy())[0])
+                raise _bad_cell(self.path, InputError(f"row {row + position}, column {name!r}: expected a "
+                                                      f"{kind}, got {text.iloc[position][:40]!r}", row + position),
+                                header_lines)
+        raise ConfigError(f"{self.path}: from row {row}: {exc}", hint="fix the file")
 
 
 class ParquetRows(RowSource):
-    """A Parquet file read a record batch at a time with pyarrow."""
+    """A Parquet file read a record batch at a time with pyarrow, in the file's own types."""
 
     def __init__(self, path: str | Path, label_column: str | None = None,
                  feature_columns: Sequence[str] | None = None) -> None:
@@ -187,39 +309,44 @@ class ParquetRows(RowSource):
                               hint="give a .parquet file, or data=csv for a CSV file") from None
         self.names = list(self.file.schema_arrow.names)
         self.label_index, self.columns = _pick_columns(self.names, label_column, feature_columns, self.path)
-        for i in self.columns:
-            kind = self.file.schema_arrow.field(i).type
-            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-                    or pa.types.is_decimal(kind)):
-                raise ConfigError(f"{self.path}: column {self.names[i]!r} holds {kind}, not numbers",
-                                  hint="pick the feature columns with data.feature_columns=[...]")
         self.has_labels = self.label_index is not None
         self.feature_names = [self.names[i] for i in self.columns]
         self.n_rows = int(self.file.metadata.num_rows)
         if self.n_rows == 0:
             raise ConfigError(f"{self.path} has no rows", hint="give a file with rows in it")
 
-    @property
-    def n_features(self) -> int:
-        return len(self.columns)
-
-    def chunks(self, size: int, start: int = 0) -> Iterator[Chunk]:
+    def _batches(self, size: int, start: int) -> Iterator[tuple[int, Any]]:
         wanted = [self.names[i] for i in self.columns] + ([self.names[self.label_index]] if self.has_labels else [])
         row = 0
         for batch in self.file.iter_batches(batch_size=size, columns=list(dict.fromkeys(wanted))):
             frame = batch.to_pandas()
-            if row + len(frame) <= start:
-                row += len(frame)
-                continue
-            frame = frame.iloc[max(0, start - row):]
-            first = max(row, start)
-            names = list(frame.columns)
-            columns = [names.index(self.names[i]) for i in self.columns]
-            X = frame.iloc[:, columns].to_numpy(dtype=np.float64)
-            _no_missing(X, names, columns, self.path, first)
-            y = frame[self.names[self.label_index]].to_numpy() if self.has_labels else None
-            yield X, y
+            if row + len(frame) > start:
+                frame = frame.iloc[max(0, start - row):]
+                yield max(row, start), frame[[self.names[i] for i in self.columns]
+                                             + ([self.names[self.label_index]] if self.has_labels else [])]
             row += len(batch)
+
+    def sample(self, rows: int) -> Any:
+        first = next(self._batches(rows, 0), None)
+        return first[1].iloc[:, :len(self.columns)] if first is not None else None
+
+    def chunks(self, size: int, start: int = 0, schema: Schema | None = None) -> Iterator[Chunk]:
+        named = schema is not None and schema.named
+        label = [len(self.columns)] if self.has_labels else []
+        positions = list(range(len(self.columns)))
+        for first, frame in self._batches(size, start):
+            y = frame.iloc[:, label[0]].to_numpy() if label else None
+            if named:
+                part = frame.iloc[:, positions]
+                try:
+                    X = schema.conform(part, extra="drop", first_row=first)
+                except InputError as exc:
+                    raise ConfigError(f"{self.path}: {exc}", hint="fix the file, or check that it is data for "
+                                      "this model (GET the scoring URI to see the columns it takes)") from None
+            else:
+                X = _numeric(frame, positions, list(frame.columns), self.path, first,
+                             nullable=nullable_mask(schema, self.n_features))
+            yield X, y
 
 
 class _NpyFile:
@@ -278,17 +405,23 @@ class NpyRows(RowSource):
                               hint="the labels must be the same samples, in order")
         self.X, self.y = X, (np.asarray(y) if y is not None else None)
         self.has_labels = self.y is not None
+        self.label_index = None
         self.feature_names = None
         self.n_rows = len(X)
+        self.names = [str(i) for i in range(int(X.shape[1]) if X.ndim == 2 else 1)]
+        self.columns = list(range(len(self.names)))
 
-    @property
-    def n_features(self) -> int:
-        return int(self.X.shape[1]) if self.X.ndim == 2 else 1
-
-    def chunks(self, size: int, start: int = 0) -> Iterator[Chunk]:
+    def chunks(self, size: int, start: int = 0, schema: Schema | None = None) -> Iterator[Chunk]:
+        """Numbers by position, whatever the schema (an array has no column names); NaN only
+        where the schema says a column may be missing."""
+        nullable = nullable_mask(schema, self.n_features)
         for first in range(start, self.n_rows, size):
             X = np.asarray(self.X[first:first + size], dtype=np.float64).reshape(-1, self.n_features)
-            _no_missing(X, [str(i) for i in range(X.shape[1])], list(range(X.shape[1])), self.path, first)
+            missing = np.isnan(X) & ~nullable
+            if missing.any():
+                row, column = (int(i) for i in np.argwhere(missing)[0])
+                raise ConfigError(f"{self.path}: row {first + row}, column {column} is NaN, a missing value this "
+                                  "model takes none of", hint="fill in every feature value")
             yield X, (self.y[first:first + size] if self.y is not None else None)
 
 
@@ -298,9 +431,9 @@ def limited(source: RowSource, limit: int | None) -> RowSource:
         source.n_rows = limit
         chunks = source.chunks
 
-        def first_rows(size: int, start: int = 0) -> Iterator[Chunk]:
+        def first_rows(size: int, start: int = 0, schema: Schema | None = None) -> Iterator[Chunk]:
             left = limit - start
-            for X, y in chunks(size, start):
+            for X, y in chunks(size, start, schema):
                 if left <= 0:
                     return
                 yield X[:left], (y[:left] if y is not None else None)

@@ -16,6 +16,7 @@ import yaml
 
 from aideploy.artifacts import EnvironmentSpec
 from aideploy.errors import ConfigError
+from aideploy.model_requirements import merge
 
 SPEC_FILE = "environment.yml"
 
@@ -75,8 +76,12 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 
 def write_spec(cfg, ctx, requirements: list[str]) -> EnvironmentSpec:
-    """Resolve the pip list (config, conda translated, plugins' requirements) and write environment.yml."""
-    pip = _unique([*cfg.pip, *translate(cfg.conda), *requirements])
+    """Resolve the pip list (config, conda translated, ``environment.extra_pip``, the plugins'
+    requirements with the model's pins) and write environment.yml. A pin tightens a looser line
+    for the same package; one that contradicts the config is a ConfigError."""
+    pip = merge(_unique([*cfg.pip, *translate(cfg.conda)]), list(cfg.get("extra_pip") or []),
+                "environment.pip")
+    pip = merge(pip, _unique(requirements), "environment.pip and environment.extra_pip")
     azure_pip = _unique(cfg.azure_pip)
     spec = {
         "name": cfg.name,

@@ -49,7 +49,15 @@ class DeployError(StageError):
 
 
 class PredictError(StageError):
-    """The service answered a scoring request with an error, or not at all."""
+    """The service answered a scoring request with an error, or not at all.
+
+    ``answered`` holds the answers to the requests before the failed one, in order (an unbroken
+    run from the first request of the call), so that what was answered is not lost.
+    """
+
+    def __init__(self, cause: str, hint: str = "") -> None:
+        super().__init__(cause, hint)
+        self.answered: list = []
 
 
 class Interrupted(BaseException):

@@ -113,7 +113,9 @@ def aideploy_stage_scoring(cfg, ctx, model):
 def aideploy_build_environment(cfg, ctx, requirements):
     """Write the scoring environment's spec; served by the ``environment`` group's plugin.
 
-    ``requirements`` is the merged list from :func:`aideploy_scoring_requirements`. Return an
+    ``requirements`` is the merged list from :func:`aideploy_scoring_requirements`, then what the
+    registered model needs (:func:`aideploy.model_requirements.for_model`: the libraries it was
+    pickled with, pinned; an MLflow model's requirements.txt). Return an
     :class:`~aideploy.artifacts.EnvironmentSpec`.
     """
 

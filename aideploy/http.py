@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -31,6 +31,9 @@ from aideploy.artifacts import Endpoint, Request, Response, Responses
 from aideploy.errors import PredictError
 
 log = logging.getLogger("aideploy")
+# urllib3 logs each retry as a warning of its own ("Retrying (Retry(total=2, ...))"); a failure
+# that outlasts the retries is reported once, by aideploy, with its cause and a hint.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 RETRY_STATUSES = (502, 503, 504)
 RETRIES = 3
@@ -93,7 +96,11 @@ def _connection_failure(exc: requests.ConnectionError, uri: str, what: str) -> s
     return f"cannot reach the service at {uri} ({what}): {reason}{retried}"
 
 
-def _hint(status: int) -> str:
+def _hint(status: int, uri: str = "") -> str:
+    if status in (404, 405) and not uri.rstrip("/").endswith("/score"):
+        return "the URI should end in /score (azmlinfsrv answers scoring requests there)"
+    if status == 401:
+        return "wrong or missing key: put the service's key in the variable named by scoring_key_env"
     if status < 500:
         return "the service refused the request itself (bad input or key); it was not retried"
     if status == 502:
@@ -126,7 +133,8 @@ def _post(http: requests.Session, endpoint: Endpoint, item: Request, what: int |
     latency_ms = (time.perf_counter() - start) * 1000.0
     if response.status_code != 200:
         raise PredictError(f"the service answered {label} with HTTP {response.status_code}"
-                           f"{_retried(response)}: {_error_text(response)}", hint=_hint(response.status_code))
+                           f"{_retried(response)}: {_error_text(response)}",
+                           hint=_hint(response.status_code, endpoint.scoring_uri))
     return Response(response.content, latency_ms, len(item.body))
 
 
@@ -138,9 +146,11 @@ class Client:
     side of the network (``network.call``): threads it starts inherit that side.
     """
 
-    def __init__(self, endpoint: Endpoint, timeout: float, concurrency: int = 1) -> None:
+    def __init__(self, endpoint: Endpoint, timeout: float, concurrency: int = 1,
+                 on_answer: Callable[[int], None] | None = None) -> None:
         self.endpoint, self.timeout = endpoint, timeout
         self.concurrency = max(1, int(concurrency))
+        self.on_answer = on_answer  # called with each answered query's sample count, as it comes
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._pool = None
@@ -156,26 +166,42 @@ class Client:
 
     def _one(self, job: tuple[int, Request]) -> Response:
         index, item = job
-        return _post(self._session(), self.endpoint, item, index, self.timeout)
+        response = _post(self._session(), self.endpoint, item, index, self.timeout)
+        if self.on_answer is not None:
+            self.on_answer(item.n_samples)
+        return response
 
     def send(self, item: Request, what: str) -> Response:
         """POST one request that is not a query (``what`` names it in errors); not counted."""
         return _post(self._session(), self.endpoint, item, what, self.timeout)
 
     def post(self, items: list[Request]) -> Responses:
-        """POST ``items``; the answers in request order. Fails on the first error answer."""
+        """POST ``items``; the answers in request order. Fails on the first error answer, with the
+        answers before it in :attr:`PredictError.answered`."""
         first = self.sent + 1
         self.sent += len(items)
         jobs = list(enumerate(items, start=first))
+        answered: list[Response] = []
         if self.concurrency == 1 or len(items) == 1:
-            return Responses([self._one(job) for job in jobs])
+            try:
+                for job in jobs:
+                    answered.append(self._one(job))
+            except PredictError as exc:
+                exc.answered = answered
+                raise
+            return Responses(answered)
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="aideploy-client")
         futures = [self._pool.submit(self._one, job) for job in jobs]
         try:
-            return Responses([future.result() for future in futures])
+            for future in futures:
+                answered.append(future.result())
+            return Responses(answered)
+        except PredictError as exc:
+            exc.answered = answered  # later requests may have been answered too; only an unbroken run is kept
+            raise
         finally:
             for future in futures:
                 future.cancel()

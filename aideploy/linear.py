@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+
 from aideploy.errors import ConfigError
 from aideploy_scoring.models import NotLinear
 from aideploy_scoring.service import LinearModel
@@ -40,3 +44,13 @@ def linear_model(model, scheme: str) -> LinearModel:
             f"({model.adapter.summary}) is not one: {exc}",
             hint=f"serve it with encryption=none, or encrypt a linear model (optionally a Pipeline of {FOLDABLE} "
             "steps ending in one, which aideploy folds)") from None
+
+
+def numeric(dataset: Any) -> np.ndarray:
+    """A chunk's rows as the numbers an encrypted scheme takes: a table's columns in the model's
+    order (the schema's), an array as it is."""
+    X = dataset.X_test
+    if hasattr(X, "columns"):
+        names = dataset.schema.names if dataset.schema is not None else list(X.columns)
+        return X[names].to_numpy(dtype=np.float64)
+    return np.asarray(X, dtype=np.float64)

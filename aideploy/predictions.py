@@ -48,12 +48,35 @@ def read_answer(body: bytes) -> dict | None:
     return None
 
 
+def as_numbers(labels: np.ndarray) -> np.ndarray | None:
+    """``labels`` as float64 when every one of them is a number or reads as one ("1", "1.0"), else None."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "biuf":
+        return labels.astype(np.float64)
+    try:
+        return np.asarray([float(v) for v in labels.ravel()], dtype=np.float64).reshape(labels.shape)
+    except (TypeError, ValueError):
+        return None
+
+
 def same_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Element-wise label equality; JSON and CSV turn labels into ints or strings, so labels of
-    different types are compared as text."""
-    if a.dtype.kind != b.dtype.kind:
-        return a.astype(str) == b.astype(str)
-    return a == b
+    """Element-wise label equality by value: JSON and CSV turn labels into ints, floats or strings, so
+    ``1.0`` equals ``1`` and ``"1"`` equals ``1`` when both sides read as numbers; other labels are
+    compared as text."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind == b.dtype.kind and a.dtype.kind not in "fO":
+        return a == b
+    x, y = as_numbers(a), as_numbers(b)
+    if x is not None and y is not None:
+        return x == y
+    return a.astype(str) == b.astype(str)
+
+
+def text_against_numbers(a: np.ndarray, b: np.ndarray) -> bool:
+    """One side's labels are text that reads as numbers and the other's are numbers (compared as numbers)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return (a.dtype.kind in "OUS") != (b.dtype.kind in "OUS") and as_numbers(a) is not None \
+        and as_numbers(b) is not None
 
 
 def labels_from_scores(classes: list | None, scores: np.ndarray) -> np.ndarray:

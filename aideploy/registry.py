@@ -1,8 +1,9 @@
 """A local model registry: a directory of numbered versions, like ``Model.register``.
 
 A version holds the model as it was given (a file, or a directory such as an MLflow model)
-under its own name, plus ``aideploy-model.json`` recording its kind. The service reads the
-kind from that record, so the whole version directory is what gets deployed.
+under its own name, plus ``aideploy-model.json`` recording its kind and ``aideploy-schema.json``
+recording what it takes (:mod:`aideploy.schemas`). The service reads both, so the whole version
+directory is what gets deployed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aideploy_scoring.models import META_FILE
+from aideploy_scoring.schema import Schema
 
 
 @dataclass(frozen=True)
@@ -55,19 +57,21 @@ class LocalRegistry:
             return []
         return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / META_FILE).exists())
 
-    def _existing(self, name: str, digest: str, kind: str) -> Version | None:
+    def _existing(self, name: str, digest: str, kind: str, schema: Schema | None) -> Version | None:
         for version in reversed(self.versions(name)):
             folder = self.root / name / str(version)
             meta = json.loads((folder / META_FILE).read_text())
-            if meta["sha256"] == digest and meta.get("kind") == kind:
+            if meta["sha256"] == digest and meta.get("kind") == kind and Schema.load(folder) == schema:
                 return Version(name, version, folder, meta["path"], kind, digest)
         return None
 
-    def register(self, name: str, payload: Path, kind: str, tags: dict | None = None) -> Version:
-        """Register ``payload`` (a file or directory) as ``kind``; returns the new or identical version."""
+    def register(self, name: str, payload: Path, kind: str, tags: dict | None = None,
+                 schema: Schema | None = None) -> Version:
+        """Register ``payload`` (a file or directory) as ``kind`` with its ``schema``; returns the new
+        version, or the existing one with the same content and schema."""
         payload = Path(payload)
         digest = content_digest(payload)
-        existing = self._existing(name, digest, kind)
+        existing = self._existing(name, digest, kind, schema)
         if existing:
             return existing
         version = (self.versions(name) or [0])[-1] + 1
@@ -82,11 +86,13 @@ class LocalRegistry:
             meta = {"name": name, "version": version, "kind": kind, "path": payload.name, "sha256": digest,
                     "tags": tags or {}, "registered": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+            if schema is not None:
+                schema.save(staging)
             staging.rename(final)  # atomic: a concurrent run either sees the version or not
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
             if final.exists():  # another run registered this number first
-                return self.register(name, payload, kind, tags)
+                return self.register(name, payload, kind, tags, schema)
             raise
         return Version(name, version, final, payload.name, kind, digest)
 
@@ -97,7 +103,8 @@ OPTION_OF_KIND = {"sklearn": "model=sklearn_pickle", "onnx": "model=onnx", "mlfl
 
 
 def register_model(ctx, name: str, payload: Path, kind: str, tags: dict | None = None):
-    """Load ``payload`` as ``kind`` (as the service will), then register it; a RegisteredModel.
+    """Load ``payload`` as ``kind`` (as the service will), capture its schema (the model's own,
+    typed by the run's data), then register both; a RegisteredModel.
 
     A file that does not load is refused before it is registered, with a hint naming the
     option that fits it when it looks like another kind.
@@ -114,7 +121,10 @@ def register_model(ctx, name: str, payload: Path, kind: str, tags: dict | None =
                 else f"{OPTION_OF_KIND[kind]} needs a valid {KIND_NAMES[kind]} model; is the file complete and from a "
                 "compatible library version?")
         raise ConfigError(f"{OPTION_OF_KIND[kind]} cannot load {payload}: {exc}", hint=hint) from None
-    version = LocalRegistry(Path(ctx.cfg.home) / "models").register(name, payload, kind, tags)
+    from aideploy.schemas import capture
+
+    adapter.use_schema(capture(adapter, ctx.artifacts.get("dataset")))
+    version = LocalRegistry(Path(ctx.cfg.home) / "models").register(name, payload, kind, tags, adapter.schema)
     return RegisteredModel(name, version.version, version.path, version.payload, kind, adapter)
 
 

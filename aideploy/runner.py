@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aideploy import http
 from aideploy import results as results_mod
-from aideploy import client, journal, validate
+from aideploy import client, journal, model_requirements, schemas, validate
 from aideploy.artifacts import (Dataset, Endpoint, EnvironmentSpec, KeySession, NetworkInfo, RegisteredModel,
                                 Requests, Responses, ScoringCode, Scores, Secret)
 from aideploy.context import RunContext
@@ -63,7 +63,8 @@ class Runner:
         argnames = getattr(self.ctx.plugins.hook, stage.hook).spec.argnames
         if "requirements" in argnames:
             wanted = self.ctx.plugins.hook.aideploy_scoring_requirements(ctx=self.ctx)
-            available["requirements"] = list(dict.fromkeys(r for reqs in reversed(wanted) for r in reqs or ()))
+            wanted = [*reversed(wanted), model_requirements.for_model(self.ctx.artifacts.get("model"))]
+            available["requirements"] = list(dict.fromkeys(r for reqs in wanted for r in reqs or ()))
         return {name: available.get(name) for name in argnames}
 
     def call(self, stage: Stage, kwargs: dict[str, Any] | None = None, **given: Any) -> Any:
@@ -115,13 +116,8 @@ class Runner:
                               hint=f"return an {where}{expected.__name__} (see aideploy.hookspecs)")
         if stage.result == "model":
             dataset = self.ctx.artifacts["dataset"]
-            if result.n_features is not None and result.n_features != dataset.n_features:
-                raise ConfigError(
-                    f"feature count mismatch: model {result.name!r} takes {result.n_features} features "
-                    f"but data {dataset.name!r} has {dataset.n_features}",
-                    hint="pick a model trained on this data, e.g. data=mnist_idx with model=sklearn_pickle "
-                    "model.path=<784-feature model>, or data=digits with model=sklearn_digits",
-                )
+            schemas.check_columns(dataset, result.schema, _extra_columns(self.ctx.cfg),
+                                  f"model {result.name}:{result.version}")
             self.ctx.plugins.hook.aideploy_check_model(ctx=self.ctx, model=result, dataset=dataset)
 
     def teardown(self, status: str) -> list[tuple[str, BaseException]]:
@@ -140,6 +136,10 @@ class Runner:
         self.stage_seconds[TEARDOWN.name] = seconds
         hook.aideploy_after_stage(stage=TEARDOWN, ctx=self.ctx, result=None, seconds=seconds)
         return failures
+
+
+def _extra_columns(cfg: DictConfig) -> str:
+    return str(getattr(cfg.predict.extra_columns, "value", cfg.predict.extra_columns))
 
 
 def _merge_broadcast(stage: Stage, results: list[dict | None]) -> dict:

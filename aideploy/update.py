@@ -9,7 +9,6 @@ result (:class:`SmokeResult`) is the input of each target's switch-or-roll-back 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -77,16 +76,20 @@ def smoke_test(scoring_uri: str, headers: Mapping[str, str], model: Any, dataset
     """POST ``samples`` rows of ``dataset`` one per request to ``scoring_uri`` and compare each answer
     with ``model`` in process. Never raises for what the service does: that is the result."""
     from aideploy import http
+    from aideploy.client import plain_body
     from aideploy.predictions import read_answer
     from aideploy_scoring.models import REGRESSION
 
-    X = np.asarray(dataset.X_test[:samples], dtype=np.float64)
+    chunk = next(dataset.chunks(samples), None)
+    if chunk is None:
+        return SmokeResult(0, 0, f"{dataset.name} has no rows to send")
+    X = chunk.X_test
     expected = model.adapter.predict(X).predictions
     regression = model.task == REGRESSION
     agreed = 0
     with http.session() as s:
-        for i, row in enumerate(X):
-            body = json.dumps({"data": [row.tolist()]})
+        for i in range(len(X)):
+            body = plain_body(X[i:i + 1])
             where = f"sample {i + 1} of {len(X)}"
             try:
                 answer = s.post(scoring_uri, data=body, headers={"Content-Type": "application/json", **headers},

@@ -22,7 +22,7 @@ from aideploy import hookimpl
 from aideploy.artifacts import KeySession, Request, Requests, Response, Scores
 from aideploy.errors import ConfigError, PredictError
 from aideploy.keystore import publish_public_keys
-from aideploy.linear import linear_model, mlp_layers
+from aideploy.linear import linear_model, mlp_layers, numeric
 from aideploy.stages import Mode
 from aideploy_scoring import fastmlp
 from aideploy_scoring.fastlinear import FastClient, FastParams, FastSchemeError, choose_params
@@ -72,7 +72,7 @@ def _check_range(cfg, X: np.ndarray, what: str) -> None:
 def aideploy_check_model(ctx, model, dataset):
     if ctx.cfg.encryption.plugin == SCHEME:
         if dataset.X_test is not None:  # a file's rows are checked a chunk at a time, as they are sent
-            _check_range(ctx.cfg.encryption, dataset.X_test, f"data {dataset.name!r}")
+            _check_range(ctx.cfg.encryption, numeric(dataset), f"data {dataset.name!r}")
         _, activation, _ = _params(ctx.cfg.encryption, model)
         target = ctx.cfg.target.plugin
         if activation is not None and ctx.mode is not Mode.predict and target not in MLP_TARGETS:
@@ -118,12 +118,12 @@ def aideploy_setup_keys(cfg, ctx, model, service):
 
 
 @hookimpl
-def aideploy_encrypt(cfg, keys, dataset):
-    X = dataset.X_test
+def aideploy_encrypt(cfg, ctx, keys, dataset):
+    X = numeric(dataset)
     _check_range(cfg, X, f"data {dataset.name!r}")
     headers = {"Content-Type": BINARY_TYPE, SCHEME_HEADER: SCHEME,
                **{KEY_HEADERS[field]: value for field, value in keys.public.items()}}
-    step = max(1, int(cfg.batch_size))
+    step = max(1, int(ctx.batch_size))
     return Requests([Request(keys.client.encrypt(X[i:i + step]), len(X[i:i + step]), headers)
                      for i in range(0, len(X), step)])
 

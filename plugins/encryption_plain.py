@@ -1,16 +1,19 @@
-"""``encryption=none``: features in clear, ``{"data": [[...]]}`` -> ``{"predictions": [...], ...}``.
+"""``encryption=none``: rows in clear -> ``{"predictions": [...], ...}``.
+
+A table goes as named columns in pandas' split form (``{"columns": [...], "data": [[...]]}``,
+missing values as null), an array as ``{"data": [[...]]}`` by position;
+``predict.batch_size`` rows per request (by default as many as make ~256 KB).
 
 The answer format is the plain protocol of :mod:`aideploy_scoring.models`. Answers from other
 scoring scripts are read as far as they go: a bare list is the predictions; anything else is
 kept as it came (``Scores.answers``) and the evaluation says it could not score them.
 """
 
-import json
-
 import numpy as np
 
 from aideploy import hookimpl
 from aideploy.artifacts import Request, Requests, Scores
+from aideploy.client import plain_body
 from aideploy.errors import PredictError
 from aideploy.predictions import FIELDS, read_answer
 
@@ -20,11 +23,9 @@ def aideploy_setup_keys():
 
 
 @hookimpl
-def aideploy_encrypt(cfg, dataset):
-    X = dataset.X_test
-    step = max(1, int(cfg.batch_size))
-    return Requests([Request(json.dumps({"data": X[i:i + step].tolist()}).encode(), len(X[i:i + step]))
-                     for i in range(0, len(X), step)])
+def aideploy_encrypt(ctx, dataset):
+    X, step = dataset.X_test, max(1, int(ctx.batch_size))
+    return Requests([Request(plain_body(X[i:i + step]), len(X[i:i + step])) for i in range(0, len(X), step)])
 
 
 @hookimpl

@@ -17,7 +17,7 @@ from aideploy import hookimpl
 from aideploy.artifacts import KeySession, Request, Requests, Scores
 from aideploy.errors import ConfigError, PredictError
 from aideploy.keystore import publish_public_keys
-from aideploy.linear import linear_model
+from aideploy.linear import linear_model, numeric
 
 SCHEME = "seal"
 RUNTIME = ["encrypted-inference==0.9", "azure-storage-blob>=12.19", "cachetools>=5.3"]
@@ -55,7 +55,7 @@ def aideploy_setup_keys(ctx):
 @hookimpl
 def aideploy_encrypt(keys, dataset):
     return Requests([Request(json.dumps({"data": keys.client.encrypt(x), **keys.public}).encode(), 1)
-                     for x in dataset.X_test])
+                     for x in numeric(dataset)])
 
 
 def decrypt_scores(client, encrypted_scores: list) -> np.ndarray:

@@ -17,15 +17,17 @@ computed; without labels, none of the accuracy metrics, and nothing fails.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterator
 
 import numpy as np
 
 from aideploy import hookimpl
-from aideploy.predictions import same_labels
+from aideploy.predictions import same_labels, text_against_numbers
 from aideploy.results import percentiles
 from aideploy_scoring.models import REGRESSION, infer_task
 
+log = logging.getLogger("aideploy")
 WARMUP_REQUESTS = 3
 CHUNK_ROWS = 8192
 
@@ -65,6 +67,7 @@ class _Tally:
     def __init__(self) -> None:
         self.n = 0
         self.labelled = 0
+        self.warned = False  # the labels' type differs from the predictions' (said once)
         self.sums: dict[str, float] = {}
         self.max: dict[str, float] = {}
 
@@ -78,6 +81,10 @@ class _Tally:
 
 def _classification(t: _Tally, service: np.ndarray, y, reference, frame) -> None:
     if y is not None:
+        if not t.warned and text_against_numbers(service, y):
+            t.warned = True
+            log.warning("      the labels and the predictions differ in type (e.g. %r and %r); compared as numbers",
+                        np.asarray(y).ravel()[0], np.asarray(service).ravel()[0])
         t.add("correct", np.sum(same_labels(service, y)))
         if reference is not None:
             t.add("plain_correct", np.sum(same_labels(np.asarray(reference.predictions), y)))

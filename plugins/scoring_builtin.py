@@ -1,10 +1,11 @@
 """``scoring=builtin``: aideploy's own ``score.py`` (package ``aideploy_scoring``).
 
 It serves every model kind in plain, and linear ones under the encrypted schemes, and checks
-the deployment's key on every request.
+the deployment's key on every request. Beside it go the model's swagger files
+(:mod:`aideploy.swagger`), which azmlinfsrv serves as ``/swagger.json``.
 """
 
-from aideploy import hookimpl
+from aideploy import hookimpl, swagger
 from aideploy.artifacts import ScoringCode
 from aideploy.staging import ENTRY_SCRIPT, stage_source
 
@@ -19,7 +20,9 @@ def aideploy_scoring_requirements(ctx):
 
 
 @hookimpl
-def aideploy_stage_scoring(ctx):
+def aideploy_stage_scoring(ctx, model):
     source = ctx.output_dir / "deploy" / "source"
     stage_source(source)
+    if model is not None:
+        swagger.write(source, model)  # the app root's swagger files: azmlinfsrv serves them as /swagger.json
     return ScoringCode(source, ENTRY_SCRIPT, builtin=True)

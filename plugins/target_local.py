@@ -18,10 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from aideploy import hookimpl
-from aideploy.artifacts import Endpoint, Secret
+from aideploy import hookimpl, http
+from aideploy.artifacts import Endpoint, Request, Secret
+from aideploy.client import plain_body
 from aideploy.envcheck import unmet
-from aideploy.errors import ConfigError, DeployError, EnvironmentMismatch
+from aideploy.errors import ConfigError, DeployError, EnvironmentMismatch, PredictError
+from aideploy.model_requirements import override
 from aideploy.journal import DEPLOYMENTS_DIR, process_started
 from aideploy.process import ManagedProcess, free_port, http_ok
 from aideploy.resources import path_record
@@ -63,20 +65,58 @@ PACKAGE_OF_MODULE = {"sklearn": "scikit-learn", "seal": "seal-python", "cv2": "o
                      "onnxruntime": "onnxruntime", "mlflow": "mlflow-skinny", "PIL": "pillow"}
 
 
-def start_failure(exc: Exception, log_tail: str, log_file: Path, pip: list[str]) -> DeployError:
+def missing_module(log_text: str, shown: str) -> DeployError | None:
+    """A DeployError naming the module the service could not import, with a hint to paste; or None."""
+    missing = re.findall(r"No module named '([\w.]+)'", log_text)
+    if not missing:
+        return None
+    module = missing[-1].split(".")[0]
+    package = PACKAGE_OF_MODULE.get(module, module)
+    return DeployError(f"the scoring service cannot import {module!r}: its environment lacks the package "
+                       f"that provides it{shown}",
+                       hint=f"add it to the spec: {override('environment.extra_pip', [package])} "
+                       "(or fix the import in your score.py)")
+
+
+def start_failure(exc: Exception, log_tail: str, log_file: Path) -> DeployError:
     """Why the server did not start: a missing module by name, else the log's last lines."""
     shown = f"\n--- last lines of {log_file} ---\n{log_tail.rstrip()}"
-    missing = re.findall(r"No module named '([\w.]+)'", log_tail)
-    if missing:
-        module = missing[-1].split(".")[0]
-        package = PACKAGE_OF_MODULE.get(module, module)
-        return DeployError(f"the scoring service cannot import {module!r}: its environment lacks the package "
-                           f"that provides it{shown}",
-                           hint=f"add it to the spec: 'environment.pip=[{','.join([*pip, package])}]' "
-                           "(or fix the import in your score.py)")
-    return DeployError(f"the scoring server did not start: {exc}{shown}",
-                       hint="a failing init() usually means the model file or an import is broken; "
-                       "see the log lines above")
+    return missing_module(log_tail, shown) or DeployError(
+        f"the scoring server did not start: {exc}{shown}",
+        hint="a failing init() usually means the model file or an import is broken; see the log lines above")
+
+
+def first_row(ctx, model) -> bytes:
+    """One row to send first: the data's first, else the schema's example."""
+    dataset = ctx.artifacts.get("dataset")
+    chunk = next(dataset.chunks(1), None) if dataset is not None else None
+    if chunk is not None:
+        return plain_body(chunk.X_test)
+    schema = model.schema
+    rows = [schema.example_row()] if schema is not None else [[0.0] * int(model.n_features or 1)]
+    return json.dumps({"columns": schema.names, "data": rows} if schema is not None and schema.named
+                      else {"data": rows}).encode()
+
+
+def smoke_request(ctx, endpoint: Endpoint, network, model, server: ManagedProcess, log_start: int,
+                  timeout: float) -> None:
+    """The deploy's last step: one row, answered 200, so a missing module or a model that fails in
+    the service (a 500) stops the deploy naming the cause, never the client's first request."""
+    body = first_row(ctx, model)
+    what = "its first request (one row of the data)"
+    try:
+        response = network.call(http.post_all, endpoint, [Request(body, 1)], timeout)
+    except PredictError as exc:
+        tail = server.tail(ctx.cfg.target.log_tail_lines)
+        shown = f"\n--- last lines of {server.log_file} ---\n{tail.rstrip()}"
+        with open(server.log_file, "rb") as log:
+            log.seek(log_start)
+            since = log.read().decode("utf-8", "replace")
+        raise missing_module(since, shown) or DeployError(
+            f"the service failed {what}: {exc.cause}{shown}",
+            hint="the model does not run in the scoring environment as it does here; see the log lines above "
+            f"(add a missing package with {override('environment.extra_pip', ['<package>'])})") from None
+    ctx.log.info("      first request answered in %.0f ms", response.items[0].latency_ms)
 
 
 def workers_ready(log_file: Path, offset: int = 0) -> int:
@@ -142,6 +182,8 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
         "GUNICORN_CMD_ARGS": f"--no-control-socket --config {shlex.quote(str(GUNICORN_CONF))}",
         "AIDEPLOY_BIND_HOST": network.bind_host,
         "PYTHONUNBUFFERED": "1",
+        # azmlinfsrv reads the swagger files from the app root: the source directory, as on Azure
+        "AML_APP_ROOT": str(code.source_dir),
         # init() builds these and runs them once (kernels compiled or loaded): no request pays for it
         "AIDEPLOY_PREPARE_SCHEMES": PREPARED_SCHEMES.get(ctx.cfg.encryption.plugin, "none"),
     }
@@ -185,9 +227,15 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     except RuntimeError as exc:
         log_tail = server.tail(cfg.log_tail_lines)
         server.stop()
-        raise start_failure(exc, log_tail, server.log_file, list(ctx.cfg.environment.pip)) from None
+        raise start_failure(exc, log_tail, server.log_file) from None
     endpoint = Endpoint(name, "local", f"{base}/score", auth_key=key, keep_alive=True, alive=server.alive,
                         details={"pid": server.pid, "workers": cfg.worker_count, "auth": bool(key)})
+    if code.builtin:  # a custom score.py's request format is its own
+        try:
+            smoke_request(ctx, endpoint, network, model, server, log_start, cfg.request_timeout)
+        except BaseException:
+            server.stop()
+            raise
     if ctx.mode is Mode.serve:
         publish(ctx, name, server.pid, endpoint)
     return endpoint
@@ -297,7 +345,7 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
                           hint="start one with mode=serve deployment_name=<name>; mode=list shows the deployments")
     endpoint = aideploy_deploy(cfg=cfg, ctx=ctx, model=model, environment=environment, network=network, code=code)
     samples = ctx.cfg["update"].smoke_samples
-    ctx.log.info("      smoke test: %d samples to the new server at %s", min(samples, len(dataset.X_test)),
+    ctx.log.info("      smoke test: %d samples to the new server at %s", min(samples, dataset.n_samples),
                  endpoint.scoring_uri)
     smoke = network.call(smoke_test, endpoint.scoring_uri, endpoint.headers(), model, dataset, samples,
                          cfg.request_timeout)

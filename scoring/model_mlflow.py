@@ -14,6 +14,11 @@ from typing import Any
 import numpy as np
 
 from aideploy_scoring.models import ModelAdapter, ModelInputError, ModelLoadError, NotLinear, Prediction, infer_task
+from aideploy_scoring.schema import BOOLEAN, INTEGER, NUMBER, STRING, Column, Schema
+
+# MLflow's column types (mlflow.types.DataType) as JSON types
+_SIGNATURE_TYPES = {"double": NUMBER, "float": NUMBER, "long": INTEGER, "integer": INTEGER, "boolean": BOOLEAN,
+                    "string": STRING}
 
 
 def _schema_error(exc: Exception) -> str:
@@ -37,14 +42,13 @@ class MlflowModel(ModelAdapter):
         self.flavors = sorted(meta.flavors)
         self.raw = self._sklearn_estimator()
         schema = meta.get_input_schema()
-        self.columns: list[str] | None = None
         if schema is not None:
             if schema.is_tensor_spec():
                 shape = schema.inputs[0].shape
                 self.n_features = shape[-1] if len(schema.inputs) == 1 and len(shape) == 2 and shape[-1] > 0 else None
             elif schema.has_input_names():
-                self.columns = self.feature_names = list(schema.input_names())
-                self.n_features = len(self.columns)
+                self.feature_names = list(schema.input_names())
+                self.n_features = len(self.feature_names)
         if self.raw is not None:
             from aideploy_scoring.model_sklearn import SklearnModel
 
@@ -56,6 +60,7 @@ class MlflowModel(ModelAdapter):
             if output is not None and output.is_tensor_spec():
                 self.task = infer_task(np.empty(0, dtype=output.inputs[0].type))
         self.summary = f"MLflow model (flavors: {', '.join(self.flavors)})"
+        self.use_schema(None)
 
     def _sklearn_estimator(self) -> Any:
         if "sklearn" not in self.flavors:
@@ -65,17 +70,34 @@ class MlflowModel(ModelAdapter):
         except Exception:  # an older MLflow without get_raw_model: serve through the pyfunc only
             return None
 
-    def _input(self, X: np.ndarray) -> Any:
-        if self.columns is not None:
-            import pandas as pd
+    def input_schema(self) -> Schema | None:
+        """The signature's columns with their types (a column that is not ``required`` may be
+        missing); a tensor signature is numbers by position. Without a signature, what the
+        scikit-learn flavor records, if it has one."""
+        signature = self.pyfunc.metadata.get_input_schema()
+        if signature is None or signature.is_tensor_spec() or not signature.has_input_names():
+            if self.raw is not None:
+                from aideploy_scoring.schema_sklearn import input_schema
 
-            return pd.DataFrame(X, columns=self.columns)
+                found = input_schema(self.raw)
+                if found is not None:
+                    return found
+            return super().input_schema()
+        columns = []
+        for spec in signature.inputs:
+            kind = _SIGNATURE_TYPES.get(str(getattr(spec.type, "name", spec.type)), STRING)
+            columns.append(Column(spec.name, kind, nullable=not getattr(spec, "required", True)))
+        return Schema(columns, named=True, source=["MLflow signature"])
+
+    def _input(self, X: Any) -> Any:
+        if hasattr(X, "columns"):  # a table, checked against the schema
+            return X
         schema = self.pyfunc.metadata.get_input_schema()
         if schema is not None and schema.is_tensor_spec():
             return X.astype(schema.inputs[0].type, copy=False)
         return X
 
-    def _predict(self, X: np.ndarray) -> Prediction:
+    def _predict(self, X: Any) -> Prediction:
         try:
             predictions = self.pyfunc.predict(self._input(X))
         except Exception as exc:  # MlflowException from schema enforcement, or the model's own refusal

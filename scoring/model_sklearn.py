@@ -1,4 +1,6 @@
-"""Model kind ``sklearn``: any fitted scikit-learn estimator or Pipeline in a .pkl/.joblib file."""
+"""Model kind ``sklearn``: any fitted scikit-learn estimator or Pipeline in a .pkl/.joblib file,
+and models with scikit-learn's API from other libraries (XGBoost's and LightGBM's ``XGBClassifier``,
+``LGBMRegressor``, ...)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import numpy as np
 
 from aideploy_scoring.models import (CLASSIFICATION, REGRESSION, SKLEARN_SUFFIXES, ModelAdapter, ModelInputError,
                                      ModelLoadError, Prediction)
+from aideploy_scoring.schema import Schema
 
 
 def task_of(estimator: Any) -> str | None:
@@ -26,6 +29,7 @@ class SklearnModel(ModelAdapter):
     """A fitted estimator: ``predict``, plus ``predict_proba`` and ``decision_function`` where it has them."""
 
     kind = "sklearn"
+    pickled_with: str | None = None  # the scikit-learn that wrote the pickle, when it is not the one loading it
 
     def __init__(self, estimator: Any) -> None:
         if not callable(getattr(estimator, "predict", None)):
@@ -40,6 +44,7 @@ class SklearnModel(ModelAdapter):
         names = getattr(estimator, "feature_names_in_", None)
         self.feature_names = [str(c) for c in names] if names is not None else None
         self.summary = self._describe_estimator(estimator)
+        self.use_schema(None)
 
     @staticmethod
     def _describe_estimator(estimator: Any) -> str:
@@ -48,20 +53,19 @@ class SklearnModel(ModelAdapter):
             return "Pipeline(" + ", ".join(type(step).__name__ for _, step in steps) + ")"
         return type(estimator).__name__
 
-    def _frame(self, X: np.ndarray) -> Any:
-        # A model fitted on a DataFrame wants its column names back (else a warning per request).
-        if self.feature_names is None:
-            return X
-        import pandas as pd
+    def input_schema(self) -> Schema | None:
+        """Column names from ``feature_names_in_``; types, levels and missing values from the
+        fitted steps that see each column first (:mod:`.schema_sklearn`)."""
+        from aideploy_scoring.schema_sklearn import input_schema
 
-        return pd.DataFrame(X, columns=self.feature_names)
+        return input_schema(self.estimator)
 
-    def _predict(self, X: np.ndarray) -> Prediction:
-        est, frame = self.estimator, self._frame(X.astype(np.float64, copy=False))
+    def _predict(self, X: Any) -> Prediction:
+        est = self.estimator
         try:
-            predictions = np.asarray(est.predict(frame))
-            probabilities = np.asarray(est.predict_proba(frame)) if hasattr(est, "predict_proba") else None
-            scores = (np.asarray(est.decision_function(frame), dtype=np.float64).reshape(len(X), -1)
+            predictions = np.asarray(est.predict(X))
+            probabilities = np.asarray(est.predict_proba(X)) if hasattr(est, "predict_proba") else None
+            scores = (np.asarray(est.decision_function(X), dtype=np.float64).reshape(len(X), -1)
                       if hasattr(est, "decision_function") else None)
         except ValueError as exc:  # scikit-learn's own input validation
             raise ModelInputError(f"the model refused the samples: {exc}") from None
@@ -76,10 +80,21 @@ class SklearnModel(ModelAdapter):
 def load(path: Path) -> SklearnModel:
     if path.suffix not in SKLEARN_SUFFIXES:
         raise ModelLoadError(f"{path.name} is not a {'/'.join(SKLEARN_SUFFIXES)} file")
+    import warnings
+
     import joblib
 
     try:
-        estimator = joblib.load(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            estimator = joblib.load(path)
     except Exception as exc:  # a truncated file, another format, a missing class: all say the same
         raise ModelLoadError(f"cannot unpickle {path.name}: {type(exc).__name__}: {exc}") from None
-    return SklearnModel(estimator)
+    model = SklearnModel(estimator)
+    for warning in caught:  # scikit-learn says which version wrote the pickle when it is not this one
+        written = getattr(warning.message, "original_sklearn_version", None)
+        if written:
+            model.pickled_with = str(written)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return model

@@ -7,9 +7,11 @@ version, and a model directory without it (one registered by other tools) is rec
 its files: an ``MLmodel`` file is MLflow, ``*.onnx`` is ONNX, ``*.pkl``/``*.joblib`` is
 scikit-learn.
 
-The plain protocol every kind answers: ``{"data": [[x1, ..., xn], ...]}`` ->
-``{"predictions": [...]}`` plus ``"probabilities"`` where the model has class probabilities and
-``"scores"`` where it has a decision function.
+The plain protocol every kind answers: rows in any of :mod:`.schema`'s wire forms (positional
+``{"data": [[x1, ..., xn], ...]}``, or named columns) -> ``{"predictions": [...]}`` plus
+``"probabilities"`` where the model has class probabilities and ``"scores"`` where it has a
+decision function. Each kind says what it takes (:meth:`ModelAdapter.input_schema`); the
+version's stored schema (``aideploy-schema.json``, written at the model stage) refines it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from aideploy_scoring.schema import InputError, Schema
 
 META_FILE = "aideploy-model.json"
 KINDS = {
@@ -40,7 +44,7 @@ class ModelLoadError(RuntimeError):
     """The model files cannot be loaded as the kind they claim (or any kind)."""
 
 
-class ModelInputError(ValueError):
+class ModelInputError(InputError):
     """A request's samples do not fit the model; the service answers 400 with this message."""
 
 
@@ -66,7 +70,8 @@ class Prediction:
 
 
 class ModelAdapter:
-    """One loaded model, whatever its kind. Subclasses set the attributes and ``_predict``.
+    """One loaded model, whatever its kind. Subclasses set the attributes and ``_predict``, and end
+    their ``__init__`` with ``self.use_schema(None)`` (what the model itself records).
 
     Attributes:
         kind: the key in :data:`KINDS`.
@@ -75,6 +80,8 @@ class ModelAdapter:
         classes: class labels in the order of ``probabilities`` and ``scores`` columns, or None.
         feature_names: names of the features, where the model records them.
         summary: a short description of the model for logs and errors.
+        schema: what the model takes (:class:`~.schema.Schema`): the version's stored one, else
+            :meth:`input_schema`; None when nothing says (rows are then passed on as numbers).
     """
 
     kind = ""
@@ -83,9 +90,30 @@ class ModelAdapter:
     classes: list | None = None
     feature_names: list[str] | None = None
     summary = ""
+    schema: Schema | None = None
 
-    def check(self, X: np.ndarray) -> np.ndarray:
-        """``X`` as a 2-D batch the model accepts, or :class:`ModelInputError` saying what it expects."""
+    def input_schema(self) -> Schema | None:
+        """What the model itself records of its input; kinds that know more override this."""
+        if self.n_features is None:
+            return None
+        return Schema.positional(self.n_features, self.feature_names)
+
+    def use_schema(self, schema: Schema | None) -> None:
+        """Take ``schema`` (the version's stored one), else what the model itself says."""
+        self.schema = schema or self.input_schema()
+        if self.schema is not None:
+            self.n_features = self.schema.n_features
+            self.feature_names = self.schema.names if self.schema.named else self.feature_names
+
+    def check(self, X: Any) -> Any:
+        """``X`` (an array, or a DataFrame with named columns) as the model takes it, or
+        :class:`ModelInputError` saying what it expects."""
+        schema = self.schema
+        if _is_frame(X):
+            if schema is not None and schema.named:
+                return schema.conform(X)
+            X = X.to_numpy(dtype=np.float64) if schema is None or list(X.columns) != schema.names else \
+                X[schema.names].to_numpy(dtype=np.float64)
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[0] == 0:
             raise ModelInputError(f"'data' must be a non-empty list of samples, each a list of numbers, "
@@ -93,13 +121,31 @@ class ModelAdapter:
         if self.n_features is not None and X.shape[1] != self.n_features:
             raise ModelInputError(f"each sample must have {self.n_features} features for this {self.summary}, "
                                   f"got {X.shape[1]}")
+        if schema is not None and schema.named:  # numbers by position, for a model that takes a table
+            import pandas as pd
+
+            return schema.conform(pd.DataFrame(X, columns=schema.names))
         return X
 
-    def predict(self, X: np.ndarray) -> Prediction:
-        """Predict a batch; raises :class:`ModelInputError` for samples the model refuses."""
+    def predict(self, X: Any) -> Prediction:
+        """Predict a batch (an array or a DataFrame); :class:`ModelInputError` for samples it refuses."""
         return self._predict(self.check(X))
 
-    def _predict(self, X: np.ndarray) -> Prediction:
+    def predict_rows(self, columns: list[str] | None, rows: list) -> Prediction:
+        """Predict rows as they came over the wire (:func:`.schema.rows_of`): by ``columns`` name, or
+        by position when None. Checked against the schema; :class:`InputError` names the bad cell."""
+        if self.schema is None:
+            if columns is not None:
+                raise ModelInputError("this model records no column names: send rows by position ({\"data\": ...})")
+            try:
+                X = np.asarray(rows, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ModelInputError("'data' must be a list of samples, each a list of numbers") from None
+            return self.predict(X)
+        return self._predict(self.schema.table(columns, rows))
+
+    def _predict(self, X: Any) -> Prediction:
+        """Predict what :meth:`check` returned: a conformed DataFrame or a 2-D array."""
         raise NotImplementedError
 
     def linear(self) -> tuple[np.ndarray, np.ndarray]:
@@ -110,14 +156,9 @@ class ModelAdapter:
         """
         raise NotLinear(f"a {self.kind} model is served in plain only")
 
-    def describe(self) -> dict[str, Any]:
-        """What a client needs to know to send samples and read answers."""
-        return {"kind": self.kind, "task": self.task, "model": self.summary, "n_features": self.n_features,
-                "classes": _jsonable(self.classes), "feature_names": self.feature_names}
 
-
-def _jsonable(values: list | None) -> list | None:
-    return None if values is None else [v.item() if isinstance(v, np.generic) else v for v in values]
+def _is_frame(X: Any) -> bool:
+    return hasattr(X, "columns") and hasattr(X, "iloc")
 
 
 def infer_task(predictions: np.ndarray) -> str:
@@ -170,13 +211,20 @@ def _one(kind: str, found: list[Path], root: Path) -> tuple[str, Path]:
 
 
 def load(path: str | os.PathLike, kind: str) -> ModelAdapter:
-    """Load the model at ``path`` (a file or a directory) as ``kind``."""
+    """Load the model at ``path`` (a file or a directory) as ``kind``, with the schema the model
+    itself records (:meth:`ModelAdapter.use_schema` replaces it with a version's stored one)."""
     if kind not in KINDS:
         raise ModelLoadError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
     return importlib.import_module(KINDS[kind]).load(Path(path))
 
 
 def load_dir(model_dir: str | os.PathLike) -> ModelAdapter:
-    """The model under ``model_dir`` (``AZUREML_MODEL_DIR``), loaded as its recorded kind."""
+    """The model under ``model_dir`` (``AZUREML_MODEL_DIR``), loaded as its recorded kind, with the
+    version's schema where it has one."""
     kind, path = detect(model_dir)
-    return load(path, kind)
+    adapter = load(path, kind)
+    try:
+        adapter.use_schema(Schema.load(path.parent))
+    except ValueError as exc:
+        raise ModelLoadError(f"{path.parent}: {exc}") from None
+    return adapter

@@ -11,7 +11,8 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-from aideploy_scoring.models import ModelAdapter, ModelInputError, NotLinear
+from aideploy_scoring.models import ModelAdapter, NotLinear
+from aideploy_scoring.schema import InputError, rows_of
 
 log = logging.getLogger("aideploy.scoring")
 
@@ -83,7 +84,8 @@ def require(payload: dict, field: str, kind: type | tuple[type, ...], what: str)
 
 
 class PlainScheme:
-    """Features in clear: ``{"data": [[...], ...]}`` -> ``{"predictions": [...], ...}`` (see :mod:`.models`)."""
+    """Rows in clear, in any of :mod:`.schema`'s wire forms -> ``{"predictions": [...], ...}``
+    (see :mod:`.models`)."""
 
     name = "none"
 
@@ -91,28 +93,22 @@ class PlainScheme:
         self.model = model
 
     def warm_up(self) -> None:
-        """Score one row of zeros and encode the answer, from ``init()``: a fresh worker's first
-        call into the model pays for its lazy set-up (~4 ms for a scikit-learn pipeline, against
-        ~1.5 ms per request after), and no request should. A model that refuses zeros is left
-        to its first request."""
-        if not self.model.n_features:
+        """Score the schema's example row and encode the answer, from ``init()``: a fresh worker's
+        first call into the model pays for its lazy set-up (~4 ms for a scikit-learn pipeline,
+        against ~1.5 ms per request after), and no request should. A model that refuses the
+        example is left to its first request."""
+        if self.model.schema is None:
             return
         try:
-            json.dumps(self.model.predict(np.zeros((1, self.model.n_features))).to_json())
+            json.dumps(self.model.predict_rows(None, [self.model.schema.example_row()]).to_json())
         except Exception as exc:  # noqa: BLE001 - a warm-up, not a check of the model
             log.info("the plain scheme's warm-up call failed (%s): the first request pays the model's set-up", exc)
 
     def score(self, payload: dict) -> Any:
-        rows = require(payload, "data", list, "a list of samples, each a list of numbers")
         try:
-            X = np.asarray(rows, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise RequestError("field 'data' must be a list of samples, each a list of numbers") from None
-        if X.ndim == 2 and not np.isfinite(X).all():
-            raise RequestError("field 'data' contains NaN or infinity")
-        try:
-            return self.model.predict(X).to_json()
-        except ModelInputError as exc:
+            columns, rows = rows_of(payload)
+            return self.model.predict_rows(columns, rows).to_json()
+        except InputError as exc:
             raise RequestError(str(exc)) from None
 
 
@@ -282,6 +278,8 @@ class ScoringService:
                       "classes": _jsonable(model.classes)},
             "schemes": self.schemes_served(),
         }
+        if model.schema is not None:
+            info["input"] = model.schema.describe()
         if "fast" in info["schemes"]:
             try:
                 x_bound = float((args or {}).get("x_bound", 1.0))

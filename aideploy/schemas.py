@@ -1,0 +1,114 @@
+"""A model version's schema, captured at the model stage: what the model records of its input,
+each column it says nothing about typed by the run's data sample.
+
+The schema is written beside the model in the registry (``aideploy-schema.json``) and deployed
+with it, so the service, the client and the encrypted schemes read one and the same.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from aideploy_scoring.schema import BOOLEAN, INTEGER, NUMBER, STRING, Schema, fits
+
+SAMPLE_ROWS = 1000
+
+
+def sample_type(values: Any) -> str | None:
+    """The JSON type of a pandas column as read from a file, or None for an empty one."""
+    import pandas as pd
+
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    return {"integer": INTEGER, "floating": NUMBER, "mixed-integer-float": NUMBER, "decimal": NUMBER,
+            "boolean": BOOLEAN, "empty": None}.get(kind, STRING)
+
+
+def plain(value: Any) -> Any:
+    """A sample value as JSON has it (numpy scalars to Python's, NaN to None)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def capture(adapter: Any, dataset: Any = None) -> Schema | None:
+    """The schema of ``adapter``'s model: its own (:meth:`~aideploy_scoring.models.ModelAdapter.input_schema`),
+    with the columns it leaves untyped typed by ``dataset``'s first rows, missing values and an
+    example value per column taken from them too. None when the model says nothing of its input."""
+    schema = adapter.input_schema()
+    if schema is None or dataset is None:
+        return schema
+    sample = dataset.sample(SAMPLE_ROWS)
+    if sample is None or len(sample) == 0:
+        return schema
+    if not hasattr(sample, "columns"):  # an array: numbers by position
+        if not schema.named and np.shape(sample)[1:] == (schema.n_features,):
+            for column, value in zip(schema.columns, np.asarray(sample)[0]):
+                column.example = plain(value)
+            schema.source.append(f"data sample ({dataset.name})")
+        return schema
+    found = False
+    for column in schema.columns:
+        if column.name not in sample.columns:
+            continue
+        found = True
+        values = sample[column.name]
+        kind = sample_type(values)
+        if column.inferred and kind is not None:
+            column.type, column.inferred = kind, False
+        if values.isna().any():
+            column.nullable = True
+        present = values.dropna()
+        if len(present) and fits(plain(present.iloc[0]), column.type):
+            column.example = plain(present.iloc[0])
+    if found:
+        schema.source.append(f"data sample ({dataset.name})")
+    return schema
+
+
+def _names_of(dataset: Any) -> list[str] | None:
+    if dataset.feature_names is not None:
+        return list(dataset.feature_names)
+    X = dataset.X_test
+    return [str(c) for c in X.columns] if X is not None and hasattr(X, "columns") else None
+
+
+def check_columns(dataset: Any, schema: Schema | None, extra: str, what: str) -> None:
+    """The data's columns against what ``what`` (the model, or a service) takes, before anything
+    is deployed or sent; on success the data is read in the schema's types from then on.
+
+    A table's columns are matched by name: one the model needs and the data lacks (a renamed
+    one, say) is an error naming it; one the model does not know is an error unless ``extra`` is
+    ``"drop"``. Without names on either side, columns go by position and their count must match.
+    """
+    from difflib import get_close_matches
+
+    from aideploy.errors import ConfigError
+
+    if schema is None:
+        return
+    names = _names_of(dataset)
+    if schema.named and names is not None:
+        missing = [c for c in schema.names if c not in names]
+        unknown = [c for c in names if c not in set(schema.names)]
+        if missing:
+            close = {c: get_close_matches(c, unknown, n=1, cutoff=0.6) for c in missing}
+            shown = ", ".join(f"{c!r}" + (f" (is {close[c][0]!r} it?)" if close[c] else "") for c in missing[:8])
+            raise ConfigError(f"{dataset.name} has no column {shown}, which {what} takes",
+                              hint="rename the file's columns to the names the model was fitted with "
+                              f"({', '.join(schema.names[:12])}{', ...' if len(schema.names) > 12 else ''})")
+        if unknown and extra != "drop":
+            raise ConfigError(f"{dataset.name} has column{'s' if len(unknown) > 1 else ''} "
+                              f"{', '.join(map(repr, unknown[:8]))} that {what} does not take",
+                              hint="predict.extra_columns=drop sends the rows without them (or pick the feature "
+                              "columns with data.feature_columns=[...], the label with data.label_column=...)")
+    elif dataset.n_features != schema.n_features:
+        raise ConfigError(f"{dataset.name} has {dataset.n_features} feature columns but {what} takes "
+                          f"{schema.n_features}",
+                          hint="pick the feature columns with data.feature_columns=[...] (data.label_column for the "
+                          "label), or give data for this model")
+    dataset.schema = schema
