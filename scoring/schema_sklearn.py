@@ -146,7 +146,8 @@ def input_schema(estimator: Any) -> Schema | None:
     columns = []
     for name in names:
         found = facts.get(name, {})
-        columns.append(Column(name, found.get("type", NUMBER), nullable=found.get("nullable", nullable),
+        default = STRING if found.get("categorical") else NUMBER
+        columns.append(Column(name, found.get("type", default), nullable=found.get("nullable", nullable),
                               levels=found.get("levels"), strict=found.get("strict", False),
                               categorical=found.get("categorical", False), missing=found.get("missing", "nan"),
                               inferred="type" not in found))
