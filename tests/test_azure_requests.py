@@ -304,7 +304,7 @@ ACI_SPEC_GAPS = {**ENVIRONMENT_GAPS, **SERVICE_GAPS, **PUBLIC_GAPS, **VNET_GAPS,
 def gap_key(error: str) -> str:
     """An error without what varies between runs: the list of known properties, a patch's index and value."""
     error = error.split(" (known: ")[0]
-    return re.sub(r"^\$\[\d+\]\.value: '.*' is not of type object$", "$[*].value: a string is not of type object",
+    return re.sub(r"^\$\[\d+\]\.value: (['\"]).*\1 is not of type object$", "$[*].value: a string is not of type object",
                   error)
 
 
@@ -353,7 +353,7 @@ def aci_requests(plan: dict, action: str) -> list[dict]:
     return [a["request"] for a in plan["actions"] + plan.get("rollback", []) if a["action"] == action]
 
 
-VNET = ("network=vnet", "network.location=japaneast")
+VNET = ("network=vnet", "network.vnet_name=amlvnet1", "network.subnet_name=amlsubnet1", "network.location=japaneast")
 
 
 @pytest.mark.parametrize("mode", ["run", "update", "delete"])
@@ -364,24 +364,28 @@ def test_every_aci_body_validates_against_the_v1_spec_but_the_listed_gaps(tmp_pa
     plan = aci_plan(tmp_path, f"mode={mode}", f"target.auth_enabled={str(auth).lower()}",
                     *(VNET if network == "vnet" else ()))
     expected = {"run": {**ENVIRONMENT_GAPS, **SERVICE_GAPS, **(VNET_GAPS if network == "vnet" else PUBLIC_GAPS)},
-                "update": ENVIRONMENT_GAPS, "delete": {}}[mode]
+                "update": {**ENVIRONMENT_GAPS, **PATCH_GAPS}, "delete": {}}[mode]
     # Equal, not a subset: an unlisted difference fails, and so does a listed one that went away.
     assert v1_spec_errors(plan, "digits-svc") == set(expected)
     assert ("Webservice.get_keys" in [a["action"] for a in plan["actions"]]) is (auth and mode != "delete")
 
 
-def test_a_patch_adds_the_sdks_tracking_properties_as_strings(tmp_path, monkeypatch):
-    """Run inside a git repository, azureml-core adds its git properties to the update: the patch gap."""
+@pytest.mark.parametrize("mode", ["run", "update"])
+def test_no_git_state_of_the_working_directory_goes_to_azure(tmp_path, monkeypatch, mode):
+    """Run inside a git repository, azureml-core would add ``azureml.git.*`` (the checkout's local path,
+    branch, commit, dirty flag) to the service it creates or updates; only ``target.properties`` go."""
     pytest.importorskip("azureml.core", reason="the Azure extra is not installed: pip install 'aideploy[azure]'")
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     monkeypatch.chdir(repo)
-    plan = aci_plan(tmp_path, "mode=update")
-    assert v1_spec_errors(plan, "digits-svc") == set(ENVIRONMENT_GAPS) | set(PATCH_GAPS)
-    for patch in (r["body"] for r in aci_requests(plan, "Webservice.update")):
-        added = {op["path"] for op in patch if op["op"] == "add"}
-        assert "/properties/azureml.git.dirty" in added and patch[0]["path"] == "/environmentImageRequest"
+    plan = aci_plan(tmp_path, f"mode={mode}", "+target.properties.owner=ml-team")
+    text = json.dumps([r["body"] for a in ("Model.deploy", "Webservice.update") for r in aci_requests(plan, a)])
+    assert "azureml.git" not in text and str(repo) not in text
+    properties = [r["body"]["properties"] for r in aci_requests(plan, "Model.deploy")] or \
+        [{op["path"].rsplit("/", 1)[1]: op["value"] for op in r["body"] if op["path"].startswith("/properties/")}
+         for r in aci_requests(plan, "Webservice.update")[1:2]]
+    assert properties == [{"owner": "ml-team"}]
 
 
 def test_aci_requests_are_the_sdks_routes(tmp_path):
@@ -456,7 +460,8 @@ def test_aci_create_and_update_carry_the_sdks_environment_image_request(tmp_path
     assert config._build_environment_image_request(None, ["sklearn_digits:{modelVersion}"]) == eir
 
     update = aci_plan(tmp_path, "mode=update")
-    (patch, rollback) = (r["body"] for r in aci_requests(update, "Webservice.update"))
+    (patch, metadata, rollback) = (r["body"] for r in aci_requests(update, "Webservice.update"))
+    assert [op["path"] for op in metadata] == ["/kvTags", "/description"]  # after the smoke test, never undone
     assert patch[0] == {"op": "replace", "path": "/environmentImageRequest", "value": eir}
     assert rollback[0]["value"]["modelIds"] == ["{previousModelId}"]
     assert {**rollback[0]["value"], "modelIds": eir["modelIds"]} == eir

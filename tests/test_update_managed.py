@@ -121,7 +121,7 @@ def endpoint_entity():
     from aideploy.config import ManagedEndpointTarget
 
     cfg = OmegaConf.structured(ManagedEndpointTarget)
-    endpoint = build_endpoint(cfg, OmegaConf.create({"plugin": "public"}), "digits-ep")
+    endpoint = build_endpoint(cfg, OmegaConf.create({"plugin": "public"}), "digits-ep", {}, "an endpoint")
     endpoint.traffic = {"blue": 100}
     return endpoint
 
@@ -189,13 +189,14 @@ def test_aci_update_plan_is_webservice_update_with_a_roll_back(tmp_path):
     plan = json.loads((out / "plan.json").read_text())
     assert names(plan["actions"]) == ["Workspace.get", "Webservice", "AssetsClient.create_asset", "Model.register",
                                       "Environment.from_conda_specification", "Webservice.update",
-                                      "Webservice.wait_for_deployment", "Webservice.get_keys", "smoke test"]
+                                      "Webservice.wait_for_deployment", "Webservice.get_keys", "smoke test",
+                                      "Webservice.update"]
     update = plan["actions"][5]["settings"]
     assert update["name"] == "digits-svc" and update["models"] == ["sklearn_digits (registered above)"]
     # The requests themselves, and their bodies against the v1 spec: tests/test_azure_requests.py.
     assert plan["actions"][5]["request"]["method"] == "PATCH"
     assert update["inference_config"]["entry_script"].endswith("score.py")
-    smoke = plan["actions"][-1]["settings"]
+    smoke = plan["actions"][-2]["settings"]
     assert smoke["samples"] == 5 and smoke["request"]["headers"]["Authorization"] == "Bearer {key}"
     assert names(plan["rollback"]) == ["Webservice.update", "Webservice.wait_for_deployment"]
     assert "one version" in plan["rollback"][0]["note"]
