@@ -309,6 +309,27 @@ def delete_command(target: str, name: str) -> str:
     return f"aideploy target={target} mode=delete deployment_name={name}"
 
 
+REGISTRATIONS_DIR = "azure_registrations"
+
+
+def record_registrations(home: str | Path, name: str, registrations: list[dict[str, str]]) -> None:
+    """Remember the asset versions a deployment ``name`` registered in Azure (``{"kind", "name", "version"}``):
+    a delete lists them (and deletes them only when asked), as Azure keeps them after the endpoint goes."""
+    folder = Path(home) / REGISTRATIONS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    known = recorded_registrations(home, name)
+    path.write_text(json.dumps(known + [r for r in registrations if r not in known], indent=2))
+
+
+def recorded_registrations(home: str | Path, name: str) -> list[dict[str, str]]:
+    """What :func:`record_registrations` remembered for ``name`` (empty when this home made none)."""
+    try:
+        return json.loads((Path(home) / REGISTRATIONS_DIR / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return []
+
+
 def teardown_note(ctx: Any, name: str) -> str:
     """When a plan's delete action runs: at teardown, or never for ``mode=serve``."""
     if ctx.mode is Mode.serve:

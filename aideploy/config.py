@@ -325,6 +325,7 @@ class ManagedEndpointTarget(TargetConfig):
     tags: Dict[str, str] = field(default_factory=dict)  # added to the tags made from the model and run
     description: Optional[str] = None  # null: a sentence from the model and run
     properties: Dict[str, str] = field(default_factory=dict)  # the deployment's properties: only these
+    delete_registrations: bool = False  # mode=delete: also delete the code, environment and model versions it registered
     deploy_timeout: float = bounded(1800.0, gt=0)
     log_tail_lines: int = bounded(40, ge=0)
     workspace: AzureWorkspace = field(default_factory=AzureWorkspace)

@@ -16,15 +16,16 @@ the functions below, so loading this plugin never needs them.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from aideploy import azure_tags, hookimpl
+from aideploy import azure_tags, hookimpl, plan_script
 from aideploy.artifacts import Endpoint, Secret
-from aideploy.azure_workspace import (ACI_DELEGATION, SESSION_KEY, Session, WorkspaceSettings,
-                                      check_subnet_delegation, delete_by_name, deployment_name, fetch_subnet,
-                                      preflight_due, require_sdk, sdk_error, teardown_note, v1_auth)
+from aideploy.azure_workspace import (ACI_DELEGATION, SESSION_KEY, AzureResource, Session, WorkspaceSettings,
+                                      check_subnet_delegation, delete_by_name, delete_command, deployment_name,
+                                      fetch_subnet, preflight_due, require_sdk, sdk_error, teardown_note, v1_auth)
 from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import ConfigError, DeployError
 from aideploy.stages import Mode
@@ -258,6 +259,12 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
         registered = register_model(workspace, model, tags, description)
     except Exception as exc:
         raise sdk_error(exc, f"Model.register({model.name!r})", settings, DeployError) from None
+    # Journaled before Model.deploy, but armed (deleted at teardown) only once it has returned:
+    # before that, the name may belong to a service this run did not create (overwrite=false
+    # refuses it), which must not be deleted. mode=serve keeps a service that came up; a broken
+    # one is not worth keeping (its log is in the error).
+    created = AzureResource(ctx, f"ACI service {name}", lambda: delete_service(workspace, name), target=PLUGIN_NAME,
+                            name=name, delete_command=delete_command(PLUGIN_NAME, name), armed=False)
     try:
         with without_git_tracking():
             service = Model.deploy(workspace, name, [registered], inference_config=config,
@@ -266,19 +273,11 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
         raise sdk_error(exc, f"Model.deploy({name!r})", settings, DeployError,
                         hint="if the name is already in use: target.overwrite=true replaces that service, or "
                         "choose another deployment_name") from None
-    # Registered only once Model.deploy has returned: before that, the name may belong to a
-    # service this run did not create (overwrite=false refuses it), which must not be deleted.
-    serve = ctx.mode is Mode.serve
-    if not serve:
-        ctx.resources.add(f"ACI service {name}", lambda: delete_service(workspace, name),
-                          {"kind": "azure", "target": "aci", "name": name})
+    created.arm()
     try:
         service.wait_for_deployment(show_output=True, timeout_sec=cfg.deploy_timeout)
     except Exception as exc:
         tail = service_logs(service, cfg.log_tail_lines, settings)
-        if serve:  # a broken service is not worth keeping: its log is in this error
-            ctx.resources.add(f"failed ACI service {name}", lambda: delete_service(workspace, name),
-                          {"kind": "azure", "target": "aci", "name": name})
         message = settings.scrub(str(getattr(exc, "message", None) or exc))
         raise DeployError(f"the ACI deployment {name!r} failed: {message}\n"
                           f"--- last lines of the service's log (get_logs) ---\n{tail}",
@@ -291,7 +290,9 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
         except Exception as exc:
             raise sdk_error(exc, f"getting the keys of {name!r}", settings, DeployError) from None
         key = Secret(primary)
-    if serve and key:
+    if ctx.mode is Mode.serve:
+        created.keep()
+    if ctx.mode is Mode.serve and key:
         ctx.log.info("      the service's key: Webservice(ws, %r).get_keys() or the Consume tab in ml.azure.com "
                      "(mode=predict reads it from $%s)", name, ctx.cfg.scoring_key_env)
     return Endpoint(name, "aci", service.scoring_uri, auth_key=key, keep_alive=False,
@@ -409,13 +410,13 @@ def aideploy_plan(cfg, ctx, model, environment, code):
                     "note": ENVIRONMENT_NOTE})
     sdk = {"target": "aci", "sdk": f"azureml-core {azureml.core.VERSION}"}
     if ctx.mode is Mode.update:
-        return {**sdk, "mode": "update", **update_plan_actions(cfg, ctx, model, env, config, prepare,
-                                                               update_args(cfg, tags, description))}
+        return with_script(ctx, cfg, {**sdk, "mode": "update", **update_plan_actions(
+            cfg, ctx, model, env, config, prepare, update_args(cfg, tags, description))})
     keys, delete = service_actions(name, bool(cfg.auth_enabled))
     if ctx.mode is Mode.delete:  # delete_service: Webservice(ws, name), then its delete()
         delete["settings"]["when"] = "now: mode=delete (a name that is not there is a warning)"
-        return {**sdk, "mode": "delete", "actions": [prepare[0], read_service_action(name, "whether it exists"),
-                                                     delete]}
+        return with_script(ctx, cfg, {**sdk, "mode": "delete", "actions": [
+            prepare[0], read_service_action(name, "whether it exists"), delete]})
     delete["settings"]["when"] = teardown_note(ctx, name)
     # Model._deploy_with_environment_image_request (azureml/core/model.py): the configuration's own
     # payload around the environment image request. No fallback here: a body the SDK did not build
@@ -437,7 +438,20 @@ def aideploy_plan(cfg, ctx, model, environment, code):
         *keys,
         delete,
     ]
-    return {**sdk, "actions": actions}
+    return with_script(ctx, cfg, {**sdk, "actions": actions})
+
+
+SCRIPT_REFUSED = ("target=aci's requests carry values only azureml-core makes as it goes (its uploads to the "
+                  "artifact store: {container}, {driverScript}, {archive}; then {assetId}, {modelVersion}): "
+                  "run them with aideploy target=aci, or use --what-if to read them")
+
+
+def with_script(ctx: Any, cfg: Any, plan: dict[str, Any]) -> dict[str, Any]:
+    """``plan``, its plan.sh written beside plan.json (sending only when every value is known)."""
+    text = json.dumps(plan)
+    unknown = any(f"{{{name}}}" in text for name in ("assetId", "modelVersion", "driverScript", "archive"))
+    plan_script.write(ctx.output_dir, plan, cfg.workspace, refused=SCRIPT_REFUSED if unknown else "")
+    return plan
 
 
 ROLLBACK_NOTE = ("an ACI service holds one version: Webservice.update replaces it in place, so a failed smoke "

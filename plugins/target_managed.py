@@ -16,11 +16,11 @@ import copy
 import logging
 from typing import Any
 
-from aideploy import azure_tags, hookimpl
+from aideploy import azure_tags, hookimpl, plan_script
 from aideploy.artifacts import Endpoint, Secret
 from aideploy.azure_workspace import (SESSION_KEY, AzureResource, Session, WorkspaceSettings, delete_by_name,
-                                      delete_command, deployment_name, preflight_due, require_sdk, sdk_error,
-                                      teardown_note)
+                                      delete_command, deployment_name, preflight_due, record_registrations,
+                                      recorded_registrations, require_sdk, sdk_error, teardown_note)
 from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import ConfigError, DeployError
 from aideploy.stages import Mode
@@ -288,6 +288,7 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
                           f"--- last lines of the deployment's log (online_deployments.get_logs) ---\n{tail}",
                           hint="a failing init() usually means the model file or an import is broken; try "
                           "target=local with the same config to debug it here") from None
+    record_registrations(ctx.cfg.home, name, registered_assets(deployment))
     try:
         endpoint.traffic = {cfg.deployment: 100}
         _wait(client.online_endpoints.begin_create_or_update(endpoint), cfg.deploy_timeout, "traffic update")
@@ -304,6 +305,9 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
                              "public_network_access": endpoint.public_network_access})
 
 
+UPLOAD_NOTE = ("the SDK's upload (BlobStorageClient.upload): one PUT per file, each file's blob name from the SDK's "
+               "own enumeration (its ignore files apply), then the blobs' metadata marked upload_status=completed "
+               "(PUT ?comp=metadata); a content hash already uploaded is not uploaded again")
 UPLOADED = ("uploaded first to the workspace's default datastore under LocalUpload/<content hash>/; "
             "{storageAccount} and {container} are read from that datastore at run time")
 ASSET_NOTES = {
@@ -319,10 +323,18 @@ def deployment_actions(deployment: Any, client: Any, endpoint: str, name: str, n
     """The asset registrations (code, environment, model) and the deployment's create, as plan actions."""
     from aideploy.azure_requests import WORKSPACE_LOCATION, asset_registrations, sdk_request
 
+    from aideploy.azure_requests import datastore_requests
+
     readable = serialized(deployment)  # before the SDK swaps local paths for registered assets' ids
-    actions = [{"action": action, "settings": {"name": asset.name, "version": str(asset.version), "anonymous": True},
-                "request": request, "note": ASSET_NOTES[action]}
-               for action, asset, request in asset_registrations(deployment, client)]
+    actions = [{"action": action, "request": request, "note": note} for action, request, note in
+               datastore_requests(client)]
+    for action, asset, request, uploads in asset_registrations(deployment, client):
+        if uploads:
+            actions.append({"action": f"upload for {action.split('.')[0]}", "settings": {"blobs": len(uploads)},
+                            "requests": uploads, "note": UPLOAD_NOTE})
+        actions.append({"action": action, "settings": {"name": asset.name, "version": str(asset.version),
+                                                       "anonymous": True},
+                        "request": request, "note": ASSET_NOTES[action]})
     actions.append({"action": "online_deployments.begin_create_or_update", "settings": readable,
                     "request": sdk_request("online_deployments_create_or_update",
                                            client.online_deployments._online_deployment,
@@ -330,6 +342,16 @@ def deployment_actions(deployment: Any, client: Any, endpoint: str, name: str, n
                                            endpoint_name=endpoint, deployment_name=name),
                     "note": note, **(extra or {})})
     return actions
+
+
+def workspace_action(cfg: Any) -> dict[str, Any]:
+    """``MLClient`` as a plan action: where the workspace comes from (names only, never values)."""
+    ws = cfg.workspace
+    return {"action": "MLClient", "settings": {
+        "from": f"target.workspace.config_file={ws.config_file}" if ws.config_file else
+        f"env vars {ws.subscription_id_env}, {ws.resource_group_env}, {ws.workspace_name_env} if all set, "
+        "else config.json as MLClient.from_config() finds it",
+        "credential": "azure.identity.DefaultAzureCredential"}}
 
 
 def plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) -> list[dict[str, Any]]:
@@ -350,16 +372,12 @@ def plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) ->
     deployment = build_deployment(cfg, name, model, environment, code, scheme, network_cfg, tags, description)
     client = plan_client()
     endpoints = client.online_endpoints._online_operation
-    ws = cfg.workspace
     vnet = network_cfg.plugin == "vnet"
     actions: list[dict[str, Any]] = [
-        {"action": "MLClient", "settings": {
-            "from": f"target.workspace.config_file={ws.config_file}" if ws.config_file else
-            f"env vars {ws.subscription_id_env}, {ws.resource_group_env}, {ws.workspace_name_env} if all set, "
-            "else config.json as MLClient.from_config() finds it",
-            "credential": "azure.identity.DefaultAzureCredential"}},
+        workspace_action(cfg),
         {"action": "workspaces.get", "settings": {"name": "{workspaceName}"},
-         "request": sdk_request("workspaces_get", client.workspaces._operation),
+         "request": {**sdk_request("workspaces_get", client.workspaces._operation),
+                     "captures": {"workspaceLocation": "location"}},
          "note": f"the SDK reads the workspace's region: {WORKSPACE_LOCATION} in the bodies below"},
         {"action": "online_endpoints.begin_create_or_update", "settings": serialized(endpoint),
          "request": sdk_request("online_endpoints_create_or_update", endpoints,
@@ -393,11 +411,15 @@ def aideploy_plan(cfg, ctx, model, environment, code):
     require_sdk(PLUGIN_NAME, *PLAN_SDK_MODULES)
     from azure.ai.ml import __version__ as sdk_version
 
+    plan: dict[str, Any] = {"target": "managed_endpoint", "sdk": f"azure-ai-ml {sdk_version}"}
     if ctx.mode is Mode.update:
-        return {"target": "managed_endpoint", "sdk": f"azure-ai-ml {sdk_version}", "mode": "update",
-                **update_plan_actions(cfg, ctx, model, environment, code)}
-    return {"target": "managed_endpoint", "sdk": f"azure-ai-ml {sdk_version}",
-            "actions": plan_actions(cfg, ctx, model, environment, code)}
+        plan.update(mode="update", **update_plan_actions(cfg, ctx, model, environment, code))
+    elif ctx.mode is Mode.delete:
+        plan.update(mode="delete", actions=delete_plan_actions(cfg, ctx))
+    else:
+        plan["actions"] = plan_actions(cfg, ctx, model, environment, code)
+    plan_script.write(ctx.output_dir, plan, cfg.workspace)
+    return plan
 
 
 @hookimpl
@@ -405,11 +427,85 @@ def aideploy_predict(cfg, ctx, endpoint, network, requests):
     return network.call(ctx.http_client(endpoint, cfg.request_timeout).post, requests.items)
 
 
+REGISTERED_KINDS = {"codes": "code", "environments": "environment", "models": "model"}
+"""The ARM id segment of each asset a deployment registers, and the name a plan gives it."""
+
+
+def registered_assets(deployment: Any) -> list[dict[str, str]]:
+    """The code, environment and model versions the SDK registered for ``deployment`` (it puts their ARM
+    ids, ``.../<codes|environments|models>/<name>/versions/<version>``, in the entity as it sends it)."""
+    import re
+
+    found = []
+    for value in (deployment.code_configuration.code, deployment.environment, deployment.model):
+        match = re.search(r"/(codes|environments|models)/([^/]+)/versions/([^/]+)$", str(value))
+        if match:
+            found.append({"kind": REGISTERED_KINDS[match[1]], "name": match[2], "version": match[3]})
+    return found
+
+
+def version_operations(client: Any, kind: str) -> tuple[str, Any]:
+    """(the generated builder's name, the operation group the SDK pins) for deleting a ``kind`` version."""
+    return {"code": ("code_versions_delete", client._code._version_operation),
+            "environment": ("environment_versions_delete", client.environments._version_operations),
+            "model": ("model_versions_delete", client.models._model_versions_operation)}[kind]
+
+
+def delete_registrations(client: Any, settings: WorkspaceSettings, registrations: list[dict[str, str]]) -> None:
+    """Delete recorded asset versions with the generated operations (the SDK's own API only archives them)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    for item in registrations:
+        _, operations = version_operations(client, item["kind"])
+        try:
+            operations.delete(settings.resource_group, settings.workspace_name, item["name"], item["version"])
+        except ResourceNotFoundError:
+            continue
+
+
 @hookimpl
 def aideploy_delete(cfg, ctx, name):
     require_sdk(PLUGIN_NAME, *SDK_MODULES)
     session = connect(cfg)
-    return delete_by_name(ctx, session, "online endpoint", name, lambda: delete_endpoint(session.workspace, name, cfg.deploy_timeout))
+    deleted = delete_by_name(ctx, session, "online endpoint", name,
+                             lambda: delete_endpoint(session.workspace, name, cfg.deploy_timeout))
+    registrations = recorded_registrations(ctx.cfg.home, name)
+    if registrations and cfg.delete_registrations:
+        delete_by_name(ctx, session, "registrations of", name,
+                       lambda: delete_registrations(session.workspace, session.settings, registrations) or True)
+    elif registrations:
+        ctx.log.info("      kept the %d asset versions this home registered for %s (target.delete_registrations="
+                     "true deletes them)", len(registrations), name)
+    return deleted
+
+
+def delete_plan_actions(cfg: Any, ctx: Any) -> list[dict[str, Any]]:
+    """``mode=delete``: the endpoint's DELETE (its deployments go with it), and the asset versions this home
+    registered for it, listed, with their DELETEs only under ``target.delete_registrations=true``."""
+    from aideploy.azure_requests import plan_client, sdk_request
+
+    name = endpoint_name(ctx)
+    client = plan_client()
+    registrations = recorded_registrations(ctx.cfg.home, name)
+    actions = [workspace_action(cfg),
+               {"action": "online_endpoints.begin_delete", "settings": {
+                   "name": name, "when": "now: mode=delete (a name that is not there is a warning)"},
+                "request": sdk_request("online_endpoints_delete", client.online_endpoints._online_operation,
+                                       endpoint_name=name),
+                "note": "deleting the endpoint deletes its deployments"}]
+    for item in registrations:
+        builder, operations = version_operations(client, item["kind"])
+        action = {"action": f"registration {item['kind']}", "settings": item}
+        if cfg.delete_registrations:
+            action["request"] = sdk_request(builder, operations, name=item["name"], version=item["version"])
+        else:
+            action["note"] = "kept: Azure keeps registered versions after the endpoint goes; " \
+                             "target.delete_registrations=true deletes them"
+        actions.append(action)
+    if not registrations:
+        actions.append({"action": "registrations", "settings": {"recorded": []},
+                        "note": f"this home (aideploy's home dir) registered no asset versions for {name!r}"})
+    return actions
 
 
 # ----------------------------------------------------------------------------- mode=update: blue/green
@@ -548,6 +644,7 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
                             name=name, delete_command=deployment_delete_command(name, new))
     try:
         _wait(client.online_deployments.begin_create_or_update(deployment), cfg.deploy_timeout, f"deployment {new}")
+        record_registrations(ctx.cfg.home, name, registered_assets(deployment))
     except Exception as exc:
         tail = deployment_logs(client, cfg, name, settings)
         message = settings.scrub(str(getattr(exc, "message", None) or exc))

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"),
               pytest.mark.usefixtures("no_azure_env", "no_network")]
 pytest.importorskip("azure.ai.ml", reason="the Azure extra is not installed: pip install 'aideploy[azure]'")
 
-from test_azure_targets import no_azure_env, no_network  # noqa: E402,F401  (the fixtures above)
+from test_azure_targets import CREDENTIAL_VARS, WORKSPACE_VARS, no_azure_env, no_network  # noqa: E402,F401
 
 BODY_DEFINITIONS = {
     "online_endpoints.begin_create_or_update": "OnlineEndpoint",
@@ -476,3 +476,96 @@ def test_aci_delete_plan_reads_then_deletes_the_service(tmp_path):
     assert read["method"] == "GET" and read["path"].endswith("/services/digits-svc") and read["query"] == {"expand": "true"}
     assert delete["method"] == "DELETE" and delete["path"] == read["path"] and "body" not in delete
     assert plan["actions"][2]["settings"]["when"].startswith("now: mode=delete")
+
+
+# ============================================================================= every plan variant
+#
+# One plan per variant (target x network x scheme, update, delete), made once for the module.
+
+PLAN_VARIANTS = {
+    f"{target}-{network}-{scheme}": (f"target={target}", f"encryption={scheme}", "keystore=azure_blob",
+                                     *(VNET if network == "vnet" and target == "aci" else
+                                       ("network=vnet",) if network == "vnet" else ()))
+    for target in ("aci", "managed_endpoint") for network in ("public", "vnet") for scheme in ("none", "fast")
+}
+PLAN_VARIANTS.update({f"{target}-{mode}": (f"target={target}", f"mode={mode}", "deployment_name=digits-svc")
+                      for target in ("aci", "managed_endpoint") for mode in ("update", "delete")})
+
+
+@pytest.fixture(scope="module")
+def variant_plans(tmp_path_factory):
+    """Every variant's plan.json and plan.sh, made once (no workspace, credential or network needed)."""
+    pytest.importorskip("azureml.core", reason="the Azure extra is not installed: pip install 'aideploy[azure]'")
+    made = {}
+    with pytest.MonkeyPatch.context() as patch:
+        for name in (*WORKSPACE_VARS, *CREDENTIAL_VARS):
+            patch.delenv(name, raising=False)
+        root = tmp_path_factory.mktemp("variants")
+        patch.chdir(root)
+        for variant, overrides in PLAN_VARIANTS.items():
+            out = root / variant
+            results = api.run(["dry_run=true", f"home={root / 'home'}", *overrides], out)
+            assert results["status"] == "ok", (variant, results.get("error"))
+            made[variant] = (json.loads((out / "plan.json").read_text()), out / "plan.sh")
+    made["root"] = root
+    return made
+
+
+@pytest.mark.parametrize("variant", sorted(PLAN_VARIANTS))
+def test_plan_sh_what_if_names_every_request_of_the_plan_in_order(variant_plans, variant):
+    from aideploy.plan_script import plan_requests, request_url
+
+    plan, script = variant_plans[variant]
+    proc = subprocess.run(["bash", str(script), "--what-if"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin"})  # no az on the PATH: what-if sends nothing
+    assert proc.returncode == 0, proc.stderr
+    printed = [line.split("   # ")[0] for line in proc.stdout.splitlines()]
+    expected = [f"{request['method']} {request_url(request)}" for _, request in plan_requests(plan)]
+    assert printed == expected
+    assert len(expected) == sum(("request" in a) + len(a.get("requests", []))
+                                for a in plan["actions"] + plan.get("rollback", []))
+
+
+@pytest.mark.parametrize("variant", sorted(PLAN_VARIANTS))
+def test_no_plan_carries_what_the_config_did_not_say(variant_plans, variant):
+    """No seed leftover (MNIST, amlvnet1 unless given), no example variable, and no local path or git state
+    in anything sent to Azure (a blob PUT names the local file it uploads, and only there)."""
+    plan, _ = variant_plans[variant]
+    text = json.dumps(plan)
+    assert "MNIST" not in text and "EXAMPLE_" not in text and "azureml.git" not in text
+    assert ("amlvnet1" in text) is (variant.startswith("aci-vnet"))  # only where the config names it
+    from aideploy.plan_script import plan_requests
+
+    sent = json.dumps([{k: v for k, v in request.items() if k != "file"} for _, request in plan_requests(plan)])
+    for local in (str(Path.home()), str(variant_plans["root"]), str(Path(__file__).parents[1])):
+        assert local not in sent, local
+
+
+def test_a_managed_deployment_below_three_instances_gets_an_sla_note(variant_plans, tmp_path):
+    plan, _ = variant_plans["managed_endpoint-public-none"]
+    (deployment,) = actions(plan, "online_deployments.begin_create_or_update")
+    assert "SLA" in deployment["sla"] and "target.instance_count=3" in deployment["sla"]
+    assert "sla" not in actions(plan_for(tmp_path, "target.instance_count=3"),
+                                "online_deployments.begin_create_or_update")[0]
+
+
+def test_managed_delete_is_planned_as_a_delete_listing_what_this_home_registered(tmp_path):
+    from aideploy.azure_workspace import record_registrations
+
+    plan = plan_for(tmp_path, "mode=delete", "deployment_name=digits-ep")
+    assert plan["mode"] == "delete"
+    assert [a["action"] for a in plan["actions"]] == ["MLClient", "online_endpoints.begin_delete", "registrations"]
+    delete = plan["actions"][1]["request"]
+    assert delete["method"] == "DELETE" and delete["path"].endswith("/onlineEndpoints/digits-ep")
+    assert delete["long_running"]["header"] == "Location" and "404" in delete["long_running"]["plan.sh"]
+    assert not [a for a in plan["actions"] if "body" in a.get("request", {})]  # nothing is created
+
+    registered = [{"kind": "code", "name": "c0de", "version": "1"}, {"kind": "model", "name": "m0del", "version": "1"}]
+    record_registrations(tmp_path / "home", "digits-ep", registered)
+    kept = plan_for(tmp_path, "mode=delete", "deployment_name=digits-ep")["actions"][2:]
+    assert [a["settings"] for a in kept] == registered
+    assert all("request" not in a and "delete_registrations=true" in a["note"] for a in kept)
+    deleted = plan_for(tmp_path, "mode=delete", "deployment_name=digits-ep", "target.delete_registrations=true")
+    requests = [a["request"] for a in deleted["actions"][2:]]
+    assert [r["method"] for r in requests] == ["DELETE", "DELETE"]
+    assert requests[0]["path"].endswith("/codes/c0de/versions/1") and requests[1]["path"].endswith("/models/m0del/versions/1")
