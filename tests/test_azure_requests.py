@@ -41,6 +41,9 @@ BODY_DEFINITIONS = {
 }
 """Which spec definition each action's request body is (the body parameter of its operation)."""
 
+NOT_EXTRACTED = {"datastores._list_secrets": "its body (SecretExpiry at 2024-10-01-preview) is not extracted yet"}
+"""Bodies the extract in tests/azure_spec/ cannot check yet, and why: not counted as checked."""
+
 SDK_DEVIATIONS = {
     ("code.create_or_update", "$.properties.properties.hash_version: 202208 is not of type string"),
 }
@@ -73,7 +76,7 @@ def spec_errors(plan: dict) -> list[tuple[str, str]]:
     errors = []
     for a in plan["actions"]:
         body = a.get("request", {}).get("body")
-        if body is not None:
+        if body is not None and a["action"] not in NOT_EXTRACTED:
             errors += [(a["action"], e) for e in SPEC.validate(body, f"#/definitions/{BODY_DEFINITIONS[a['action']]}")]
     return errors
 
@@ -93,7 +96,7 @@ def test_every_managed_body_validates_against_the_2026_07_01_spec(tmp_path, netw
     plan = plan_for(tmp_path, f"network={network}", f"target.auth_mode={auth_mode}")
     bodies = [a for a in plan["actions"] if "body" in a.get("request", {})]
     assert [a["action"] for a in bodies] == [
-        "online_endpoints.begin_create_or_update", "code.create_or_update", "environments.create_or_update",
+        "online_endpoints.begin_create_or_update", "datastores._list_secrets", "code.create_or_update", "environments.create_or_update",
         "models.create_or_update", "online_deployments.begin_create_or_update",
         "online_endpoints.begin_create_or_update"]
     assert set(spec_errors(plan)) <= SDK_DEVIATIONS, spec_errors(plan)

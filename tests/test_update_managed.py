@@ -66,19 +66,20 @@ def test_update_plan_is_blue_green_and_valid_against_the_spec(tmp_path, network,
     assert plan["mode"] == "update" and (plan["old_deployment"], plan["new_deployment"]) == ("blue", "green")
     actions, rollback = plan["actions"], plan["rollback"]
     assert names(actions) == [
-        "MLClient", "workspaces.get", "online_endpoints.get", "code.create_or_update",
-        "environments.create_or_update", "models.create_or_update", "online_deployments.begin_create_or_update",
+        "MLClient", "workspaces.get", "online_endpoints.get", "datastores.get_default", "datastores._list_secrets",
+        "upload for code", "code.create_or_update", "environments.create_or_update", "upload for models",
+        "models.create_or_update", "online_deployments.begin_create_or_update",
         "online_endpoints.get_keys", "smoke test", *[ENDPOINT] * len(steps), DELETE]
     # Every body in both branches validates (the code asset's known SDK deviation aside).
     assert set(spec_errors(actions + rollback)) <= SDK_DEVIATIONS, spec_errors(actions + rollback)
     assert not [e for e in spec_errors(actions + rollback) if e[0].startswith("online_")]
 
     # The new deployment: created beside the old one, under its own name, with the endpoint's traffic untouched.
-    create = actions[6]["request"]
+    create = actions[10]["request"]
     assert create["method"] == "PUT" and create["path"].endswith("/onlineEndpoints/digits-ep/deployments/green")
     assert create["body"]["properties"]["endpointComputeType"] == "Managed"
     # The smoke test reaches the new deployment directly, before any traffic moves.
-    smoke = actions[8]["request"]
+    smoke = actions[12]["request"]
     assert smoke["headers"]["azureml-model-deployment"] == "green" and smoke["url"] == "{scoringUri}"
     # Then the traffic, step by step: the whole endpoint re-sent each time, shares summing to 100.
     shifts = [a["request"]["body"] for a in actions if a["action"] == ENDPOINT]
