@@ -568,3 +568,10 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
                         DeployError) from None
     return Endpoint(name, "aci", service.scoring_uri, auth_key=key, keep_alive=False,
                     details={"auth": bool(key), "smoke_test": smoke.summary()})
+
+
+@hookimpl
+def aideploy_target_capabilities(cfg):
+    from aideploy.targets import TargetCapabilities
+
+    return TargetCapabilities(runs_here=False, cloud="azure", schemes=("plain", "fast", "seal"))

@@ -720,3 +720,10 @@ def update_plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: 
     actions += [step_action(a, arg, client) for a, arg in passed]
     return {"actions": actions, "rollback": [step_action(a, arg, client) for a, arg in failed],
             "old_deployment": old, "new_deployment": new}
+
+
+@hookimpl
+def aideploy_target_capabilities(cfg):
+    from aideploy.targets import TargetCapabilities
+
+    return TargetCapabilities(runs_here=False, cloud="azure", schemes=("plain", "fast", "seal"))

@@ -609,3 +609,35 @@ def test_aci_registers_a_model_from_outside_the_working_directory(tmp_path, monk
     assert any("login.microsoftonline.com" in attempt for attempt in no_network), no_network
     assert Path.cwd() == elsewhere
     no_network.clear()  # the attempt was the point: registration reached the sign-in
+
+
+# ----------------------------------------------------------------------------- what a target declares
+
+
+def test_targets_declare_what_they_are_and_a_third_party_one_is_not_taken_for_azure():
+    """Plugins ask the target's declaration, not its name: a target=k8s that declares nothing is
+    neither built here nor given an Azure VNET."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from aideploy.manager import PluginRegistry
+    from aideploy.targets import UNDECLARED, capabilities
+    from aideploy_plugins.network_vnet import aideploy_configure_network
+
+    plugins = PluginRegistry.load([])
+
+    def ctx(target):
+        return SimpleNamespace(cfg=OmegaConf.create({"target": {"plugin": target}}), plugins=plugins, run_id="r1")
+
+    local, aci, managed = (capabilities(ctx(t)) for t in ("local", "aci", "managed_endpoint"))
+    assert (local.runs_here, local.cloud, local.serves_mlps) == (True, None, True)
+    assert (aci.runs_here, aci.cloud, managed.cloud) == (False, "azure", "azure")
+    assert {aci.serves, managed.serves} == {"online"} and "fast" in managed.schemes
+    assert capabilities(ctx("k8s")) is UNDECLARED and not UNDECLARED.runs_here and UNDECLARED.cloud is None
+
+    vnet = OmegaConf.create({"vnet_name": "v", "subnet_name": "s", "location": "japaneast"})
+    assert aideploy_configure_network(cfg=vnet, ctx=ctx("aci")).details["vnet"] == "v"
+    with pytest.raises(ConfigError) as info:
+        aideploy_configure_network(cfg=vnet, ctx=ctx("k8s"))
+    assert "target=k8s does not say" in str(info.value) and "network=public" in info.value.hint
