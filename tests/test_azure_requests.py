@@ -572,3 +572,80 @@ def test_managed_delete_is_planned_as_a_delete_listing_what_this_home_registered
     requests = [a["request"] for a in deleted["actions"][2:]]
     assert [r["method"] for r in requests] == ["DELETE", "DELETE"]
     assert requests[0]["path"].endswith("/codes/c0de/versions/1") and requests[1]["path"].endswith("/models/m0del/versions/1")
+
+
+# ============================================================================= the checker's rules
+#
+# Each rule of tests/openapi_check.py, given a body that breaks it: the checker must say so.
+
+RULES_DOC = {"definitions": {
+    "Closed": {"type": "object", "additionalProperties": False, "properties": {"a": {"type": "string"}}},
+    "Declared": {"type": "object", "properties": {"a": {"type": "string"}}},
+    "State": {"type": "string", "readOnly": True, "enum": ["Running", "Done"]},
+    "Resource": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string", "minLength": 3, "maxLength": 5},
+        "state": {"$ref": "#/definitions/State"},
+        "id": {"type": "string", "readOnly": True},
+        "kind": {"type": "string", "x-ms-mutability": ["read", "create"]},
+        "zone": {"type": "string", "x-ms-mutability": ["read"]},
+        "access": {"type": "string", "enum": ["Enabled", "Disabled"],
+                   "x-ms-enum": {"name": "Access", "modelAsString": False}},
+        "sku": {"type": "string", "enum": ["Basic", "Premium"], "x-ms-enum": {"name": "Sku", "modelAsString": True}},
+        "created": {"type": "string", "format": "date-time"},
+        "timeout": {"type": "string", "format": "duration"},
+        "tenant": {"type": "string", "format": "uuid"},
+        "url": {"type": "string", "format": "uri"},
+        "codeId": {"type": "string", "format": "arm-id"},
+        "count": {"type": "integer", "format": "int32", "minimum": 1, "maximum": 10},
+        "ratio": {"type": "number", "minimum": 0, "maximum": 1, "exclusiveMaximum": True},
+        "items": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2}}},
+}}
+GOOD = {"name": "abcd", "kind": "k", "access": "Enabled", "sku": "Standard", "created": "2026-07-01T10:00:00Z",
+        "timeout": "PT5S", "tenant": "0d7a3b1c-5e2f-4a6b-9c8d-7e6f5a4b3c2d", "url": "https://example.org/x",
+        "codeId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/w/"
+                  "codes/c/versions/1", "count": 10, "ratio": 0.5, "items": ["x"]}
+
+
+def rule_errors(body: dict, ref: str = "Resource", operation: str = "create") -> list[str]:
+    from openapi_check import Spec
+
+    return Spec(None, docs={"rules.json": RULES_DOC}, operation=operation).validate(body, f"#/definitions/{ref}",
+                                                                                   "rules.json")
+
+
+def test_a_body_that_keeps_every_rule_passes():
+    assert rule_errors(GOOD) == []  # the extensible enum takes "Standard"; the closed one would not
+
+
+@pytest.mark.parametrize("ref,body,expected", [
+    ("Closed", {"a": "x", "b": 1}, "$.b: not a property the spec declares"),  # additionalProperties: false
+    ("Declared", {"b": 1}, "$.b: not a property the spec declares"),  # declared properties, none other
+    ("Resource", {**GOOD, "id": "x"}, "$.id: read-only"),
+    ("Resource", {**GOOD, "state": "Done"}, "$.state: read-only"),  # readOnly on the referenced definition
+    ("Resource", {**GOOD, "zone": "1"}, "$.zone: x-ms-mutability ['read'] does not allow it on create"),
+    ("Resource", {k: v for k, v in GOOD.items() if k != "name"}, "$: required property 'name' is missing"),
+    ("Resource", {**GOOD, "access": "Maybe"}, "$.access: 'Maybe' is not one of ['Enabled', 'Disabled']"),
+    ("Resource", {**GOOD, "access": "enabled"}, "(casing: 'Enabled')"),
+    ("Resource", {**GOOD, "sku": "premium"}, "(casing: 'Premium')"),  # extensible, yet casing still counts
+    ("Resource", {**GOOD, "created": "2026-07-01 10:00"}, "is not an RFC 3339 date-time"),
+    ("Resource", {**GOOD, "timeout": "5s"}, "is not an ISO 8601 duration"),
+    ("Resource", {**GOOD, "tenant": "not-a-uuid"}, "is not a uuid"),
+    ("Resource", {**GOOD, "url": "example.org/x"}, "is not an absolute URI"),
+    ("Resource", {**GOOD, "codeId": "azureml:code:1"}, "is not an ARM resource id"),
+    ("Resource", {**GOOD, "count": 0}, "$.count: 0 is below the minimum 1"),
+    ("Resource", {**GOOD, "count": 11}, "$.count: 11 is above the maximum 10"),
+    ("Resource", {**GOOD, "ratio": 1}, "$.ratio: 1 is above the maximum 1"),  # exclusiveMaximum
+    ("Resource", {**GOOD, "name": "ab"}, "is shorter than 3"),
+    ("Resource", {**GOOD, "name": "abcdef"}, "is longer than 5"),
+    ("Resource", {**GOOD, "items": []}, "$.items: 0 items"),
+    ("Resource", {**GOOD, "items": ["a", "b", "c"]}, "$.items: 3 items"),
+    ("Resource", {**GOOD, "count": "3"}, "$.count: '3' is not an integer"),
+])
+def test_each_rule_of_the_checker_refuses_a_body_that_breaks_it(ref, body, expected):
+    errors = rule_errors(body, ref)
+    assert len(errors) == 1 and expected in errors[0], errors
+
+
+def test_mutability_follows_the_operation():
+    assert rule_errors({**GOOD, "kind": "k"}, operation="update") == [
+        "$.kind: x-ms-mutability ['read', 'create'] does not allow it on update"]
