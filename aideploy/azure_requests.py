@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 SCOPE = {"subscription_id": "{subscriptionId}", "resource_group_name": "{resourceGroupName}",
          "workspace_name": "{workspaceName}"}
@@ -57,11 +57,37 @@ def wire_body(model: Any) -> dict[str, Any]:
     return json.loads(json.dumps(model, cls=SdkJSONEncoder, exclude_readonly=True))
 
 
+LONG_RUNNING = {
+    "online_endpoints_create_or_update": "Azure-AsyncOperation",
+    "online_deployments_create_or_update": "Azure-AsyncOperation",
+    "online_endpoints_delete": "Location",
+    "online_deployments_delete": "Location",
+}
+"""The long-running operations a plan sends, and the header Azure's answer names the operation's status in
+(the REST spec's ``x-ms-long-running-operation`` responses, checked by tests/test_azure_requests.py)."""
+
+TERMINAL_STATES = ("Succeeded", "Failed", "Canceled")
+
+
+def polling(operation: str) -> dict[str, Any] | None:
+    """How the SDK's poller (azure-mgmt-core's ARMPolling) follows a long-running operation, and how
+    ``plan.sh`` does without response headers (``az rest`` prints only the body)."""
+    header = LONG_RUNNING.get(operation)
+    if header is None:
+        return None
+    deleting = header == "Location"
+    return {"header": header,
+            "sdk": (f"GET the {header} URL every Retry-After seconds until it answers 200 (202 while running)"
+                    if deleting else f"GET the {header} URL until its status is one of {', '.join(TERMINAL_STATES)}"),
+            "plan.sh": ("GET the resource until it answers 404" if deleting else
+                        f"GET the resource until properties.provisioningState is one of {', '.join(TERMINAL_STATES)}")}
+
+
 def sdk_request(operation: str, operations: Any, body: Any = None, **path: str) -> dict[str, Any]:
-    """``{method, path, api-version[, body]}`` from the generated builder ``build_<operation>_request``.
+    """``{method, path, api-version[, body][, long_running]}`` from the generated builder ``build_<operation>_request``.
 
     ``operations`` is the generated operation group the SDK calls (its ``_config`` holds the
-    api-version ``MLClient`` pinned it to).
+    api-version ``MLClient`` pinned it to). A long-running operation says how it is polled (:func:`polling`).
     """
     from azure.ai.ml._restclient.arm_ml_service.operations import _operations as generated
 
@@ -70,12 +96,53 @@ def sdk_request(operation: str, operations: Any, body: Any = None, **path: str) 
     http = builder(**SCOPE, **path, api_version=api_version)
     url = urlsplit(http.url)
     request: dict[str, Any] = {"method": http.method, "path": unquote(url.path), "api-version": api_version}
+    if url.query:
+        request["query"] = {k: v for k, v in parse_qsl(url.query) if k != "api-version"}
+        if not request["query"]:
+            del request["query"]
     if body is not None:
-        request["body"] = wire_body(body)
+        request["body"] = body if isinstance(body, dict) else wire_body(body)
+    poll = polling(operation)
+    if poll:
+        request["long_running"] = poll
     return request
 
 
-def uploaded_to(asset: Any, local_path: Path, scope: Any) -> None:
+def datastore_requests(client: Any) -> list[tuple[str, dict[str, Any], str]]:
+    """What the SDK asks before it uploads: the default datastore (its storage account and container),
+    then a short-lived SAS for it (``DatastoreOperations._list_secrets``, with the body it sends)."""
+    operations = client.datastores._operation
+    return [
+        ("datastores.get_default", {**sdk_request("datastores_list", operations, is_default=True),
+                                    "captures": {"storageAccount": "value.0.properties.accountName",
+                                                 "container": "value.0.properties.containerName"}},
+         "the workspace's default datastore: {storageAccount} is properties.accountName, {container} "
+         "properties.containerName"),
+        ("datastores._list_secrets", sdk_request("datastores_list_secrets", operations,
+                                                 {"expirableSecret": True, "expireAfterHours": 1},
+                                                 name=WORKSPACE_BLOB_STORE),
+         "a SAS for the uploads below (an identity-based datastore skips this: the credential's token is used)"),
+    ]
+
+
+WORKSPACE_BLOB_STORE = "workspaceblobstore"
+
+
+def blob_uploads(local_path: Path, blob_prefix: str) -> list[dict[str, Any]]:
+    """The blob PUTs of the SDK's upload of ``local_path`` to ``<blob_prefix>/<its name>`` (a file, or every
+    file of a directory that its ignore files keep, as ``upload_directory`` enumerates them)."""
+    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
+
+    if local_path.is_dir():
+        pairs = sorted(get_upload_files_from_folder(local_path.resolve(), prefix=f"{blob_prefix}/{local_path.name}/",
+                                                    ignore_file=get_ignore_file(local_path)))
+    else:
+        pairs = [(str(local_path), f"{blob_prefix}/{local_path.name}")]
+    return [{"method": "PUT", "url": f"{STORAGE_ACCOUNT_URL}/{STORAGE_CONTAINER}/{blob}",
+             "headers": {"x-ms-blob-type": "BlockBlob"}, "file": str(source)} for source, blob in pairs]
+
+
+def uploaded_to(asset: Any, local_path: Path, scope: Any) -> str:
     """Point ``asset`` where the SDK's upload puts ``local_path``: ``LocalUpload/<content hash>/<name>``
     in the workspace's default datastore, as ``_check_and_upload_path`` does after uploading.
 
@@ -88,11 +155,13 @@ def uploaded_to(asset: Any, local_path: Path, scope: Any) -> None:
     from azure.ai.ml.entities._datastore._constants import WORKSPACE_BLOB_STORE
 
     digest = get_object_hash(local_path, get_ignore_file(local_path))
+    prefix = generate_asset_id(digest, include_directory=True)
     asset._update_path(ArtifactStorageInfo(
         name=asset.name, version=str(asset.version),
-        relative_path=f"{generate_asset_id(digest, include_directory=True)}/{local_path.name}",
+        relative_path=f"{prefix}/{local_path.name}",
         datastore_arm_id=get_datastore_arm_id(WORKSPACE_BLOB_STORE, scope),
         container_name=STORAGE_CONTAINER, storage_account_url=STORAGE_ACCOUNT_URL, is_file=local_path.is_file()))
+    return prefix
 
 
 def asset_id(scope: Any, kind: str, asset: Any) -> str:
@@ -102,31 +171,34 @@ def asset_id(scope: Any, kind: str, asset: Any) -> str:
     return get_arm_id_with_version(scope, kind, asset.name, str(asset.version))
 
 
-def asset_registrations(deployment: Any, client: Any) -> list[tuple[str, Any, dict[str, Any]]]:
+def asset_registrations(deployment: Any, client: Any) -> list[tuple[str, Any, dict[str, Any], list[dict[str, Any]]]]:
     """What ``online_deployments.begin_create_or_update`` registers before the deployment itself.
 
     The SDK's ``upload_dependencies`` turns the local code directory, the inline environment and
     the local model into registered (anonymous) assets, in that order, and puts their ARM ids
     in the deployment. This does the same to ``deployment`` without uploading: each entry is
-    ``(action, asset entity, request)``.
+    ``(action, asset entity, request, the blob PUTs of its upload)`` (the environment uploads nothing).
     """
     from azure.ai.ml.constants._common import AzureMLResourceType
     from azure.ai.ml.entities._assets import Code
 
     scope = client._operation_scope
     code = Code(base_path=deployment._base_path, path=deployment.code_configuration.code)
-    uploaded_to(code, Path(code.path), scope)
+    code_path = Path(code.path)
+    code_uploads = blob_uploads(code_path, uploaded_to(code, code_path, scope))
     environment, model = deployment.environment, deployment.model
-    uploaded_to(model, Path(model.path), scope)
+    model_path = Path(model.path)
+    model_uploads = blob_uploads(model_path, uploaded_to(model, model_path, scope))
     registrations = [
         ("code.create_or_update", code, sdk_request("code_versions_create_or_update", client._code._version_operation,
-                                                    code._to_rest_object(), name=code.name, version=str(code.version))),
+                                                    code._to_rest_object(), name=code.name, version=str(code.version)),
+         code_uploads),
         ("environments.create_or_update", environment, sdk_request(
             "environment_versions_create_or_update", client.environments._version_operations,
-            environment._to_rest_object(), name=environment.name, version=str(environment.version))),
+            environment._to_rest_object(), name=environment.name, version=str(environment.version)), []),
         ("models.create_or_update", model, sdk_request("model_versions_create_or_update",
                                                        client.models._model_versions_operation, model._to_rest_object(),
-                                                       name=model.name, version=str(model.version))),
+                                                       name=model.name, version=str(model.version)), model_uploads),
     ]
     deployment.code_configuration.code = asset_id(scope, AzureMLResourceType.CODE, code)
     deployment.environment = asset_id(scope, AzureMLResourceType.ENVIRONMENT, environment)

@@ -275,6 +275,61 @@ def delete_by_name(ctx: Any, session: Session, kind: str, name: str, delete: Cal
     return deleted
 
 
+class AzureResource:
+    """One Azure resource a run creates, journaled *before* it is created (``aideploy/journal.py``).
+
+    A run killed while the SDK creates it leaves the journal entry, and ``mode=gc`` prints
+    ``delete_command`` for it (Azure resources are never deleted behind the user's back). At
+    teardown ``delete`` runs unless the resource was :meth:`keep`-t (``mode=serve``, a new deployment
+    that took the traffic) or :meth:`disown`-ed (the create failed before it was known to be this
+    run's, e.g. a name already taken); either way its journal entry then goes.
+    """
+
+    def __init__(self, ctx: Any, what: str, delete: Callable[[], Any], *, target: str, name: str,
+                 delete_command: str, armed: bool = True) -> None:
+        self.what, self._delete, self.armed = what, delete, armed
+        ctx.resources.add(what, self._release, {"kind": "azure", "target": target, "name": name,
+                                                "delete": delete_command})
+
+    def _release(self) -> None:
+        if self.armed:
+            self._delete()
+
+    def arm(self) -> None:
+        """It is this run's: delete it at teardown."""
+        self.armed = True
+
+    def keep(self) -> None:
+        """Not this run's to delete at teardown (its journal entry goes then)."""
+        self.armed = False
+
+
+def delete_command(target: str, name: str) -> str:
+    """The command that deletes a whole deployment of ``target`` named ``name``."""
+    return f"aideploy target={target} mode=delete deployment_name={name}"
+
+
+REGISTRATIONS_DIR = "azure_registrations"
+
+
+def record_registrations(home: str | Path, name: str, registrations: list[dict[str, str]]) -> None:
+    """Remember the asset versions a deployment ``name`` registered in Azure (``{"kind", "name", "version"}``):
+    a delete lists them (and deletes them only when asked), as Azure keeps them after the endpoint goes."""
+    folder = Path(home) / REGISTRATIONS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    known = recorded_registrations(home, name)
+    path.write_text(json.dumps(known + [r for r in registrations if r not in known], indent=2))
+
+
+def recorded_registrations(home: str | Path, name: str) -> list[dict[str, str]]:
+    """What :func:`record_registrations` remembered for ``name`` (empty when this home made none)."""
+    try:
+        return json.loads((Path(home) / REGISTRATIONS_DIR / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return []
+
+
 def teardown_note(ctx: Any, name: str) -> str:
     """When a plan's delete action runs: at teardown, or never for ``mode=serve``."""
     if ctx.mode is Mode.serve:

@@ -201,8 +201,8 @@ class PublicNetwork(NetworkConfig):
 @dataclass
 class VnetNetwork(NetworkConfig):
     plugin: str = "vnet"
-    vnet_name: str = "amlvnet1"
-    subnet_name: str = "amlsubnet1"
+    vnet_name: Optional[str] = None  # Azure (target=aci): required, no default is guessed
+    subnet_name: Optional[str] = None
     location: Optional[str] = None
     resource_group: Optional[str] = None
     address_range: str = "10.0.1.0/24"
@@ -261,11 +261,6 @@ class LocalTarget(TargetConfig):
     auth: bool = True
 
 
-# The seed's (000) deploy configuration: AciWebservice.deploy_configuration(tags=..., description=...).
-SEED_TAGS = {"data": "MNIST", "method": "sklearn"}
-SEED_DESCRIPTION = "Encrypted Predict MNIST with sklearn + SEAL"
-
-
 @dataclass
 class AzureWorkspace:
     """Which Azure ML workspace: names of env vars and a config file, never the values themselves.
@@ -288,8 +283,9 @@ class AciTarget(TargetConfig):
     plugin: str = "aci"
     cpu_cores: float = bounded(1.0, gt=0)
     memory_gb: float = bounded(1.0, gt=0)
-    tags: Dict[str, str] = field(default_factory=lambda: dict(SEED_TAGS))
-    description: str = SEED_DESCRIPTION
+    tags: Dict[str, str] = field(default_factory=dict)  # added to the tags made from the model and run
+    description: Optional[str] = None  # null: a sentence from the model and run
+    properties: Dict[str, str] = field(default_factory=dict)  # the service's properties: only these
     auth_enabled: bool = True
     overwrite: bool = False
     deploy_timeout: float = bounded(1800.0, gt=0)
@@ -327,8 +323,10 @@ class ManagedEndpointTarget(TargetConfig):
     probes: Dict[str, ProbeTiming] = field(default_factory=lambda: {
         "plain": ProbeTiming(10, 2), "fast": ProbeTiming(20, 2), "seal": ProbeTiming(30, 15)})
     auth_mode: EndpointAuthMode = EndpointAuthMode.key
-    tags: Dict[str, str] = field(default_factory=lambda: dict(SEED_TAGS))
-    description: str = SEED_DESCRIPTION
+    tags: Dict[str, str] = field(default_factory=dict)  # added to the tags made from the model and run
+    description: Optional[str] = None  # null: a sentence from the model and run
+    properties: Dict[str, str] = field(default_factory=dict)  # the deployment's properties: only these
+    delete_registrations: bool = False  # mode=delete: also delete the code, environment and model versions it registered
     deploy_timeout: float = bounded(1800.0, gt=0)
     log_tail_lines: int = bounded(40, ge=0)
     workspace: AzureWorkspace = field(default_factory=AzureWorkspace)

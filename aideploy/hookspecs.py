@@ -149,6 +149,18 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
 
 
 @hookspec(firstresult=True)
+def aideploy_target_capabilities(cfg):
+    """Say what this target is and can do; served by the ``target`` plugin, whenever another plugin asks.
+
+    ``cfg`` is the target's config group. Return an :class:`aideploy.targets.TargetCapabilities`
+    (whether the service runs on this machine, which cloud, online or batch, the encryption schemes and
+    model kinds it serves, how its workers share the MLP round-token secret). Other plugins read it
+    through :func:`aideploy.targets.capabilities` instead of testing the target's name; a target that
+    does not implement this hook is taken as remote, in no cloud, serving plain requests only.
+    """
+
+
+@hookspec(firstresult=True)
 def aideploy_plan(cfg, ctx, model, environment, code):
     """Describe what the deploy stage would create, creating nothing (``dry_run=true``).
 

@@ -154,9 +154,9 @@ def release_entry(entry: dict[str, Any]) -> str | None:
             path.unlink(missing_ok=True)
     elif kind == "blob":
         return _delete_blob(entry)
-    elif kind == "azure":
-        return (f"{entry['target']} deployment {entry['name']!r} in Azure: delete it with "
-                f"`aideploy target={entry['target']} mode=delete deployment_name={entry['name']}`")
+    elif kind == "azure":  # never deleted behind the user's back: the entry says how
+        command = entry.get("delete") or f"aideploy target={entry['target']} mode=delete deployment_name={entry['name']}"
+        return f"{entry.get('what') or entry['target'] + ' deployment ' + repr(entry['name'])} in Azure: delete it with `{command}`"
     else:
         return f"unknown resource kind {kind!r}: {entry}"
     return None

@@ -24,6 +24,7 @@ from aideploy.errors import ConfigError, PredictError
 from aideploy.keystore import publish_public_keys
 from aideploy.linear import linear_model, mlp_layers, numeric
 from aideploy.stages import Mode
+from aideploy.targets import capabilities
 from aideploy_scoring import fastmlp
 from aideploy_scoring.fastlinear import FastClient, FastParams, FastSchemeError, choose_params
 from aideploy_scoring.service import BINARY_TYPE, KEY_HEADERS, SCHEME_HEADER
@@ -33,8 +34,6 @@ SCHEME = "fast"
 # (scoring/fastkernels_aot.py: the workers then run without numba)
 RUNTIME = ["seal-python==4.4.0", "cryptography>=41", "numba>=0.68", "setuptools", "azure-storage-blob>=12.19",
            "cachetools>=5.3"]
-#: Targets that give every worker of a deployment the same MLP round-token secret.
-MLP_TARGETS = ("local",)
 
 
 @hookimpl
@@ -75,11 +74,11 @@ def aideploy_check_model(ctx, model, dataset):
             _check_range(ctx.cfg.encryption, numeric(dataset), f"data {dataset.name!r}")
         _, activation, _ = _params(ctx.cfg.encryption, model)
         target = ctx.cfg.target.plugin
-        if activation is not None and ctx.mode is not Mode.predict and target not in MLP_TARGETS:
+        if activation is not None and ctx.mode is not Mode.predict and not capabilities(ctx).serves_mlps:
             raise ConfigError(f"encryption=fast serves {model.name}:{model.version} (an MLP) with round tokens "
                               f"that every worker must open, and target={target} does not provision their "
                               "shared secret yet",
-                              hint=f"deploy it with target={' or '.join(MLP_TARGETS)}, or with encryption=none")
+                              hint="deploy it with a target that does (target=local), or with encryption=none")
 
 
 def _described(ctx, service) -> tuple[list[int], str | None, FastParams]:

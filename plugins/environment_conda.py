@@ -10,6 +10,7 @@ from pathlib import Path
 from aideploy import hookimpl
 from aideploy import uvenv
 from aideploy.envspec import write_spec
+from aideploy.targets import capabilities
 
 BUILD_LOG = "uv-build.log"
 
@@ -30,7 +31,7 @@ def _journal_add(ctx):
 @hookimpl
 def aideploy_build_environment(cfg, ctx, requirements):
     spec = write_spec(cfg, ctx, requirements)
-    if ctx.cfg.dry_run or ctx.cfg.target.plugin != "local":
+    if ctx.cfg.dry_run or not capabilities(ctx).runs_here:
         return spec  # an Azure target builds its own image from the same spec
     root = uvenv.envs_dir(cfg.envs_dir, ctx.cfg.home)
     existed = (root / uvenv.spec_hash(spec.python, spec.pip) / uvenv.STAMP).exists()

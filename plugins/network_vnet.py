@@ -10,11 +10,18 @@ from aideploy import hookimpl
 from aideploy.artifacts import NetworkInfo
 from aideploy.errors import ConfigError, StageError
 from aideploy.netns import NetworkPermissionError, NetworkToolMissingError, PrivateNetwork
+from aideploy.targets import capabilities
 
 
 @hookimpl
 def aideploy_configure_network(cfg, ctx):
-    if ctx.cfg.target.plugin != "local":
+    target = capabilities(ctx)
+    if not target.runs_here:
+        if target.cloud != "azure":
+            raise ConfigError(f"network=vnet: target={ctx.cfg.target.plugin} does not say how its service is "
+                              "placed in a private network (it declares no cloud and does not run here)",
+                              hint="use network=public, or a target that declares it "
+                              "(aideploy_target_capabilities)")
         # An Azure target is deployed into the named VNET by Azure; nothing to build here.
         return NetworkInfo(kind="vnet", bind_host="", client_host="",
                            details={"vnet": cfg.vnet_name, "subnet": cfg.subnet_name, "location": cfg.location})

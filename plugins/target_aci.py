@@ -16,15 +16,16 @@ the functions below, so loading this plugin never needs them.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from aideploy import hookimpl
+from aideploy import azure_tags, hookimpl, plan_script
 from aideploy.artifacts import Endpoint, Secret
-from aideploy.azure_workspace import (ACI_DELEGATION, SESSION_KEY, Session, WorkspaceSettings,
-                                      check_subnet_delegation, delete_by_name, deployment_name, fetch_subnet,
-                                      preflight_due, require_sdk, sdk_error, teardown_note, v1_auth)
+from aideploy.azure_workspace import (ACI_DELEGATION, SESSION_KEY, AzureResource, Session, WorkspaceSettings,
+                                      check_subnet_delegation, delete_by_name, delete_command, deployment_name,
+                                      fetch_subnet, preflight_due, require_sdk, sdk_error, teardown_note, v1_auth)
 from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import ConfigError, DeployError
 from aideploy.stages import Mode
@@ -42,32 +43,53 @@ NAME_RULE = ("an ACI service name is 3-32 characters: lowercase letters, digits 
 # ----------------------------------------------------------------------------- config -> SDK objects
 
 
+_VNET_KEYS = {"vnet_name": "the VNET's name", "subnet_name": "the subnet's name", "location": "the VNET's region"}
+
+
 def vnet_settings(network_cfg: Any) -> dict[str, str]:
     """``location``, ``vnet_name`` and ``subnet_name`` for a VNET deployment; empty on a public network.
 
-    ``AciWebservice.deploy_configuration`` silently puts a VNET deployment in westus when no
-    location is given (seed 004), which fails unless the VNET happens to be there: refuse that.
+    All three are the user's: no VNET or subnet name is guessed, and ``AciWebservice.deploy_configuration``
+    silently puts a VNET deployment in westus when no location is given (seed 004).
     """
     if network_cfg.plugin != "vnet":
         return {}
-    if not network_cfg.location:
+    missing = [key for key in _VNET_KEYS if not network_cfg.get(key)]
+    if missing:
         raise ConfigError(
-            "target=aci with network=vnet needs the VNET's region: network.location is not set, and "
-            "azureml-core would silently deploy to westus",
-            hint="add network.location=<the VNET's region>, e.g. network.location=japaneast")
-    return {"location": str(network_cfg.location), "vnet_name": str(network_cfg.vnet_name),
-            "subnet_name": str(network_cfg.subnet_name)}
+            "target=aci with network=vnet needs " + ", ".join(f"{_VNET_KEYS[k]} (network.{k})" for k in missing)
+            + ": not set, and aideploy does not guess them",
+            hint="name the existing VNET, its subnet delegated to ACI and their region, e.g. network.vnet_name=myvnet "
+            "network.subnet_name=aci-subnet network.location=japaneast (without a region azureml-core would "
+            "silently deploy to westus)")
+    return {key: str(network_cfg[key]) for key in ("location", "vnet_name", "subnet_name")}
 
 
-def deploy_configuration(cfg: Any, network_cfg: Any) -> Any:
-    """``AciWebservice.deploy_configuration(...)`` from config alone: needs no workspace or credential."""
+@contextlib.contextmanager
+def without_git_tracking() -> Any:
+    """azureml-core adds the working directory's git state (``azureml.git.*``: the checkout's local path,
+    branch, commit, dirty flag) to every service it creates or updates; aideploy sends only
+    ``target.properties``. Its tracking registry is emptied for the duration of the call."""
+    from azureml._base_sdk_common.tracking import global_tracking_info_registry
+
+    providers = global_tracking_info_registry.providers
+    global_tracking_info_registry.providers = []
+    try:
+        yield
+    finally:
+        global_tracking_info_registry.providers = providers
+
+
+def deploy_configuration(cfg: Any, network_cfg: Any, tags: dict[str, str], description: str) -> Any:
+    """``AciWebservice.deploy_configuration(...)`` from config and the run (:func:`aideploy.azure_tags.describe`):
+    needs no workspace or credential."""
     from azureml.core.webservice import AciWebservice
     from azureml.exceptions import WebserviceException
 
     try:
         return AciWebservice.deploy_configuration(
-            cpu_cores=cfg.cpu_cores, memory_gb=cfg.memory_gb, tags=dict(cfg.tags), description=cfg.description,
-            auth_enabled=cfg.auth_enabled, **vnet_settings(network_cfg))
+            cpu_cores=cfg.cpu_cores, memory_gb=cfg.memory_gb, tags=tags, description=description,
+            properties=azure_tags.properties(cfg) or None, auth_enabled=cfg.auth_enabled, **vnet_settings(network_cfg))
     except WebserviceException as exc:  # the SDK's own validation, e.g. cpu_cores <= 0
         raise ConfigError(f"target=aci: {exc.message}", hint="fix the target.* setting named above") from None
 
@@ -79,16 +101,20 @@ def create_payload(deploy_config: Any, name: str) -> dict[str, Any]:
     plan's create request has it, see :func:`aideploy_plan`).
     """
     try:
-        return deploy_config._build_create_payload(name, None)
+        with without_git_tracking():
+            return deploy_config._build_create_payload(name, None)
     except Exception:  # a private method: if a later SDK changes it, fall back to its attributes
         return {k: v for k, v in vars(deploy_config).items() if not k.startswith("_")}
 
 
 def build_environment(environment: Any) -> Any:
-    """``Environment.from_conda_specification`` on the environment stage's conda yml."""
+    """``Environment.from_conda_specification`` on the environment stage's conda yml, without the
+    ``EXAMPLE_ENV_VAR=EXAMPLE_VALUE`` variable azureml-core puts in every new Environment."""
     from azureml.core import Environment
 
-    return Environment.from_conda_specification(environment.name, str(environment.conda_file))
+    env = Environment.from_conda_specification(environment.name, str(environment.conda_file))
+    env.environment_variables = {}
+    return env
 
 
 def environment_dict(env: Any) -> dict[str, Any]:
@@ -108,19 +134,17 @@ def inference_config(code: Any, env: Any) -> Any:
     return InferenceConfig(source_directory=str(code.source_dir), entry_script=code.entry_script, environment=env)
 
 
-def model_register_args(cfg: Any, model: Any) -> dict[str, Any]:
-    """The arguments of ``Model.register`` besides the workspace."""
-    return {"model_path": str(model.path), "model_name": model.name,
-            "tags": {**dict(cfg.tags), "aideploy_model": f"{model.name}:{model.version}"},
-            "description": f"{model.name} version {model.version} from aideploy's registry"}
+def model_register_args(model: Any, tags: dict[str, str], description: str) -> dict[str, Any]:
+    """The arguments of ``Model.register`` besides the workspace: the run's tags and description."""
+    return {"model_path": str(model.path), "model_name": model.name, "tags": tags, "description": description}
 
 
-def register_model(workspace: Any, cfg: Any, model: Any) -> Any:
+def register_model(workspace: Any, model: Any, tags: dict[str, str], description: str) -> Any:
     """``Model.register`` from the model's own directory: azureml-core (1.60 on) refuses a
     ``model_path`` outside the current directory, and aideploy's registry is under ``home``."""
     from azureml.core import Model
 
-    args = model_register_args(cfg, model)
+    args = model_register_args(model, tags, description)
     path = Path(args["model_path"]).resolve()
     with contextlib.chdir(path.parent):
         return Model.register(workspace=workspace, **{**args, "model_path": path.name})
@@ -226,34 +250,34 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
 
     vnet = vnet_settings(ctx.cfg.network)
     name = service_name(ctx)
-    deploy_config = deploy_configuration(cfg, ctx.cfg.network)
+    tags, description = azure_tags.describe(cfg, model, ctx.artifacts.get("dataset"))
+    deploy_config = deploy_configuration(cfg, ctx.cfg.network, tags, description)
     session = ctx.artifacts.get(SESSION_KEY) or connect(cfg)
     settings, workspace = session.settings, session.workspace
     config = inference_config(code, build_environment(environment))
     try:
-        registered = register_model(workspace, cfg, model)
+        registered = register_model(workspace, model, tags, description)
     except Exception as exc:
         raise sdk_error(exc, f"Model.register({model.name!r})", settings, DeployError) from None
+    # Journaled before Model.deploy, but armed (deleted at teardown) only once it has returned:
+    # before that, the name may belong to a service this run did not create (overwrite=false
+    # refuses it), which must not be deleted. mode=serve keeps a service that came up; a broken
+    # one is not worth keeping (its log is in the error).
+    created = AzureResource(ctx, f"ACI service {name}", lambda: delete_service(workspace, name), target=PLUGIN_NAME,
+                            name=name, delete_command=delete_command(PLUGIN_NAME, name), armed=False)
     try:
-        service = Model.deploy(workspace, name, [registered], inference_config=config,
-                               deployment_config=deploy_config, overwrite=cfg.overwrite)
+        with without_git_tracking():
+            service = Model.deploy(workspace, name, [registered], inference_config=config,
+                                   deployment_config=deploy_config, overwrite=cfg.overwrite)
     except Exception as exc:
         raise sdk_error(exc, f"Model.deploy({name!r})", settings, DeployError,
                         hint="if the name is already in use: target.overwrite=true replaces that service, or "
                         "choose another deployment_name") from None
-    # Registered only once Model.deploy has returned: before that, the name may belong to a
-    # service this run did not create (overwrite=false refuses it), which must not be deleted.
-    serve = ctx.mode is Mode.serve
-    if not serve:
-        ctx.resources.add(f"ACI service {name}", lambda: delete_service(workspace, name),
-                          {"kind": "azure", "target": "aci", "name": name})
+    created.arm()
     try:
         service.wait_for_deployment(show_output=True, timeout_sec=cfg.deploy_timeout)
     except Exception as exc:
         tail = service_logs(service, cfg.log_tail_lines, settings)
-        if serve:  # a broken service is not worth keeping: its log is in this error
-            ctx.resources.add(f"failed ACI service {name}", lambda: delete_service(workspace, name),
-                          {"kind": "azure", "target": "aci", "name": name})
         message = settings.scrub(str(getattr(exc, "message", None) or exc))
         raise DeployError(f"the ACI deployment {name!r} failed: {message}\n"
                           f"--- last lines of the service's log (get_logs) ---\n{tail}",
@@ -266,7 +290,9 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
         except Exception as exc:
             raise sdk_error(exc, f"getting the keys of {name!r}", settings, DeployError) from None
         key = Secret(primary)
-    if serve and key:
+    if ctx.mode is Mode.serve:
+        created.keep()
+    if ctx.mode is Mode.serve and key:
         ctx.log.info("      the service's key: Webservice(ws, %r).get_keys() or the Consume tab in ml.azure.com "
                      "(mode=predict reads it from $%s)", name, ctx.cfg.scoring_key_env)
     return Endpoint(name, "aci", service.scoring_uri, auth_key=key, keep_alive=False,
@@ -292,30 +318,35 @@ def new_model_ids(model: Any) -> list[str]:
     return [f"{model.name}:{{modelVersion}}"]
 
 
+def update_args(cfg: Any, tags: dict[str, str], description: str) -> dict[str, Any]:
+    """The new version's tags, description and ``target.properties`` (None when there are none), for the
+    ``Webservice.update`` that follows a passed smoke test: a roll-back then never has them to undo."""
+    return {"tags": tags, "properties": azure_tags.properties(cfg) or None, "description": description}
+
+
 def update_patch(config: Any, model_ids: list[str]) -> list[dict[str, Any]]:
-    """The JSON patch ``AciWebservice.update(models=..., inference_config=...)`` sends (``azureml/core/webservice/aci.py``).
-
-    A service deployed from an environment gets ``replace /environmentImageRequest``; the SDK then
-    adds one ``add /properties/<key>`` per entry of its tracking registry: the git branch, commit
-    and dirty flag of the working directory's repository, if it is in one (so this reads the cwd,
-    as the SDK does when the update runs from there).
-    """
-    from azureml._base_sdk_common.tracking import global_tracking_info_registry
-
+    """The JSON patch ``AciWebservice.update(models=..., inference_config=...)`` sends
+    (``azureml/core/webservice/aci.py``), under :func:`without_git_tracking`: a service deployed
+    from an environment gets ``replace /environmentImageRequest``."""
     from aideploy.azure_requests import v1_environment_image_request
 
-    patch = [{"op": "replace", "path": "/environmentImageRequest",
-              "value": v1_environment_image_request(config, model_ids)}]
-    properties: dict[str, Any] = {}
-    properties.update(global_tracking_info_registry.gather_all())
-    return patch + [{"op": "add", "path": f"/properties/{key}", "value": value} for key, value in properties.items()]
+    return [{"op": "replace", "path": "/environmentImageRequest", "value": v1_environment_image_request(config, model_ids)}]
 
 
-def registration_actions(cfg: Any, model: Any) -> list[dict[str, Any]]:
+def metadata_patch(args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSON patch ``AciWebservice.update(**update_args(...))`` sends: the tags replaced, one
+    ``add /properties/<key>`` per property, the description replaced (in the SDK's order)."""
+    patch = [{"op": "replace", "path": "/kvTags", "value": args["tags"]}]
+    patch += [{"op": "add", "path": f"/properties/{key}", "value": value}
+              for key, value in (args["properties"] or {}).items()]
+    return patch + [{"op": "replace", "path": "/description", "value": args["description"]}]
+
+
+def registration_actions(model: Any, tags: dict[str, str], description: str) -> list[dict[str, Any]]:
     """``Model.register`` as plan actions: the asset its upload becomes, then the model on that asset."""
     from aideploy.azure_requests import v1_model_registration
 
-    args = model_register_args(cfg, model)
+    args = model_register_args(model, tags, description)
     asset, register = v1_model_registration(Path(args["model_path"]), args["model_name"], args["tags"],
                                             args["description"])
     return [{"action": "AssetsClient.create_asset", "settings": {"name": args["model_name"],
@@ -355,7 +386,8 @@ def aideploy_plan(cfg, ctx, model, environment, code):
 
     vnet = vnet_settings(ctx.cfg.network)
     name = service_name(ctx)
-    deploy_config = deploy_configuration(cfg, ctx.cfg.network)
+    tags, description = azure_tags.describe(cfg, model, ctx.artifacts.get("dataset"))
+    deploy_config = deploy_configuration(cfg, ctx.cfg.network, tags, description)
     # The code is staged locally (nothing in Azure), so InferenceConfig validates the real entry
     # script and the plan points at exactly the directory a deploy would upload.
     env = build_environment(environment)
@@ -373,23 +405,25 @@ def aideploy_plan(cfg, ctx, model, environment, code):
         prepare.append({"action": "NetworkManagementClient.subnets.get", "settings": {
             "resource_group_name": rg_label, "virtual_network_name": vnet["vnet_name"],
             "subnet_name": vnet["subnet_name"], "required_delegation": ACI_DELEGATION}})
-    prepare += registration_actions(cfg, model)
+    prepare += registration_actions(model, tags, description)
     prepare.append({"action": "Environment.from_conda_specification", "settings": environment_dict(env),
                     "note": ENVIRONMENT_NOTE})
     sdk = {"target": "aci", "sdk": f"azureml-core {azureml.core.VERSION}"}
     if ctx.mode is Mode.update:
-        return {**sdk, "mode": "update", **update_plan_actions(cfg, ctx, model, env, config, prepare)}
+        return with_script(ctx, cfg, {**sdk, "mode": "update", **update_plan_actions(
+            cfg, ctx, model, env, config, prepare, update_args(cfg, tags, description))})
     keys, delete = service_actions(name, bool(cfg.auth_enabled))
     if ctx.mode is Mode.delete:  # delete_service: Webservice(ws, name), then its delete()
         delete["settings"]["when"] = "now: mode=delete (a name that is not there is a warning)"
-        return {**sdk, "mode": "delete", "actions": [prepare[0], read_service_action(name, "whether it exists"),
-                                                     delete]}
+        return with_script(ctx, cfg, {**sdk, "mode": "delete", "actions": [
+            prepare[0], read_service_action(name, "whether it exists"), delete]})
     delete["settings"]["when"] = teardown_note(ctx, name)
     # Model._deploy_with_environment_image_request (azureml/core/model.py): the configuration's own
     # payload around the environment image request. No fallback here: a body the SDK did not build
     # is not the request.
-    body = deploy_config._build_create_payload(name, v1_environment_image_request(config, new_model_ids(model)),
-                                               overwrite=bool(cfg.overwrite))
+    with without_git_tracking():
+        body = deploy_config._build_create_payload(name, v1_environment_image_request(config, new_model_ids(model)),
+                                                   overwrite=bool(cfg.overwrite))
     actions = [
         *prepare,
         {"action": "InferenceConfig", "settings": {"source_directory": config.source_directory,
@@ -404,7 +438,20 @@ def aideploy_plan(cfg, ctx, model, environment, code):
         *keys,
         delete,
     ]
-    return {**sdk, "actions": actions}
+    return with_script(ctx, cfg, {**sdk, "actions": actions})
+
+
+SCRIPT_REFUSED = ("target=aci's requests carry values only azureml-core makes as it goes (its uploads to the "
+                  "artifact store: {container}, {driverScript}, {archive}; then {assetId}, {modelVersion}): "
+                  "run them with aideploy target=aci, or use --what-if to read them")
+
+
+def with_script(ctx: Any, cfg: Any, plan: dict[str, Any]) -> dict[str, Any]:
+    """``plan``, its plan.sh written beside plan.json (sending only when every value is known)."""
+    text = json.dumps(plan)
+    unknown = any(f"{{{name}}}" in text for name in ("assetId", "modelVersion", "driverScript", "archive"))
+    plan_script.write(ctx.output_dir, plan, cfg.workspace, refused=SCRIPT_REFUSED if unknown else "")
+    return plan
 
 
 ROLLBACK_NOTE = ("an ACI service holds one version: Webservice.update replaces it in place, so a failed smoke "
@@ -414,7 +461,7 @@ PREVIOUS_MODELS = "{previousModelId}"
 
 
 def update_plan_actions(cfg: Any, ctx: Any, model: Any, env: Any, config: Any,
-                        prepare: list[dict[str, Any]]) -> dict[str, Any]:
+                        prepare: list[dict[str, Any]], args: dict[str, Any]) -> dict[str, Any]:
     """``mode=update``: ``Webservice.update(models=..., inference_config=...)`` on the existing service,
     a smoke test, and the roll-back a failed one takes, each with the request azureml-core sends."""
     from aideploy.azure_requests import mms_request
@@ -442,6 +489,9 @@ def update_plan_actions(cfg: Any, ctx: Any, model: Any, env: Any, config: Any,
                         "headers": {"Content-Type": "application/json",
                                     **({"Authorization": "Bearer {key}"} if cfg.auth_enabled else {})},
                         "body": {"data": ["<one test-set row>"]}}}},
+        {"action": "Webservice.update", "settings": {"name": name, **args},
+         "note": "once the smoke test passed: the new version's tags and description",
+         "request": mms_request("PATCH", f"/services/{name}", metadata_patch(args))},
     ]
     rollback = [
         {"action": "Webservice.update", "settings": {"name": name, "models": "<the models it had before>",
@@ -483,9 +533,12 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
         raise sdk_error(exc, f"reading the service {name!r}", settings, DeployError) from None
     previous = list(service.models or [])
     config = inference_config(code, build_environment(environment))
+    tags, description = azure_tags.describe(cfg, model, dataset)
+    args = update_args(cfg, tags, description)
     try:
-        registered = register_model(workspace, cfg, model)
-        service.update(models=[registered], inference_config=config)
+        registered = register_model(workspace, model, tags, description)
+        with without_git_tracking():
+            service.update(models=[registered], inference_config=config)
         service.wait_for_deployment(show_output=True, timeout_sec=cfg.deploy_timeout)
     except Exception as exc:
         tail = service_logs(service, cfg.log_tail_lines, settings)
@@ -499,12 +552,26 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
                        cfg.request_timeout)
     if not smoke.ok:
         try:
-            service.update(models=previous, inference_config=config)
+            with without_git_tracking():
+                service.update(models=previous, inference_config=config)
             service.wait_for_deployment(show_output=True, timeout_sec=cfg.deploy_timeout)
             rolled = f"rolled back to {', '.join(m.name + ':' + str(m.version) for m in previous) or 'no model'}"
         except Exception as exc:
             rolled = f"the roll-back failed too: {settings.scrub(str(exc))}"
         raise DeployError(f"the updated ACI service {name!r} failed its smoke test: {smoke.reason}; {rolled}",
                           hint="compare the new model with the test set locally (target=local, same model)")
+    try:
+        with without_git_tracking():
+            service.update(**args)
+    except Exception as exc:
+        raise sdk_error(exc, f"setting the tags and description of {name!r} (it serves the new model)", settings,
+                        DeployError) from None
     return Endpoint(name, "aci", service.scoring_uri, auth_key=key, keep_alive=False,
                     details={"auth": bool(key), "smoke_test": smoke.summary()})
+
+
+@hookimpl
+def aideploy_target_capabilities(cfg):
+    from aideploy.targets import TargetCapabilities
+
+    return TargetCapabilities(runs_here=False, cloud="azure", schemes=("plain", "fast", "seal"))

@@ -361,3 +361,10 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
     publish(ctx, name, endpoint.details["pid"], endpoint)
     endpoint.details["replaced"] = old["scoring_uri"]
     return endpoint
+
+
+@hookimpl
+def aideploy_target_capabilities(cfg):
+    from aideploy.targets import TargetCapabilities
+
+    return TargetCapabilities(runs_here=True, schemes=("plain", "fast", "seal"), mlp_token_secret="generated")

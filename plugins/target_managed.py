@@ -16,10 +16,11 @@ import copy
 import logging
 from typing import Any
 
-from aideploy import hookimpl
+from aideploy import azure_tags, hookimpl, plan_script
 from aideploy.artifacts import Endpoint, Secret
-from aideploy.azure_workspace import (SESSION_KEY, Session, WorkspaceSettings, delete_by_name, deployment_name,
-                                      preflight_due, require_sdk, sdk_error, teardown_note)
+from aideploy.azure_workspace import (SESSION_KEY, AzureResource, Session, WorkspaceSettings, delete_by_name,
+                                      delete_command, deployment_name, preflight_due, record_registrations,
+                                      recorded_registrations, require_sdk, sdk_error, teardown_note)
 from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import ConfigError, DeployError
 from aideploy.stages import Mode
@@ -126,19 +127,31 @@ def probes(cfg: Any, scheme: str) -> tuple[Any, Any]:
                                failure_threshold=30, success_threshold=1) for _ in range(2))
 
 
-def build_endpoint(cfg: Any, network_cfg: Any, name: str) -> Any:
-    """The ``ManagedOnlineEndpoint`` entity, from config alone (no workspace or credential)."""
+def build_endpoint(cfg: Any, network_cfg: Any, name: str, tags: dict[str, str], description: str) -> Any:
+    """The ``ManagedOnlineEndpoint`` entity, from config and the run (no workspace or credential)."""
     from azure.ai.ml.entities import ManagedOnlineEndpoint
 
     _quiet_sdk_logs()
     check_network(network_cfg)
     return ManagedOnlineEndpoint(name=name, auth_mode=auth_mode(cfg),
                                  public_network_access=public_network_access(network_cfg),
-                                 tags=dict(cfg.tags), description=cfg.description)
+                                 tags=tags, description=description)
+
+
+SLA_INSTANCES = 3
+"""Azure's SLA for managed online endpoints asks for at least this many instances per deployment."""
+
+
+def sla_note(cfg: Any) -> dict[str, str]:
+    """A plan note (and a log line at deploy) when ``target.instance_count`` is below what the SLA asks for."""
+    if cfg.instance_count >= SLA_INSTANCES:
+        return {}
+    return {"sla": f"instance_count={cfg.instance_count}: Azure's SLA for managed online endpoints needs "
+                   f"{SLA_INSTANCES} or more instances (target.instance_count={SLA_INSTANCES}); fewer suit a trial"}
 
 
 def build_deployment(cfg: Any, endpoint_name: str, model: Any, environment: Any, code: Any, scheme: str,
-                     network_cfg: Any, name: str | None = None) -> Any:
+                     network_cfg: Any, tags: dict[str, str], description: str, name: str | None = None) -> Any:
     """The ``ManagedOnlineDeployment`` entity: the model file, the conda environment, the staged code,
     request settings, probes, and egress closed in a private network. ``name``: ``target.deployment``
     unless given (``mode=update`` names the new deployment)."""
@@ -147,11 +160,12 @@ def build_deployment(cfg: Any, endpoint_name: str, model: Any, environment: Any,
     _quiet_sdk_logs()
     liveness, readiness = probes(cfg, scheme)
     return ManagedOnlineDeployment(
-        name=name or cfg.deployment, endpoint_name=endpoint_name,
-        model=Model(path=str(model.path), description=f"{model.name} version {model.version} from aideploy"),
+        name=name or cfg.deployment, endpoint_name=endpoint_name, description=description,
+        model=Model(path=str(model.path), description=description, tags=tags),
         environment=Environment(conda_file=str(environment.conda_file), image=cfg.image),
         code_configuration=CodeConfiguration(code=str(code.source_dir), scoring_script=code.entry_script),
-        instance_type=cfg.instance_type, instance_count=cfg.instance_count, tags=dict(cfg.tags),
+        instance_type=cfg.instance_type, instance_count=cfg.instance_count, tags=tags,
+        properties=azure_tags.properties(cfg),
         environment_variables={"WORKER_COUNT": str(cfg.worker_count)},
         request_settings=request_settings(cfg), liveness_probe=liveness, readiness_probe=readiness,
         egress_public_network_access=public_network_access(network_cfg))
@@ -249,34 +263,32 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     name = endpoint_name(ctx)
     session = ctx.artifacts.get(SESSION_KEY) or connect(cfg)
     settings, client = session.settings, session.workspace
-    endpoint = build_endpoint(cfg, ctx.cfg.network, name)
-    deployment = build_deployment(cfg, name, model, environment, code, ctx.cfg.encryption.plugin, ctx.cfg.network)
-    serve = ctx.mode is Mode.serve
-    # Registered before the endpoint is created: a half-created endpoint must go too. The name
-    # is this run's (or one the user chose to deploy over), so nothing else is deleted.
-    if not serve:
-        ctx.resources.add(f"online endpoint {name}", lambda: delete_endpoint(client, name),
-                          {"kind": "azure", "target": "managed_endpoint", "name": name})
+    tags, description = azure_tags.describe(cfg, model, ctx.artifacts.get("dataset"))
+    endpoint = build_endpoint(cfg, ctx.cfg.network, name, tags, description)
+    deployment = build_deployment(cfg, name, model, environment, code, ctx.cfg.encryption.plugin, ctx.cfg.network,
+                                  tags, description)
+    for note in sla_note(cfg).values():
+        ctx.log.warning("      %s", note)
+    # Journaled before the endpoint is created: a half-created endpoint must go too. The name is
+    # this run's (or one the user chose to deploy over), so nothing else is deleted. mode=serve
+    # keeps it once it serves; a broken one is not worth keeping (its log is in the error).
+    created = AzureResource(ctx, f"online endpoint {name}", lambda: delete_endpoint(client, name),
+                            target=PLUGIN_NAME, name=name, delete_command=delete_command(PLUGIN_NAME, name))
     try:
         _wait(client.online_endpoints.begin_create_or_update(endpoint), cfg.deploy_timeout, f"endpoint {name}")
     except Exception as exc:
-        if serve:
-            ctx.resources.add(f"failed online endpoint {name}", lambda: delete_endpoint(client, name),
-                          {"kind": "azure", "target": "managed_endpoint", "name": name})
         raise sdk_error(exc, f"creating the online endpoint {name!r}", settings, DeployError) from None
     try:
         _wait(client.online_deployments.begin_create_or_update(deployment), cfg.deploy_timeout,
               f"deployment {cfg.deployment}")
     except Exception as exc:
         tail = deployment_logs(client, cfg, name, settings)
-        if serve:  # a broken deployment is not worth keeping: its log is in this error
-            ctx.resources.add(f"failed online endpoint {name}", lambda: delete_endpoint(client, name),
-                          {"kind": "azure", "target": "managed_endpoint", "name": name})
         message = settings.scrub(str(getattr(exc, "message", None) or exc))
         raise DeployError(f"the deployment {cfg.deployment!r} of endpoint {name!r} failed: {message}\n"
                           f"--- last lines of the deployment's log (online_deployments.get_logs) ---\n{tail}",
                           hint="a failing init() usually means the model file or an import is broken; try "
                           "target=local with the same config to debug it here") from None
+    record_registrations(ctx.cfg.home, name, registered_assets(deployment))
     try:
         endpoint.traffic = {cfg.deployment: 100}
         _wait(client.online_endpoints.begin_create_or_update(endpoint), cfg.deploy_timeout, "traffic update")
@@ -284,7 +296,8 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
         key = endpoint_key(client, name)
     except Exception as exc:
         raise sdk_error(exc, f"routing traffic to {name!r} and getting its key", settings, DeployError) from None
-    if serve:
+    if ctx.mode is Mode.serve:
+        created.keep()
         ctx.log.info("      the endpoint's key: az ml online-endpoint get-credentials -n %s -g <resource group> "
                      "-w <workspace> (mode=predict reads it from $%s)", name, ctx.cfg.scoring_key_env)
     return Endpoint(name, "managed_endpoint", scoring_uri, auth_key=key, keep_alive=False,
@@ -292,6 +305,9 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
                              "public_network_access": endpoint.public_network_access})
 
 
+UPLOAD_NOTE = ("the SDK's upload (BlobStorageClient.upload): one PUT per file, each file's blob name from the SDK's "
+               "own enumeration (its ignore files apply), then the blobs' metadata marked upload_status=completed "
+               "(PUT ?comp=metadata); a content hash already uploaded is not uploaded again")
 UPLOADED = ("uploaded first to the workspace's default datastore under LocalUpload/<content hash>/; "
             "{storageAccount} and {container} are read from that datastore at run time")
 ASSET_NOTES = {
@@ -307,10 +323,18 @@ def deployment_actions(deployment: Any, client: Any, endpoint: str, name: str, n
     """The asset registrations (code, environment, model) and the deployment's create, as plan actions."""
     from aideploy.azure_requests import WORKSPACE_LOCATION, asset_registrations, sdk_request
 
+    from aideploy.azure_requests import datastore_requests
+
     readable = serialized(deployment)  # before the SDK swaps local paths for registered assets' ids
-    actions = [{"action": action, "settings": {"name": asset.name, "version": str(asset.version), "anonymous": True},
-                "request": request, "note": ASSET_NOTES[action]}
-               for action, asset, request in asset_registrations(deployment, client)]
+    actions = [{"action": action, "request": request, "note": note} for action, request, note in
+               datastore_requests(client)]
+    for action, asset, request, uploads in asset_registrations(deployment, client):
+        if uploads:
+            actions.append({"action": f"upload for {action.split('.')[0]}", "settings": {"blobs": len(uploads)},
+                            "requests": uploads, "note": UPLOAD_NOTE})
+        actions.append({"action": action, "settings": {"name": asset.name, "version": str(asset.version),
+                                                       "anonymous": True},
+                        "request": request, "note": ASSET_NOTES[action]})
     actions.append({"action": "online_deployments.begin_create_or_update", "settings": readable,
                     "request": sdk_request("online_deployments_create_or_update",
                                            client.online_deployments._online_deployment,
@@ -318,6 +342,16 @@ def deployment_actions(deployment: Any, client: Any, endpoint: str, name: str, n
                                            endpoint_name=endpoint, deployment_name=name),
                     "note": note, **(extra or {})})
     return actions
+
+
+def workspace_action(cfg: Any) -> dict[str, Any]:
+    """``MLClient`` as a plan action: where the workspace comes from (names only, never values)."""
+    ws = cfg.workspace
+    return {"action": "MLClient", "settings": {
+        "from": f"target.workspace.config_file={ws.config_file}" if ws.config_file else
+        f"env vars {ws.subscription_id_env}, {ws.resource_group_env}, {ws.workspace_name_env} if all set, "
+        "else config.json as MLClient.from_config() finds it",
+        "credential": "azure.identity.DefaultAzureCredential"}}
 
 
 def plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) -> list[dict[str, Any]]:
@@ -333,20 +367,17 @@ def plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) ->
 
     name = endpoint_name(ctx)
     scheme, network_cfg = ctx.cfg.encryption.plugin, ctx.cfg.network
-    endpoint = build_endpoint(cfg, network_cfg, name)
-    deployment = build_deployment(cfg, name, model, environment, code, scheme, network_cfg)
+    tags, description = azure_tags.describe(cfg, model, ctx.artifacts.get("dataset"))
+    endpoint = build_endpoint(cfg, network_cfg, name, tags, description)
+    deployment = build_deployment(cfg, name, model, environment, code, scheme, network_cfg, tags, description)
     client = plan_client()
     endpoints = client.online_endpoints._online_operation
-    ws = cfg.workspace
     vnet = network_cfg.plugin == "vnet"
     actions: list[dict[str, Any]] = [
-        {"action": "MLClient", "settings": {
-            "from": f"target.workspace.config_file={ws.config_file}" if ws.config_file else
-            f"env vars {ws.subscription_id_env}, {ws.resource_group_env}, {ws.workspace_name_env} if all set, "
-            "else config.json as MLClient.from_config() finds it",
-            "credential": "azure.identity.DefaultAzureCredential"}},
+        workspace_action(cfg),
         {"action": "workspaces.get", "settings": {"name": "{workspaceName}"},
-         "request": sdk_request("workspaces_get", client.workspaces._operation),
+         "request": {**sdk_request("workspaces_get", client.workspaces._operation),
+                     "captures": {"workspaceLocation": "location"}},
          "note": f"the SDK reads the workspace's region: {WORKSPACE_LOCATION} in the bodies below"},
         {"action": "online_endpoints.begin_create_or_update", "settings": serialized(endpoint),
          "request": sdk_request("online_endpoints_create_or_update", endpoints,
@@ -355,7 +386,7 @@ def plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) ->
     ]
     actions += deployment_actions(deployment, client, name, cfg.deployment,
                                   "the SDK first checks the endpoint exists (GET) and validates the scoring script",
-                                  {"egress": MANAGED_NETWORK_NOTE} if vnet else {})
+                                  {**({"egress": MANAGED_NETWORK_NOTE} if vnet else {}), **sla_note(cfg)})
     # The traffic update re-sends the whole endpoint, as OnlineEndpointOperations does.
     endpoint.traffic = _strip_zeroes_from_traffic({cfg.deployment: 100})
     actions.append({"action": "online_endpoints.begin_create_or_update",
@@ -380,11 +411,15 @@ def aideploy_plan(cfg, ctx, model, environment, code):
     require_sdk(PLUGIN_NAME, *PLAN_SDK_MODULES)
     from azure.ai.ml import __version__ as sdk_version
 
+    plan: dict[str, Any] = {"target": "managed_endpoint", "sdk": f"azure-ai-ml {sdk_version}"}
     if ctx.mode is Mode.update:
-        return {"target": "managed_endpoint", "sdk": f"azure-ai-ml {sdk_version}", "mode": "update",
-                **update_plan_actions(cfg, ctx, model, environment, code)}
-    return {"target": "managed_endpoint", "sdk": f"azure-ai-ml {sdk_version}",
-            "actions": plan_actions(cfg, ctx, model, environment, code)}
+        plan.update(mode="update", **update_plan_actions(cfg, ctx, model, environment, code))
+    elif ctx.mode is Mode.delete:
+        plan.update(mode="delete", actions=delete_plan_actions(cfg, ctx))
+    else:
+        plan["actions"] = plan_actions(cfg, ctx, model, environment, code)
+    plan_script.write(ctx.output_dir, plan, cfg.workspace)
+    return plan
 
 
 @hookimpl
@@ -392,11 +427,85 @@ def aideploy_predict(cfg, ctx, endpoint, network, requests):
     return network.call(ctx.http_client(endpoint, cfg.request_timeout).post, requests.items)
 
 
+REGISTERED_KINDS = {"codes": "code", "environments": "environment", "models": "model"}
+"""The ARM id segment of each asset a deployment registers, and the name a plan gives it."""
+
+
+def registered_assets(deployment: Any) -> list[dict[str, str]]:
+    """The code, environment and model versions the SDK registered for ``deployment`` (it puts their ARM
+    ids, ``.../<codes|environments|models>/<name>/versions/<version>``, in the entity as it sends it)."""
+    import re
+
+    found = []
+    for value in (deployment.code_configuration.code, deployment.environment, deployment.model):
+        match = re.search(r"/(codes|environments|models)/([^/]+)/versions/([^/]+)$", str(value))
+        if match:
+            found.append({"kind": REGISTERED_KINDS[match[1]], "name": match[2], "version": match[3]})
+    return found
+
+
+def version_operations(client: Any, kind: str) -> tuple[str, Any]:
+    """(the generated builder's name, the operation group the SDK pins) for deleting a ``kind`` version."""
+    return {"code": ("code_versions_delete", client._code._version_operation),
+            "environment": ("environment_versions_delete", client.environments._version_operations),
+            "model": ("model_versions_delete", client.models._model_versions_operation)}[kind]
+
+
+def delete_registrations(client: Any, settings: WorkspaceSettings, registrations: list[dict[str, str]]) -> None:
+    """Delete recorded asset versions with the generated operations (the SDK's own API only archives them)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    for item in registrations:
+        _, operations = version_operations(client, item["kind"])
+        try:
+            operations.delete(settings.resource_group, settings.workspace_name, item["name"], item["version"])
+        except ResourceNotFoundError:
+            continue
+
+
 @hookimpl
 def aideploy_delete(cfg, ctx, name):
     require_sdk(PLUGIN_NAME, *SDK_MODULES)
     session = connect(cfg)
-    return delete_by_name(ctx, session, "online endpoint", name, lambda: delete_endpoint(session.workspace, name, cfg.deploy_timeout))
+    deleted = delete_by_name(ctx, session, "online endpoint", name,
+                             lambda: delete_endpoint(session.workspace, name, cfg.deploy_timeout))
+    registrations = recorded_registrations(ctx.cfg.home, name)
+    if registrations and cfg.delete_registrations:
+        delete_by_name(ctx, session, "registrations of", name,
+                       lambda: delete_registrations(session.workspace, session.settings, registrations) or True)
+    elif registrations:
+        ctx.log.info("      kept the %d asset versions this home registered for %s (target.delete_registrations="
+                     "true deletes them)", len(registrations), name)
+    return deleted
+
+
+def delete_plan_actions(cfg: Any, ctx: Any) -> list[dict[str, Any]]:
+    """``mode=delete``: the endpoint's DELETE (its deployments go with it), and the asset versions this home
+    registered for it, listed, with their DELETEs only under ``target.delete_registrations=true``."""
+    from aideploy.azure_requests import plan_client, sdk_request
+
+    name = endpoint_name(ctx)
+    client = plan_client()
+    registrations = recorded_registrations(ctx.cfg.home, name)
+    actions = [workspace_action(cfg),
+               {"action": "online_endpoints.begin_delete", "settings": {
+                   "name": name, "when": "now: mode=delete (a name that is not there is a warning)"},
+                "request": sdk_request("online_endpoints_delete", client.online_endpoints._online_operation,
+                                       endpoint_name=name),
+                "note": "deleting the endpoint deletes its deployments"}]
+    for item in registrations:
+        builder, operations = version_operations(client, item["kind"])
+        action = {"action": f"registration {item['kind']}", "settings": item}
+        if cfg.delete_registrations:
+            action["request"] = sdk_request(builder, operations, name=item["name"], version=item["version"])
+        else:
+            action["note"] = "kept: Azure keeps registered versions after the endpoint goes; " \
+                             "target.delete_registrations=true deletes them"
+        actions.append(action)
+    if not registrations:
+        actions.append({"action": "registrations", "settings": {"recorded": []},
+                        "note": f"this home (aideploy's home dir) registered no asset versions for {name!r}"})
+    return actions
 
 
 # ----------------------------------------------------------------------------- mode=update: blue/green
@@ -487,6 +596,12 @@ def run_steps(client: Any, steps: list[tuple[str, Any]], timeout: float) -> None
             _wait(client.online_deployments.begin_delete(**argument), timeout, f"deleting deployment {argument['name']}")
 
 
+def deployment_delete_command(endpoint: str, deployment: str) -> str:
+    """The az CLI command that deletes one deployment of an endpoint (mode=delete deletes the whole endpoint)."""
+    return (f"az ml online-deployment delete --endpoint-name {endpoint} --name {deployment} "
+            "--resource-group <resource group> --workspace-name <workspace> --yes")
+
+
 def delete_deployment(client: Any, endpoint: str, deployment: str, timeout: float | None = None) -> bool:
     """Delete one deployment of an endpoint; False (not an error) when there is none."""
     from azure.core.exceptions import ResourceNotFoundError
@@ -519,13 +634,17 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
         raise sdk_error(exc, f"reading the online endpoint {name!r}", settings, DeployError) from None
     old = serving_deployment(current.traffic, name)
     new = new_deployment_name(update_cfg, old)
+    tags, description = azure_tags.describe(cfg, model, dataset)
     deployment = build_deployment(cfg, name, model, environment, code, ctx.cfg.encryption.plugin, ctx.cfg.network,
-                                  name=new)
-    state = {"keep_new": False}
-    ctx.resources.add(f"new deployment {new} of endpoint {name}",
-                      lambda: state["keep_new"] or delete_deployment(client, name, new, cfg.deploy_timeout))
+                                  tags, description, name=new)
+    # Journaled before it is created, like every Azure resource a run makes: a run killed from here
+    # on leaves a deployment beside the serving one, and mode=gc says how to delete just that one.
+    created = AzureResource(ctx, f"new deployment {new} of endpoint {name}",
+                            lambda: delete_deployment(client, name, new, cfg.deploy_timeout), target=PLUGIN_NAME,
+                            name=name, delete_command=deployment_delete_command(name, new))
     try:
         _wait(client.online_deployments.begin_create_or_update(deployment), cfg.deploy_timeout, f"deployment {new}")
+        record_registrations(ctx.cfg.home, name, registered_assets(deployment))
     except Exception as exc:
         tail = deployment_logs(client, cfg, name, settings)
         message = settings.scrub(str(getattr(exc, "message", None) or exc))
@@ -541,7 +660,8 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
     smoke = smoke_test(current.scoring_uri, {"Authorization": f"Bearer {key.reveal()}", DEPLOYMENT_HEADER: new},
                        model, dataset, update_cfg.smoke_samples, cfg.request_timeout)
     steps = blue_green_steps(current, old, new, list(update_cfg.traffic_steps), smoke)
-    state["keep_new"] = smoke.ok  # from the first traffic step on, the new deployment serves callers
+    if smoke.ok:  # from the first traffic step on, the new deployment serves callers
+        created.keep()
     try:
         run_steps(client, steps, cfg.deploy_timeout)
     except Exception as exc:
@@ -549,7 +669,7 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
                         f"on {name!r} (az ml online-endpoint show -n {name} says where it stopped)", settings,
                         DeployError) from None
     if not smoke.ok:
-        state["keep_new"] = True  # already deleted
+        created.keep()  # already deleted by the roll-back
         raise DeployError(f"the new deployment {new!r} of endpoint {name!r} failed its smoke test: {smoke.reason}; "
                           f"rolled back: {new!r} is deleted and {old!r} keeps all the traffic",
                           hint="compare the new model with the test set locally (target=local, same model)")
@@ -568,9 +688,11 @@ def update_plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: 
     scheme, network_cfg = ctx.cfg.encryption.plugin, ctx.cfg.network
     old = cfg.deployment
     new = new_deployment_name(update_cfg, old)
-    current = build_endpoint(cfg, network_cfg, name)  # stands for what online_endpoints.get returns
+    tags, description = azure_tags.describe(cfg, model, ctx.artifacts.get("dataset"))
+    current = build_endpoint(cfg, network_cfg, name, tags, description)  # stands for what online_endpoints.get returns
     current.traffic = {old: 100}
-    deployment = build_deployment(cfg, name, model, environment, code, scheme, network_cfg, name=new)
+    deployment = build_deployment(cfg, name, model, environment, code, scheme, network_cfg, tags, description,
+                                  name=new)
     client = plan_client()
     endpoints = client.online_endpoints._online_operation
     actions = plan_actions(cfg, ctx, model, environment, code)[:2]  # MLClient, workspaces.get
@@ -579,7 +701,8 @@ def update_plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: 
                     "note": f"the deployment holding 100% of the traffic is replaced: {old!r} here "
                     "(target.deployment); a split traffic is refused"})
     actions += deployment_actions(deployment, client, name, new,
-                                  f"beside {old!r}; the endpoint's traffic is not touched, so {new!r} gets 0%")
+                                  f"beside {old!r}; the endpoint's traffic is not touched, so {new!r} gets 0%",
+                                  sla_note(cfg))
     keys = {"key": "online_endpoints_list_keys", "aml_token": "online_endpoints_get_token"}.get(auth_mode(cfg))
     actions.append({"action": "online_endpoints.get_keys", "settings": {"name": name, "auth_mode": auth_mode(cfg)},
                     **({"request": sdk_request(keys, endpoints, endpoint_name=name)} if keys else
@@ -597,3 +720,10 @@ def update_plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: 
     actions += [step_action(a, arg, client) for a, arg in passed]
     return {"actions": actions, "rollback": [step_action(a, arg, client) for a, arg in failed],
             "old_deployment": old, "new_deployment": new}
+
+
+@hookimpl
+def aideploy_target_capabilities(cfg):
+    from aideploy.targets import TargetCapabilities
+
+    return TargetCapabilities(runs_here=False, cloud="azure", schemes=("plain", "fast", "seal"))

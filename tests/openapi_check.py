@@ -26,14 +26,25 @@ ML_SPEC = "machinelearningservices-2026-07-01.json"
 
 _DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://\S+$")
+_ARM_ID = re.compile(r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/[^/]+/[^/]+/[^/]+(/[^/]+/[^/]+)*$",
+                     re.IGNORECASE)
+_FORMATS = {"duration": (_DURATION, "an ISO 8601 duration"), "uuid": (_UUID, "a uuid"),
+            "date-time": (_DATE_TIME, "an RFC 3339 date-time"), "uri": (_URI, "an absolute URI"),
+            "arm-id": (_ARM_ID, "an ARM resource id")}
 _TYPES = {"string": str, "boolean": bool, "object": dict, "array": list}
 
 
 class Spec:
     """The extracted documents of one directory, resolving ``$ref`` across them."""
 
-    def __init__(self, directory: Path = SPEC_DIR) -> None:
-        self.docs = {p.name: json.loads(p.read_text()) for p in directory.glob("*.json")}
+    def __init__(self, directory: Path | None = SPEC_DIR, docs: dict[str, dict] | None = None,
+                 operation: str = "create") -> None:
+        """The documents of ``directory`` (or ``docs`` by file name); ``operation`` is what the checked
+        request does (``create`` or ``update``): a property whose ``x-ms-mutability`` lacks it is refused."""
+        self.docs = docs if docs is not None else {p.name: json.loads(p.read_text()) for p in directory.glob("*.json")}
+        self.operation = operation
 
     def resolve(self, ref: str, doc: str) -> tuple[str, str, dict]:
         """``(document, name, definition)`` for ``ref`` seen from ``doc``."""
@@ -127,7 +138,18 @@ class Spec:
             errors.append(f"{where}: {value!r} is not of type {kind}")
             return
         if "enum" in schema and value not in schema["enum"]:
-            errors.append(f"{where}: {value!r} is not one of {schema['enum']}")
+            same_but_case = [v for v in schema["enum"] if isinstance(value, str) and str(v).lower() == value.lower()]
+            extensible = schema.get("x-ms-enum", {}).get("modelAsString", False)
+            if same_but_case:  # Azure compares enum values as written: 'disabled' is not 'Disabled'
+                errors.append(f"{where}: {value!r} is not one of {schema['enum']} (casing: {same_but_case[0]!r})")
+            elif not extensible:
+                errors.append(f"{where}: {value!r} is not one of {schema['enum']}")
+        if kind in ("integer", "number") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            self._check_range(value, schema, where, errors)
+        if kind == "array" and isinstance(value, list):
+            if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", len(value)):
+                errors.append(f"{where}: {len(value)} items, outside [{schema.get('minItems', 0)}, "
+                              f"{schema.get('maxItems', 'any')}]")
         if isinstance(value, str):
             self._check_string(value, schema, where, errors)
         if kind == "array":
@@ -137,16 +159,24 @@ class Spec:
             self._check_object(value, schema, doc, where, errors, name)
 
     @staticmethod
+    def _check_range(value: float, schema: dict, where: str, errors: list[str]) -> None:
+        low, high = schema.get("minimum"), schema.get("maximum")
+        if low is not None and (value < low or (schema.get("exclusiveMinimum") and value == low)):
+            errors.append(f"{where}: {value} is below the minimum {low}")
+        if high is not None and (value > high or (schema.get("exclusiveMaximum") and value == high)):
+            errors.append(f"{where}: {value} is above the maximum {high}")
+
+    @staticmethod
     def _check_string(value: str, schema: dict, where: str, errors: list[str]) -> None:
         if len(value) < schema.get("minLength", 0):
             errors.append(f"{where}: {value!r} is shorter than {schema['minLength']}")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            errors.append(f"{where}: {value!r} is longer than {schema['maxLength']}")
         if "pattern" in schema and not re.search(schema["pattern"], value):
             errors.append(f"{where}: {value!r} does not match {schema['pattern']!r}")
         fmt = schema.get("format")
-        if fmt == "duration" and not _DURATION.match(value):
-            errors.append(f"{where}: {value!r} is not an ISO 8601 duration")
-        if fmt == "uuid" and not _UUID.match(value):
-            errors.append(f"{where}: {value!r} is not a uuid")
+        if fmt in _FORMATS and not _FORMATS[fmt][0].match(value):
+            errors.append(f"{where}: {value!r} is not {_FORMATS[fmt][1]}")
 
     def _check_object(self, value: dict, schema: dict, doc: str, where: str, errors: list[str],
                       name: str | None) -> None:
@@ -167,11 +197,27 @@ class Spec:
         for key, item in value.items():
             if key in props:
                 pdoc, pschema = props[key]
-                if pschema.get("readOnly"):
+                if self._read_only(pschema, pdoc):
                     errors.append(f"{where}.{key}: read-only, a request must not send it")
+                    continue
+                mutability = pschema.get("x-ms-mutability")
+                if mutability is not None and self.operation not in mutability:
+                    errors.append(f"{where}.{key}: x-ms-mutability {mutability} does not allow it on {self.operation}")
                     continue
                 self._check(item, pschema, pdoc, f"{where}.{key}", errors)
             elif isinstance(additional, dict):
                 self._check(item, additional, doc, f"{where}.{key}", errors)
-            elif declares and additional is None:
+            elif additional is False or (declares and additional is None):
                 errors.append(f"{where}.{key}: not a property the spec declares (known: {sorted(props)})")
+
+    def _read_only(self, schema: dict, doc: str) -> bool:
+        """``readOnly`` on the property, or on the definition its ``$ref`` names."""
+        if schema.get("readOnly"):
+            return True
+        if "$ref" in schema:
+            try:
+                _, _, definition = self.resolve(schema["$ref"], doc)
+            except KeyError:
+                return False
+            return bool(definition.get("readOnly"))
+        return False

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"),
               pytest.mark.usefixtures("no_azure_env", "no_network")]
 pytest.importorskip("azure.ai.ml", reason="the Azure extra is not installed: pip install 'aideploy[azure]'")
 
-from test_azure_targets import no_azure_env, no_network  # noqa: E402,F401  (the fixtures above)
+from test_azure_targets import CREDENTIAL_VARS, WORKSPACE_VARS, no_azure_env, no_network  # noqa: E402,F401
 
 BODY_DEFINITIONS = {
     "online_endpoints.begin_create_or_update": "OnlineEndpoint",
@@ -40,6 +40,9 @@ BODY_DEFINITIONS = {
     "models.create_or_update": "ModelVersion",
 }
 """Which spec definition each action's request body is (the body parameter of its operation)."""
+
+NOT_EXTRACTED = {"datastores._list_secrets": "its body (SecretExpiry at 2024-10-01-preview) is not extracted yet"}
+"""Bodies the extract in tests/azure_spec/ cannot check yet, and why: not counted as checked."""
 
 SDK_DEVIATIONS = {
     ("code.create_or_update", "$.properties.properties.hash_version: 202208 is not of type string"),
@@ -73,7 +76,7 @@ def spec_errors(plan: dict) -> list[tuple[str, str]]:
     errors = []
     for a in plan["actions"]:
         body = a.get("request", {}).get("body")
-        if body is not None:
+        if body is not None and a["action"] not in NOT_EXTRACTED:
             errors += [(a["action"], e) for e in SPEC.validate(body, f"#/definitions/{BODY_DEFINITIONS[a['action']]}")]
     return errors
 
@@ -93,7 +96,7 @@ def test_every_managed_body_validates_against_the_2026_07_01_spec(tmp_path, netw
     plan = plan_for(tmp_path, f"network={network}", f"target.auth_mode={auth_mode}")
     bodies = [a for a in plan["actions"] if "body" in a.get("request", {})]
     assert [a["action"] for a in bodies] == [
-        "online_endpoints.begin_create_or_update", "code.create_or_update", "environments.create_or_update",
+        "online_endpoints.begin_create_or_update", "datastores._list_secrets", "code.create_or_update", "environments.create_or_update",
         "models.create_or_update", "online_deployments.begin_create_or_update",
         "online_endpoints.begin_create_or_update"]
     assert set(spec_errors(plan)) <= SDK_DEVIATIONS, spec_errors(plan)
@@ -304,7 +307,7 @@ ACI_SPEC_GAPS = {**ENVIRONMENT_GAPS, **SERVICE_GAPS, **PUBLIC_GAPS, **VNET_GAPS,
 def gap_key(error: str) -> str:
     """An error without what varies between runs: the list of known properties, a patch's index and value."""
     error = error.split(" (known: ")[0]
-    return re.sub(r"^\$\[\d+\]\.value: '.*' is not of type object$", "$[*].value: a string is not of type object",
+    return re.sub(r"^\$\[\d+\]\.value: (['\"]).*\1 is not of type object$", "$[*].value: a string is not of type object",
                   error)
 
 
@@ -353,7 +356,7 @@ def aci_requests(plan: dict, action: str) -> list[dict]:
     return [a["request"] for a in plan["actions"] + plan.get("rollback", []) if a["action"] == action]
 
 
-VNET = ("network=vnet", "network.location=japaneast")
+VNET = ("network=vnet", "network.vnet_name=amlvnet1", "network.subnet_name=amlsubnet1", "network.location=japaneast")
 
 
 @pytest.mark.parametrize("mode", ["run", "update", "delete"])
@@ -364,24 +367,28 @@ def test_every_aci_body_validates_against_the_v1_spec_but_the_listed_gaps(tmp_pa
     plan = aci_plan(tmp_path, f"mode={mode}", f"target.auth_enabled={str(auth).lower()}",
                     *(VNET if network == "vnet" else ()))
     expected = {"run": {**ENVIRONMENT_GAPS, **SERVICE_GAPS, **(VNET_GAPS if network == "vnet" else PUBLIC_GAPS)},
-                "update": ENVIRONMENT_GAPS, "delete": {}}[mode]
+                "update": {**ENVIRONMENT_GAPS, **PATCH_GAPS}, "delete": {}}[mode]
     # Equal, not a subset: an unlisted difference fails, and so does a listed one that went away.
     assert v1_spec_errors(plan, "digits-svc") == set(expected)
     assert ("Webservice.get_keys" in [a["action"] for a in plan["actions"]]) is (auth and mode != "delete")
 
 
-def test_a_patch_adds_the_sdks_tracking_properties_as_strings(tmp_path, monkeypatch):
-    """Run inside a git repository, azureml-core adds its git properties to the update: the patch gap."""
+@pytest.mark.parametrize("mode", ["run", "update"])
+def test_no_git_state_of_the_working_directory_goes_to_azure(tmp_path, monkeypatch, mode):
+    """Run inside a git repository, azureml-core would add ``azureml.git.*`` (the checkout's local path,
+    branch, commit, dirty flag) to the service it creates or updates; only ``target.properties`` go."""
     pytest.importorskip("azureml.core", reason="the Azure extra is not installed: pip install 'aideploy[azure]'")
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     monkeypatch.chdir(repo)
-    plan = aci_plan(tmp_path, "mode=update")
-    assert v1_spec_errors(plan, "digits-svc") == set(ENVIRONMENT_GAPS) | set(PATCH_GAPS)
-    for patch in (r["body"] for r in aci_requests(plan, "Webservice.update")):
-        added = {op["path"] for op in patch if op["op"] == "add"}
-        assert "/properties/azureml.git.dirty" in added and patch[0]["path"] == "/environmentImageRequest"
+    plan = aci_plan(tmp_path, f"mode={mode}", "+target.properties.owner=ml-team")
+    text = json.dumps([r["body"] for a in ("Model.deploy", "Webservice.update") for r in aci_requests(plan, a)])
+    assert "azureml.git" not in text and str(repo) not in text
+    properties = [r["body"]["properties"] for r in aci_requests(plan, "Model.deploy")] or \
+        [{op["path"].rsplit("/", 1)[1]: op["value"] for op in r["body"] if op["path"].startswith("/properties/")}
+         for r in aci_requests(plan, "Webservice.update")[1:2]]
+    assert properties == [{"owner": "ml-team"}]
 
 
 def test_aci_requests_are_the_sdks_routes(tmp_path):
@@ -456,7 +463,8 @@ def test_aci_create_and_update_carry_the_sdks_environment_image_request(tmp_path
     assert config._build_environment_image_request(None, ["sklearn_digits:{modelVersion}"]) == eir
 
     update = aci_plan(tmp_path, "mode=update")
-    (patch, rollback) = (r["body"] for r in aci_requests(update, "Webservice.update"))
+    (patch, metadata, rollback) = (r["body"] for r in aci_requests(update, "Webservice.update"))
+    assert [op["path"] for op in metadata] == ["/kvTags", "/description"]  # after the smoke test, never undone
     assert patch[0] == {"op": "replace", "path": "/environmentImageRequest", "value": eir}
     assert rollback[0]["value"]["modelIds"] == ["{previousModelId}"]
     assert {**rollback[0]["value"], "modelIds": eir["modelIds"]} == eir
@@ -471,3 +479,173 @@ def test_aci_delete_plan_reads_then_deletes_the_service(tmp_path):
     assert read["method"] == "GET" and read["path"].endswith("/services/digits-svc") and read["query"] == {"expand": "true"}
     assert delete["method"] == "DELETE" and delete["path"] == read["path"] and "body" not in delete
     assert plan["actions"][2]["settings"]["when"].startswith("now: mode=delete")
+
+
+# ============================================================================= every plan variant
+#
+# One plan per variant (target x network x scheme, update, delete), made once for the module.
+
+PLAN_VARIANTS = {
+    f"{target}-{network}-{scheme}": (f"target={target}", f"encryption={scheme}", "keystore=azure_blob",
+                                     *(VNET if network == "vnet" and target == "aci" else
+                                       ("network=vnet",) if network == "vnet" else ()))
+    for target in ("aci", "managed_endpoint") for network in ("public", "vnet") for scheme in ("none", "fast")
+}
+PLAN_VARIANTS.update({f"{target}-{mode}": (f"target={target}", f"mode={mode}", "deployment_name=digits-svc")
+                      for target in ("aci", "managed_endpoint") for mode in ("update", "delete")})
+
+
+@pytest.fixture(scope="module")
+def variant_plans(tmp_path_factory):
+    """Every variant's plan.json and plan.sh, made once (no workspace, credential or network needed)."""
+    pytest.importorskip("azureml.core", reason="the Azure extra is not installed: pip install 'aideploy[azure]'")
+    made = {}
+    with pytest.MonkeyPatch.context() as patch:
+        for name in (*WORKSPACE_VARS, *CREDENTIAL_VARS):
+            patch.delenv(name, raising=False)
+        root = tmp_path_factory.mktemp("variants")
+        patch.chdir(root)
+        for variant, overrides in PLAN_VARIANTS.items():
+            out = root / variant
+            results = api.run(["dry_run=true", f"home={root / 'home'}", *overrides], out)
+            assert results["status"] == "ok", (variant, results.get("error"))
+            made[variant] = (json.loads((out / "plan.json").read_text()), out / "plan.sh")
+    made["root"] = root
+    return made
+
+
+@pytest.mark.parametrize("variant", sorted(PLAN_VARIANTS))
+def test_plan_sh_what_if_names_every_request_of_the_plan_in_order(variant_plans, variant):
+    from aideploy.plan_script import plan_requests, request_url
+
+    plan, script = variant_plans[variant]
+    proc = subprocess.run(["bash", str(script), "--what-if"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin"})  # no az on the PATH: what-if sends nothing
+    assert proc.returncode == 0, proc.stderr
+    printed = [line.split("   # ")[0] for line in proc.stdout.splitlines()]
+    expected = [f"{request['method']} {request_url(request)}" for _, request in plan_requests(plan)]
+    assert printed == expected
+    assert len(expected) == sum(("request" in a) + len(a.get("requests", []))
+                                for a in plan["actions"] + plan.get("rollback", []))
+
+
+@pytest.mark.parametrize("variant", sorted(PLAN_VARIANTS))
+def test_no_plan_carries_what_the_config_did_not_say(variant_plans, variant):
+    """No seed leftover (MNIST, amlvnet1 unless given), no example variable, and no local path or git state
+    in anything sent to Azure (a blob PUT names the local file it uploads, and only there)."""
+    plan, _ = variant_plans[variant]
+    text = json.dumps(plan)
+    assert "MNIST" not in text and "EXAMPLE_" not in text and "azureml.git" not in text
+    assert ("amlvnet1" in text) is (variant.startswith("aci-vnet"))  # only where the config names it
+    from aideploy.plan_script import plan_requests
+
+    sent = json.dumps([{k: v for k, v in request.items() if k != "file"} for _, request in plan_requests(plan)])
+    for local in (str(Path.home()), str(variant_plans["root"]), str(Path(__file__).parents[1])):
+        assert local not in sent, local
+
+
+def test_a_managed_deployment_below_three_instances_gets_an_sla_note(variant_plans, tmp_path):
+    plan, _ = variant_plans["managed_endpoint-public-none"]
+    (deployment,) = actions(plan, "online_deployments.begin_create_or_update")
+    assert "SLA" in deployment["sla"] and "target.instance_count=3" in deployment["sla"]
+    assert "sla" not in actions(plan_for(tmp_path, "target.instance_count=3"),
+                                "online_deployments.begin_create_or_update")[0]
+
+
+def test_managed_delete_is_planned_as_a_delete_listing_what_this_home_registered(tmp_path):
+    from aideploy.azure_workspace import record_registrations
+
+    plan = plan_for(tmp_path, "mode=delete", "deployment_name=digits-ep")
+    assert plan["mode"] == "delete"
+    assert [a["action"] for a in plan["actions"]] == ["MLClient", "online_endpoints.begin_delete", "registrations"]
+    delete = plan["actions"][1]["request"]
+    assert delete["method"] == "DELETE" and delete["path"].endswith("/onlineEndpoints/digits-ep")
+    assert delete["long_running"]["header"] == "Location" and "404" in delete["long_running"]["plan.sh"]
+    assert not [a for a in plan["actions"] if "body" in a.get("request", {})]  # nothing is created
+
+    registered = [{"kind": "code", "name": "c0de", "version": "1"}, {"kind": "model", "name": "m0del", "version": "1"}]
+    record_registrations(tmp_path / "home", "digits-ep", registered)
+    kept = plan_for(tmp_path, "mode=delete", "deployment_name=digits-ep")["actions"][2:]
+    assert [a["settings"] for a in kept] == registered
+    assert all("request" not in a and "delete_registrations=true" in a["note"] for a in kept)
+    deleted = plan_for(tmp_path, "mode=delete", "deployment_name=digits-ep", "target.delete_registrations=true")
+    requests = [a["request"] for a in deleted["actions"][2:]]
+    assert [r["method"] for r in requests] == ["DELETE", "DELETE"]
+    assert requests[0]["path"].endswith("/codes/c0de/versions/1") and requests[1]["path"].endswith("/models/m0del/versions/1")
+
+
+# ============================================================================= the checker's rules
+#
+# Each rule of tests/openapi_check.py, given a body that breaks it: the checker must say so.
+
+RULES_DOC = {"definitions": {
+    "Closed": {"type": "object", "additionalProperties": False, "properties": {"a": {"type": "string"}}},
+    "Declared": {"type": "object", "properties": {"a": {"type": "string"}}},
+    "State": {"type": "string", "readOnly": True, "enum": ["Running", "Done"]},
+    "Resource": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string", "minLength": 3, "maxLength": 5},
+        "state": {"$ref": "#/definitions/State"},
+        "id": {"type": "string", "readOnly": True},
+        "kind": {"type": "string", "x-ms-mutability": ["read", "create"]},
+        "zone": {"type": "string", "x-ms-mutability": ["read"]},
+        "access": {"type": "string", "enum": ["Enabled", "Disabled"],
+                   "x-ms-enum": {"name": "Access", "modelAsString": False}},
+        "sku": {"type": "string", "enum": ["Basic", "Premium"], "x-ms-enum": {"name": "Sku", "modelAsString": True}},
+        "created": {"type": "string", "format": "date-time"},
+        "timeout": {"type": "string", "format": "duration"},
+        "tenant": {"type": "string", "format": "uuid"},
+        "url": {"type": "string", "format": "uri"},
+        "codeId": {"type": "string", "format": "arm-id"},
+        "count": {"type": "integer", "format": "int32", "minimum": 1, "maximum": 10},
+        "ratio": {"type": "number", "minimum": 0, "maximum": 1, "exclusiveMaximum": True},
+        "items": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2}}},
+}}
+GOOD = {"name": "abcd", "kind": "k", "access": "Enabled", "sku": "Standard", "created": "2026-07-01T10:00:00Z",
+        "timeout": "PT5S", "tenant": "0d7a3b1c-5e2f-4a6b-9c8d-7e6f5a4b3c2d", "url": "https://example.org/x",
+        "codeId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/w/"
+                  "codes/c/versions/1", "count": 10, "ratio": 0.5, "items": ["x"]}
+
+
+def rule_errors(body: dict, ref: str = "Resource", operation: str = "create") -> list[str]:
+    from openapi_check import Spec
+
+    return Spec(None, docs={"rules.json": RULES_DOC}, operation=operation).validate(body, f"#/definitions/{ref}",
+                                                                                   "rules.json")
+
+
+def test_a_body_that_keeps_every_rule_passes():
+    assert rule_errors(GOOD) == []  # the extensible enum takes "Standard"; the closed one would not
+
+
+@pytest.mark.parametrize("ref,body,expected", [
+    ("Closed", {"a": "x", "b": 1}, "$.b: not a property the spec declares"),  # additionalProperties: false
+    ("Declared", {"b": 1}, "$.b: not a property the spec declares"),  # declared properties, none other
+    ("Resource", {**GOOD, "id": "x"}, "$.id: read-only"),
+    ("Resource", {**GOOD, "state": "Done"}, "$.state: read-only"),  # readOnly on the referenced definition
+    ("Resource", {**GOOD, "zone": "1"}, "$.zone: x-ms-mutability ['read'] does not allow it on create"),
+    ("Resource", {k: v for k, v in GOOD.items() if k != "name"}, "$: required property 'name' is missing"),
+    ("Resource", {**GOOD, "access": "Maybe"}, "$.access: 'Maybe' is not one of ['Enabled', 'Disabled']"),
+    ("Resource", {**GOOD, "access": "enabled"}, "(casing: 'Enabled')"),
+    ("Resource", {**GOOD, "sku": "premium"}, "(casing: 'Premium')"),  # extensible, yet casing still counts
+    ("Resource", {**GOOD, "created": "2026-07-01 10:00"}, "is not an RFC 3339 date-time"),
+    ("Resource", {**GOOD, "timeout": "5s"}, "is not an ISO 8601 duration"),
+    ("Resource", {**GOOD, "tenant": "not-a-uuid"}, "is not a uuid"),
+    ("Resource", {**GOOD, "url": "example.org/x"}, "is not an absolute URI"),
+    ("Resource", {**GOOD, "codeId": "azureml:code:1"}, "is not an ARM resource id"),
+    ("Resource", {**GOOD, "count": 0}, "$.count: 0 is below the minimum 1"),
+    ("Resource", {**GOOD, "count": 11}, "$.count: 11 is above the maximum 10"),
+    ("Resource", {**GOOD, "ratio": 1}, "$.ratio: 1 is above the maximum 1"),  # exclusiveMaximum
+    ("Resource", {**GOOD, "name": "ab"}, "is shorter than 3"),
+    ("Resource", {**GOOD, "name": "abcdef"}, "is longer than 5"),
+    ("Resource", {**GOOD, "items": []}, "$.items: 0 items"),
+    ("Resource", {**GOOD, "items": ["a", "b", "c"]}, "$.items: 3 items"),
+    ("Resource", {**GOOD, "count": "3"}, "$.count: '3' is not an integer"),
+])
+def test_each_rule_of_the_checker_refuses_a_body_that_breaks_it(ref, body, expected):
+    errors = rule_errors(body, ref)
+    assert len(errors) == 1 and expected in errors[0], errors
+
+
+def test_mutability_follows_the_operation():
+    assert rule_errors({**GOOD, "kind": "k"}, operation="update") == [
+        "$.kind: x-ms-mutability ['read', 'create'] does not allow it on update"]

@@ -26,7 +26,6 @@ import yaml
 from aideploy import api
 from aideploy.azure_workspace import (ACI_DELEGATION, check_subnet_delegation,
                                       find_config_file, resolve_workspace, sdk_error)
-from aideploy.config import SEED_DESCRIPTION, SEED_TAGS
 from aideploy.errors import ConfigError, PluginError, StageError
 
 # The SDKs' own deprecation notices (ruamel, marshmallow 4) say nothing about aideploy.
@@ -47,6 +46,12 @@ CREDENTIAL_VARS = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", 
 FAKE_WORKSPACE = {"AZURE_SUBSCRIPTION_ID": "5f3c2a1e-9b7d-4c6e-8a2f-1d0e9c8b7a61",
                   "AZURE_RESOURCE_GROUP": "amlrg-fake", "AZUREML_WORKSPACE_NAME": "amlws-fake"}
 FAKE_SECRET = "fake-client-secret-Zq8w"
+# Seed 004's VNET, subnet and a region, given as a user gives them: none is a default.
+SEED_004_VNET = ("network=vnet", "network.vnet_name=amlvnet1", "network.subnet_name=amlsubnet1",
+                 "network.location=japaneast")
+RUN_TAGS = {"aideploy_model": "sklearn_digits:1", "model_kind": "sklearn", "aideploy_version": "0.1.0",
+            "model_task": "classification", "model_features": "64", "test_accuracy": "0.968889"}
+"""The tags a plan of the default run (digits, its LogisticRegression) carries: the model's and the run's."""
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -125,7 +130,7 @@ def assert_no_workspace_values(*texts: str) -> None:
 @pytest.mark.parametrize("network", ["public", "vnet"])
 @pytest.mark.parametrize("auth", [True, False])
 def test_aci_plan_is_the_sdk_payload_field_by_field(tmp_path, no_azure_env, no_network, network, auth):
-    net = ["network=vnet", "network.location=japaneast"] if network == "vnet" else []
+    net = list(SEED_004_VNET) if network == "vnet" else []
     results, plan, out = run_plan(tmp_path, "target=aci", f"target.auth_enabled={str(auth).lower()}", *net)
     assert results["status"] == "ok"
     assert list(results["stage_seconds"]) == ["data", "model", "scoring", "environment", "plan", "teardown"]
@@ -136,8 +141,8 @@ def test_aci_plan_is_the_sdk_payload_field_by_field(tmp_path, no_azure_env, no_n
     assert name.startswith("aideploy-") and payload["computeType"] == "ACI"
     assert payload["containerResourceRequirements"] == {"cpu": 1, "memoryInGB": 1}
     assert payload["authEnabled"] is auth
-    assert payload["kvTags"] == {"data": "MNIST", "method": "sklearn"}
-    assert payload["description"] == "Encrypted Predict MNIST with sklearn + SEAL"
+    assert payload["kvTags"] == RUN_TAGS
+    assert payload["description"].startswith("sklearn_digits version 1 (sklearn, classification) served by aideploy")
     assert payload["keys"] == {"primaryKey": None, "secondaryKey": None}  # Azure generates the keys
     if network == "vnet":
         assert payload["vnetConfiguration"] == {"vnetName": "amlvnet1", "subnetName": "amlsubnet1"}
@@ -195,8 +200,8 @@ def test_managed_plan_is_the_sdk_entities_field_by_field(tmp_path, no_azure_env,
     assert name.startswith("aideploy-")
     assert endpoint["auth_mode"] == auth_mode
     assert endpoint["public_network_access"] == ("disabled" if network == "vnet" else "enabled")
-    assert endpoint["tags"] == {"data": "MNIST", "method": "sklearn"}
-    assert endpoint["description"] == "Encrypted Predict MNIST with sklearn + SEAL"
+    assert endpoint["tags"] == RUN_TAGS
+    assert endpoint["description"].startswith("sklearn_digits version 1 (sklearn, classification) served by aideploy")
 
     deployment = action(plan, "online_deployments.begin_create_or_update")
     assert deployment["name"] == "blue" and deployment["endpoint_name"] == name
@@ -255,11 +260,13 @@ def test_seed_000_deploy_configuration_comes_out_of_config_alone():
     from aideploy_plugins.target_aci import create_payload, deploy_configuration
 
     cfg, _ = api.compose(["target=aci", "target.auth_enabled=false"])
-    ours = deploy_configuration(cfg.target, cfg.network)
+    # seed 000's tags and description are its own: a user who wants them says so
+    seed_tags, seed_description = {"data": "MNIST", "method": "sklearn"}, "Encrypted Predict MNIST with sklearn + SEAL"
+    ours = deploy_configuration(cfg.target, cfg.network, seed_tags, seed_description)
     # seed 000, verbatim
     seed = AciWebservice.deploy_configuration(cpu_cores=1, memory_gb=1, tags={"data": "MNIST", "method": "sklearn"},
                                               description='Encrypted Predict MNIST with sklearn + SEAL')
-    assert (ours.cpu_cores, ours.memory_gb, ours.tags, ours.description) == (1, 1, SEED_TAGS, SEED_DESCRIPTION)
+    assert (ours.cpu_cores, ours.memory_gb, ours.tags, ours.description) == (1, 1, seed_tags, seed_description)
     mine, theirs = create_payload(ours, "svc"), create_payload(seed, "svc")
     assert mine.pop("authEnabled") is False  # the seed left auth unset: off
     assert mine == theirs
@@ -270,8 +277,8 @@ def test_seed_004_vnet_deploy_configuration_comes_out_of_config_alone():
 
     from aideploy_plugins.target_aci import create_payload, deploy_configuration
 
-    cfg, _ = api.compose(["target=aci", "network=vnet", "network.location=japaneast"])
-    ours = deploy_configuration(cfg.target, cfg.network)
+    cfg, _ = api.compose(["target=aci", *SEED_004_VNET])
+    ours = deploy_configuration(cfg.target, cfg.network, {}, "")
     # seed 004, verbatim
     seed = AciWebservice.deploy_configuration(cpu_cores=1, memory_gb=1, location="japaneast",
                                               vnet_name="amlvnet1", subnet_name="amlsubnet1")
@@ -283,12 +290,18 @@ def test_seed_004_vnet_deploy_configuration_comes_out_of_config_alone():
 
 
 @pytest.mark.parametrize("dry_run", [True, False])
-def test_vnet_without_location_is_refused_before_any_stage(tmp_path, no_azure_env, dry_run):
+@pytest.mark.parametrize("given,missing", [((), ("vnet_name", "subnet_name", "location")),
+                                           (SEED_004_VNET[1:3], ("location",)),
+                                           (SEED_004_VNET[3:], ("vnet_name", "subnet_name"))])
+def test_vnet_without_its_names_or_region_is_refused_before_any_stage(tmp_path, no_azure_env, dry_run, given,
+                                                                      missing):
+    """No VNET or subnet is guessed (seed 004's amlvnet1/amlsubnet1 are not defaults), nor a region."""
     out = tmp_path / "out"
     with pytest.raises(ConfigError) as info:
-        api.run(["target=aci", "network=vnet", f"dry_run={str(dry_run).lower()}", f"home={tmp_path / 'home'}"], out)
-    assert "network.location" in str(info.value) and "westus" in str(info.value)
-    assert "network.location=japaneast" in info.value.hint
+        api.run(["target=aci", "network=vnet", *given, f"dry_run={str(dry_run).lower()}",
+                 f"home={tmp_path / 'home'}"], out)
+    assert [k for k in ("vnet_name", "subnet_name", "location") if f"network.{k}" in str(info.value)] == list(missing)
+    assert "\n" not in str(info.value) and "westus" in info.value.hint and "network.vnet_name=" in info.value.hint
     assert_no_stage_ran(out)
 
 
@@ -297,7 +310,7 @@ def test_cpu_cores_refused_by_the_sdk_is_a_config_error():
 
     cfg, _ = api.compose(["target=aci", "target.cpu_cores=0"])
     with pytest.raises(ConfigError) as info:
-        deploy_configuration(cfg.target, cfg.network)
+        deploy_configuration(cfg.target, cfg.network, {}, "")
     assert "cpu_cores must be positive" in str(info.value)
 
 
@@ -320,7 +333,7 @@ def test_sdk_calls_match_the_installed_sdks(tmp_path):
 
     cfg, _ = api.compose(["target=aci"])
     model = RegisteredModel("sklearn_digits", 1, tmp_path, "model.pkl", "sklearn", None)
-    bind(Model.register, workspace=None, **model_register_args(cfg.target, model))
+    bind(Model.register, workspace=None, **model_register_args(model, {"aideploy_model": "sklearn_digits:1"}, "a model"))
     bind(Model.deploy, None, "svc", [], inference_config=None, deployment_config=None, overwrite=False)
     bind(Workspace.get, "ws", auth=None, subscription_id="s", resource_group="rg")
     bind(Environment.from_conda_specification, "env", "environment.yml")
@@ -501,7 +514,7 @@ def test_fake_service_principal_stops_at_the_sign_in_with_the_sdks_own_reason(tm
     """A well-formed workspace and service principal: the SDK's real sign-in request cannot leave."""
     principal = {"AZURE_TENANT_ID": "0d7a3b1c-5e2f-4a6b-9c8d-7e6f5a4b3c2d",
                  "AZURE_CLIENT_ID": "1e8b4c2d-6f3a-4b7c-8d9e-0f1a2b3c4d5e", "AZURE_CLIENT_SECRET": FAKE_SECRET}
-    proc = run_offline(tmp_path, "target=aci", "network=vnet", "network.location=japaneast",
+    proc = run_offline(tmp_path, "target=aci", *SEED_004_VNET,
                        extra_env={**FAKE_WORKSPACE, **principal})
     assert proc.returncode == 1, proc.stderr  # StageError: the world, not the config
     assert "error: target=aci: Azure sign-in failed: EnvironmentCredential" in proc.stderr
@@ -591,8 +604,40 @@ def test_aci_registers_a_model_from_outside_the_working_directory(tmp_path, monk
                           _disable_service_check=True)
     model = SimpleNamespace(path=model_file, name="digits", version=1)
     with pytest.raises(Exception) as raised:
-        register_model(workspace, SimpleNamespace(tags={}), model)
+        register_model(workspace, model, {}, "a model")
     assert "outside current working directory" not in str(raised.value)
     assert any("login.microsoftonline.com" in attempt for attempt in no_network), no_network
     assert Path.cwd() == elsewhere
     no_network.clear()  # the attempt was the point: registration reached the sign-in
+
+
+# ----------------------------------------------------------------------------- what a target declares
+
+
+def test_targets_declare_what_they_are_and_a_third_party_one_is_not_taken_for_azure():
+    """Plugins ask the target's declaration, not its name: a target=k8s that declares nothing is
+    neither built here nor given an Azure VNET."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from aideploy.manager import PluginRegistry
+    from aideploy.targets import UNDECLARED, capabilities
+    from aideploy_plugins.network_vnet import aideploy_configure_network
+
+    plugins = PluginRegistry.load([])
+
+    def ctx(target):
+        return SimpleNamespace(cfg=OmegaConf.create({"target": {"plugin": target}}), plugins=plugins, run_id="r1")
+
+    local, aci, managed = (capabilities(ctx(t)) for t in ("local", "aci", "managed_endpoint"))
+    assert (local.runs_here, local.cloud, local.serves_mlps) == (True, None, True)
+    assert (aci.runs_here, aci.cloud, managed.cloud) == (False, "azure", "azure")
+    assert {aci.serves, managed.serves} == {"online"} and "fast" in managed.schemes
+    assert capabilities(ctx("k8s")) is UNDECLARED and not UNDECLARED.runs_here and UNDECLARED.cloud is None
+
+    vnet = OmegaConf.create({"vnet_name": "v", "subnet_name": "s", "location": "japaneast"})
+    assert aideploy_configure_network(cfg=vnet, ctx=ctx("aci")).details["vnet"] == "v"
+    with pytest.raises(ConfigError) as info:
+        aideploy_configure_network(cfg=vnet, ctx=ctx("k8s"))
+    assert "target=k8s does not say" in str(info.value) and "network=public" in info.value.hint

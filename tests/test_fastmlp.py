@@ -340,6 +340,7 @@ def test_mlps_are_deployed_only_where_workers_share_the_token_secret(target, ref
     from omegaconf import OmegaConf
 
     from aideploy.errors import ConfigError
+    from aideploy.manager import PluginRegistry
     from aideploy.stages import Mode
     from aideploy_plugins.encryption_fast import aideploy_check_model
     from aideploy_scoring.model_sklearn import SklearnModel
@@ -348,8 +349,9 @@ def test_mlps_are_deployed_only_where_workers_share_the_token_secret(target, ref
                             "target": {"plugin": target}})
     model = SimpleNamespace(adapter=SklearnModel(trained((8,))), name="mlp", version="1")
     dataset = SimpleNamespace(X_test=None, name="digits")
+    plugins = PluginRegistry.load([])  # the targets declare whether they serve MLPs
     for mode in (Mode.run, Mode.predict):
-        ctx = SimpleNamespace(cfg=cfg, mode=mode)
+        ctx = SimpleNamespace(cfg=cfg, mode=mode, plugins=plugins)
         if refused and mode is not Mode.predict:
             with pytest.raises(ConfigError, match="shared secret"):
                 aideploy_check_model(ctx=ctx, model=model, dataset=dataset)

@@ -66,19 +66,20 @@ def test_update_plan_is_blue_green_and_valid_against_the_spec(tmp_path, network,
     assert plan["mode"] == "update" and (plan["old_deployment"], plan["new_deployment"]) == ("blue", "green")
     actions, rollback = plan["actions"], plan["rollback"]
     assert names(actions) == [
-        "MLClient", "workspaces.get", "online_endpoints.get", "code.create_or_update",
-        "environments.create_or_update", "models.create_or_update", "online_deployments.begin_create_or_update",
+        "MLClient", "workspaces.get", "online_endpoints.get", "datastores.get_default", "datastores._list_secrets",
+        "upload for code", "code.create_or_update", "environments.create_or_update", "upload for models",
+        "models.create_or_update", "online_deployments.begin_create_or_update",
         "online_endpoints.get_keys", "smoke test", *[ENDPOINT] * len(steps), DELETE]
     # Every body in both branches validates (the code asset's known SDK deviation aside).
     assert set(spec_errors(actions + rollback)) <= SDK_DEVIATIONS, spec_errors(actions + rollback)
     assert not [e for e in spec_errors(actions + rollback) if e[0].startswith("online_")]
 
     # The new deployment: created beside the old one, under its own name, with the endpoint's traffic untouched.
-    create = actions[6]["request"]
+    create = actions[10]["request"]
     assert create["method"] == "PUT" and create["path"].endswith("/onlineEndpoints/digits-ep/deployments/green")
     assert create["body"]["properties"]["endpointComputeType"] == "Managed"
     # The smoke test reaches the new deployment directly, before any traffic moves.
-    smoke = actions[8]["request"]
+    smoke = actions[12]["request"]
     assert smoke["headers"]["azureml-model-deployment"] == "green" and smoke["url"] == "{scoringUri}"
     # Then the traffic, step by step: the whole endpoint re-sent each time, shares summing to 100.
     shifts = [a["request"]["body"] for a in actions if a["action"] == ENDPOINT]
@@ -121,7 +122,7 @@ def endpoint_entity():
     from aideploy.config import ManagedEndpointTarget
 
     cfg = OmegaConf.structured(ManagedEndpointTarget)
-    endpoint = build_endpoint(cfg, OmegaConf.create({"plugin": "public"}), "digits-ep")
+    endpoint = build_endpoint(cfg, OmegaConf.create({"plugin": "public"}), "digits-ep", {}, "an endpoint")
     endpoint.traffic = {"blue": 100}
     return endpoint
 
@@ -189,13 +190,14 @@ def test_aci_update_plan_is_webservice_update_with_a_roll_back(tmp_path):
     plan = json.loads((out / "plan.json").read_text())
     assert names(plan["actions"]) == ["Workspace.get", "Webservice", "AssetsClient.create_asset", "Model.register",
                                       "Environment.from_conda_specification", "Webservice.update",
-                                      "Webservice.wait_for_deployment", "Webservice.get_keys", "smoke test"]
+                                      "Webservice.wait_for_deployment", "Webservice.get_keys", "smoke test",
+                                      "Webservice.update"]
     update = plan["actions"][5]["settings"]
     assert update["name"] == "digits-svc" and update["models"] == ["sklearn_digits (registered above)"]
     # The requests themselves, and their bodies against the v1 spec: tests/test_azure_requests.py.
     assert plan["actions"][5]["request"]["method"] == "PATCH"
     assert update["inference_config"]["entry_script"].endswith("score.py")
-    smoke = plan["actions"][-1]["settings"]
+    smoke = plan["actions"][-2]["settings"]
     assert smoke["samples"] == 5 and smoke["request"]["headers"]["Authorization"] == "Bearer {key}"
     assert names(plan["rollback"]) == ["Webservice.update", "Webservice.wait_for_deployment"]
     assert "one version" in plan["rollback"][0]["note"]
