@@ -109,6 +109,6 @@ def check_columns(dataset: Any, schema: Schema | None, extra: str, what: str) ->
     elif dataset.n_features != schema.n_features:
         raise ConfigError(f"{dataset.name} has {dataset.n_features} feature columns but {what} takes "
                           f"{schema.n_features}",
-                          hint="pick the feature columns with data.feature_columns=[...] (data.label_column for the "
-                          "label), or give data for this model")
+                          hint="give data with the columns the model was fitted on (data.feature_columns=[...] picks "
+                          "a file's, data.label_column its label), or a model fitted on this data")
     dataset.schema = schema

@@ -28,12 +28,24 @@ def one_error(proc, code: int, needle: str) -> None:
     assert len(errors) == 1 and len(hints) == 1 and needle in errors[0], proc.stderr
 
 
-def test_a_spec_without_scikit_learn_fails_at_deploy_naming_it(cli):
-    before = session_processes()
+def test_a_spec_without_scikit_learn_gets_it_from_the_model(cli):
     proc = cli(pip(), "data.limit=2")  # the model is a pickled LogisticRegression
-    one_error(proc, 1, "the scoring service cannot import 'sklearn'")
-    assert "scikit-learn" in proc.stderr.split("hint: ")[1]
-    assert "No module named 'sklearn'" in proc.stderr  # the server's log tail
+    assert proc.returncode == 0, proc.stderr
+    import sklearn
+
+    assert f"scikit-learn=={sklearn.__version__}" in (proc.out / "environment.yml").read_text()
+
+
+def test_a_module_the_spec_lacks_fails_at_deploy_naming_it(cli, tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "score.py").write_text("import aideploy_absent_module  # noqa: F401\n\n"
+                                     "def init():\n    pass\n\n\ndef run(raw):\n    return []\n")
+    before = session_processes()
+    proc = cli("scoring=custom", f"scoring.source_dir={source}", "data.limit=2")
+    one_error(proc, 1, "the scoring service cannot import 'aideploy_absent_module'")
+    assert """'environment.extra_pip=["aideploy_absent_module"]'""" in proc.stderr.split("hint: ")[1]
+    assert "No module named 'aideploy_absent_module'" in proc.stderr  # the server's log tail
     assert session_processes() - before == set()
     assert results_of(proc.out)["status"] == "failed"
 

@@ -137,8 +137,8 @@ def test_columns_by_name_or_position_labels_optional(tmp_path):
 
 def test_parquet_and_npy_sources(tmp_path):
     pd.DataFrame({"x": [1.0, 2.0, 3.0], "name": ["a", "b", "c"]}).to_parquet(tmp_path / "t.parquet")
-    with pytest.raises(ConfigError, match="column 'name' holds string, not numbers"):
-        ParquetRows(tmp_path / "t.parquet")
+    with pytest.raises(ConfigError, match="row 0, column 'name' holds 'a', not a number"):  # numbers by position
+        list(ParquetRows(tmp_path / "t.parquet").chunks(2))
     source = ParquetRows(tmp_path / "t.parquet", label_column="name")
     chunks = list(source.chunks(2, start=1))
     assert np.concatenate([X for X, _ in chunks]).ravel().tolist() == [2.0, 3.0]

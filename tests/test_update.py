@@ -168,6 +168,7 @@ def test_the_smoke_test_reads_answers_as_the_client_does(answer, ok):
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
 
+    from aideploy.artifacts import Dataset
     from aideploy.update import smoke_test
     from aideploy_scoring.model_sklearn import SklearnModel
 
@@ -176,7 +177,7 @@ def test_the_smoke_test_reads_answers_as_the_client_does(answer, ok):
     server = _answering(lambda rows: answer(adapter.predict(np.asarray(rows)).predictions.tolist()))
     try:
         result = smoke_test(f"http://127.0.0.1:{server.server_port}/score", {},
-                            SimpleNamespace(adapter=adapter, task=adapter.task), SimpleNamespace(X_test=X[600:]),
+                            SimpleNamespace(adapter=adapter, task=adapter.task), Dataset("digits", X[600:]),
                             samples=3, timeout=10)
     finally:
         server.shutdown()
