@@ -343,6 +343,7 @@ class ServiceInfo:
     model_summary: str = ""
     protocol: int = 1  # of the service's request formats (2: key registration)
     schema: Any = None  # what the model takes (aideploy_scoring.schema.Schema), where the service says
+    preprocess: dict[str, Any] | None = None  # the encrypted schemes' client part (aideploy.linear.ClientPart)
 
     @classmethod
     def from_json(cls, info: dict[str, Any]) -> "ServiceInfo":
@@ -352,7 +353,7 @@ class ServiceInfo:
         schema = Schema.from_json(info["input"]) if isinstance(info.get("input"), dict) else None
         return cls(model.get("n_features"), model.get("task"), model.get("classes"), model.get("feature_names"),
                    list(info.get("schemes") or ["none"]), info.get("fast"), str(model.get("summary") or ""),
-                   int(info.get("protocol") or 1), schema)
+                   int(info.get("protocol") or 1), schema, info.get("preprocess"))
 
     def summary(self) -> dict[str, Any]:
         return {"service_model": self.model_summary, "features": self.n_features, "task": self.task,

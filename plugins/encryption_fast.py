@@ -22,7 +22,7 @@ from aideploy import hookimpl
 from aideploy.artifacts import KeySession, Request, Requests, Response, Scores
 from aideploy.errors import ConfigError, PredictError
 from aideploy.keystore import publish_public_keys
-from aideploy.linear import linear_model, mlp_layers, numeric
+from aideploy.linear import client_runtime, features, linear_model, mlp_layers
 from aideploy.stages import Mode
 from aideploy.targets import capabilities
 from aideploy_scoring import fastmlp
@@ -38,7 +38,7 @@ RUNTIME = ["seal-python==4.4.0", "cryptography>=41", "numba>=0.68", "setuptools"
 
 @hookimpl
 def aideploy_scoring_requirements(ctx):
-    return RUNTIME if ctx.cfg.encryption.plugin == SCHEME else None
+    return RUNTIME + client_runtime(ctx) if ctx.cfg.encryption.plugin == SCHEME else None
 
 
 def _params(cfg, model) -> tuple[list[int], str | None, FastParams]:
@@ -71,7 +71,7 @@ def _check_range(cfg, X: np.ndarray, what: str) -> None:
 def aideploy_check_model(ctx, model, dataset):
     if ctx.cfg.encryption.plugin == SCHEME:
         if dataset.X_test is not None:  # a file's rows are checked a chunk at a time, as they are sent
-            _check_range(ctx.cfg.encryption, numeric(dataset), f"data {dataset.name!r}")
+            _check_range(ctx.cfg.encryption, features(ctx, dataset), f"data {dataset.name!r}")
         _, activation, _ = _params(ctx.cfg.encryption, model)
         target = ctx.cfg.target.plugin
         if activation is not None and ctx.mode is not Mode.predict and not capabilities(ctx).serves_mlps:
@@ -118,7 +118,7 @@ def aideploy_setup_keys(cfg, ctx, model, service):
 
 @hookimpl
 def aideploy_encrypt(cfg, ctx, keys, dataset):
-    X = numeric(dataset)
+    X = features(ctx, dataset)
     _check_range(cfg, X, f"data {dataset.name!r}")
     headers = {"Content-Type": BINARY_TYPE, SCHEME_HEADER: SCHEME,
                **{KEY_HEADERS[field]: value for field, value in keys.public.items()}}

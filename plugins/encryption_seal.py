@@ -17,7 +17,7 @@ from aideploy import hookimpl
 from aideploy.artifacts import KeySession, Request, Requests, Scores
 from aideploy.errors import ConfigError, PredictError
 from aideploy.keystore import publish_public_keys
-from aideploy.linear import linear_model, numeric
+from aideploy.linear import client_runtime, features, linear_model
 
 SCHEME = "seal"
 RUNTIME = ["encrypted-inference==0.9", "azure-storage-blob>=12.19", "cachetools>=5.3"]
@@ -25,7 +25,7 @@ RUNTIME = ["encrypted-inference==0.9", "azure-storage-blob>=12.19", "cachetools>
 
 @hookimpl
 def aideploy_scoring_requirements(ctx):
-    return RUNTIME if ctx.cfg.encryption.plugin == SCHEME else None
+    return RUNTIME + client_runtime(ctx) if ctx.cfg.encryption.plugin == SCHEME else None
 
 
 @hookimpl
@@ -53,9 +53,9 @@ def aideploy_setup_keys(ctx):
 
 
 @hookimpl
-def aideploy_encrypt(keys, dataset):
+def aideploy_encrypt(ctx, keys, dataset):
     return Requests([Request(json.dumps({"data": keys.client.encrypt(x), **keys.public}).encode(), 1)
-                     for x in numeric(dataset)])
+                     for x in features(ctx, dataset)])
 
 
 def decrypt_scores(client, encrypted_scores: list) -> np.ndarray:

@@ -79,7 +79,7 @@ class _Tally:
             self.max[name] = max(self.max.get(name, 0.0), value)
 
 
-def _classification(t: _Tally, service: np.ndarray, y, reference, frame) -> None:
+def _classification(t: _Tally, service: np.ndarray, y, reference, frame, scores) -> None:
     if y is not None:
         if not t.warned and text_against_numbers(service, y):
             t.warned = True
@@ -90,7 +90,7 @@ def _classification(t: _Tally, service: np.ndarray, y, reference, frame) -> None
             t.add("plain_correct", np.sum(same_labels(np.asarray(reference.predictions), y)))
     if reference is not None:
         t.add("agree", np.sum(same_labels(service, np.asarray(reference.predictions))))
-        t.high("max_score_error", _max_diff(_columns(frame, "score_"), reference.scores))
+        t.high("max_score_error", _max_diff(_columns(frame, "score_"), scores))
         t.high("max_probability_error", _max_diff(_columns(frame, "proba_"), reference.probabilities))
 
 
@@ -162,12 +162,15 @@ def aideploy_evaluate(dataset, model, keys, traffic, predictions, service):
         served = frame[names].to_numpy() if len(names) > 1 else frame[names[0]].to_numpy()
         task = task or infer_task(served)
         reference = model.adapter.predict(X) if model is not None else None
+        scores = None
+        if reference is not None and any(str(c).startswith("score_") for c in frame.columns):
+            scores = reference.scores if reference.scores is not None else model.adapter.decision_scores(X)
         tally.n += len(frame)
         tally.labelled += len(frame) if y is not None else 0
         if task == REGRESSION:
             _regression(tally, served, y, reference)
         else:
-            _classification(tally, served, y, reference, frame)
+            _classification(tally, served, y, reference, frame, scores)
     metrics["task"] = task
     if tally.n != dataset.n_samples:
         metrics["evaluation"] = f"{predictions.path} holds {tally.n} predictions for {dataset.n_samples} samples"

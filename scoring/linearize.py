@@ -163,3 +163,27 @@ def fold_mlp(estimator: Any) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
             raise NotLinear(f"the preprocessing gives {M.shape[1]} features but {last_name!r} takes {W0.shape[1]}")
         layers[0] = (W0 @ M.T, W0 @ c + b0)
     return layers, str(mlp.activation)
+
+
+def split(estimator: Any) -> tuple[Any | None, Any]:
+    """``(client part, served part)`` of a model for the encrypted schemes.
+
+    A Pipeline whose last steps fold into one affine map or a ReLU MLP, after first steps that do
+    not (a ColumnTransformer, encoders, imputers), is split there: the client runs the first
+    steps on its own rows (as Concrete-ML runs a model's preprocessing in the client), and only
+    the folded part is computed on ciphertexts. ``(None, estimator)`` when the whole model folds,
+    or when no tail of it does (the encrypted schemes then refuse it, naming the step).
+    """
+    from sklearn.pipeline import Pipeline
+
+    if not isinstance(estimator, Pipeline) or len(estimator.steps) < 2:
+        return None, estimator
+    for start in range(len(estimator.steps)):
+        tail = estimator.steps[start:]
+        served = Pipeline(tail) if len(tail) > 1 else tail[0][1]
+        try:
+            fold_mlp(served) if is_mlp(served) else fold(served)
+        except NotLinear:
+            continue
+        return (Pipeline(estimator.steps[:start]) if start else None), served
+    return None, estimator

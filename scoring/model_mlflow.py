@@ -110,16 +110,22 @@ class MlflowModel(ModelAdapter):
             data = self._input(X)
             if hasattr(self.raw, "predict_proba"):
                 probabilities = np.asarray(self.raw.predict_proba(data), dtype=np.float64)
-            if hasattr(self.raw, "decision_function"):
+            if probabilities is None and hasattr(self.raw, "decision_function"):
                 scores = np.asarray(self.raw.decision_function(data), dtype=np.float64).reshape(len(X), -1)
         return Prediction(predictions, probabilities, scores)
 
-    def linear(self) -> tuple[np.ndarray, np.ndarray]:
+    def decision_scores(self, X: Any) -> np.ndarray | None:
+        if self.raw is None or not hasattr(self.raw, "decision_function"):
+            return None
+        data = self._input(self.check(X))
+        return np.asarray(self.raw.decision_function(data), dtype=np.float64).reshape(len(X), -1)
+
+    def encrypted_parts(self) -> tuple[Any | None, Any]:
         if self.raw is None:
             raise NotLinear(f"this MLflow model has no sklearn flavor (flavors: {', '.join(self.flavors)})")
-        from aideploy_scoring.linearize import fold
+        from aideploy_scoring.linearize import split
 
-        return fold(self.raw)
+        return split(self.raw)
 
 
 def load(path: Path) -> MlflowModel:

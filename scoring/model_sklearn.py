@@ -26,7 +26,8 @@ def task_of(estimator: Any) -> str | None:
 
 
 class SklearnModel(ModelAdapter):
-    """A fitted estimator: ``predict``, plus ``predict_proba`` and ``decision_function`` where it has them."""
+    """A fitted estimator: ``predict``, plus ``predict_proba`` where it has it, else its
+    ``decision_function`` where it has one."""
 
     kind = "sklearn"
     pickled_with: str | None = None  # the scikit-learn that wrote the pickle, when it is not the one loading it
@@ -44,6 +45,9 @@ class SklearnModel(ModelAdapter):
         names = getattr(estimator, "feature_names_in_", None)
         self.feature_names = [str(c) for c in names] if names is not None else None
         self.summary = self._describe_estimator(estimator)
+        steps = getattr(estimator, "steps", None)
+        self._split = type(estimator).__name__ == "Pipeline" and steps is not None and len(steps) > 1
+        self._parts: tuple[Any | None, Any] | None = None
         self.use_schema(None)
 
     @staticmethod
@@ -63,18 +67,27 @@ class SklearnModel(ModelAdapter):
     def _predict(self, X: Any) -> Prediction:
         est = self.estimator
         try:
+            if self._split:  # a Pipeline's preprocessing runs once for the three answers, as Pipeline.predict runs it
+                X, est = est[:-1].transform(X), est[-1]
             predictions = np.asarray(est.predict(X))
             probabilities = np.asarray(est.predict_proba(X)) if hasattr(est, "predict_proba") else None
             scores = (np.asarray(est.decision_function(X), dtype=np.float64).reshape(len(X), -1)
-                      if hasattr(est, "decision_function") else None)
+                      if probabilities is None and hasattr(est, "decision_function") else None)
         except ValueError as exc:  # scikit-learn's own input validation
             raise ModelInputError(f"the model refused the samples: {exc}") from None
         return Prediction(predictions, probabilities, scores)
 
-    def linear(self) -> tuple[np.ndarray, np.ndarray]:
-        from aideploy_scoring.linearize import fold
+    def decision_scores(self, X: Any) -> np.ndarray | None:
+        if not hasattr(self.estimator, "decision_function"):
+            return None
+        return np.asarray(self.estimator.decision_function(self.check(X)), dtype=np.float64).reshape(len(X), -1)
 
-        return fold(self.estimator)
+    def encrypted_parts(self) -> tuple[Any | None, Any]:
+        if self._parts is None:
+            from aideploy_scoring.linearize import split
+
+            self._parts = split(self.estimator)
+        return self._parts
 
 
 def load(path: Path) -> SklearnModel:

@@ -9,8 +9,9 @@ scikit-learn.
 
 The plain protocol every kind answers: rows in any of :mod:`.schema`'s wire forms (positional
 ``{"data": [[x1, ..., xn], ...]}``, or named columns) -> ``{"predictions": [...]}`` plus
-``"probabilities"`` where the model has class probabilities and ``"scores"`` where it has a
-decision function. Each kind says what it takes (:meth:`ModelAdapter.input_schema`); the
+``"probabilities"`` where the model has class probabilities, else ``"scores"`` where it has a
+decision function (the probabilities say what the scores would, and each costs a pass of the
+model). Each kind says what it takes (:meth:`ModelAdapter.input_schema`); the
 version's stored schema (``aideploy-schema.json``, written at the model stage) refines it.
 """
 
@@ -148,13 +149,30 @@ class ModelAdapter:
         """Predict what :meth:`check` returned: a conformed DataFrame or a 2-D array."""
         raise NotImplementedError
 
+    def decision_scores(self, X: Any) -> np.ndarray | None:
+        """The decision function, (n_samples, n_outputs), where the model has one: what the
+        encrypted schemes answer, to compare them with. None otherwise."""
+        return None
+
+    def encrypted_parts(self) -> tuple[Any | None, Any | None]:
+        """``(client part, served estimator)`` for the encrypted schemes (:func:`.linearize.split`):
+        preprocessing the client runs on its rows, and what is computed on ciphertexts; ``(None,
+        None)`` for a kind with no estimator to fold."""
+        return None, None
+
     def linear(self) -> tuple[np.ndarray, np.ndarray]:
-        """The model as one affine map ``(W, b)``: W is (n_outputs, n_features), b is (n_outputs,).
+        """The served part of the model as one affine map ``(W, b)``: W is (n_outputs, n_features), b
+        is (n_outputs,), over the client part's outputs where there is one.
 
         Its outputs are the decision scores (classifiers) or the prediction (regressors).
         Raises :class:`NotLinear` naming what is not affine.
         """
-        raise NotLinear(f"a {self.kind} model is served in plain only")
+        _, served = self.encrypted_parts()
+        if served is None:
+            raise NotLinear(f"a {self.kind} model is served in plain only")
+        from aideploy_scoring.linearize import fold
+
+        return fold(served)
 
 
 def _is_frame(X: Any) -> bool:

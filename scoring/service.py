@@ -124,6 +124,7 @@ class ScoringService:
         self._schemes: dict[str, Any] = {}
         self._fetcher = None
         self._described: dict[tuple[float, float], dict[str, Any]] = {}
+        self._preprocess: dict[str, Any] | None = None
 
     def key_fetcher(self):
         """The worker's one key fetcher (and cache), shared by the encrypted schemes."""
@@ -144,14 +145,16 @@ class ScoringService:
 
     @staticmethod
     def mlp_layers(model: ModelAdapter) -> tuple[list, str] | None:
-        """``(layers, activation)`` of a scikit-learn MLP (affine preprocessing folded in), None for
-        any other model, :class:`NotLinear` for an MLP whose activation cannot be served."""
-        estimator = getattr(model, "estimator", None)
-        if estimator is None:
-            return None
+        """``(layers, activation)`` of a scikit-learn MLP, the served part of the model (affine
+        preprocessing folded in, the rest run by the client), None for any other model,
+        :class:`NotLinear` for an MLP whose activation cannot be served."""
         from aideploy_scoring.linearize import fold_mlp, is_mlp
 
-        return fold_mlp(estimator) if is_mlp(estimator) else None
+        try:
+            _, served = model.encrypted_parts()
+        except NotLinear:
+            return None
+        return fold_mlp(served) if served is not None and is_mlp(served) else None
 
     def mlp(self, model: ModelAdapter) -> tuple[list, str] | None:
         """:meth:`mlp_layers`, with a refused MLP as a 400 saying why."""
@@ -280,6 +283,8 @@ class ScoringService:
         }
         if model.schema is not None:
             info["input"] = model.schema.describe()
+        if len(info["schemes"]) > 1 and self._client_part() is not None:
+            info["preprocess"] = self._client_part()
         if "fast" in info["schemes"]:
             try:
                 x_bound = float((args or {}).get("x_bound", 1.0))
@@ -288,6 +293,28 @@ class ScoringService:
                 raise RequestError("x_bound and max_error must be numbers") from None
             info["fast"] = self._fast_params(x_bound, max_error)
         return info
+
+    def _client_part(self) -> dict[str, Any] | None:
+        """The model's client part (:func:`.linearize.split`) as the encrypted schemes' clients need it:
+        a skops file of its scikit-learn transformers (a format that loads without running code).
+        Its parameters (an encoder's categories, an imputer's fill values, a scaler's means) are
+        revealed to every client: the README says so."""
+        if self._preprocess is None:
+            try:
+                client, _ = self.model.encrypted_parts()
+            except NotLinear:
+                client = None
+            if client is None:
+                self._preprocess = {}
+            else:
+                import base64
+                import zipfile
+
+                import skops.io
+
+                data = skops.io.dumps(client, compression=zipfile.ZIP_DEFLATED)
+                self._preprocess = {"format": "skops", "data": base64.b64encode(data).decode()}
+        return self._preprocess or None
 
     def schemes_served(self) -> list[str]:
         """``none`` always; the encrypted schemes whose runtime is installed, for a linear model."""

@@ -697,7 +697,7 @@ def test_a_generated_key_is_shown_once_works_and_is_never_written(cli):
         uri = json.loads((out / "endpoint.json").read_text())["scoring_uri"]
         body = {"data": [[0.0] * 64]}
         response = requests.post(uri, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        assert response.status_code == 200 and len(response.json()["scores"][0]) == 10
+        assert response.status_code == 200 and len(response.json()["probabilities"][0]) == 10
         assert requests.post(uri, json=body, timeout=30).status_code == 401
     finally:
         proc.send_signal(signal.SIGINT)
