@@ -111,6 +111,14 @@ class RegisteredModel:
     payload: str  # the model file or directory inside ``path``
     kind: str  # a key of aideploy_scoring.models.KINDS
     adapter: Any = field(repr=False)
+    pending: Any = field(default=None, repr=False)  # aideploy.registry.Pending until registered
+
+    def commit(self) -> None:
+        """Register a staged version (the runner does, once every check at the model stage passed)."""
+        if self.pending is not None:
+            version = self.pending.commit()
+            self.version, self.path = version.version, version.path
+            self.pending = None
 
     @property
     def file(self) -> Path:

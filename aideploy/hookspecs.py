@@ -72,11 +72,13 @@ def aideploy_prepare_data(cfg, ctx):
 
 @hookspec(firstresult=True)
 def aideploy_prepare_model(cfg, ctx, dataset):
-    """Load or train the model and register a version; served by the ``model`` group's plugin.
+    """Load or train the model and stage a version; served by the ``model`` group's plugin.
 
-    Return a :class:`~aideploy.artifacts.RegisteredModel`. The runner checks that its feature
-    count matches ``dataset``'s and fails with a clear error if not, then calls
-    :func:`aideploy_check_model`.
+    Return a :class:`~aideploy.artifacts.RegisteredModel`, as :func:`aideploy.registry.register_model`
+    makes it: loaded, its schema captured, staged in the registry. The runner checks the data's
+    columns against the schema, calls :func:`aideploy_check_model`, and only then registers the
+    version (:meth:`~aideploy.artifacts.RegisteredModel.commit`): a refused model leaves the
+    registry as it was.
     """
 
 

@@ -39,11 +39,12 @@ def linear_model(model, scheme: str) -> LinearModel:
     try:
         return LinearModel.of(model.adapter)
     except NotLinear as exc:
+        served = "linear models, Pipelines of " + FOLDABLE + " steps ending in one (folded)" + \
+            (", ReLU MLPs" if scheme == "fast" else "")
         raise ConfigError(
-            f"encryption={scheme} needs a linear model; {model.name}:{model.version} "
-            f"({model.adapter.summary}) is not one: {exc}",
-            hint=f"serve it with encryption=none, or encrypt a linear model (optionally a Pipeline of {FOLDABLE} "
-            "steps ending in one, which aideploy folds)") from None
+            f"encryption={scheme} cannot serve {model.name}:{model.version} ({model.adapter.summary}): {exc}",
+            hint=f"encryption={scheme} serves {served}, each also after preprocessing the client runs "
+            "(a ColumnTransformer, encoders, imputers); serve this model with encryption=none") from None
 
 
 # Types a service's preprocessing may hold beyond what skops trusts by default (scikit-learn's

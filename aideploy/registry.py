@@ -65,36 +65,75 @@ class LocalRegistry:
                 return Version(name, version, folder, meta["path"], kind, digest)
         return None
 
-    def register(self, name: str, payload: Path, kind: str, tags: dict | None = None,
-                 schema: Schema | None = None) -> Version:
-        """Register ``payload`` (a file or directory) as ``kind`` with its ``schema``; returns the new
-        version, or the existing one with the same content and schema."""
+    def stage(self, name: str, payload: Path, kind: str, tags: dict | None = None,
+              schema: Schema | None = None) -> "Pending":
+        """Copy ``payload`` (a file or directory) with its records into a staging directory, to be
+        registered by :meth:`Pending.commit` once the run has checked it, or removed by
+        :meth:`Pending.discard`: a model refused at the model stage never becomes a version."""
         payload = Path(payload)
         digest = content_digest(payload)
         existing = self._existing(name, digest, kind, schema)
         if existing:
-            return existing
-        version = (self.versions(name) or [0])[-1] + 1
-        final = self.root / name / str(version)
-        staging = self.root / name / f".{version}.{time.time_ns()}"
+            return Pending(self, existing, None)
+        staging = self.root / name / f".staging.{time.time_ns()}"
         staging.mkdir(parents=True)
         try:
             if payload.is_dir():
                 shutil.copytree(payload, staging / payload.name)
             else:
                 shutil.copyfile(payload, staging / payload.name)
-            meta = {"name": name, "version": version, "kind": kind, "path": payload.name, "sha256": digest,
-                    "tags": tags or {}, "registered": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            meta = {"name": name, "kind": kind, "path": payload.name, "sha256": digest, "tags": tags or {}}
             (staging / META_FILE).write_text(json.dumps(meta, indent=2))
             if schema is not None:
                 schema.save(staging)
-            staging.rename(final)  # atomic: a concurrent run either sees the version or not
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
-            if final.exists():  # another run registered this number first
-                return self.register(name, payload, kind, tags, schema)
             raise
-        return Version(name, version, final, payload.name, kind, digest)
+        version = (self.versions(name) or [0])[-1] + 1
+        return Pending(self, Version(name, version, self.root / name / str(version), payload.name, kind, digest),
+                       staging)
+
+    def register(self, name: str, payload: Path, kind: str, tags: dict | None = None,
+                 schema: Schema | None = None) -> Version:
+        """Register ``payload`` as ``kind`` with its ``schema`` at once; the new version, or the
+        existing one with the same content and schema."""
+        return self.stage(name, payload, kind, tags, schema).commit()
+
+
+class Pending:
+    """A model version staged for registration: :attr:`version` is the one it gets (an identical
+    one already there, or the next number), until :meth:`commit` makes it so."""
+
+    def __init__(self, registry: LocalRegistry, version: Version, staging: Path | None) -> None:
+        self.registry, self.version, self.staging = registry, version, staging
+
+    def commit(self) -> Version:
+        """Register the staged version (a rename: a concurrent run sees it whole or not at all)."""
+        if self.staging is None:
+            return self.version
+        name = self.version.name
+        meta_path = self.staging / META_FILE
+        while True:
+            number = (self.registry.versions(name) or [0])[-1] + 1
+            meta = json.loads(meta_path.read_text())
+            meta.update(version=number, registered=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            meta_path.write_text(json.dumps(meta, indent=2))
+            final = self.registry.root / name / str(number)
+            try:
+                self.staging.rename(final)
+                break
+            except OSError:
+                if not final.exists():
+                    raise  # not a race with another run's registration
+        self.staging = None
+        self.version = Version(name, number, final, self.version.payload, self.version.kind, self.version.sha256)
+        return self.version
+
+    def discard(self) -> None:
+        """Remove what was staged (nothing was registered)."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
 
 
 KIND_NAMES = {"sklearn": "scikit-learn", "onnx": "ONNX", "mlflow": "MLflow"}
@@ -104,13 +143,15 @@ OPTION_OF_KIND = {"sklearn": "model=sklearn_pickle", "onnx": "model=onnx", "mlfl
 
 def register_model(ctx, name: str, payload: Path, kind: str, tags: dict | None = None):
     """Load ``payload`` as ``kind`` (as the service will), capture its schema (the model's own,
-    typed by the run's data), then register both; a RegisteredModel.
+    typed by the run's data) and stage both for registration; a RegisteredModel, which the runner
+    registers (:meth:`~aideploy.artifacts.RegisteredModel.commit`) once every check has passed.
 
     A file that does not load is refused before it is registered, with a hint naming the
     option that fits it when it looks like another kind.
     """
     from aideploy.artifacts import RegisteredModel
     from aideploy.errors import ConfigError
+    from aideploy.resources import path_record
     from aideploy_scoring import models
 
     try:
@@ -124,8 +165,11 @@ def register_model(ctx, name: str, payload: Path, kind: str, tags: dict | None =
     from aideploy.schemas import capture
 
     adapter.use_schema(capture(adapter, ctx.artifacts.get("dataset")))
-    version = LocalRegistry(Path(ctx.cfg.home) / "models").register(name, payload, kind, tags, adapter.schema)
-    return RegisteredModel(name, version.version, version.path, version.payload, kind, adapter)
+    pending = LocalRegistry(Path(ctx.cfg.home) / "models").stage(name, payload, kind, tags, adapter.schema)
+    if pending.staging is not None:
+        ctx.resources.add(f"staged model {name}", pending.discard, path_record(pending.staging))
+    version = pending.version
+    return RegisteredModel(name, version.version, version.path, version.payload, kind, adapter, pending=pending)
 
 
 def model_path(cfg, what: str, directory: bool = False) -> Path:

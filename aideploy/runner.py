@@ -119,6 +119,7 @@ class Runner:
             schemas.check_columns(dataset, result.schema, _extra_columns(self.ctx.cfg),
                                   f"model {result.name}:{result.version}")
             self.ctx.plugins.hook.aideploy_check_model(ctx=self.ctx, model=result, dataset=dataset)
+            result.commit()  # a model refused above is never registered
 
     def teardown(self, status: str) -> list[tuple[str, BaseException]]:
         """The teardown stage: plugins' teardown hooks, then resources in reverse order."""
@@ -322,6 +323,7 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
             if ctx.resources.journal is not None:
                 ctx.resources.journal.close()
             results = results_mod.build(ctx, status, error, runner.stage_seconds, failures)
-            results_mod.write(ctx, results)
-            plugins.hook.aideploy_run_end(ctx=ctx, results=results)
+            if mode not in (Mode.list, Mode.gc):  # housekeeping prints its own answer; it is not a run
+                results_mod.write(ctx, results)
+                plugins.hook.aideploy_run_end(ctx=ctx, results=results)
     return results

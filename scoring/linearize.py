@@ -180,7 +180,7 @@ def split(estimator: Any) -> tuple[Any | None, Any]:
         return None, estimator
     for start in range(len(estimator.steps)):
         tail = estimator.steps[start:]
-        served = Pipeline(tail) if len(tail) > 1 else tail[0][1]
+        served = estimator if start == 0 else Pipeline(tail) if len(tail) > 1 else tail[0][1]
         try:
             fold_mlp(served) if is_mlp(served) else fold(served)
         except NotLinear:

@@ -90,6 +90,9 @@ def test_sigkill_while_serving_then_list_and_gc(cli, network):
         wait_for(out / "endpoint.json", proc)
         listed = cli("mode=list")
         assert "orphan" in listed.stderr and "serving" in listed.stderr
+        # its own answer only: no run summary about data and a model it never used, no results.json
+        assert "--- summary" not in listed.stderr and "data=digits" not in listed.stderr
+        assert not (listed.out / "results.json").exists()
         gc = cli("mode=gc")  # a live run's resources are never touched
         assert gc.returncode == 0 and "nothing to release" in gc.stderr
         assert psutil.Process(proc.pid).is_running()

@@ -221,8 +221,15 @@ def test_corrupt_and_mismatched_model_files_fail_at_the_model_stage(cli, tmp_pat
 def test_a_nonlinear_model_is_refused_for_encryption_before_deploying(cli, model_files):
     proc = cli("model=sklearn_pickle", f"model.path={model_files['mlp']}", "encryption=seal")
     assert proc.returncode == 2
-    assert "encryption=seal needs a linear model" in proc.stderr and "MLPClassifier" in proc.stderr
+    assert "encryption=seal cannot serve sklearn_model:1" in proc.stderr and "MLPClassifier" in proc.stderr
     assert set(results_of(proc.out)["stage_seconds"]) == {"data", "model", "teardown"}
+    # what is served is named, and the refused model was not registered (nor left staged)
+    hint = proc.stderr.split("hint: ")[1]
+    assert "linear models" in hint and "client runs" in hint
+    forest = cli("model=sklearn_pickle", f"model.path={model_files['forest']}", "encryption=fast")
+    assert forest.returncode == 2 and "ReLU MLPs" in forest.stderr.split("hint: ")[1]
+    assert not (cli.home / "models" / "sklearn_model").exists() or \
+        not list((cli.home / "models" / "sklearn_model").iterdir())
 
 
 # ----------------------------------------------------------------------------- end to end

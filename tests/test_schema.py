@@ -349,3 +349,50 @@ def test_swagger_names_every_column_with_its_type_and_an_example(adapter):
         assert "predictions" in schemas["ServiceOutput"]["properties"]
         # the example is a request the service takes
         assert _answer(adapter, schemas["ServiceInput"]["example"])
+
+
+# ----------------------------------------------------------------------------- encrypted tables
+
+
+def test_a_pipeline_splits_where_its_tail_folds(pipeline, table):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from aideploy_scoring.linearize import split
+
+    frame, y = table
+    pre = pipeline.named_steps["pre"]
+    model = Pipeline([("pre", pre), ("scale", StandardScaler(with_mean=False)),
+                      ("lr", LogisticRegression(max_iter=500))]).fit(frame, y)
+    client, served = split(model)
+    assert [name for name, _ in client.steps] == ["pre"] and [name for name, _ in served.steps] == ["scale", "lr"]
+    numbers = make_pipeline(StandardScaler(), LogisticRegression()).fit(np.eye(3), [0, 1, 0])
+    assert split(numbers) == (None, numbers)  # the whole folds: nothing runs in the client
+    assert split(pipeline)[0] is None  # nothing folds (a forest of trees): refused by the schemes, not split
+
+
+def test_the_client_part_a_service_describes_loads_without_running_code(pipeline):
+    import base64
+    import pickle
+    import zipfile
+
+    import skops.io
+
+    from aideploy.errors import PredictError
+    from aideploy.linear import ClientPart
+
+    pre = pipeline.named_steps["pre"]
+    described = {"format": "skops", "data": base64.b64encode(skops.io.dumps(pre, compression=zipfile.ZIP_DEFLATED))
+                 .decode()}
+    assert ClientPart.from_description(described).transformer.transformers_[0][0] == "cat"
+
+    class Evil:  # a class skops does not trust: a service cannot make the client run it
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    hostile = {"format": "skops", "data": base64.b64encode(skops.io.dumps([Evil()])).decode()}
+    with pytest.raises(PredictError, match="the service's preprocessing cannot be loaded"):
+        ClientPart.from_description(hostile)
+    with pytest.raises(PredictError):
+        ClientPart.from_description({"format": "pickle", "data": base64.b64encode(pickle.dumps(pre)).decode()})

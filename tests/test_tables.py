@@ -216,3 +216,33 @@ def test_a_pickle_from_another_scikit_learn_fails_the_deploy_naming_the_version(
                f"data.path={tmp_path / 'rows.csv'}", "environment=current")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"scikit-learn==1.5.2 (installed: {sklearn.__version__})" in proc.stderr
+
+
+def test_an_encrypted_mixed_table_runs_its_preprocessing_in_the_client(cli, mixed, tmp_path):
+    """A ColumnTransformer (encoders, imputers: not one affine map) before a LogisticRegression:
+    the client runs the transformer, the service only the linear part on ciphertexts, in
+    mode=run (the model in process) and in mode=predict (the service describes the transformer)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    folder, pipeline, _ = mixed
+    read = pd.read_csv(folder / "train.csv")
+    linear = Pipeline([("pre", pipeline.named_steps["pre"]), ("lr", LogisticRegression(max_iter=1000))])
+    linear.fit(read[FEATURES], read["churn"])
+    joblib.dump(linear, tmp_path / "linear.pkl")
+    test = pd.read_csv(folder / "test.csv")
+    expected = linear.predict(test[FEATURES])
+    run = ("model=sklearn_pickle", f"model.path={tmp_path / 'linear.pkl'}", "data=csv",
+           f"data.path={folder / 'test.csv'}", "encryption=fast", "encryption.x_bound=5")
+    proc = cli(*run)
+    assert proc.returncode == 0, proc.stderr
+    results = results_of(proc.out)
+    assert results["agreement"] == 1.0 and results["max_score_error"] <= 1e-3
+    assert pd.read_csv(proc.out / "predictions.csv")["prediction"].tolist() == expected.tolist()
+    with served(cli, *run, "deployment_name=tables-fast") as uri:
+        described = requests.get(uri, headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=30).json()
+        assert described["schemes"] == ["none", "fast"] and described["preprocess"]["format"] == "skops"
+        proc = cli("mode=predict", f"scoring_uri={uri}", "data=csv", f"data.path={folder / 'test.csv'}",
+                   "encryption=fast", "encryption.x_bound=5", env=KEY)
+    assert proc.returncode == 0, proc.stderr
+    assert pd.read_csv(proc.out / "predictions.csv")["prediction"].tolist() == expected.tolist()
