@@ -1,5 +1,11 @@
 """The sweep report: one row per multirun job, as ``sweep.md``, ``sweep.csv`` and PNG plots.
 
+Per job: how it ended, accuracy and agreement, what each row cost end to end (rows/s and
+seconds per 1,000 rows over the client's streamed stages; the client's encrypt and decrypt
+seconds; key set-up), the server's latency (p50/p99), bytes per row each way, and the sweep
+overrides the job's options had no use for. Plots: latency, payload, and seconds per 1,000
+rows by stage.
+
 Every job of ``aideploy -m ...`` writes its own ``results.json``; the report is built from
 those files, so it covers failed jobs as well. It is built by :class:`SweepReport`, a Hydra
 callback registered in ``conf/config.yaml`` (``hydra.callbacks.sweep_report``):
@@ -42,13 +48,16 @@ MARKDOWN_FILE = "sweep.md"
 CSV_FILE = "sweep.csv"
 LATENCY_PLOT = "sweep_latency.png"
 BYTES_PLOT = "sweep_bytes.png"
+COST_PLOT = "sweep_cost.png"
+STREAMED = ("encrypt", "predict", "decrypt")  # the client's stages, run chunk by chunk
 JOB_STATUS_FILE = "job_status.json"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 
 # After "job" come one column per override key (see render_csv), then these.
-CSV_COLUMNS = ["job", "status", "error", "n_samples", "accuracy", "agreement", "rmse", "latency_p50_ms",
-               "latency_p99_ms", "per_sample_p50_ms", "warmup_max_ms", "request_bytes", "response_bytes",
-               "key_bytes", "dir"]
+CSV_COLUMNS = ["job", "status", "error", "n_samples", "accuracy", "agreement", "rmse", "max_score_error",
+               "latency_p50_ms", "latency_p99_ms", "per_sample_p50_ms", "warmup_max_ms", "keys_s", "encrypt_s",
+               "predict_s", "decrypt_s", "rows_per_s", "s_per_1000_rows", "request_bytes_per_row",
+               "response_bytes_per_row", "request_bytes", "response_bytes", "key_bytes", "not_applied", "dir"]
 
 
 def override_items(overrides: Sequence[str]) -> dict[str, str]:
@@ -80,6 +89,16 @@ class Row:
     request_bytes: int | None = None
     response_bytes: int | None = None
     key_bytes: int | None = None
+    max_score_error: float | None = None
+    keys_s: float | None = None  # key generation and upload (the key store's start included)
+    encrypt_s: float | None = None  # the client's time in each streamed stage, all chunks
+    predict_s: float | None = None
+    decrypt_s: float | None = None
+    rows_per_s: float | None = None  # end to end: rows over the three streamed stages
+    s_per_1000_rows: float | None = None
+    request_bytes_per_row: float | None = None
+    response_bytes_per_row: float | None = None
+    not_applied: str = ""  # sweep overrides the job's options have no use for
 
     def csv_record(self, keys: Sequence[str]) -> dict[str, Any]:
         given = override_items(self.overrides)
@@ -161,12 +180,28 @@ def read_row(job_dir: Path, sweep_dir: Path) -> Row:
     per_sample = results.get("latency_per_sample_ms") or {}
     warmup = results.get("warmup_latency_ms") or []
     sizes = results.get("bytes") or {}
+    per_row = results.get("bytes_per_row") or {}
+    seconds = results.get("stage_seconds") or {}
+    streamed = sum(seconds.get(stage, 0.0) for stage in STREAMED)
+    rows = results.get("n_samples") or 0
+    keys = seconds.get("keys", 0.0) + seconds.get("keystore", 0.0) if sizes.get("keys") else None  # a scheme with keys
     return Row(job=_job_number(job_dir, record), dir=str(job_dir.relative_to(sweep_dir)), overrides=overrides,
                status=status, error=error, n_samples=results.get("n_samples"), accuracy=results.get("accuracy"),
                agreement=results.get("agreement"), rmse=results.get("rmse"), latency_p50_ms=latency.get("p50"),
                latency_p99_ms=latency.get("p99"), per_sample_p50_ms=per_sample.get("p50"),
                warmup_max_ms=max(warmup) if warmup else None, request_bytes=sizes.get("request"),
-               response_bytes=sizes.get("response"), key_bytes=sizes.get("keys"))
+               response_bytes=sizes.get("response"), key_bytes=sizes.get("keys"),
+               max_score_error=results.get("max_score_error"), keys_s=_rounded(keys),
+               encrypt_s=_rounded(seconds.get("encrypt")), predict_s=_rounded(seconds.get("predict")),
+               decrypt_s=_rounded(seconds.get("decrypt")),
+               rows_per_s=round(rows / streamed, 2) if rows and streamed else None,
+               s_per_1000_rows=round(1000 * streamed / rows, 4) if rows and streamed else None,
+               request_bytes_per_row=per_row.get("request"), response_bytes_per_row=per_row.get("response"),
+               not_applied=" ".join(results.get("not_applied") or []))
+
+
+def _rounded(value: float | None) -> float | None:
+    return round(value, 4) if value is not None else None
 
 
 def collect(sweep_dir: Path) -> list[Row]:
@@ -205,13 +240,16 @@ def _md_cell(text: str, limit: int = 160) -> str:
 
 
 def markdown_table(rows: Sequence[Row], common: Sequence[str]) -> str:
-    header = ["job", "overrides", "status", "accuracy", "agreement", "p50 ms", "p99 ms", "per sample ms",
-              "warm-up max ms", "request B", "response B", "key B", "error"]
+    header = ["job", "overrides", "status", "accuracy", "agreement", "rows/s", "s per 1000 rows", "keys s",
+              "encrypt s", "decrypt s", "p50 ms", "p99 ms", "per sample ms", "warm-up max ms", "B/row sent",
+              "B/row received", "key B", "not applied", "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [_fmt(r.job), _md_cell(_varying(r, common)), r.status, _fmt(r.accuracy, 4), _fmt(r.agreement, 4),
-                 _fmt(r.latency_p50_ms, 2), _fmt(r.latency_p99_ms, 2), _fmt(r.per_sample_p50_ms, 3),
-                 _fmt(r.warmup_max_ms, 2), _fmt(r.request_bytes), _fmt(r.response_bytes), _fmt(r.key_bytes),
+                 _fmt(r.rows_per_s, 0), _fmt(r.s_per_1000_rows, 3), _fmt(r.keys_s, 2), _fmt(r.encrypt_s, 2),
+                 _fmt(r.decrypt_s, 2), _fmt(r.latency_p50_ms, 2), _fmt(r.latency_p99_ms, 2),
+                 _fmt(r.per_sample_p50_ms, 3), _fmt(r.warmup_max_ms, 2), _fmt(r.request_bytes_per_row, 0),
+                 _fmt(r.response_bytes_per_row, 0), _fmt(r.key_bytes), _md_cell(r.not_applied) or "-",
                  _md_cell(r.error) or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -246,19 +284,23 @@ def render_csv(rows: Sequence[Row]) -> str:
 
 
 def _bar_chart(rows: Sequence[Row], labels: Sequence[str], series: dict[str, list[float | None]],
-               xlabel: str, title: str, log_scale: bool, path: Path) -> None:
+               xlabel: str, title: str, log_scale: bool, path: Path, stacked: bool = False) -> None:
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
     n, k = len(rows), len(series)
     # a log axis needs one positive value (an interrupted sweep may have no measurement at all)
     log_scale = log_scale and any(v is not None and v > 0 for values in series.values() for v in values)
-    fig = Figure(figsize=(9, 1.2 + 0.32 * n * k), layout="constrained")
+    bars = 1 if stacked else k
+    fig = Figure(figsize=(9, 1.2 + 0.32 * n * bars), layout="constrained")
     ax = fig.add_subplot()
-    height = 0.8 / k
+    height = 0.8 / bars
+    left = [0.0] * n
     for i, (name, values) in enumerate(series.items()):
-        ys = [j + (i - (k - 1) / 2) * height for j in range(n)]
+        ys = list(range(n)) if stacked else [j + (i - (k - 1) / 2) * height for j in range(n)]
         xs = [v if v is not None and (v > 0 or not log_scale) else float("nan") for v in values]
-        ax.barh(ys, xs, height=height, label=name)
+        ax.barh(ys, xs, height=height, label=name, left=left if stacked else None)
+        if stacked:
+            left = [a + (b if b == b else 0.0) for a, b in zip(left, xs)]  # NaN (no value) adds nothing
     for j, row in enumerate(rows):
         if row.status != "ok":
             ax.annotate(row.status, (0, j), xytext=(4, 0), textcoords="offset points", va="center",
@@ -291,7 +333,12 @@ def write_plots(report: Report) -> list[Path]:
                               "response": [r.response_bytes for r in rows],
                               "keys": [r.key_bytes for r in rows]},
                "bytes (request and response: median per request; keys: total uploaded)", "Payload", True, payload)
-    return [latency, payload]
+    cost = report.sweep_dir / COST_PLOT
+    per_1000 = {stage: [getattr(r, f"{stage}_s") * 1000 / r.n_samples if getattr(r, f"{stage}_s") is not None
+                        and r.n_samples else None for r in rows] for stage in STREAMED}
+    _bar_chart(rows, labels, per_1000, "seconds per 1,000 rows, end to end (client's encrypt, send and wait, decrypt)",
+               "What each option costs", False, cost, stacked=True)
+    return [latency, payload, cost]
 
 
 def build(sweep_dir: str | Path, plots: bool = True) -> Report:

@@ -143,6 +143,10 @@ def _traffic_metrics(traffic, keys) -> dict[str, Any]:
             "response": int(np.median(traffic.response_bytes)) if latencies else 0,
             "keys": int(keys.key_bytes) if keys is not None else 0,
         },
+        "bytes_per_row": {
+            "request": round(sum(traffic.request_bytes) / rows, 1) if (rows := sum(traffic.samples)) else None,
+            "response": round(sum(traffic.response_bytes) / rows, 1) if rows else None,
+        },
     }
 
 

@@ -64,13 +64,21 @@ def test_a_3x2_sweep_writes_the_report_with_its_plots(basic_sweep):
         assert int(r["request_bytes"]) > 0 and int(r["response_bytes"]) > 0
         assert (int(r["key_bytes"]) > 0) == (r["encryption"] != "none")
         assert float(r["per_sample_p50_ms"]) == pytest.approx(float(r["latency_p50_ms"]), rel=1e-6)  # 1 sample
-    for plot in ("sweep_latency.png", "sweep_bytes.png"):
+        # what the setting costs the client: its stages, end to end per row, and bytes per row
+        encrypted = r["encryption"] != "none"
+        assert (r["keys_s"] != "" and float(r["keys_s"]) > 0) == encrypted
+        assert float(r["encrypt_s"]) >= 0 and float(r["decrypt_s"]) >= 0
+        streamed = float(r["encrypt_s"]) + float(r["predict_s"]) + float(r["decrypt_s"])
+        assert float(r["s_per_1000_rows"]) == pytest.approx(1000 * streamed, rel=1e-2, abs=1e-3)  # 1 row
+        assert float(r["rows_per_s"]) == pytest.approx(1 / streamed, rel=1e-2)
+        assert float(r["request_bytes_per_row"]) == float(r["request_bytes"])  # one row, one request
+    for plot in ("sweep_latency.png", "sweep_bytes.png", "sweep_cost.png"):
         data = (basic_sweep / plot).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
     md = (basic_sweep / "sweep.md").read_text()
     assert "- jobs: 6 (6 ok)" in md and "every job: `data.limit=1" in md
     assert "| 4 | encryption=seal target.worker_count=1 | ok |" in md
-    assert "![sweep_latency](sweep_latency.png)" in md and "![sweep_bytes](sweep_bytes.png)" in md
+    assert "![sweep_latency](sweep_latency.png)" in md and "![sweep_cost](sweep_cost.png)" in md
     printed = (basic_sweep.parent / "stdout.txt").read_text()
     assert "sweep report (6 jobs)" in printed and "| 5 | encryption=seal target.worker_count=2 | ok |" in printed
     for job in range(6):
@@ -80,7 +88,7 @@ def test_a_3x2_sweep_writes_the_report_with_its_plots(basic_sweep):
 def test_the_report_can_be_rebuilt_by_hand(basic_sweep, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(basic_sweep, copy)
-    for name in ("sweep.md", "sweep.csv", "sweep_latency.png", "sweep_bytes.png"):
+    for name in ("sweep.md", "sweep.csv", "sweep_latency.png", "sweep_bytes.png", "sweep_cost.png"):
         (copy / name).unlink()
     proc = subprocess.run([sys.executable, "-m", "aideploy.sweep", str(copy), "--no-plots"],
                           capture_output=True, text=True, timeout=120)
@@ -148,7 +156,8 @@ def test_plots_of_a_sweep_without_measurements(tmp_path):
     (tmp_path / "0" / ".hydra").mkdir(parents=True)
     (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("- a=1\n")
     report = sweep.build(tmp_path)  # e.g. interrupted before predict: nothing to plot on a log axis
-    assert [f.name for f in report.files] == ["sweep.md", "sweep.csv", "sweep_latency.png", "sweep_bytes.png"]
+    assert [f.name for f in report.files] == ["sweep.md", "sweep.csv", "sweep_latency.png", "sweep_bytes.png",
+                                              "sweep_cost.png"]
     assert (tmp_path / "sweep_bytes.png").read_bytes().startswith(PNG_MAGIC)
 
 
