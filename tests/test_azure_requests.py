@@ -586,6 +586,24 @@ def test_a_request_whose_api_version_has_no_extract_is_an_error(variant_plans):
     assert "no such operation in the 2022-02-01-preview extract" in error
 
 
+def test_path_query_and_body_are_the_operations(variant_plans):
+    """Beyond the body: a path name its pattern refuses, a query parameter the operation does not have or of
+    the wrong type, a body sent to an operation that takes none."""
+    plan = variant_plans["managed_endpoint-public-none"][0]
+    endpoint, listing, workspace = (actions(plan, name)[0]["request"] for name in
+                                    ("online_endpoints.begin_create_or_update", "datastores.get_default",
+                                     "workspaces.get"))
+    bad_name = endpoint["path"].rsplit("/", 1)[0] + "/-ep"
+    (error,) = SPEC.check_request({**endpoint, "path": bad_name})
+    assert error.startswith("path endpointName: '-ep' does not match '^[a-zA-Z0-9]")
+    assert listing["query"]["isDefault"] == "true" and SPEC.check_request(listing) == []
+    assert SPEC.check_request({**listing, "query": {"isDefault": "True"}}) == [
+        "query isDefault: 'True' is not a boolean"]
+    (error,) = SPEC.check_request({**listing, "query": {"default": "true"}})
+    assert error.startswith("query default: not a parameter of Datastores_List")
+    assert SPEC.check_request({**workspace, "body": {}}) == ["$: Workspaces_Get takes no body"]
+
+
 def _set(body: dict, path: str, value) -> dict:
     """A copy of ``body`` with ``value`` at the dotted ``path``."""
     changed = copy.deepcopy(body)
@@ -709,6 +727,25 @@ def test_managed_delete_is_planned_as_a_delete_listing_what_this_home_registered
     # The asset versions' DELETEs are their spec's operations at the api-versions they carry.
     assert [SPEC.operation(r)[2]["operationId"] for r in requests] == ["CodeVersions_Delete", "ModelVersions_Delete"]
     assert spec_errors(deleted) == []
+
+
+def test_the_extracts_are_what_extract_py_cuts(tmp_path):
+    """The committed extracts are extract.py's output and closed under $ref: cut again from themselves, they
+    come out unchanged (a hand edit fails, and so does a definition an operation reaches that is missing)."""
+    import importlib.util
+
+    module = importlib.util.spec_from_file_location("extract", SPEC_DIR / "extract.py")
+    extract = importlib.util.module_from_spec(module)
+    module.loader.exec_module(extract)
+    committed = {}
+    for file in SPEC_DIR.rglob("*.json"):
+        doc = json.loads(file.read_text(encoding="utf-8"))
+        if file.relative_to(SPEC_DIR) == extract.out_path(doc["x-extracted-from"]["path"]):  # not the v1 document
+            committed[doc["x-extracted-from"]["path"]] = doc
+            (tmp_path / doc["x-extracted-from"]["path"]).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / doc["x-extracted-from"]["path"]).write_text(json.dumps(doc), encoding="utf-8")
+    assert len(committed) == 8
+    assert extract.extract(tmp_path) == committed
 
 
 # ============================================================================= the checker's rules
