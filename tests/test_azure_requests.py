@@ -1,27 +1,33 @@
 """Azure plans are the SDKs' real requests, valid against Microsoft's REST specs.
 
-``target=managed_endpoint`` (azure-ai-ml) against the 2026-07-01 spec, with no exception for the
-endpoint and deployment; ``target=aci`` (azureml-core) against the 2019-09-30 v1 Model Management
-spec, except for the listed gaps where that spec is older than the SDK (at the end of this file).
+``target=managed_endpoint`` (azure-ai-ml): every request is checked against the extract of the
+spec at the api-version it carries (tests/azure_spec/, see its README: 2022-02-01-preview for
+the endpoint, 2023-04-01-preview for the deployment and environment, 2023-04-01 for code,
+2023-08-01-preview for the model, 2024-10-01-preview for the workspace and datastores), with no
+exception but the SDK's own deviations listed in ``SDK_DEVIATIONS``. ``target=aci``
+(azureml-core) against the 2019-09-30 v1 Model Management spec, except for the listed gaps where
+that spec is older than the SDK (at the end of this file).
 
 Each plan action carries the request azure-ai-ml would send (method, path, api-version, body),
-built by the installed SDK's own request builders and serialiser. Every body is checked against
-the 2026-07-01 definitions extracted into ``tests/azure_spec/`` (see its README), for every
-combination of network, auth mode and encryption scheme. Nothing leaves this machine: plans
-need no workspace or credential, and the ``no_network`` fixture fails any connection.
+built by the installed SDK's own request builders and serialiser, for every combination of
+network, auth mode and encryption scheme. Nothing leaves this machine: plans need no workspace
+or credential, and the ``no_network`` fixture fails any connection.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
 from aideploy import api
 from aideploy.errors import ConfigError
+from aideploy.plan_script import plan_requests
 from openapi_check import SPEC_DIR, Spec
 
 # No workspace or credential in the environment, and any connection off this machine fails the test.
@@ -32,28 +38,17 @@ pytest.importorskip("azure.ai.ml", reason="the Azure extra is not installed: pip
 
 from test_azure_targets import CREDENTIAL_VARS, WORKSPACE_VARS, no_azure_env, no_network  # noqa: E402,F401
 
-BODY_DEFINITIONS = {
-    "online_endpoints.begin_create_or_update": "OnlineEndpoint",
-    "online_deployments.begin_create_or_update": "OnlineDeployment",
-    "code.create_or_update": "CodeVersion",
-    "environments.create_or_update": "EnvironmentVersion",
-    "models.create_or_update": "ModelVersion",
-}
-"""Which spec definition each action's request body is (the body parameter of its operation)."""
-
-NOT_EXTRACTED = {"datastores._list_secrets": "its body (SecretExpiry at 2024-10-01-preview) is not extracted yet"}
-"""Bodies the extract in tests/azure_spec/ cannot check yet, and why: not counted as checked."""
+SDK_DEVIATIONS_SEEN_WITH = "1.35.2"
+"""The azure-ai-ml version the deviations below were found with (``pip show azure-ai-ml``)."""
 
 SDK_DEVIATIONS = {
-    ("code.create_or_update", "$.properties.properties.hash_version: 202208 is not of type string"),
+    ("code.create_or_update", "$.properties.properties.hash_version: 202208 is not of type string"):
+        "azure-ai-ml puts the content-hash version in the code asset's property dictionary as an integer "
+        "(Code._to_rest_object: get_content_hash_version()); the 2023-04-01 spec types that dictionary "
+        "string -> string. ARM's JSON reader accepts the number; aideploy sends what the SDK builds.",
 }
-"""Where azure-ai-ml itself departs from the spec, not aideploy: each is listed with why.
-
-- ``hash_version``: azure-ai-ml puts the content-hash version in the code asset's property
-  dictionary as an integer (``Code._to_rest_object``: ``get_content_hash_version()``); the spec
-  types that dictionary ``string -> string``. ARM's JSON reader accepts the number; aideploy
-  sends what the SDK builds and does not rewrite it.
-"""
+"""Where azure-ai-ml itself departs from the spec of the api-version it sends, not aideploy: (action, error)
+and why. Every entry must still occur in a plan (test_every_listed_sdk_deviation_still_occurs)."""
 
 SPEC = Spec()
 WORKSPACE_PREFIX = ("/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/"
@@ -71,20 +66,30 @@ def actions(plan: dict, name: str) -> list[dict]:
     return [a for a in plan["actions"] if a["action"] == name]
 
 
-def spec_errors(plan: dict) -> list[tuple[str, str]]:
-    """(action, error) for every request body in the plan that departs from the spec."""
-    errors = []
-    for a in plan["actions"]:
-        body = a.get("request", {}).get("body")
-        if body is not None and a["action"] not in NOT_EXTRACTED:
-            errors += [(a["action"], e) for e in SPEC.validate(body, f"#/definitions/{BODY_DEFINITIONS[a['action']]}")]
+def spec_errors(plan: dict, created: dict[str, dict] | None = None) -> list[tuple[str, str]]:
+    """(action, error) for every ARM request of the plan (roll-back included) that departs from the spec
+    of its api-version.
+
+    A PUT of a path the plan PUT before is an update of what it created; ``created`` gives, by path,
+    the bodies of resources that existed before the plan (an update plan's endpoint).
+    """
+    errors, bodies = [], dict(created or {})
+    for action, request in plan_requests(plan):
+        if not request.get("api-version"):  # a blob PUT, the smoke test, azureml-core's v1 requests
+            continue
+        if request["method"] == "PUT" and request["path"] in bodies:
+            found = SPEC.check_request(request, bodies[request["path"]])
+        else:
+            found = SPEC.check_request(request)
+        errors += [(action["action"], e) for e in found]
+        if request["method"] == "PUT" and "body" in request:
+            bodies[request["path"]] = request["body"]
     return errors
 
 
-def spec_path(path: str) -> str:
-    """The spec's template for a concrete path (names replaced by their parameters)."""
-    path = re.sub(r"/onlineEndpoints/[^/]+", "/onlineEndpoints/{endpointName}", path)
-    return re.sub(r"/deployments/[^/]+", "/deployments/{deploymentName}", path)
+def aideploys(errors: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The errors that are not the SDK's own."""
+    return [e for e in errors if e not in SDK_DEVIATIONS]
 
 
 # ----------------------------------------------------------------------------- every combination
@@ -92,16 +97,14 @@ def spec_path(path: str) -> str:
 
 @pytest.mark.parametrize("network", ["public", "vnet"])
 @pytest.mark.parametrize("auth_mode", ["key", "aml_token", "aad_token"])
-def test_every_managed_body_validates_against_the_2026_07_01_spec(tmp_path, network, auth_mode):
+def test_every_managed_request_validates_against_the_spec_of_its_api_version(tmp_path, network, auth_mode):
     plan = plan_for(tmp_path, f"network={network}", f"target.auth_mode={auth_mode}")
     bodies = [a for a in plan["actions"] if "body" in a.get("request", {})]
     assert [a["action"] for a in bodies] == [
-        "online_endpoints.begin_create_or_update", "datastores._list_secrets", "code.create_or_update", "environments.create_or_update",
-        "models.create_or_update", "online_deployments.begin_create_or_update",
+        "online_endpoints.begin_create_or_update", "datastores._list_secrets", "code.create_or_update",
+        "environments.create_or_update", "models.create_or_update", "online_deployments.begin_create_or_update",
         "online_endpoints.begin_create_or_update"]
-    assert set(spec_errors(plan)) <= SDK_DEVIATIONS, spec_errors(plan)
-    # The endpoint and deployment bodies have no exception at all.
-    assert not [e for e in spec_errors(plan) if e[0].startswith("online_")]
+    assert aideploys(spec_errors(plan)) == []
 
     endpoint, traffic = (a["request"]["body"] for a in actions(plan, "online_endpoints.begin_create_or_update"))
     expected_mode = {"key": "Key", "aml_token": "AMLToken", "aad_token": "AADToken"}[auth_mode]
@@ -125,7 +128,7 @@ def test_probes_follow_the_encryption_scheme(tmp_path, encryption, delay, timeou
     deployment = actions(plan, "online_deployments.begin_create_or_update")[0]["request"]["body"]["properties"]
     for probe in ("livenessProbe", "readinessProbe"):
         assert deployment[probe]["initialDelay"] == delay and deployment[probe]["timeout"] == timeout
-    assert set(spec_errors(plan)) <= SDK_DEVIATIONS
+    assert aideploys(spec_errors(plan)) == []
 
 
 def test_request_settings_follow_the_timeout_and_workers(tmp_path):
@@ -133,10 +136,24 @@ def test_request_settings_follow_the_timeout_and_workers(tmp_path):
     deployment = actions(plan, "online_deployments.begin_create_or_update")[0]["request"]["body"]["properties"]
     assert deployment["requestSettings"] == {"maxConcurrentRequestsPerInstance": 3, "requestTimeout": "PT2M"}
     assert deployment["environmentVariables"] == {"WORKER_COUNT": "3"}
-    assert set(spec_errors(plan)) <= SDK_DEVIATIONS
+    assert aideploys(spec_errors(plan)) == []
 
 
 # ----------------------------------------------------------------------------- the requests themselves
+
+OPERATIONS = {
+    "workspaces.get": "Workspaces_Get",
+    "online_endpoints.begin_create_or_update": "OnlineEndpoints_CreateOrUpdate",
+    "datastores.get_default": "Datastores_List",
+    "datastores._list_secrets": "Datastores_ListSecrets",
+    "code.create_or_update": "CodeVersions_CreateOrUpdate",
+    "environments.create_or_update": "EnvironmentVersions_CreateOrUpdate",
+    "models.create_or_update": "ModelVersions_CreateOrUpdate",
+    "online_deployments.begin_create_or_update": "OnlineDeployments_CreateOrUpdate",
+    "online_endpoints.get_keys": "OnlineEndpoints_ListKeys",
+    "online_endpoints.begin_delete": "OnlineEndpoints_Delete",
+}
+"""The spec's operation each plan action's request is (found by path template and method in its api-version)."""
 
 
 def test_requests_use_the_installed_sdks_paths_and_api_versions(tmp_path):
@@ -145,9 +162,7 @@ def test_requests_use_the_installed_sdks_paths_and_api_versions(tmp_path):
     from aideploy.azure_requests import plan_client
 
     plan = plan_for(tmp_path)
-    requests = {a["action"] + ("#2" if i else ""): a["request"] for name in
-                {a["action"] for a in plan["actions"] if "request" in a}
-                for i, a in enumerate(actions(plan, name))}
+    requests = {a["action"]: a["request"] for a in plan["actions"] if "api-version" in a.get("request", {})}
     client = plan_client()
     # The api-version each operation group of MLClient is pinned to in this SDK.
     assert requests["online_endpoints.begin_create_or_update"]["api-version"] == \
@@ -156,20 +171,30 @@ def test_requests_use_the_installed_sdks_paths_and_api_versions(tmp_path):
         client.online_deployments._online_deployment._config.api_version
     assert requests["models.create_or_update"]["api-version"] == \
         client.models._model_versions_operation._config.api_version
-    assert {r["method"] for k, r in requests.items() if k.endswith("create_or_update")} == {"PUT"}
-    assert requests["online_endpoints.get_keys"]["method"] == "POST"
-    assert requests["online_endpoints.begin_delete"]["method"] == "DELETE"
     for request in requests.values():
         assert request["path"].startswith(WORKSPACE_PREFIX)
-        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}(-preview)?", request["api-version"])
-    # The online endpoint paths are the spec's own templates.
-    spec_paths = set(json.loads((SPEC_DIR / "paths.json").read_text())["paths"])
-    for key in ("online_endpoints.begin_create_or_update", "online_deployments.begin_create_or_update",
-                "online_endpoints.get_keys", "online_endpoints.begin_delete"):
-        assert spec_path(requests[key]["path"]) in spec_paths, requests[key]["path"]
+    # Each request is the operation of the spec at its api-version it should be: template and method.
+    assert {action: SPEC.operation(request)[2]["operationId"] for action, request in requests.items()} == OPERATIONS
     # And the generated builders' own template (not a copy of it) produced them.
     assert "onlineEndpoints/{endpointName}/deployments/{deploymentName}" in \
         open(generated.__file__).read()
+
+
+def test_long_running_requests_are_the_specs_and_say_the_header_it_names(variant_plans):
+    """A request is planned as long-running exactly when its operation is, and polled by a header its
+    202/201 answer carries in the spec (the Location of a DELETE, the Azure-AsyncOperation of a PUT)."""
+    seen = set()
+    for variant in MANAGED_VARIANTS:
+        for _, request in plan_requests(variant_plans[variant][0]):
+            if request.get("api-version"):
+                _, _, operation, _ = SPEC.operation(request)
+                assert bool(operation.get("x-ms-long-running-operation")) == ("long_running" in request), request
+                if "long_running" in request:
+                    headers = {h for r in operation["responses"].values() for h in r.get("headers", {})}
+                    assert request["long_running"]["header"] in headers, (operation["operationId"], headers)
+                    seen.add(operation["operationId"])
+    assert seen == {"OnlineEndpoints_CreateOrUpdate", "OnlineDeployments_CreateOrUpdate", "OnlineEndpoints_Delete",
+                    "OnlineDeployments_Delete"}
 
 
 def test_deployment_points_at_the_registered_assets(tmp_path):
@@ -190,26 +215,27 @@ def test_deployment_points_at_the_registered_assets(tmp_path):
 def test_the_sdks_yaml_form_is_not_a_request(tmp_path):
     """What plans showed before: the readable settings. The checker finds what the issue found."""
     plan = plan_for(tmp_path, "network=vnet")
-    readable = actions(plan, "online_endpoints.begin_create_or_update")[0]["settings"]
-    errors = SPEC.validate(readable, "#/definitions/OnlineEndpoint")
+    endpoint = actions(plan, "online_endpoints.begin_create_or_update")[0]
+    errors = SPEC.check_request({**endpoint["request"], "body": endpoint["settings"]})
     assert "$: required property 'location' is missing" in errors
     assert "$.name: read-only, a request must not send it" in errors
     assert "$.properties: required property 'authMode' is missing" in errors
-    deployment = actions(plan, "online_deployments.begin_create_or_update")[0]["settings"]
+    deployment = actions(plan, "online_deployments.begin_create_or_update")[0]
     assert "$.properties: required property 'endpointComputeType' is missing" in \
-        SPEC.validate(deployment, "#/definitions/OnlineDeployment")
+        SPEC.check_request({**deployment["request"], "body": deployment["settings"]})
 
 
 def test_the_sdk_passes_lowercase_network_access_through_and_the_spec_refuses_it():
     from azure.ai.ml.entities import ManagedOnlineEndpoint
 
-    from aideploy.azure_requests import wire_body
+    from aideploy.azure_requests import plan_client, sdk_request
 
-    body = wire_body(ManagedOnlineEndpoint(name="ep-1", auth_mode="key", public_network_access="disabled")
-                     ._to_rest_online_endpoint(location="japaneast"))
-    assert body["properties"]["publicNetworkAccess"] == "disabled"  # the SDK does not fix the casing
-    assert SPEC.validate(body, "#/definitions/OnlineEndpoint") == [
-        "$.properties.publicNetworkAccess: 'disabled' is not one of ['Enabled', 'Disabled']"]
+    request = sdk_request("online_endpoints_create_or_update", plan_client().online_endpoints._online_operation,
+                          ManagedOnlineEndpoint(name="ep-1", auth_mode="key", public_network_access="disabled")
+                          ._to_rest_online_endpoint(location="japaneast"), endpoint_name="ep-1")
+    assert request["body"]["properties"]["publicNetworkAccess"] == "disabled"  # the SDK does not fix the casing
+    assert SPEC.check_request(request) == [
+        "$.properties.publicNetworkAccess: 'disabled' is not one of ['Enabled', 'Disabled'] (casing: 'Disabled')"]
 
 
 # ----------------------------------------------------------------------------- refused up front
@@ -248,7 +274,7 @@ def test_vnet_plan_explains_the_managed_network(tmp_path):
 # specification is the 2019-09-30 preview (tests/azure_spec/modelmanagement-2019-09-30.json),
 # older than the SDK: the gaps below are where the SDK sends more than that document knows.
 
-V1_SPEC = "modelmanagement-2019-09-30.json"
+V1_SPEC = SPEC.key(SPEC_DIR / "modelmanagement-2019-09-30.json")
 
 ENVIRONMENT_GAPS = {
     # Declared by azureml-core's Environment, not by the 2019 ModelEnvironmentDefinition.
@@ -514,6 +540,132 @@ def variant_plans(tmp_path_factory):
     return made
 
 
+MANAGED_VARIANTS = sorted(v for v in PLAN_VARIANTS if v.startswith("managed_endpoint"))
+
+
+def endpoint_create(plan: dict) -> dict:
+    """The request that creates a run plan's endpoint."""
+    return actions(plan, "online_endpoints.begin_create_or_update")[0]["request"]
+
+
+def created_before(variant_plans, variant: str) -> dict[str, dict]:
+    """What an update plan's endpoint was created with: the run plan of the same settings' endpoint body."""
+    if not variant.endswith("-update"):
+        return {}
+    plan = variant_plans[variant][0]
+    endpoint = actions(plan, "online_endpoints.get")[0]["request"]["path"]
+    return {endpoint: endpoint_create(variant_plans["managed_endpoint-public-none"][0])["body"]}
+
+
+@pytest.mark.parametrize("variant", MANAGED_VARIANTS)
+def test_every_managed_plan_variant_passes_the_spec_check(variant_plans, variant):
+    """Every ARM request of every plan (roll-back included) against the spec of its api-version; an update
+    plan's endpoint PUTs as updates of the endpoint as a run of the same settings created it."""
+    plan = variant_plans[variant][0]
+    assert aideploys(spec_errors(plan, created_before(variant_plans, variant))) == []
+    checked = {r["api-version"] for _, r in plan_requests(plan) if r.get("api-version")}
+    assert checked == ({"2022-02-01-preview"} if variant.endswith("-delete") else
+                       {"2022-02-01-preview", "2023-04-01-preview", "2023-04-01", "2023-08-01-preview",
+                        "2024-10-01-preview"})
+
+
+def test_every_listed_sdk_deviation_still_occurs(variant_plans):
+    """The allow-list cannot rot: an entry the plans no longer show fails, and so does another SDK version."""
+    found = {e for v in MANAGED_VARIANTS for e in spec_errors(variant_plans[v][0], created_before(variant_plans, v))}
+    assert set(SDK_DEVIATIONS) <= found, set(SDK_DEVIATIONS) - found
+    assert version("azure-ai-ml") == SDK_DEVIATIONS_SEEN_WITH, \
+        "another azure-ai-ml: check SDK_DEVIATIONS against its plans and record the version"
+
+
+def test_a_request_whose_api_version_has_no_extract_is_an_error(variant_plans):
+    request = endpoint_create(variant_plans["managed_endpoint-public-none"][0])
+    assert SPEC.check_request(request) == []
+    (error,) = SPEC.check_request({**request, "api-version": "2026-07-01"})
+    assert "no extract of api-version 2026-07-01" in error
+    (error,) = SPEC.check_request({**request, "path": request["path"] + "/regenerateKeys"})
+    assert "no such operation in the 2022-02-01-preview extract" in error
+
+
+def test_path_query_and_body_are_the_operations(variant_plans):
+    """Beyond the body: a path name its pattern refuses, a query parameter the operation does not have or of
+    the wrong type, a body sent to an operation that takes none."""
+    plan = variant_plans["managed_endpoint-public-none"][0]
+    endpoint, listing, workspace = (actions(plan, name)[0]["request"] for name in
+                                    ("online_endpoints.begin_create_or_update", "datastores.get_default",
+                                     "workspaces.get"))
+    bad_name = endpoint["path"].rsplit("/", 1)[0] + "/-ep"
+    (error,) = SPEC.check_request({**endpoint, "path": bad_name})
+    assert error.startswith("path endpointName: '-ep' does not match '^[a-zA-Z0-9]")
+    assert listing["query"]["isDefault"] == "true" and SPEC.check_request(listing) == []
+    assert SPEC.check_request({**listing, "query": {"isDefault": "True"}}) == [
+        "query isDefault: 'True' is not a boolean"]
+    (error,) = SPEC.check_request({**listing, "query": {"default": "true"}})
+    assert error.startswith("query default: not a parameter of Datastores_List")
+    assert SPEC.check_request({**workspace, "body": {}}) == ["$: Workspaces_Get takes no body"]
+
+
+def _set(body: dict, path: str, value) -> dict:
+    """A copy of ``body`` with ``value`` at the dotted ``path``."""
+    changed = copy.deepcopy(body)
+    *parents, last = path.split(".")
+    node = changed
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return changed
+
+
+BREAKING = {
+    # api-version: (action, which of its requests, dotted path, value, the error the spec of that version gives)
+    "2022-02-01-preview": ("online_endpoints.begin_create_or_update", 1, "location", "westeurope",
+                           "$.location: x-ms-mutability ['read', 'create'] does not allow it on update "
+                           "(created with '{workspaceLocation}')"),
+    "2023-04-01-preview": ("online_deployments.begin_create_or_update", 0, "properties.startupProbe",
+                           {"initialDelay": "PT10S"}, "$.properties.startupProbe: not a property the spec declares"),
+    "2023-04-01": ("code.create_or_update", 0, "properties.autoDeleteSetting", {"condition": "CreatedGreaterThan"},
+                   "$.properties.autoDeleteSetting: not a property the spec declares"),
+    "2023-08-01-preview": ("models.create_or_update", 0, "properties.provisioningState", "Succeeded",
+                           "$.properties.provisioningState: read-only, a request must not send it"),
+    "2024-10-01-preview": ("datastores._list_secrets", 0, "expireAfterHours", "1",
+                           "$.expireAfterHours: '1' is not an integer"),
+}
+"""For each extract, a real plan body changed to break one rule of that version, and the error expected:
+a create-only property changed in an update, a property the version does not have (where
+additionalProperties is false; both exist in later versions), a read-only property, a wrong type."""
+
+
+@pytest.mark.parametrize("api_version", sorted(BREAKING))
+def test_a_real_body_breaking_a_rule_of_its_version_is_caught(variant_plans, api_version):
+    action, index, path, value, expected = BREAKING[api_version]
+    plan = variant_plans["managed_endpoint-public-none"][0]
+    request = actions(plan, action)[index]["request"]
+    assert request["api-version"] == api_version
+    existing = [endpoint_create(plan)["body"]] if index else []  # the second endpoint PUT updates the first
+
+    def check(body):
+        return SPEC.check_request({**request, "body": body}, *existing)
+
+    assert [e for e in check(request["body"]) if (action, e) not in SDK_DEVIATIONS] == []
+    errors = check(_set(request["body"], path, value))
+    assert [e.split(" (known: ")[0] for e in errors if (action, e) not in SDK_DEVIATIONS] == [expected]
+
+
+def test_the_checker_picks_the_extract_by_api_version(variant_plans):
+    """The same addition is refused by the version that lacks it and passed by the version that has it:
+    autoDeleteSetting came to AssetBase after 2023-04-01 (code) and is there at 2023-04-01-preview
+    (environment) and 2023-08-01-preview (model)."""
+    plan = variant_plans["managed_endpoint-public-none"][0]
+    setting = {"condition": "CreatedGreaterThan", "value": "30d"}
+    verdicts = {}
+    for action in ("code.create_or_update", "environments.create_or_update", "models.create_or_update"):
+        request = actions(plan, action)[0]["request"]
+        body = _set(request["body"], "properties.autoDeleteSetting", setting)
+        errors = [e for e in SPEC.check_request({**request, "body": body}) if (action, e) not in SDK_DEVIATIONS]
+        verdicts[request["api-version"]] = [e.split(" (known: ")[0] for e in errors]
+    assert verdicts == {"2023-04-01": ["$.properties.autoDeleteSetting: not a property the spec declares"],
+                        "2023-04-01-preview": [], "2023-08-01-preview": []}
+
+
 @pytest.mark.parametrize("variant", sorted(PLAN_VARIANTS))
 def test_plan_sh_what_if_names_every_request_of_the_plan_in_order(variant_plans, variant):
     from aideploy.plan_script import plan_requests, request_url
@@ -572,6 +724,28 @@ def test_managed_delete_is_planned_as_a_delete_listing_what_this_home_registered
     requests = [a["request"] for a in deleted["actions"][2:]]
     assert [r["method"] for r in requests] == ["DELETE", "DELETE"]
     assert requests[0]["path"].endswith("/codes/c0de/versions/1") and requests[1]["path"].endswith("/models/m0del/versions/1")
+    # The asset versions' DELETEs are their spec's operations at the api-versions they carry.
+    assert [SPEC.operation(r)[2]["operationId"] for r in requests] == ["CodeVersions_Delete", "ModelVersions_Delete"]
+    assert spec_errors(deleted) == []
+
+
+def test_the_extracts_are_what_extract_py_cuts(tmp_path):
+    """The committed extracts are extract.py's output and closed under $ref: cut again from themselves, they
+    come out unchanged (a hand edit fails, and so does a definition an operation reaches that is missing)."""
+    import importlib.util
+
+    module = importlib.util.spec_from_file_location("extract", SPEC_DIR / "extract.py")
+    extract = importlib.util.module_from_spec(module)
+    module.loader.exec_module(extract)
+    committed = {}
+    for file in SPEC_DIR.rglob("*.json"):
+        doc = json.loads(file.read_text(encoding="utf-8"))
+        if file.relative_to(SPEC_DIR) == extract.out_path(doc["x-extracted-from"]["path"]):  # not the v1 document
+            committed[doc["x-extracted-from"]["path"]] = doc
+            (tmp_path / doc["x-extracted-from"]["path"]).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / doc["x-extracted-from"]["path"]).write_text(json.dumps(doc), encoding="utf-8")
+    assert len(committed) == 8
+    assert extract.extract(tmp_path) == committed
 
 
 # ============================================================================= the checker's rules
@@ -606,11 +780,9 @@ GOOD = {"name": "abcd", "kind": "k", "access": "Enabled", "sku": "Standard", "cr
                   "codes/c/versions/1", "count": 10, "ratio": 0.5, "items": ["x"]}
 
 
-def rule_errors(body: dict, ref: str = "Resource", operation: str = "create") -> list[str]:
-    from openapi_check import Spec
-
-    return Spec(None, docs={"rules.json": RULES_DOC}, operation=operation).validate(body, f"#/definitions/{ref}",
-                                                                                   "rules.json")
+def rule_errors(body: dict, ref: str = "Resource", operation: str = "create", **existing) -> list[str]:
+    return Spec(None, docs={"rules.json": RULES_DOC}).validate(body, f"#/definitions/{ref}", "rules.json", operation,
+                                                              **existing)
 
 
 def test_a_body_that_keeps_every_rule_passes():
@@ -647,5 +819,15 @@ def test_each_rule_of_the_checker_refuses_a_body_that_breaks_it(ref, body, expec
 
 
 def test_mutability_follows_the_operation():
+    # A patch (no body it was created with): a create-only property is refused outright.
     assert rule_errors({**GOOD, "kind": "k"}, operation="update") == [
         "$.kind: x-ms-mutability ['read', 'create'] does not allow it on update"]
+    # A PUT of the whole resource may repeat what it was created with, not change it or add to it.
+    assert rule_errors({**GOOD, "kind": "k"}, operation="update", existing=GOOD) == []
+    assert rule_errors({**GOOD, "kind": "j"}, operation="update", existing=GOOD) == [
+        "$.kind: x-ms-mutability ['read', 'create'] does not allow it on update (created with 'k')"]
+    assert rule_errors({**GOOD, "kind": "k"}, operation="update", existing={**GOOD, "kind": None}) == [
+        "$.kind: x-ms-mutability ['read', 'create'] does not allow it on update (created with None)"]
+    created = {k: v for k, v in GOOD.items() if k != "kind"}
+    assert rule_errors({**GOOD, "kind": "k"}, operation="update", existing=created) == [
+        "$.kind: x-ms-mutability ['read', 'create'] does not allow it on update (created with nothing)"]

@@ -1,0 +1,179 @@
+"""Cut the extracts in this directory from Microsoft's REST specifications (Azure/azure-rest-api-specs).
+
+    python tests/azure_spec/extract.py CHECKOUT
+
+``CHECKOUT`` holds every source file below at its repository path, as it is at the commit
+recorded for it, e.g. ``git -C azure-rest-api-specs show <commit>:<path> > CHECKOUT/<path>``.
+The extracts are written next to this script, one per source file, under
+``<api-version>/<file name>`` (``common-types/v3/<file name>`` for the shared definitions).
+
+An extract keeps, for each api-version, the operations the plans send (``OPERATIONS``) and
+every definition reachable from their request bodies: through ``$ref`` (into other files too),
+and from a ``discriminator`` base to each definition that extends it. What is kept is kept as
+it is (``type``, ``format``, ``required``, ``enum``, ``x-ms-enum``, ``readOnly``,
+``x-ms-mutability``, ``additionalProperties``, ``allOf``, ``discriminator``, lengths, bounds,
+patterns, defaults, examples); what is left out is only prose and what no check reads:
+``description`` texts, ``summary``, ``tags``, ``x-ms-examples``, ``consumes``/``produces``,
+parameters given by ``$ref`` (subscription, resource group, workspace, api-version: the
+placeholders of a plan) and the response bodies (a response keeps its headers, which name how
+a long-running operation is polled).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import sys
+from pathlib import Path
+
+REPOSITORY = "Azure/azure-rest-api-specs"
+ML = "specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/MachineLearningServices"
+
+SOURCES: dict[str, list[tuple[str, str, list[str]]]] = {
+    # api-version: [(source file, commit, operationIds the plans send with that api-version)]
+    "2022-02-01-preview": [(f"{ML}/preview/2022-02-01-preview/mfe.json", "e86470c0ac78891eb15e495a305807814c7deae0",
+                            ["OnlineEndpoints_CreateOrUpdate", "OnlineEndpoints_Get", "OnlineEndpoints_Delete",
+                             "OnlineEndpoints_ListKeys", "OnlineEndpoints_GetToken"])],
+    "2023-04-01-preview": [(f"{ML}/preview/2023-04-01-preview/mfe.json", "e86470c0ac78891eb15e495a305807814c7deae0",
+                            ["OnlineDeployments_CreateOrUpdate", "OnlineDeployments_Delete",
+                             "EnvironmentVersions_CreateOrUpdate", "EnvironmentVersions_Delete"])],
+    "2023-04-01": [(f"{ML}/stable/2023-04-01/mfe.json", "11dce4afc3ba2c2da8b8c7989fa84877c120ef4d",
+                    ["CodeVersions_CreateOrUpdate", "CodeVersions_Delete"])],
+    "2023-08-01-preview": [(f"{ML}/preview/2023-08-01-preview/mfe.json", "e86470c0ac78891eb15e495a305807814c7deae0",
+                            ["ModelVersions_CreateOrUpdate", "ModelVersions_Delete"])],
+    "2024-10-01-preview": [(f"{ML}/preview/2024-10-01-preview/mfe.json", "f96790bc8750b6a38f16b67f0b315bfb175516c2",
+                            ["Datastores_List", "Datastores_ListSecrets"]),
+                           (f"{ML}/preview/2024-10-01-preview/workspaceRP.json",
+                            "f96790bc8750b6a38f16b67f0b315bfb175516c2", ["Workspaces_Get"])],
+}
+"""Where each api-version's operations the plans send are specified, and the commit the file was read at."""
+
+COMMON_TYPES = "specification/common-types/resource-management/v3"
+COMMON = {f"{COMMON_TYPES}/types.json": "05432ee0bc8a3feb5bc0f6fd21f49bb7aeaf13af",
+          f"{COMMON_TYPES}/managedidentity.json": "05432ee0bc8a3feb5bc0f6fd21f49bb7aeaf13af"}
+"""The shared definitions the ML files reference (``../../../../../../common-types/resource-management/v3/...``)."""
+
+OPERATION_KEYS = ("operationId", "parameters", "responses", "x-ms-long-running-operation",
+                  "x-ms-long-running-operation-options")
+
+
+def out_path(source: str) -> Path:
+    """Where the extract of ``source`` is written, relative to this directory."""
+    parts = source.split("/")
+    if "common-types" in parts:
+        return Path("common-types", parts[-2], parts[-1])
+    return Path(parts[-2], parts[-1])
+
+
+def prose_free(node):
+    """``node`` without ``description`` texts (a property named ``description`` is a dict and stays)."""
+    if isinstance(node, dict):
+        return {k: prose_free(v) for k, v in node.items() if not (k == "description" and isinstance(v, str))}
+    if isinstance(node, list):
+        return [prose_free(v) for v in node]
+    return node
+
+
+def operation_extract(operation: dict) -> dict:
+    """What a check reads of an operation: its id, its inline parameters, its responses' headers, how it runs."""
+    kept = {k: operation[k] for k in OPERATION_KEYS if k in operation}
+    kept["parameters"] = [p for p in operation.get("parameters", []) if "$ref" not in p]
+    kept["responses"] = {code: {"headers": r["headers"]} if "headers" in r else {}
+                         for code, r in operation.get("responses", {}).items()}
+    return prose_free(kept)
+
+
+def refs(node) -> list[str]:
+    """Every ``$ref`` in ``node``."""
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [r for v in node.values() for r in refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in refs(v)]
+    return []
+
+
+def target(ref: str, doc: str) -> tuple[str, str]:
+    """(repository path, definition name) that ``ref`` names, seen from the document at ``doc``."""
+    file, _, pointer = ref.partition("#")
+    path = posixpath.normpath(posixpath.join(posixpath.dirname(doc), file)) if file else doc
+    if not pointer.startswith("/definitions/"):
+        raise ValueError(f"{ref} (in {doc}) is not a definition")
+    return path, pointer.removeprefix("/definitions/")
+
+
+def extract(checkout: Path) -> dict[str, dict]:
+    """Every extract, by repository path of its source file."""
+    loaded: dict[str, dict] = {}
+
+    def load(path: str) -> dict:
+        if path not in loaded:
+            loaded[path] = json.loads((checkout / path).read_text(encoding="utf-8"))
+        return loaded[path]
+
+    commits = dict(COMMON)
+    kept_paths: dict[str, dict] = {}
+    pending: list[tuple[str, str]] = []
+    for version, sources in SOURCES.items():
+        for source, commit, operation_ids in sources:
+            commits[source] = commit
+            doc = load(source)
+            if doc["info"]["version"] != version:
+                raise ValueError(f"{source} is api-version {doc['info']['version']}, not {version}")
+            paths = kept_paths.setdefault(source, {})
+            found = set()
+            for template, item in doc["paths"].items():
+                for method, operation in item.items():
+                    if operation.get("operationId") in operation_ids:
+                        paths.setdefault(template, {})[method] = operation_extract(operation)
+                        found.add(operation["operationId"])
+                        pending += [target(r, source) for p in operation.get("parameters", [])
+                                    if p.get("in") == "body" for r in refs(p)]
+            if set(operation_ids) - found:
+                raise ValueError(f"{source} has no {sorted(set(operation_ids) - found)}")
+
+    reached: dict[str, set[str]] = {}
+    while pending:
+        path, name = pending.pop()
+        if name in reached.setdefault(path, set()):
+            continue
+        definitions = load(path)["definitions"]
+        if name not in definitions:
+            raise KeyError(f"{path} has no definition {name}")
+        reached[path].add(name)
+        definition = definitions[name]
+        pending += [target(r, path) for r in refs(definition)]
+        if "discriminator" in definition:  # a body may name any subtype of a polymorphic base
+            pending += [(path, sub) for sub, d in definitions.items()
+                        if f"#/definitions/{name}" in [m.get("$ref") for m in d.get("allOf", [])]]
+
+    extracts = {}
+    for path, names in reached.items():
+        doc = load(path)
+        extracts[path] = {"swagger": "2.0", "info": {"version": doc["info"]["version"]},
+                          "x-extracted-from": {"repository": REPOSITORY, "path": path, "commit": commits[path]},
+                          **({"paths": kept_paths[path]} if path in kept_paths else {}),
+                          "definitions": {n: prose_free(doc["definitions"][n]) for n in sorted(names)}}
+    for path, paths in kept_paths.items():  # a file whose operations take no body (Workspaces_Get)
+        extracts.setdefault(path, {"swagger": "2.0", "info": {"version": load(path)["info"]["version"]},
+                                   "x-extracted-from": {"repository": REPOSITORY, "path": path,
+                                                        "commit": commits[path]},
+                                   "paths": paths, "definitions": {}})
+    return extracts
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__.strip().splitlines()[2], file=sys.stderr)
+        return 2
+    here = Path(__file__).parent
+    for path, doc in extract(Path(argv[0])).items():
+        out = here / out_path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"{out.relative_to(here)}: {len(doc.get('paths', {}))} paths, {len(doc['definitions'])} definitions")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
