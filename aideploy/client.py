@@ -48,7 +48,7 @@ def output_path(ctx) -> Path:
     return ctx.output_dir / f"predictions.{fmt}"
 
 
-def describe_service(endpoint: Endpoint, timeout: float, query: dict[str, Any]) -> ServiceInfo | None:
+def describe_service(endpoint: Endpoint, timeout: float) -> ServiceInfo | None:
     """What the service says about itself (``GET`` on its scoring URI), or None if it does not say.
 
     aideploy's own score.py answers; a custom scoring script usually does not, and is then
@@ -56,7 +56,7 @@ def describe_service(endpoint: Endpoint, timeout: float, query: dict[str, Any]) 
     """
     with http.session(retries=1) as s:
         try:
-            answer = s.get(endpoint.scoring_uri, params=query, headers=endpoint.headers(), timeout=timeout)
+            answer = s.get(endpoint.scoring_uri, headers=endpoint.headers(), timeout=timeout)
         except requests.Timeout:
             raise PredictError(f"the service at {endpoint.scoring_uri} did not say what it serves within {timeout:g} s",
                                hint="raise target.request_timeout, or check the service's log") from None
@@ -92,6 +92,10 @@ def check_against_service(ctx, service: ServiceInfo) -> None:
                           hint="choose the feature columns with data.feature_columns=[...] (data.label_column "
                           "for the label), or predict against the service for this data")
     scheme = ctx.cfg.encryption.plugin
+    refused = (service.fast or {}).get("error") if scheme == "fast" else None
+    if refused:
+        raise ConfigError(f"the service at {uri} cannot serve encryption=fast: {refused}",
+                          hint="deploy it with a larger encryption.max_error, or predict with encryption=none")
     if scheme not in ("plain", "none") and scheme not in service.schemes:
         raise ConfigError(f"the service at {uri} serves {', '.join(service.schemes)}, not encryption={scheme}",
                           hint=f"use encryption={service.schemes[-1]}, or deploy with encryption={scheme}")

@@ -126,12 +126,6 @@ def check(cfg: DictConfig, choices: dict[str, str]) -> None:
         from aideploy.update import check_traffic_steps
 
         check_traffic_steps(cfg["update"].traffic_steps)
-    encryption = cfg.get("encryption")
-    if isinstance(encryption, DictConfig) and 0 < int(encryption.get("max_samples_per_query") or 0) < \
-            int(encryption.get("batch_size") or 1):
-        raise ConfigError(f"encryption.batch_size={encryption.batch_size} is over the service's "
-                          f"encryption.max_samples_per_query={encryption.max_samples_per_query}",
-                          hint="lower encryption.batch_size, or raise or unset max_samples_per_query")
 
 
 def explain(exc: BaseException) -> ConfigError | None:

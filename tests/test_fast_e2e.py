@@ -11,8 +11,10 @@ import requests
 
 from aideploy.azurite import AzuriteServer
 from aideploy.blobkeys import BlobKeyStore
-from aideploy_scoring.fastlinear import FastClient
+from aideploy_scoring import fastlinear as fl
+from aideploy_scoring.fastlinear import FastClient, FastParams
 from conftest import SERVE_KEY, Cli, results_of, served
+from test_fast_attacks import key_material_at, with_key
 from test_local_e2e import mnist_like
 
 
@@ -123,6 +125,38 @@ def test_bad_input_gets_a_4xx_and_the_service_keeps_serving(fast_caller, case):
     assert response.json()["error"], what
     scores = fast_caller.scores(np.full((1, 64), 0.5))
     assert scores.shape == (1, 10), f"service broken after {what}"
+
+
+def register(caller: FastCaller, key_id: str, bundle: bytes) -> requests.Response:
+    url = caller.keys.put(key_id, bundle)
+    body = {"scheme": "fast", "register_key": True, "key_id": key_id, "key_url": url}
+    return requests.post(caller.uri, json=body, headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=60)
+
+
+def evil_bundles(caller: FastCaller):
+    """Key bundles a dishonest client publishes (issue 27), and what the service must answer."""
+    bundle = caller.client.public_bundle()
+    yield "all-zero public key", with_key(bundle, bytes(len(bundle) - key_material_at(bundle))), 400, "degenerate"
+    own = FastParams(plain_modulus_bits=50, x_scale_bits=14, w_scale_bits=26)
+    yield "the client's own parameters", FastClient(64, 10, own).public_bundle(), 400, "parameters"
+    yield "a 300 KB key", bundle + bytes(300 * 1024), 413, "limit"
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_a_dishonest_key_is_refused_when_registered(fast_caller, case):
+    what, bundle, status, words = list(evil_bundles(fast_caller))[case]
+    response = register(fast_caller, f"evil{case}", bundle)
+    assert response.status_code == status, (what, response.text)
+    assert words in response.json()["error"], what
+
+
+def test_a_query_with_a_chosen_uniform_polynomial_is_refused(fast_caller):
+    """The unseeded query form (flag 1) let the client choose ``a``: gone."""
+    query = bytearray(fast_caller.client.encrypt(np.zeros((1, 64))))
+    query[6] = 1  # the flags field
+    response = fast_caller.post(bytes(query) + b"\x01\x00\x00\x00" * ((len(query) - fl._QUERY_HEADER.size) // 4))
+    assert response.status_code == 400, response.text
+    assert "unseeded" in response.json()["error"]
 
 
 # ---------------------------------------------------------------- no cold start
