@@ -155,10 +155,13 @@ class _FastKeyedScheme(KeyedScheme):
         caps that come with them for this model."""
         import json
 
+        from aideploy_scoring import fastlinear
+
         info = self.server.describe()
         return {"params": json.loads(self.server.params.to_json()),
-                **{k: info[k] for k in ("max_samples_per_query", "error_bound", "flood_bits", "flood_margin_bits",
-                                        "statistical_distance_log2", "max_answer_bytes", "max_key_bytes")}}
+                **{k: info[k] for k in ("max_samples_per_query", "error_bound", "flood_bits", "flood_margin_bits")},
+                "statistical_distance_log2": fastlinear.SD_LOG2, "max_answer_bytes": fastlinear.MAX_ANSWER_BYTES,
+                "max_key_bytes": fastlinear.MAX_KEY_BYTES}
 
 
 class FastScheme(_FastKeyedScheme):

@@ -97,7 +97,7 @@ The bound on ``d``: ``(e*W_g)_k = sum_i +-e_i w_i`` over all entries of ``W_g``,
 subgaussian with variance proxy 10.5, so ``Pr[|(e*W_g)_k| > tau*||W_g||_2] <= 2 exp(-tau^2/21)``.
 A union bound over at most ``K_max = 2^32`` released coefficients (no query releases more)
 with ``Pr[bad] <= 2^-41/L`` (``L`` rounds: 1 here, one per layer for :mod:`fastmlp`) gives
-``tau = sqrt(21 * ln(2 * 2^32 * 2^41 * L))`` (~34.9 for L = 1) and, outside the bad event,
+``tau = sqrt(21 * ln(2 * 2^32 * 2^41 * L))`` (~32.8 for L = 1) and, outside the bad event,
 ``|d_k| <= delta = tau*||W_g||_2 + 42N + 21``.  A query of ``n`` samples releases ``K = n*C``
 coefficients, so ``SD <= 2^-41/L + n*C*delta/(2F)``, and ``n <= 2^-41/L * 2F/(C*delta)`` keeps
 every round within ``2^-40/L`` and the query within 2^-40.  The server refuses larger queries
@@ -183,7 +183,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from . import fastkernels as fk
 
 __all__ = ["FastSchemeError", "FastParams", "FastClient", "FastServer", "FastPublicKey", "MAX_ANSWER_BYTES",
-           "MAX_KEY_BYTES"]
+           "MAX_KEY_BYTES", "SD_LOG2", "RINGS", "choose_params"]
 
 # 2: the uniform polynomials are expanded with AES-128-CTR, not SHAKE-128.
 # 3: NTT-domain polynomials travel in tiled order (fastkernels.to_seal_order).
@@ -219,9 +219,10 @@ _NOISE_CALL_WORDS = 1 << 27
 # SEAL's noise (and ours): centered binomial of 42 fair bits, |e| <= 21, variance 10.5.
 _NOISE_BOUND = 21
 _NOISE_VARIANCE = 10.5
-# Model privacy target: statistical distance per query (all rounds), half of it for the tail
-# bound on the client's noise, half for the flood.
-_SD_LOG2 = -40
+#: Model privacy target: log2 of the statistical distance per query (all its rounds) between an
+#: honest-but-curious client's view and one made from the answers alone; half of it for the tail
+#: bound on the client's noise, half for the flood.
+SD_LOG2 = -40
 # More coefficients than any query releases (the union bound of the tail bound runs over them).
 _RELEASED_MAX = 1 << 32
 #: The rings :func:`choose_params` considers, cheapest first: prime sizes at N = 4096, log2 q = 96
@@ -239,7 +240,7 @@ def _pk_noise_bound(n: int) -> int:
 def _tail_factor(rounds: int) -> float:
     """``tau``: outside probability ``2^-41/rounds`` no released coefficient of a query has
     ``|(e*W_g)_k| > tau*||W_g||_2`` (subgaussian tail, union over ``_RELEASED_MAX``; see above)."""
-    return math.sqrt(2 * _NOISE_VARIANCE * math.log(2.0 * _RELEASED_MAX * 2.0 ** (-_SD_LOG2 + 1) * rounds))
+    return math.sqrt(2 * _NOISE_VARIANCE * math.log(2.0 * _RELEASED_MAX * 2.0 ** (-SD_LOG2 + 1) * rounds))
 
 
 class FastSchemeError(ValueError):
@@ -982,11 +983,11 @@ def _fit_model(W: np.ndarray, b: np.ndarray, params: FastParams, ctx: _Context, 
     # model privacy (module docstring): per released coefficient |d| <= spread outside 2^-41/rounds
     spread = _tail_factor(rounds) * max(group_l2) + server
     margin = math.log2(2 * F / spread)
-    max_samples = min(int(2.0 ** (_SD_LOG2 - 1 + margin) / (rounds * C)), _RELEASED_MAX // C)
+    max_samples = min(int(2.0 ** (SD_LOG2 - 1 + margin) / (rounds * C)), _RELEASED_MAX // C)
     if max_samples < 1:
         raise FastSchemeError(
             f"the flooding that fits max_error={params.max_error:g} leaves a statistical distance of "
-            f"2^{-margin + math.log2(C * rounds) :.1f} per sample, above 2^{_SD_LOG2 - 1}")
+            f"2^{-margin + math.log2(C * rounds) :.1f} per sample, above 2^{SD_LOG2 - 1}")
     return _ModelFit(wh, bh, groups, float(quant.max()) + noise_total * to_output, flood_bits, margin, max_samples)
 
 
@@ -1141,8 +1142,7 @@ class FastServer:
             "row_groups": [len(g) for g in self._groups],
             "error_bound": self.error_bound, "flood_bits": self._flood_bits,
             "flood_margin_bits": self.flood_margin_bits, "max_samples_per_query": self.max_samples,
-            "statistical_distance_log2": _SD_LOG2, "max_answer_bytes": MAX_ANSWER_BYTES,
-            "max_key_bytes": MAX_KEY_BYTES, "params": self.params.describe(),
+            "params": self.params.describe(),
         }
 
     # -- key loading
@@ -1226,7 +1226,7 @@ class FastServer:
         if ns > self.max_samples:
             raise FastSchemeError(f"a query of {ns} samples is refused: this service takes at most {self.max_samples} "
                                   "per query (max_samples_per_query: what its flooding covers within a "
-                                  f"statistical distance of 2^{_SD_LOG2} per query)")
+                                  f"statistical distance of 2^{SD_LOG2} per query)")
         answer = _RESPONSE_HEADER.size + 4 * n_primes * (answer_cts * n + ns * self.n_classes)
         if answer > MAX_ANSWER_BYTES:
             raise FastSchemeError(f"the answer to this query would be {answer} bytes, over this service's limit of "

@@ -54,9 +54,13 @@ so the guarantee holds for every query.  Errors propagate linearly: an error ``e
 ``||W'_{r+1}||_{inf} * e`` (max row L1 norm, worst case), which is ``<= 2^spread`` for a hidden
 layer.  The logit error budget ``max_error`` goes half to the last layer and half, split
 evenly, to the hidden layers, each divided by its amplification to the logits; the flood of
-each layer fills its budget.  :func:`choose_params` searches plain modulus and scales for
-the largest smallest flooding margin; ``MLPServer.error_bound`` is the guaranteed max logit
-error.  The price of the worst-case ``H`` is precision: typical hidden values use a few bits
+each layer fills its budget.  Each round's flood keeps it within ``2^-40 / L`` of the round's
+ideal output (fastlinear's derivation with ``rounds = L``), so a query, all its rounds, is within
+2^-40; the samples per query that covers is the plan's ``max_samples``, which every round
+enforces.  :func:`choose_params` takes the cheapest ring of ``fastlinear.RINGS`` whose flood
+covers the service's ``max_samples_per_query`` (the amplification of the layers' errors makes
+networks need the larger ring at ``max_error = 1e-3``), and in it the scales with the most
+samples per query; ``MLPServer.error_bound`` is the guaranteed max logit error.  The price of the worst-case ``H`` is precision: typical hidden values use a few bits
 of ``[-R, R]`` fewer than their bound, paid for with larger ``s_x, s_w`` and ``t``.
 
 Privacy (what each party learns)
@@ -71,10 +75,14 @@ the first layer: an adaptive client varying ``x`` can estimate the rows of ``W_1
 can re-identify units across queries by their responses).  Fresh permutations and factors
 per query slow this down; they do not prevent it, and a query's samples share them: one batch
 query of ``n + 1`` samples gives ``W_1``'s rows exactly (``bench/mlp_attack.py`` measures
-both).  The service's knobs (``encrypted.QueryBudget``): ``max_samples_per_query`` refuses a
-larger round 1 with a 400 (1: every sample gets its own secrets), ``max_queries_per_key``
-refuses round 1 with a 429 once a key has sent that many samples, both counted per worker.  Weight privacy of each round's
-answer is fastlinear's (flooding, see its docstring).  Not hidden: layer sizes, the
+both).  The service's knobs (``encrypted.QueryBudget``): ``max_samples_per_query`` (default 1:
+every sample gets its own secrets) refuses a larger round 1 with a 400, ``max_queries_per_key``
+refuses round 1 with a 429 once a key has sent that many samples.  Weight privacy of each round's
+answer is fastlinear's (seeded queries, derived ``pk1``, flooding within ``2^-40 / L``, see its
+docstring): beyond the round's permuted, scaled outputs, an honest-but-curious client learns
+nothing but with probability 2^-40 per query; a dishonest one learns, per released value, one
+linear function of that round's (secretly permuted and scaled) weights for an input it chooses,
+of unbounded range and precision.  Not hidden: layer sizes, the
 activation, ``H`` (derived from the model, sent nowhere but implied by the values' range).
 
 Wire format (little-endian, versioned)

@@ -7,6 +7,7 @@ code refusing to make them) and checks that the service refuses them with a reas
 
 from __future__ import annotations
 
+import json
 import struct
 
 import numpy as np
@@ -153,3 +154,44 @@ def test_an_mlp_round_over_the_samples_the_flooding_covers_is_refused():
     assert 1 <= cap < 100
     with pytest.raises(FastSchemeError, match="max_samples_per_query"):
         server.score(client.encrypt(np.zeros((cap + 1, 16))), public)
+
+
+def test_the_service_publishes_the_parameters_it_chose_and_no_client_input_changes_them(monkeypatch):
+    """``GET /score`` describes the parameters the service chose from its model and its configured
+    ``x_bound``/``max_error`` (the MLP's layer sizes too), with their caps; query arguments no
+    longer reach it (finding 5: each new pair started a parameter search)."""
+    import io
+    import warnings
+
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    from aideploy_scoring import encrypted
+    from aideploy_scoring.linearize import fold_mlp
+    from aideploy_scoring.model_sklearn import SklearnModel
+    from aideploy_scoring.service import ScoringService
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        linear = LogisticRegression(max_iter=300).fit(X[:500], y[:500])
+        mlp = MLPClassifier((8,), max_iter=50, random_state=0).fit(X[:500], y[:500])
+    monkeypatch.setenv(encrypted.MAX_ERROR_ENV, "0.002")
+    described = {}
+    for name, model in (("linear", linear), ("mlp", mlp)):
+        service = ScoringService(SklearnModel(model))
+        service._register_encrypted_schemes()
+        status, info = service.handle_http("GET", {}, io.BytesIO(b""), 0)
+        assert status == 200
+        described[name] = fast = info["fast"]
+        assert fast["statistical_distance_log2"] == -40 and fast["max_key_bytes"] == fl.MAX_KEY_BYTES
+        assert fast["max_samples_per_query"] >= 1 and fast["max_answer_bytes"] == fl.MAX_ANSWER_BYTES
+        assert service.scheme("fast").fetcher.max_key_bytes == fl.MAX_KEY_BYTES
+    assert FastParams.from_json(json.dumps(described["linear"]["params"]).encode()) == \
+        fl.choose_params(linear.coef_, linear.intercept_, 1.0, 0.002)
+    layers, activation = fold_mlp(mlp)
+    assert FastParams.from_json(json.dumps(described["mlp"]["params"]).encode()) == \
+        fm.choose_params(layers, activation, 1.0, 0.002)
+    assert described["mlp"]["mlp"] == {"sizes": [64, 8, 10], "activation": "relu"}
