@@ -26,7 +26,9 @@ positive factor (``scoring/fastmlp.py``), so after round 1 the client decrypts
    on the two sides, else ``d`` shrinks) and read ``sign(w_i)`` and ``|w_i|`` up to the factor
    ``u``.  Passes over all ``i`` repeat the probes with fresh factors; per coordinate the
    magnitudes are combined by the bounded support of ``u`` and of the noise (midpoint of the
-   interval all probes allow; median if they disagree).  A unit whose point is crowded (other
+   interval all probes allow; median if they disagree).  The noise floor is measured, and at
+   least what the public parameters bound it by (:func:`public_floor`: the flood and the
+   per-query rounding of the weights, which the finer scales of 2^-40 flooding make comparable).  A unit whose point is crowded (other
    units near zero there: small probes, more noise) moves along its estimated hyperplane.
    Reported per unit: queries until its row reaches the threshold (its probes plus an equal share
    of the line search); at most 4 passes (2 with ``--quick``).
@@ -290,10 +292,12 @@ class _Unit:
 class SingleSampleAttack:
     """The attack of the module docstring, point 3, against ``oracle`` (one sample per call)."""
 
-    def __init__(self, oracle, n: int, n_units: int, R: float, spread: float, rng: np.random.Generator):
+    def __init__(self, oracle, n: int, n_units: int, R: float, spread: float, rng: np.random.Generator,
+                 floor: float = 0.0):
         self.oracle, self.n, self.H, self.R, self.s, self.rng = oracle, n, n_units, R, spread, rng
         self.line_queries = 0
-        self.floor = 0.0  # the noise floor, measured in find_units
+        self.least_floor = floor  # what the public parameters say the noise can reach
+        self.floor = floor  # the noise floor, measured in find_units, at least least_floor
 
     def ask(self, x: np.ndarray) -> np.ndarray:
         return self.oracle(np.clip(x, -self.R, self.R)[None])[0]
@@ -330,7 +334,7 @@ class SingleSampleAttack:
             a = self.rng.choice([-self.R / 2, self.R / 2], self.n)
             found = self._crossings(a, -a if line == 0 else self.rng.choice([-self.R / 2, self.R / 2], self.n), 4 * self.H)
             if line == 0:  # the noise floor: |z| of a unit on its hyperplane
-                self.floor = max(float(np.abs(self.ask(p)).min()) for p, _ in found[:8])
+                self.floor = max([self.least_floor] + [float(np.abs(self.ask(p)).min()) for p, _ in found[:8]])
             for p, gap in found:
                 same = None
                 for u in units:  # same hyperplane iff points between them are on it too
@@ -444,6 +448,16 @@ class SingleSampleAttack:
 # ------------------------------------------------------------------------ main
 
 
+def public_floor(server: fm.MLPServer) -> float:
+    """What the first round's answer can differ from ``u * h / H`` by, from the public parameters:
+    the flood, and the per-query rounding of the weights (each within ``1/(2 s_w)``, times inputs
+    up to ``R``) and of the input (``1/(2 s_x)``, times weights of L1 norm at most 1)."""
+    p = server.params
+    n, R = server.sizes[0], float(p.x_bound)
+    flood = 2.0 ** server.plan.flood_bits[0] / (float(fl._context(p).delta) * p.x_scale * p.w_scale)
+    return flood + n * R / (2 * p.w_scale) + 1 / (2 * p.x_scale)
+
+
 def run(quick: bool, seed: int, threshold: float, real_single: bool, only: str | None = None) -> dict:
     rng = np.random.default_rng(seed)
     out = {"threshold": threshold, "seed": seed, "models": {}}
@@ -471,7 +485,7 @@ def run(quick: bool, seed: int, threshold: float, real_single: bool, only: str |
             if not res["simulation_check"]["within_bound"]:
                 raise SystemExit(f"{name}: the simulated view differs from the real one: {res['simulation_check']}")
         oracle = RealOracle(server) if real_single else SimulatedOracle(server, rng)
-        attack = SingleSampleAttack(oracle, n, H, R, server.plan.spread, rng)
+        attack = SingleSampleAttack(oracle, n, H, R, server.plan.spread, rng, public_floor(server))
         res["single"] = {"oracle": "real" if real_single else "simulated",
                          **attack.run(W, threshold, passes=2 if quick else 4, max_lines=6, lines_min=2 if quick else 4)}
         res["seconds"] = time.perf_counter() - t0

@@ -89,7 +89,7 @@ released coefficient is ``c0'_k = Delta*yh_c - (s*c1')_k + d_k + f_k`` with
 statistical distance of ``U[-F, F) + d`` from ``U[-F, F)`` is ``|d|/(2F)``, so over the ``K``
 released coefficients of a query ``SD <= Pr[bad] + K * max_good|d|/(2F)``.  Hybrid 2: then
 ``u, e1`` appear only in ``c1' = a*W_g + pk1*u + e1``, which RLWE (``pk1`` uniform, ``u``
-ternary, ``e1`` sigma 3.24, N = 4096, log q = 96) makes pseudorandom, and the simulator that
+ternary, ``e1`` sigma 3.24, N = 4096, log q <= 109) makes pseudorandom, and the simulator that
 knows only ``yh`` outputs ``c1'`` uniform and ``c0'_k = Delta*yh_c - (s*c1')_k + f_k``.
 
 The bound on ``d``: ``(e*W_g)_k = sum_i +-e_i w_i`` over all entries of ``W_g``, and each
@@ -102,19 +102,31 @@ with ``Pr[bad] <= 2^-41/L`` (``L`` rounds: 1 here, one per layer for :mod:`fastm
 coefficients, so ``SD <= 2^-41/L + n*C*delta/(2F)``, and ``n <= 2^-41/L * 2F/(C*delta)`` keeps
 every round within ``2^-40/L`` and the query within 2^-40.  The server refuses larger queries
 (``max_samples``, published as ``max_samples_per_query``); ``flood_margin_bits = log2(2F/delta)``
-is ``-log2`` of the distance per released coefficient.  What that costs: 2^-40 with ``K`` up
-to ``C * n`` needs ``F`` ~2^70-2^78 where the old 2-prime ``q ~ 2^64`` allowed ~2^46 within
-``max_error = 1e-3``; a third 32-bit prime (``log2 q = 96``, still at N = 4096, under the
-standard's 109) gives ~2^80 with nothing else changed: queries and answers grow by half and
-the server does 1.5x the modular arithmetic, where N = 8192 would double all of it.  The
-alternative bound with worst-case noise, ``21*||W_g||_1`` instead of ``tau*||W_g||_2``, costs
-~5 more bits (``||W_g||_1`` ~ ``sqrt(G*n)*||W_g||_2`` for dense weights).
+is ``-log2`` of the distance per released coefficient.
+
+What that costs.  With ``q ~ 2^64`` (two 32-bit primes) the flood that fits ``max_error = 1e-3``
+was ~2^46, 10-12 bits above the worst-case noise: 2^-11 per coefficient, 2^-5 for a 784-64-10
+query.  2^-40 per query needs ``F`` about ``K * delta * 2^40``: ~2^70-2^78 for these models.
+``q`` is what gives room (``F`` grows with ``Delta = q/t``, and ``t`` is fixed by the logits'
+range), so the options were a larger N (N = 8192 allows log q <= 218, but doubles every
+ciphertext and NTT), another sanitisation (a smoother flood composes as ``sqrt(K)`` rather
+than ``K`` but gains nothing for the one-sample queries that dominate), or more primes at
+N = 4096.  Three 32-bit primes (log q = 96 <= 109) make ciphertexts 1.5x and the server's
+modular arithmetic 1.5x; with the scales searched for the widest margin (:func:`choose_params`)
+they give, at ``max_error = 1e-3``, a flood of 2^77-2^78 and 51-54 bits of margin for the
+digits and MNIST-shaped linear models (94-700 samples per query).  A network amplifies its
+hidden layers' errors into the logits (:mod:`fastmlp`), so a 784-64-10 MLP at 1e-3 fits only
+with four primes of 27-28 bits (log q = 109, the standard's limit at N = 4096; 2x the two-prime
+arithmetic): :func:`choose_params` takes the cheapest of :data:`RINGS` that serves the model.
+A worst-case bound on the client's noise, ``21*||W_g||_1`` instead of ``tau*||W_g||_2``, would
+cost ~5 bits more (``||W_g||_1 ~ sqrt(G*n)*||W_g||_2`` for dense weights).
 
 *Dishonest client.*  It may send any ``c0`` and ``pk0`` (``a`` and ``pk1`` come from the XOF).
 A free ``pk0 = -(pk1*s) + d`` only changes the noise of its own answers (``d*u`` instead of
 ``e*u``).  Even knowing ``u``, it sees ``c1' = a*W_g + pk1*u + e1``: an RLWE sample for the
-secret ``W_g`` with the fresh error ``e1`` (RLWE is hard for any secret, by adding a uniform
-``r`` to it), so ``c1'`` hides ``W``.  A crafted ``c0`` makes ``c0 + a*s`` any polynomial ``m'``
+secret ``W_g`` with the fresh error ``e1``, pseudorandom to anyone who does not already know
+``W_g`` (RLWE with a fixed unknown secret is as hard as with a uniform one: add ``a*r`` for a
+uniform ``r``), so ``c1'`` gives no shortcut to ``W``; the old attack needed ``a = 1`` for it.  A crafted ``c0`` makes ``c0 + a*s`` any polynomial ``m'``
 it likes, and a released coefficient is then coefficient ``k`` of ``m'*W_g`` plus noise it does
 not control: one linear function of the group's weights per released coefficient, as many per
 sample as the plain API gives (``C``).  Not defended: that function's input is unbounded and
