@@ -31,7 +31,8 @@ from . import fastkernels_aot
 
 __all__ = ["NttTables", "to_seal_order", "from_seal_order", "ntt_forward", "ntt_inverse",
            "expand_uniform", "residues_below", "sample_noise", "encrypt_zero", "row_outputs", "column_outputs",
-           "flood_residues", "flood_constants", "scaled_weights", "row_plaintexts", "bias_phases", "workspace", "aligned", "shoup", "pk0_reversed"]
+           "flood_residues", "flood_constants", "scaled_weights", "row_plaintexts", "bias_phases", "workspace",
+           "aligned", "shoup", "pk0_reversed"]
 
 _BUILT = fastkernels_aot.load()  # the ahead-of-time build (scoring workers), else None
 #: Whether the kernels run without the GIL, so that threads calling them run at once: numba's

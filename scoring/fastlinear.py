@@ -126,10 +126,10 @@ A free ``pk0 = -(pk1*s) + d`` only changes the noise of its own answers (``d*u``
 ``e*u``).  Even knowing ``u``, it sees ``c1' = a*W_g + pk1*u + e1``: an RLWE sample for the
 secret ``W_g`` with the fresh error ``e1``, pseudorandom to anyone who does not already know
 ``W_g`` (RLWE with a fixed unknown secret is as hard as with a uniform one: add ``a*r`` for a
-uniform ``r``), so ``c1'`` gives no shortcut to ``W``; the old attack needed ``a = 1`` for it.  A crafted ``c0`` makes ``c0 + a*s`` any polynomial ``m'``
-it likes, and a released coefficient is then coefficient ``k`` of ``m'*W_g`` plus noise it does
-not control: one linear function of the group's weights per released coefficient, as many per
-sample as the plain API gives (``C``).  Not defended: that function's input is unbounded and
+uniform ``r``), so ``c1'`` gives no shortcut to ``W``; the old attack needed ``a = 1`` for it.
+A crafted ``c0`` makes ``c0 + a*s`` any polynomial ``m'`` it likes, and a released coefficient
+is then coefficient ``k`` of ``m'*W_g`` plus noise it does not control: one linear function of
+the group's weights per released coefficient, as many per sample as the plain API gives (``C``).  Not defended: that function's input is unbounded and
 its precision the client's choice (a ``c0`` with large coefficients is an input far beyond
 ``x_bound``, above the flood), and in the row layout a crafted ``m'`` can mix the ``G`` classes
 of a group into one coefficient.  So a dishonest client learns per answer what the plain
@@ -927,11 +927,6 @@ def _read_bundle_params(bundle: Any) -> tuple[FastParams, int]:
     if plen > 4096 or _BUNDLE_HEADER.size + plen > len(bundle):
         raise FastSchemeError("bundle parameter block is truncated or oversized")
     return FastParams.from_json(bundle[_BUNDLE_HEADER.size:_BUNDLE_HEADER.size + plen]), plen
-
-
-def bundle_params(bundle: bytes) -> FastParams:
-    """The parameters a client's public bundle was made for (validated, nothing else parsed)."""
-    return _read_bundle_params(bytes(bundle))[0]
 
 
 @dataclass(frozen=True)
