@@ -54,7 +54,7 @@ def output_path(ctx) -> Path:
     return ctx.output_dir / f"predictions.{fmt}"
 
 
-def describe_service(endpoint: Endpoint, timeout: float, query: dict[str, Any]) -> ServiceInfo | None:
+def describe_service(endpoint: Endpoint, timeout: float) -> ServiceInfo | None:
     """What the service says about itself (``GET`` on its scoring URI), or None if it does not say.
 
     aideploy's own score.py answers; a custom scoring script usually does not, and is then
@@ -62,7 +62,7 @@ def describe_service(endpoint: Endpoint, timeout: float, query: dict[str, Any]) 
     """
     with http.session(retries=1) as s:
         try:
-            answer = s.get(endpoint.scoring_uri, params=query, headers=endpoint.headers(), timeout=timeout)
+            answer = s.get(endpoint.scoring_uri, headers=endpoint.headers(), timeout=timeout)
         except requests.Timeout:
             raise PredictError(f"the service at {endpoint.scoring_uri} did not say what it serves within {timeout:g} s",
                                hint="raise target.request_timeout, or check the service's log") from None
@@ -98,6 +98,10 @@ def check_against_service(ctx, service: ServiceInfo) -> None:
     extra = getattr(ctx.cfg.predict.extra_columns, "value", ctx.cfg.predict.extra_columns)
     schemas.check_columns(dataset, schema, extra, f"the service at {uri} ({service.model_summary})")
     scheme = ctx.cfg.encryption.plugin
+    refused = (service.fast or {}).get("error") if scheme == "fast" else None
+    if refused:
+        raise ConfigError(f"the service at {uri} cannot serve encryption=fast: {refused}",
+                          hint="deploy it with a larger encryption.max_error, or predict with encryption=none")
     if scheme not in ("plain", "none") and scheme not in service.schemes:
         raise ConfigError(f"the service at {uri} serves {', '.join(service.schemes)}, not encryption={scheme}",
                           hint=f"use encryption={service.schemes[-1]}, or deploy with encryption={scheme}")
@@ -207,18 +211,23 @@ def plain_body(X: Any) -> bytes:
     return json.dumps({"data": np.asarray(X).tolist()}).encode()
 
 
+def configured_batch(cfg) -> int | None:
+    """Rows per request as the config says: ``predict.batch_size``, else (deprecated)
+    ``encryption.batch_size``; None for the default (:func:`rows_per_request` sizes it)."""
+    given = cfg.predict.batch_size or cfg.encryption.get("batch_size")
+    return int(given) if given else None
+
+
 def rows_per_request(ctx, dataset) -> int:
-    """Rows per request: ``predict.batch_size``, else (deprecated) ``encryption.batch_size``, else for
-    plain requests as many rows as make ~:data:`REQUEST_BYTES` of JSON (from the first rows), and
-    one row per query for the encrypted schemes."""
-    given = ctx.cfg.predict.batch_size
-    if given:
-        return int(given)
-    legacy = ctx.cfg.encryption.get("batch_size")
-    if legacy:
+    """Rows per request: :func:`configured_batch`, else for plain requests as many rows as make
+    ~:data:`REQUEST_BYTES` of JSON (from the first rows), and one row per query for the encrypted
+    schemes."""
+    if not ctx.cfg.predict.batch_size and ctx.cfg.encryption.get("batch_size"):
         log.warning("      encryption.batch_size is deprecated: it is now predict.batch_size=%d (rows per request for "
-                    "every scheme)", legacy)
-        return int(legacy)
+                    "every scheme)", ctx.cfg.encryption.batch_size)
+    given = configured_batch(ctx.cfg)
+    if given:
+        return given
     if ctx.cfg.encryption.plugin != "plain":
         return 1
     sample = dataset.sample(SIZING_ROWS)

@@ -237,7 +237,7 @@ class FastEncryption(EncryptionConfig):
     x_bound: float = bounded(1.0, gt=0)
     max_error: float = bounded(1e-3, gt=0)
     max_queries_per_key: int = bounded(0, ge=0)
-    max_samples_per_query: int = bounded(0, ge=0)
+    max_samples_per_query: int = bounded(1, ge=0)
     round_ttl_seconds: float = bounded(300.0, gt=0, le=3600)
 
 

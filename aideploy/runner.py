@@ -226,9 +226,7 @@ def _existing_endpoint(ctx: RunContext, given: frozenset[str]) -> None:
     ctx.artifacts["network"] = NetworkInfo(kind="caller", bind_host="", client_host="")
     if "model" in given:  # the model in process says all the client needs
         return
-    encryption = ctx.cfg.encryption
-    query = {name: encryption[name] for name in ("x_bound", "max_error") if name in encryption}
-    service = client.describe_service(endpoint, float(ctx.cfg.target.request_timeout), query)
+    service = client.describe_service(endpoint, float(ctx.cfg.target.request_timeout))
     if service is None:
         log.info("      the service does not describe itself (a custom score.py?); its answers are written as "
                  "they come")

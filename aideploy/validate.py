@@ -126,13 +126,6 @@ def check(cfg: DictConfig, choices: dict[str, str]) -> None:
         from aideploy.update import check_traffic_steps
 
         check_traffic_steps(cfg["update"].traffic_steps)
-    encryption = cfg.get("encryption")
-    if isinstance(encryption, DictConfig):
-        batch = cfg.get("predict", {}).get("batch_size") or encryption.get("batch_size") or 1
-        if 0 < int(encryption.get("max_samples_per_query") or 0) < int(batch):
-            raise ConfigError(f"predict.batch_size={batch} is over the service's "
-                              f"encryption.max_samples_per_query={encryption.max_samples_per_query}",
-                              hint="lower predict.batch_size, or raise or unset max_samples_per_query")
 
 
 def explain(exc: BaseException) -> ConfigError | None:

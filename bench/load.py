@@ -55,7 +55,7 @@ import requests
 from aideploy.azurite import AzuriteServer
 from aideploy.blobkeys import BlobKeyStore
 from aideploy.datasets import digits_split
-from aideploy_scoring.fastlinear import FastClient
+from aideploy_scoring.fastlinear import FastClient, FastParams
 
 AIDEPLOY = str(Path(sys.executable).with_name("aideploy"))
 MB = 1024 * 1024
@@ -197,18 +197,24 @@ class Query:
     check: Callable[[bytes], np.ndarray]  # answer -> scores (n_samples, n_classes)
 
 
+def served_params(served: Served) -> FastParams:
+    """The fast parameters the service publishes (``GET /score``): the only ones it serves."""
+    info = requests.get(served.uri, headers={"Authorization": f"Bearer {served.key}"}, timeout=60).json()
+    return FastParams.from_json(json.dumps(info["fast"]["params"]).encode())
+
+
 class FastQueries:
     """K client key pairs with their public bundles in the store, and queries made in advance."""
 
     def __init__(self, n_keys: int, store: BlobKeyStore, X: np.ndarray, n_classes: int, per_key: int,
-                 batch: int = 1) -> None:
+                 params: FastParams, batch: int = 1) -> None:
         self.clients: list[FastClient] = []
         self.registrations: list[bytes] = []  # the key registration of each client, JSON
         self.queries: list[Query] = []  # round-robin over the keys
         self.encrypt_s = 0.0
         rng = np.random.default_rng(0)
         for _ in range(n_keys):
-            client = FastClient(X.shape[1], n_classes)
+            client = FastClient(X.shape[1], n_classes, params)
             url = store.put(client.key_id, client.public_bundle())
             self.clients.append(client)
             self.registrations.append(json.dumps({"scheme": "fast", "register_key": True, "key_id": client.key_id,
@@ -360,8 +366,10 @@ def run_mode(encryption: str, cfg: LoadConfig, workdir: Path, azurite: AzuriteSe
         expected = model.decision_function(X)
         if encryption == "fast":
             store = BlobKeyStore.from_connection_string(azurite.connection_string, f"loadkeys{secrets.token_hex(4)}")
-            single = FastQueries(cfg.keys, store, X, expected.shape[1], per_key=4)
-            batch = FastQueries(min(cfg.keys, 8), store, X, expected.shape[1], per_key=2, batch=cfg.batch)
+            params = served_params(served)
+            single = FastQueries(cfg.keys, store, X, expected.shape[1], per_key=4, params=params)
+            batch = FastQueries(min(cfg.keys, 8), store, X, expected.shape[1], per_key=2, params=params,
+                                batch=cfg.batch)
         else:
             store = None
             single = PlainQueries(X, 4 * cfg.keys)
@@ -463,7 +471,7 @@ def run_load(cfg: LoadConfig, workdir: Path | None = None) -> LoadResult:
             store = BlobKeyStore.from_connection_string(azurite.connection_string, "loadkeys")
             model = joblib.load(served.model_file)
             expected = model.decision_function(X_test)
-            ring = FastQueries(cfg.keys, store, X_test, expected.shape[1], per_key=4)
+            ring = FastQueries(cfg.keys, store, X_test, expected.shape[1], per_key=4, params=served_params(served))
             result.rss_mb["idle"] = server_rss(served.master_pid) / MB
             _warm_up(served, ring.queries[:1], cfg)
             result.rss_mb["warm"] = server_rss(served.master_pid) / MB

@@ -26,10 +26,18 @@ positive factor (``scoring/fastmlp.py``), so after round 1 the client decrypts
    on the two sides, else ``d`` shrinks) and read ``sign(w_i)`` and ``|w_i|`` up to the factor
    ``u``.  Passes over all ``i`` repeat the probes with fresh factors; per coordinate the
    magnitudes are combined by the bounded support of ``u`` and of the noise (midpoint of the
-   interval all probes allow; median if they disagree).  A unit whose point is crowded (other
+   interval all probes allow; median if they disagree).  The noise floor is measured, and at
+   least what the public parameters bound it by (:func:`public_floor`: the flood and the
+   per-query rounding of the weights, which the finer scales of 2^-40 flooding make comparable).  A unit whose point is crowded (other
    units near zero there: small probes, more noise) moves along its estimated hyperplane.
    Reported per unit: queries until its row reaches the threshold (its probes plus an equal share
    of the line search); at most 4 passes (2 with ``--quick``).
+
+The service with the default configuration (``max_error`` 1e-3, ``max_samples_per_query`` 1)
+refuses attacks 1 and 2 (their queries hold many samples): they run against a service configured
+for batches of ``n + 16`` samples (``max_error`` 1e-2, whose flooding covers them), and attack 3
+against the default one.  Beside them: the queries a client that sees only the logits needs
+(Carlini, Jagielski, Mironov, CRYPTO 2020), the yardstick for what the protocol adds.
 
 Oracles: the real scheme in process (``MLPClient`` encrypts, ``MLPServer.score`` answers round 1,
 the client decrypts with its own key; no HTTP) for attacks 1 and 2.  Attack 3 needs ~4*10^4
@@ -67,6 +75,15 @@ from aideploy_scoring.service import RequestError
 
 SECRET = b"mlp-attack-bench-secret-32bytes!"
 MODELS = {"64-32-10": 32, "784-64-10": 64}  # name: hidden units
+# Extraction from the logits alone (Carlini, Jagielski, Mironov, CRYPTO 2020): queries for a
+# ReLU network of this many parameters.
+LOGITS_ONLY = {4_000: 2 ** 18.5, 100_000: 2 ** 21.5}
+
+
+def served(layers: list, act: str, max_error: float = 1e-3, samples: int = 1) -> fm.MLPServer:
+    """The server a service with this configuration (``max_samples_per_query = samples``) runs."""
+    return fm.MLPServer(layers, act, fm.choose_params(layers, act, max_error=max_error, min_samples=samples),
+                        secret=SECRET)
 
 
 # ------------------------------------------------------------------------ models and oracles
@@ -128,7 +145,7 @@ class SimulatedOracle:
         self.plan, self.rng, self.queries, self.samples = p, rng, 0, 0
         ctx = fl._context(p.params)
         self.sx, self.sw = p.params.x_scale, p.params.w_scale
-        self.flood = 2.0 ** p.flood_bits[0] * float(ctx.t) / (float(ctx.q) * self.sx * self.sw)
+        self.flood = 2.0 ** p.flood_bits[0] / (float(ctx.delta) * self.sx * self.sw)
 
     def view(self, X: np.ndarray, seed: bytes) -> np.ndarray:
         """The exact fixed-point hidden values of ``X`` under the secrets of ``seed``, unflooded."""
@@ -275,10 +292,12 @@ class _Unit:
 class SingleSampleAttack:
     """The attack of the module docstring, point 3, against ``oracle`` (one sample per call)."""
 
-    def __init__(self, oracle, n: int, n_units: int, R: float, spread: float, rng: np.random.Generator):
+    def __init__(self, oracle, n: int, n_units: int, R: float, spread: float, rng: np.random.Generator,
+                 floor: float = 0.0):
         self.oracle, self.n, self.H, self.R, self.s, self.rng = oracle, n, n_units, R, spread, rng
         self.line_queries = 0
-        self.floor = 0.0  # the noise floor, measured in find_units
+        self.least_floor = floor  # what the public parameters say the noise can reach
+        self.floor = floor  # the noise floor, measured in find_units, at least least_floor
 
     def ask(self, x: np.ndarray) -> np.ndarray:
         return self.oracle(np.clip(x, -self.R, self.R)[None])[0]
@@ -315,7 +334,7 @@ class SingleSampleAttack:
             a = self.rng.choice([-self.R / 2, self.R / 2], self.n)
             found = self._crossings(a, -a if line == 0 else self.rng.choice([-self.R / 2, self.R / 2], self.n), 4 * self.H)
             if line == 0:  # the noise floor: |z| of a unit on its hyperplane
-                self.floor = max(float(np.abs(self.ask(p)).min()) for p, _ in found[:8])
+                self.floor = max([self.least_floor] + [float(np.abs(self.ask(p)).min()) for p, _ in found[:8]])
             for p, gap in found:
                 same = None
                 for u in units:  # same hyperplane iff points between them are on it too
@@ -429,6 +448,16 @@ class SingleSampleAttack:
 # ------------------------------------------------------------------------ main
 
 
+def public_floor(server: fm.MLPServer) -> float:
+    """What the first round's answer can differ from ``u * h / H`` by, from the public parameters:
+    the flood, and the per-query rounding of the weights (each within ``1/(2 s_w)``, times inputs
+    up to ``R``) and of the input (``1/(2 s_x)``, times weights of L1 norm at most 1)."""
+    p = server.params
+    n, R = server.sizes[0], float(p.x_bound)
+    flood = 2.0 ** server.plan.flood_bits[0] / (float(fl._context(p).delta) * p.x_scale * p.w_scale)
+    return flood + n * R / (2 * p.w_scale) + 1 / (2 * p.x_scale)
+
+
 def run(quick: bool, seed: int, threshold: float, real_single: bool, only: str | None = None) -> dict:
     rng = np.random.default_rng(seed)
     out = {"threshold": threshold, "seed": seed, "models": {}}
@@ -436,20 +465,27 @@ def run(quick: bool, seed: int, threshold: float, real_single: bool, only: str |
         if only is not None and name != only:
             continue
         t0 = time.perf_counter()
-        server = fm.MLPServer(layers, act, secret=SECRET)
         W = layers[0][0]
         n, H = W.shape[1], W.shape[0]
+        server = served(layers, act)  # the default configuration
+        batches = served(layers, act, max_error=1e-2, samples=n + 16)
         R = float(server.params.x_bound)
-        res: dict = {"sizes": server.sizes, "spread_bits": server.plan.spread,
-                     "error_bound_layer1": server.plan.error_bounds[0]}
-        res["batch"] = batch_attack(RealOracle(server), W, R, threshold, rng)
-        res["keys"] = keys_attack(server, W, max(32, n // 8), 8, threshold, rng)
+        res: dict = {"sizes": server.sizes, "parameters": int(sum(w.size + c.size for w, c in layers)),
+                     "spread_bits": server.plan.spread, "error_bound_layer1": server.plan.error_bounds[0],
+                     "default": {"params": str(server.params), "flood_covers": server.max_samples},
+                     "batches": {"params": str(batches.params), "flood_covers": batches.max_samples}}
+        try:  # what the default service says to one query of n + 16 samples
+            QueryBudget(0, 1).spend("attacker", n + 16)
+        except RequestError as exc:
+            res["default"]["batch_refused"] = str(exc)
+        res["batch"] = batch_attack(RealOracle(batches), W, R, threshold, rng)
+        res["keys"] = keys_attack(batches, W, max(32, n // 8), 8, threshold, rng)
         if not real_single:
             res["simulation_check"] = validate(server, rng)
             if not res["simulation_check"]["within_bound"]:
                 raise SystemExit(f"{name}: the simulated view differs from the real one: {res['simulation_check']}")
         oracle = RealOracle(server) if real_single else SimulatedOracle(server, rng)
-        attack = SingleSampleAttack(oracle, n, H, R, server.plan.spread, rng)
+        attack = SingleSampleAttack(oracle, n, H, R, server.plan.spread, rng, public_floor(server))
         res["single"] = {"oracle": "real" if real_single else "simulated",
                          **attack.run(W, threshold, passes=2 if quick else 4, max_lines=6, lines_min=2 if quick else 4)}
         res["seconds"] = time.perf_counter() - t0
@@ -460,19 +496,35 @@ def run(quick: bool, seed: int, threshold: float, real_single: bool, only: str |
 def table(result: dict) -> str:
     th = result["threshold"]
     lines = [f"Recovering W1's rows up to scale to cosine >= {th} (seed {result['seed']})", "",
-             "| model | attack | oracle | queries | samples per row: median / max | rows recovered |",
-             "|---|---|---|---|---|---|"]
+             "| model (parameters) | attack | service | oracle | queries | per row: median / max | rows recovered |"
+             " logits only (Carlini et al. 2020) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in result["models"].items():
         b, k, s = r["batch"], r["keys"], r["single"]
         bs = b["samples_per_unit"]
-        lines.append(f"| {name} | batch (one query) | real | 1 | {bs['median']:.0f} / {bs['max']:.0f} | {bs['recovered']:.0%} |")
-        lines.append(f"| {name} | {k['keys']} keys x {k['budget_per_key']} samples ({k['anchors']} anchors) | real | "
-                     f"{k['keys']} | all {k['samples']} | {k['recovered']:.0%} (min cos {k['min_cosine']:.4f}) |")
+        n = r["sizes"][0]
+        size = max(LOGITS_ONLY, key=lambda p: -abs(math.log(p / r["parameters"])))
+        yardstick = f"2^{math.log2(LOGITS_ONLY[size]):.1f} for {size:,} parameters"
+        model = f"{name} ({r['parameters']:,})"
+        batches = f"configured for {n + 16} samples per query"
+        lines.append(f"| {model} | one query of many samples | default | - | refused (max_samples_per_query = 1) | - | "
+                     f"0% | {yardstick} |")
+        lines.append(f"| {model} | one query of many samples | {batches} | real | 1 | {bs['median']:.0f} / {bs['max']:.0f}"
+                     f" samples | {bs['recovered']:.0%} | {yardstick} |")
+        lines.append(f"| {model} | {k['keys']} keys x {k['budget_per_key']} samples ({k['anchors']} anchors) | {batches} |"
+                     f" real | {k['keys']} | all {k['samples']} samples | {k['recovered']:.0%} (min cos "
+                     f"{k['min_cosine']:.4f}) | {yardstick} |")
         q = s["queries_per_unit"]
         med = "-" if q["median"] is None else f"{q['median']:.0f}"
         mx = "-" if q["max"] is None else f"{q['max']:.0f}"
-        lines.append(f"| {name} | one sample per query | {s['oracle']} | {s['queries_total']} | {med} / {mx} | "
-                     f"{q['recovered']:.0%} (median cos {s['median_cosine']:.4f}) |")
+        lines.append(f"| {model} | one sample per query | default | {s['oracle']} | {s['queries_total']} "
+                     f"(2^{math.log2(s['queries_total']):.1f}) | {med} / {mx} | {q['recovered']:.0%} (median cos "
+                     f"{s['median_cosine']:.4f}) | {yardstick} |")
+    lines.append("")
+    for name, r in result["models"].items():
+        lines.append(f"{name}: default service {r['default']['params']}, its flooding covers "
+                     f"{r['default']['flood_covers']} samples per query; batch service {r['batches']['params']}, "
+                     f"covers {r['batches']['flood_covers']}.")
     labels = list(next(iter(result["models"].values()))["batch"]["cosine_at_samples"])
     lines += ["", "What one key learns within max_queries_per_key = B samples, n inputs (one query of B random "
               "probes; cosine of W1's rows, median / min):", "",

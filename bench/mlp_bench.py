@@ -1,5 +1,8 @@
 """Short bench of scoring/fastmlp.py: server compute per query (all rounds) and traffic, 784->64->10
 on digits upsampled to 28x28, beside the linear anchor (fastlinear, 784->10). Single process, no HTTP.
+Single queries use the parameters a service chooses with the default configuration (max_error
+1e-3, one sample per query); the batches those of a service configured for them (max_error 1e-2,
+max_samples_per_query 4096), whose flooding covers a full block.
 
     PYTHONPATH=... python bench/mlp_bench.py [n_queries]
 
@@ -28,7 +31,7 @@ from sklearn.datasets import load_digits
 from sklearn.neural_network import MLPClassifier
 
 from aideploy_scoring import fastmlp as fm
-from aideploy_scoring.fastlinear import FastClient, FastServer
+from aideploy_scoring.fastlinear import FastClient, FastServer, choose_params
 from aideploy_scoring.linearize import fold_mlp
 
 args = [a for a in sys.argv[1:] if a not in ("--http", "--concrete")]
@@ -39,15 +42,23 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     model = MLPClassifier((64,), max_iter=60, random_state=0).fit(X[:1400], y[:1400])
 layers, act = fold_mlp(model)
+SECRET = b"bench-secret-bench-secret-bench!"
+
+
+def served(lay, a, **choice):
+    """Server, client and loaded key for the parameters a service would choose (``choice``: the
+    configuration, ``max_error`` and ``min_samples``; default: the default configuration's)."""
+    params = fm.choose_params(lay, a, max_error=choice.get("max_error", 1e-3), min_samples=choice.get("min_samples", 1))
+    server = fm.MLPServer(lay, a, params, secret=SECRET)
+    client = fm.MLPClient(server.sizes, a, params)
+    return server, client, server.load_public(client.public_bundle())
 
 
 def in_process():
-    server = fm.MLPServer(layers, act, secret=b"bench-secret-bench-secret-bench!")
-    client = fm.MLPClient(server.sizes, act, server.params)
-    public = server.load_public(client.public_bundle())
+    server, client, public = served(layers, act)
     server_s, traffic = [], []
 
-    def send(message):
+    def send(message, server=server, public=public):
         t0 = time.perf_counter()
         answer = server.score(message, public)
         server_s[-1] += time.perf_counter() - t0
@@ -61,10 +72,15 @@ def in_process():
         traffic.append(0)
         client.predict(Xt[i], send)
     server_s, traffic = server_s[2:], traffic[2:]  # first two: warm-up (numba compile)
+    batch_server, batch_client, batch_public = served(layers, act, max_error=1e-2, min_samples=4096)
+
+    def send_batch(message):
+        return send(message, batch_server, batch_public)
+
     server_s.append(0.0)
     traffic.append(0)
     Xb = X[1400:]
-    got = client.predict(Xb, send)
+    got = batch_client.predict(Xb, send_batch)
     batch_s = server_s.pop()
     traffic.pop()
     want = model.predict_proba(Xb).argmax(1)
@@ -72,11 +88,11 @@ def in_process():
     Xf = X[np.arange(4096) % len(X)]
     server_s.append(0.0)
     traffic.append(0)
-    full_agree = (client.predict(Xf, send).argmax(1) == model.predict_proba(Xf).argmax(1)).mean()
+    full_agree = (batch_client.predict(Xf, send_batch).argmax(1) == model.predict_proba(Xf).argmax(1)).mean()
     full_s = server_s.pop()
     traffic.pop()
     lin_w = layers[-1][0] @ layers[0][0]  # a 784x10 linear model of the same shape as the anchor
-    lin = FastServer(lin_w * 0.01, np.zeros(10))
+    lin = FastServer(lin_w * 0.01, np.zeros(10), choose_params(lin_w * 0.01, np.zeros(10)))
     lc = FastClient(784, 10, lin.params)
     lp = lin.load_public(lc.public_bundle())
     lin_s = []
@@ -86,7 +102,9 @@ def in_process():
         r = lin.predict(q, lp)
         lin_s.append(time.perf_counter() - t0)
     print(f"MLP 784-64-10: params {server.params}, error_bound {server.error_bound:.2e}, "
-          f"flood_margin_bits {server.plan.margin_bits:.1f}")
+          f"flood_margin_bits {server.plan.margin_bits:.1f}, samples per query within 2^-40 {server.max_samples}")
+    print(f"batches: params {batch_server.params}, error_bound {batch_server.error_bound:.2e}, "
+          f"samples per query within 2^-40 {batch_server.max_samples}")
     print(f"server compute per query, all rounds: p50 {1e3 * np.median(server_s):.2f} ms "
           f"(min {1e3 * min(server_s):.2f}) over {n_queries} queries")
     print(f"traffic per query, all rounds: {traffic[0] / 1024:.1f} KB; public bundle {len(client.public_bundle()) / 1024:.1f} KB")
@@ -182,9 +200,7 @@ def over_http():
 
 def server_ms_per_query(layers, act, rows) -> float:
     """Median ``MLPServer.score`` time per single-sample query, all rounds (two warm-up queries)."""
-    server = fm.MLPServer(layers, act, secret=b"bench-secret-bench-secret-bench!")
-    client = fm.MLPClient(server.sizes, act, server.params)
-    public = server.load_public(client.public_bundle())
+    server, client, public = served(layers, act)
     times = []
 
     def send(message):

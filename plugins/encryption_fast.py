@@ -1,10 +1,13 @@
-"""``encryption=fast``: aideploy's coefficient-encoded SEAL scheme (``aideploy_scoring.fastlinear``).
+"""``encryption=fast``: aideploy's coefficient-encoded RLWE scheme (``aideploy_scoring.fastlinear``).
 
-The client keeps the secret key and publishes a ~98 KB bundle (parameters + public key) to
-the key store. Each request carries ``batch_size`` samples in one binary query; the answer
-holds only the logits, re-randomised and flooded by the service. The fixed-point scales are
-chosen from the model (``fastlinear.choose_params``), so a folded Pipeline with large weights
-is served as well as a plain LogisticRegression.
+The client keeps the secret key and publishes a ~49-65 KB bundle (parameters, key seed, pk0)
+to the key store. Each request carries ``batch_size`` samples in one binary query; the answer
+holds only the logits, re-randomised and flooded by the service. The parameters are the
+service's: chosen from the model and ``x_bound``/``max_error`` (``fastlinear.choose_params``),
+by the service at start-up and, identically, by this client when it has the model
+(``mode=run``); without the model (``mode=predict``) the client takes them from the service's
+description. A query holds at most the samples the service's flooding covers within a
+statistical distance of 2^-40 (and, for an MLP, ``max_samples_per_query``, default 1).
 
 A ReLU (or identity) MLP is served with ``aideploy_scoring.fastmlp``'s interactive rounds, one
 per layer: the request the target sends is round 1; the service answers with the permuted,
@@ -22,11 +25,12 @@ from aideploy import hookimpl
 from aideploy.artifacts import KeySession, Request, Requests, Response, Scores
 from aideploy.errors import ConfigError, PredictError
 from aideploy.keystore import publish_public_keys
+from aideploy.client import configured_batch
 from aideploy.linear import client_runtime, features, linear_model, mlp_layers
 from aideploy.stages import Mode
 from aideploy.targets import capabilities
 from aideploy_scoring import fastmlp
-from aideploy_scoring.fastlinear import FastClient, FastParams, FastSchemeError, choose_params
+from aideploy_scoring.fastlinear import FastClient, FastParams, FastSchemeError, FastServer, choose_params
 from aideploy_scoring.service import BINARY_TYPE, KEY_HEADERS, SCHEME_HEADER
 
 SCHEME = "fast"
@@ -41,18 +45,24 @@ def aideploy_scoring_requirements(ctx):
     return RUNTIME + client_runtime(ctx) if ctx.cfg.encryption.plugin == SCHEME else None
 
 
-def _params(cfg, model) -> tuple[list[int], str | None, FastParams]:
-    """``(sizes, activation, params)`` for this model: ``[n_in, n_out]`` and None for a linear
-    one, the layer sizes and the hidden activation for an MLP; or a ConfigError."""
+def _params(cfg, model) -> tuple[list[int], str | None, FastParams, int]:
+    """``(sizes, activation, params, samples)`` for this model, as the service computes them:
+    ``[n_in, n_out]`` and None for a linear one, the layer sizes and the hidden activation for
+    an MLP, and the most samples a query may hold; or a ConfigError."""
     mlp = mlp_layers(model, SCHEME)
     try:
         if mlp is not None:
             layers, activation = mlp
             sizes = [layers[0][0].shape[1]] + [W.shape[0] for W, _ in layers]
-            return sizes, activation, fastmlp.choose_params(layers, activation, cfg.x_bound, cfg.max_error)
+            configured = int(cfg.max_samples_per_query)
+            params = fastmlp.choose_params(layers, activation, cfg.x_bound, cfg.max_error,
+                                           min_samples=max(1, configured))
+            covered = fastmlp.plan(layers, activation, params).max_samples
+            return sizes, activation, params, min(covered, configured) if configured > 0 else covered
         linear = linear_model(model, SCHEME)
-        return ([linear.n_features, linear.n_outputs], None,
-                choose_params(linear.coef, linear.intercept, cfg.x_bound, cfg.max_error))
+        params = choose_params(linear.coef, linear.intercept, cfg.x_bound, cfg.max_error)
+        return ([linear.n_features, linear.n_outputs], None, params,
+                FastServer(linear.coef, linear.intercept, params).max_samples)
     except FastSchemeError as exc:
         raise ConfigError(f"encryption=fast cannot serve {model.name}:{model.version}: {exc}",
                           hint="allow a larger error (encryption.max_error), or, if the inputs are smaller "
@@ -67,12 +77,21 @@ def _check_range(cfg, X: np.ndarray, what: str) -> None:
                           f"[-{cfg.x_bound:g}, {cfg.x_bound:g}]", hint="raise encryption.x_bound (or scale the data)")
 
 
+def _check_batch(root_cfg, samples: int, where: str) -> None:
+    batch = configured_batch(root_cfg) or 1
+    if batch > samples:
+        raise ConfigError(f"predict.batch_size={batch} is over the {samples} samples per query {where}",
+                          hint=f"send predict.batch_size={samples} or fewer (a larger encryption.max_error lets "
+                          "the flooding cover more; for an MLP, encryption.max_samples_per_query sets its limit)")
+
+
 @hookimpl
 def aideploy_check_model(ctx, model, dataset):
     if ctx.cfg.encryption.plugin == SCHEME:
         if dataset.X_test is not None:  # a file's rows are checked a chunk at a time, as they are sent
             _check_range(ctx.cfg.encryption, features(ctx, dataset), f"data {dataset.name!r}")
-        _, activation, _ = _params(ctx.cfg.encryption, model)
+        _, activation, _, samples = _params(ctx.cfg.encryption, model)
+        _check_batch(ctx.cfg, samples, "the service will take (max_samples_per_query)")
         target = ctx.cfg.target.plugin
         if activation is not None and ctx.mode is not Mode.predict and not capabilities(ctx).serves_mlps:
             raise ConfigError(f"encryption=fast serves {model.name}:{model.version} (an MLP) with round tokens "
@@ -81,8 +100,9 @@ def aideploy_check_model(ctx, model, dataset):
                               hint="deploy it with a target that does (target=local), or with encryption=none")
 
 
-def _described(ctx, service) -> tuple[list[int], str | None, FastParams]:
-    """Sizes, activation and parameters from the service's description (``mode=predict`` without a model)."""
+def _described(ctx, service) -> tuple[list[int], str | None, FastParams, int]:
+    """Sizes, activation, parameters and samples per query from the service's description
+    (``mode=predict`` without a model)."""
     if service is None or not service.fast:
         raise ConfigError(f"encryption=fast without a model needs the service's public parameters, and the "
                           f"service at {ctx.cfg.scoring_uri} does not give them",
@@ -91,13 +111,14 @@ def _described(ctx, service) -> tuple[list[int], str | None, FastParams]:
     fast = service.fast
     try:
         params = FastParams.from_json(json.dumps(fast["params"]).encode())
+        samples = int(fast["max_samples_per_query"])
         mlp = fast.get("mlp")
         if mlp is not None:
             sizes, activation = [int(s) for s in mlp["sizes"]], str(mlp["activation"])
             if activation not in fastmlp.ACTIVATIONS or len(sizes) < 2:
                 raise ValueError(f"an MLP with activation {activation!r} and sizes {sizes}")
-            return sizes, activation, params
-        return [int(fast["n_features"]), int(fast["n_outputs"])], None, params
+            return sizes, activation, params, samples
+        return [int(fast["n_features"]), int(fast["n_outputs"])], None, params, samples
     except (FastSchemeError, KeyError, TypeError, ValueError) as exc:
         raise PredictError(f"the service at {ctx.cfg.scoring_uri} described unusable fast parameters: {exc}",
                            hint="is it running the same aideploy version as this client?") from None
@@ -105,7 +126,11 @@ def _described(ctx, service) -> tuple[list[int], str | None, FastParams]:
 
 @hookimpl
 def aideploy_setup_keys(cfg, ctx, model, service):
-    sizes, activation, params = _params(cfg, model) if model is not None else _described(ctx, service)
+    if model is not None:
+        sizes, activation, params, _ = _params(cfg, model)
+    else:
+        sizes, activation, params, samples = _described(ctx, service)
+        _check_batch(ctx.cfg, samples, f"the service at {ctx.cfg.scoring_uri} takes")
     if activation is not None:
         client = fastmlp.MLPClient(sizes, activation, params)
     else:
@@ -117,9 +142,9 @@ def aideploy_setup_keys(cfg, ctx, model, service):
 
 
 @hookimpl
-def aideploy_encrypt(cfg, ctx, keys, dataset):
+def aideploy_encrypt(ctx, keys, dataset):
     X = features(ctx, dataset)
-    _check_range(cfg, X, f"data {dataset.name!r}")
+    _check_range(keys.client.params, X, f"data {dataset.name!r}")  # the service's bound
     headers = {"Content-Type": BINARY_TYPE, SCHEME_HEADER: SCHEME,
                **{KEY_HEADERS[field]: value for field, value in keys.public.items()}}
     step = max(1, int(ctx.batch_size))

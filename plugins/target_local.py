@@ -200,6 +200,9 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     env[scheme_env.MAX_QUERIES_ENV] = str(int(ctx.cfg.encryption.get("max_queries_per_key", 0) or 0))
     env[scheme_env.MAX_SAMPLES_ENV] = str(int(ctx.cfg.encryption.get("max_samples_per_query", 0) or 0))
     env[scheme_env.TOKEN_TTL_ENV] = str(float(ctx.cfg.encryption.get("round_ttl_seconds", 300.0) or 300.0))
+    for name, variable in (("x_bound", scheme_env.X_BOUND_ENV), ("max_error", scheme_env.MAX_ERROR_ENV)):
+        if ctx.cfg.encryption.get(name) is not None:  # the fast scheme's parameters depend on them
+            env[variable] = str(float(ctx.cfg.encryption[name]))
     if environment.python_exe is not None:  # nothing of aideploy's own environment leaks in
         for variable in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
             env.pop(variable, None)

@@ -15,8 +15,9 @@ from aideploy_scoring.keyshare import SHARE_DIR_ENV
 from aideploy_scoring.service import LinearModel, RequestError, require
 
 
-def key_fetcher_from_environment() -> KeyFetcher:
-    """One fetcher per worker, bounded by ``AIDEPLOY_KEY_CACHE_BYTES`` / ``AIDEPLOY_MAX_KEY_BYTES``.
+def key_fetcher_from_environment(max_key_bytes: int | None = None) -> KeyFetcher:
+    """One fetcher per worker and key size cap, bounded by ``AIDEPLOY_KEY_CACHE_BYTES`` /
+    ``AIDEPLOY_MAX_KEY_BYTES`` (and ``max_key_bytes``, a scheme's own cap, if smaller).
 
     ``AIDEPLOY_KEY_HOSTS`` (comma-separated globs, e.g. ``*.blob.core.windows.net``) limits
     which storage hosts the service will contact for keys named in requests.
@@ -26,8 +27,9 @@ def key_fetcher_from_environment() -> KeyFetcher:
     through (:mod:`.keyshare`); unset, each worker fetches every key itself.
     """
     hosts = os.environ.get("AIDEPLOY_KEY_HOSTS")
+    limit = int(os.environ.get("AIDEPLOY_MAX_KEY_BYTES", 64 * 1024 * 1024))
     return KeyFetcher(max_cache_bytes=int(os.environ.get("AIDEPLOY_KEY_CACHE_BYTES", 256 * 1024 * 1024)),
-                      max_key_bytes=int(os.environ.get("AIDEPLOY_MAX_KEY_BYTES", 64 * 1024 * 1024)),
+                      max_key_bytes=min(limit, max_key_bytes) if max_key_bytes else limit,
                       allowed_hosts=[h.strip() for h in hosts.split(",")] if hosts else None,
                       sas_recheck_seconds=float(os.environ.get("AIDEPLOY_SAS_RECHECK_SECONDS",
                                                                MAX_SAS_RECHECK_SECONDS)),
@@ -110,65 +112,89 @@ class _LoadedKey(tuple):
         return self[1].nbytes
 
 
+#: The fast scheme's input bound and guaranteed logit error (``encryption.x_bound``,
+#: ``encryption.max_error``; defaults 1 and 0.001): the service chooses its parameters from these
+#: and its model once, in ``init()``, and publishes them (``GET /score``).
+X_BOUND_ENV = "AIDEPLOY_FAST_X_BOUND"
+MAX_ERROR_ENV = "AIDEPLOY_FAST_MAX_ERROR"
+
+
+def _positive_from_environment(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise RuntimeError(f"{name}={raw!r} is not a positive number")
+    return value
+
+
 class _FastKeyedScheme(KeyedScheme):
-    """What the fast schemes share: a server per parameter set a client's bundle asks for (the
-    model's error guarantee is checked then), the last ``MAX_SERVERS`` kept, as the parameters
-    come from clients; and a bundle parsed by its server, as the key cache holds it."""
+    """What the fast schemes share: one server, for the parameters the service chose from its
+    model, ``x_bound`` and ``max_error`` when it was built (never a client's); a bundle for other
+    parameters, or a degenerate key, is refused when it is parsed, as the key cache holds it."""
 
     name = "fast"
-    MAX_SERVERS = 8
 
-    def __init__(self, fetcher: KeyFetcher) -> None:
-        self.fetcher = fetcher
-        self._servers: LRUCache[bytes, Any] = LRUCache(maxsize=self.MAX_SERVERS)
-        self._lock = threading.Lock()
+    def __init__(self, fetcher: KeyFetcher, server: Any) -> None:
+        self.fetcher = fetcher  # the service's caps keys at fastlinear.MAX_KEY_BYTES
+        self.server = server
         self._load = self._load_bundle  # one object: the key cache is keyed by the transform
 
-    def _new_server(self, params: Any) -> Any:
-        raise NotImplementedError
-
-    def _server_for(self, params: Any) -> Any:
-        fingerprint = params.fingerprint()
-        with self._lock:
-            server = self._servers.get(fingerprint)
-            if server is None:
-                server = self._servers[fingerprint] = self._new_server(params)
-            return server
-
     def _load_bundle(self, bundle: bytes) -> tuple[Any, Any]:
-        from aideploy_scoring.fastlinear import FastSchemeError, bundle_params
+        from aideploy_scoring.fastlinear import FastSchemeError
 
         try:
-            server = self._server_for(bundle_params(bundle))
-            return _LoadedKey((server, server.load_public(bundle)))
+            return _LoadedKey((self.server, self.server.load_public(bundle)))
         except FastSchemeError as exc:
             raise ValueError(f"public bundle refused: {exc}") from None  # KeyFetcher makes it a 400
 
+    def describe(self) -> dict[str, Any]:
+        """``GET /score``'s ``fast``: the parameters every client must use, with the guarantees and
+        caps that come with them for this model."""
+        import json
+
+        from aideploy_scoring import fastlinear
+
+        info = self.server.describe()
+        return {"params": json.loads(self.server.params.to_json()),
+                **{k: info[k] for k in ("max_samples_per_query", "error_bound", "flood_bits", "flood_margin_bits")},
+                "statistical_distance_log2": fastlinear.SD_LOG2, "max_answer_bytes": fastlinear.MAX_ANSWER_BYTES,
+                "max_key_bytes": fastlinear.MAX_KEY_BYTES}
+
 
 class FastScheme(_FastKeyedScheme):
-    """Our coefficient-encoded SEAL scheme (``fastlinear``): one query, any number of samples.
+    """Our coefficient-encoded scheme (``fastlinear``): one query, up to the service's
+    ``max_samples_per_query`` samples.
 
     Each output ciphertext gets a fresh public-key encryption of zero, made on the request
     path (compiled kernels, no GIL held): nothing runs between requests.
     """
 
-    def __init__(self, model: LinearModel, fetcher: KeyFetcher) -> None:
+    def __init__(self, model: LinearModel, fetcher: KeyFetcher, x_bound: float | None = None,
+                 max_error: float | None = None) -> None:
         from aideploy_scoring import fastlinear
 
-        super().__init__(fetcher)
         self._fl = fastlinear
         self.model = model
+        x_bound = x_bound if x_bound is not None else _positive_from_environment(X_BOUND_ENV, 1.0)
+        max_error = max_error if max_error is not None else _positive_from_environment(MAX_ERROR_ENV, 1e-3)
+        try:
+            params = fastlinear.choose_params(model.coef, model.intercept, x_bound, max_error)
+            server = fastlinear.FastServer(model.coef, model.intercept, params)
+        except fastlinear.FastSchemeError as exc:
+            raise RequestError(f"encryption=fast cannot serve this model for x_bound={x_bound:g}, "
+                               f"max_error={max_error:g}: {exc}") from None
+        super().__init__(fetcher, server)
 
-    def _new_server(self, params: Any) -> Any:
-        return self._fl.FastServer(self.model.coef, self.model.intercept, params)
+    def describe(self) -> dict[str, Any]:
+        return {"n_features": self.model.n_features, "n_outputs": self.model.n_outputs, **super().describe()}
 
     def warm_up(self) -> None:
-        """Build the server for this model's default parameters and run every kernel once.
-
-        Called from ``init()``: the SEAL context is built and the numba kernels compiled (or
-        loaded from numba's disk cache) there, so no request pays for them.
-        """
-        self._server_for(self._fl.choose_params(self.model.coef, self.model.intercept)).warm_up()
+        """Run every kernel once (called from ``init()``: the numba kernels are compiled, or
+        loaded from numba's disk cache, there, so no request pays for them)."""
+        self.server.warm_up()
 
     def score_binary(self, payload: dict, query: bytes) -> bytes:
         server, public = fetch_keys(self.fetcher, payload, self._load)
@@ -266,42 +292,45 @@ class FastMLPScheme(_FastKeyedScheme):
 
     def __init__(self, layers: list, activation: str, fetcher: KeyFetcher, secret: bytes | None = None,
                  max_queries_per_key: int | None = None, token_ttl: float | None = None,
-                 max_samples_per_query: int | None = None) -> None:
+                 max_samples_per_query: int | None = None, x_bound: float | None = None,
+                 max_error: float | None = None) -> None:
         from aideploy_scoring import fastmlp
 
-        super().__init__(fetcher)
         self._fm = fastmlp
         self.layers, self.activation = layers, activation
         self._secret = secret if secret is not None else token_secret_from_environment()
         if max_queries_per_key is None:
             max_queries_per_key = int(os.environ.get(MAX_QUERIES_ENV, "0") or 0)
-        if max_samples_per_query is None:
-            max_samples_per_query = int(os.environ.get(MAX_SAMPLES_ENV, "0") or 0)
+        if max_samples_per_query is None:  # unset: one sample per query (every sample its own secrets)
+            max_samples_per_query = int(os.environ.get(MAX_SAMPLES_ENV) or 1)
         self.budget = QueryBudget(max_queries_per_key, max_samples_per_query)
         self.token_ttl = token_ttl if token_ttl is not None else float(os.environ.get(TOKEN_TTL_ENV) or 300.0)
+        x_bound = x_bound if x_bound is not None else _positive_from_environment(X_BOUND_ENV, 1.0)
+        max_error = max_error if max_error is not None else _positive_from_environment(MAX_ERROR_ENV, 1e-3)
+        try:
+            self.params = fastmlp.choose_params(layers, activation, x_bound, max_error,
+                                                min_samples=max(1, max_samples_per_query))
+            server = fastmlp.MLPServer(layers, activation, self.params, secret=self._secret, token_ttl=self.token_ttl)
+        except fastmlp.FastSchemeError as exc:
+            raise RequestError(f"encryption=fast cannot serve this MLP for x_bound={x_bound:g}, "
+                               f"max_error={max_error:g}: {exc}") from None
+        super().__init__(fetcher, server)
 
-    def _new_server(self, params: Any) -> Any:
-        return self._fm.MLPServer(self.layers, self.activation, params, secret=self._secret, token_ttl=self.token_ttl)
+    def describe(self) -> dict[str, Any]:
+        sizes = self.server.sizes
+        return {"n_features": sizes[0], "n_outputs": sizes[-1], **super().describe(),
+                "mlp": {"sizes": sizes, "activation": self.activation}}
 
     def warm_up(self) -> None:
-        """Build a server and run one query through every round (compiles the kernels, which do
-        not depend on the parameters): the default ``max_error`` (1e-3) if it fits the model,
-        else the first larger one that does, so a model served with a looser error still starts."""
+        """Run one query through every round (compiles the kernels, or loads them)."""
         import numpy as np
 
-        for max_error in (1e-3, 1e-2, 1e-1, 1.0):
-            try:
-                params = self._fm.choose_params(self.layers, self.activation, max_error=max_error)
-                break
-            except self._fm.FastSchemeError:
-                if max_error == 1.0:
-                    raise
-        self._server_for(params)  # what the first requests with these parameters use
         # the rounds run on a throwaway server: its tokens may not expire mid-warm-up, nor be spent here
-        server = self._fm.MLPServer(self.layers, self.activation, params, secret=os.urandom(32), token_ttl=3600.0)
-        client = self._fm.MLPClient(server.sizes, self.activation, params)
+        server = self._fm.MLPServer(self.layers, self.activation, self.params, secret=os.urandom(32),
+                                    token_ttl=3600.0)
+        client = self._fm.MLPClient(server.sizes, self.activation, self.params)
         public = server.load_public(client.public_bundle())
-        for n in (1, 4):
+        for n in sorted({1, min(4, server.max_samples)}):
             client.predict(np.zeros((n, server.sizes[0])), lambda message: server.score(message, public))
 
     def score_binary(self, payload: dict, message: bytes) -> bytes:

@@ -30,7 +30,9 @@ import numpy as np
 from . import fastkernels_aot
 
 __all__ = ["NttTables", "to_seal_order", "from_seal_order", "ntt_forward", "ntt_inverse",
-           "expand_uniform", "residues_below", "sample_noise", "encrypt_zero", "row_outputs", "column_outputs", "scaled_weights", "row_plaintexts", "bias_phases", "workspace", "aligned", "shoup", "pk0_reversed"]
+           "expand_uniform", "residues_below", "sample_noise", "encrypt_zero", "row_outputs", "column_outputs",
+           "flood_residues", "flood_constants", "scaled_weights", "row_plaintexts", "bias_phases", "workspace",
+           "aligned", "shoup", "pk0_reversed"]
 
 _BUILT = fastkernels_aot.load()  # the ahead-of-time build (scoring workers), else None
 #: Whether the kernels run without the GIL, so that threads calling them run at once: numba's
@@ -570,35 +572,32 @@ def ntt_inverse(x, out, q, big, tail, n_inv):
 
 @nb.njit(**_JIT)
 def expand_uniform(stream, primes, masks, out):
-    """One ciphertext's uniform polynomial ``out`` (2 primes, N) from its keystream ``stream``.
+    """One ciphertext's uniform polynomial ``out`` (L primes, N) from its keystream ``stream``.
 
-    ``stream`` holds 32-bit words, at least ``2N``.  Coefficient ``c`` takes, for prime ``j``,
-    the word ``stream[2c + j] & masks[j]`` if it is below ``primes[j]``.  The rejected ones, in
-    order of ``(c, j)``, take the next spare words ``stream[2N:]`` (masked alike) that are
+    ``stream`` holds 32-bit words, at least ``L*N``.  Coefficient ``c`` takes, for prime ``j``,
+    the word ``stream[j*N + c] & masks[j]`` if it is below ``primes[j]``.  The rejected ones, in
+    order of ``(j, c)``, take the next spare words ``stream[L*N:]`` (masked alike) that are
     below their prime: rejection sampling, so every residue is exactly uniform.  Returns
     False if the spare words ran out (the caller retries with a longer stream).  Rejections
-    are rare (``q_j > 2^32 - 2^20`` by default), so this is one pass over the word pairs,
-    read as uint64 (low half for prime 0, high half for prime 1), and a scan for the few
-    rejected residues when there are any.
+    are rare (``q_j > 2^32 - 2^21`` by default), so this is one contiguous pass per prime and
+    a scan for the few rejected residues when there are any.
     """
-    n = out.shape[1]
-    pairs = stream[:2 * n].view(np.uint64)
-    q0 = np.uint64(primes[0])
-    q1 = np.uint64(primes[1])
-    m0 = np.uint64(masks[0])
-    m1 = np.uint64(masks[1])
+    n_primes, n = out.shape
     bad = False
-    for c in range(n):
-        lo = pairs[c] & m0
-        hi = (pairs[c] >> np.uint64(32)) & m1
-        bad |= (lo >= q0) | (hi >= q1)
-        out[0, c] = lo
-        out[1, c] = hi
+    for j in range(n_primes):
+        q = _U32(primes[j])
+        m = _U32(masks[j])
+        src = stream[j * n:(j + 1) * n]
+        dst = out[j]
+        for c in range(n):
+            w = src[c] & m
+            bad |= w >= q
+            dst[c] = w
     if not bad:
         return True
-    s = 2 * n
-    for c in range(n):
-        for j in range(2):
+    s = n_primes * n
+    for j in range(n_primes):
+        for c in range(n):
             if out[j, c] >= primes[j]:
                 while True:
                     if s >= stream.shape[0]:
@@ -613,7 +612,7 @@ def expand_uniform(stream, primes, masks, out):
 
 @nb.njit(**_JIT)
 def residues_below(polys, primes):
-    """True if every residue of ``polys`` (..., 2 primes, N) is below its prime."""
+    """True if every residue of ``polys`` (..., L primes, N) is below its prime."""
     flat = polys.reshape(-1, polys.shape[-2], polys.shape[-1])
     for k in range(flat.shape[0]):
         for j in range(flat.shape[1]):
@@ -642,10 +641,24 @@ def _cbd21(word):
     return _popcount(word & _M21) - _popcount((word >> _U64(21)) & _M21)
 
 
+_PAIR_LOW_BITS = _U64(0x155555)  # bit 2i of each of the eleven 2-bit fields of a 22-bit value
+_LOW22 = _U64(0x3FFFFF)
+#: 64-bit words after a polynomial's N noise words, for the rare ``u`` coefficient whose own
+#: eleven 2-bit fields are all 3 (see :func:`sample_noise`)
+SPARE_WORDS = 2
+
+
 @nb.njit(inline="always")
 def _ternary(word):
-    """u in {-1, 0, 1} with probabilities 1/4, 1/2, 1/4 from bits 42 and 43 of ``word``."""
-    return np.int64((word >> _U64(42)) & _U64(1)) - np.int64((word >> _U64(43)) & _U64(1))
+    """``u`` uniform in {-1, 0, 1} from bits 42..63 of ``word``: the first of their eleven 2-bit
+    fields that is not 3 (uniform on {0, 1, 2}), minus 1; 2 when all eleven are 3 (probability
+    2^-22), which :func:`sample_noise` replaces from spare words."""
+    v = word >> _U64(42)
+    ok = ~(v & (v >> _U64(1))) & _PAIR_LOW_BITS
+    low = ok & (~ok + _U64(1))
+    at = _popcount((low - _U64(1)) & _LOW22)  # 2i for the first good field i; 22 (harmless) when none
+    r = np.int64((v >> _U64(at)) & _U64(3)) - 1
+    return r if ok != _U64(0) else np.int64(2)
 
 
 @nb.njit(inline="always")
@@ -656,10 +669,32 @@ def _residue(v, q):
 
 @nb.njit(**_JIT)
 def sample_noise(words, u, e):
-    """Fill ``u`` (ternary) and ``e`` (centered binomial, eta 21) from uniform 64-bit ``words``."""
-    for i in range(words.shape[0]):
-        u[i] = _ternary(words[i])
-        e[i] = _cbd21(words[i])
+    """Fill ``u`` (uniform ternary, as SEAL samples its ``u``) and ``e`` (centered binomial, eta 21)
+    from uniform 64-bit ``words``: N of them (one per coefficient), then :data:`SPARE_WORDS`.
+
+    A coefficient whose word gives no ternary value takes the next 2-bit field of the spare
+    words that is not 3, so ``u`` is exactly uniform unless all 64 spare fields are used up
+    (probability below 2^-128; that coefficient is then 0).
+    """
+    n = u.shape[0]
+    redo = False
+    for i in range(n):
+        w = words[i]
+        t = _ternary(w)
+        redo |= t == 2
+        u[i] = t
+        e[i] = _cbd21(w)
+    if redo:
+        k = 0
+        for i in range(n):
+            if u[i] == 2:
+                u[i] = 0
+                while k < 32 * SPARE_WORDS:
+                    field = np.int64((words[n + k // 32] >> _U64(2 * (k % 32))) & _U64(3))
+                    k += 1
+                    if field != 3:
+                        u[i] = field - 1
+                        break
 
 
 # ------------------------------------------------------- public-key encryption of zero
@@ -677,9 +712,10 @@ def _ntt_small(v, q, big, tail, tmp, out):
 def encrypt_zero(words, primes, pk, pkp, big, tail, n_inv, z1, z0, want_z0, work):
     """A fresh public-key encryption of zero ``(pk0*u + e0, pk1*u + e1)`` modulo each prime.
 
-    ``words``: uniform 64-bit words, N of them (u and e1), or 2N if ``want_z0`` (e0 from the rest);
+    ``words``: uniform 64-bit words, ``N + SPARE_WORDS`` of them (u and e1, see
+    :func:`sample_noise`), and N more if ``want_z0`` (e0);
     ``pk``/``pkp``: the public key's two polynomials (tiled NTT order) per prime and their
-    Shoup companions, shape (2 polys, 2 primes, N).  Writes ``z1`` (tiled NTT order, every
+    Shoup companions, shape (2 polys, L primes, N).  Writes ``z1`` (tiled NTT order, every
     prime) and, if ``want_z0``, ``z0`` in the coefficient domain.  ``work`` is a (5, N) int64
     scratch array (see :func:`workspace`); the function returns ``u`` (a view of it), which
     callers that need only a few coefficients of ``z0`` use instead.
@@ -687,7 +723,8 @@ def encrypt_zero(words, primes, pk, pkp, big, tail, n_inv, z1, z0, want_z0, work
     n = z1.shape[1]
     u = work[0]
     e = work[1]
-    sample_noise(words[:n], u, e)
+    sample_noise(words[:n + SPARE_WORDS], u, e)
+    e0 = words[n + SPARE_WORDS:]
     scratch = work[2:].view(np.uint64)
     tmp = scratch[0]
     uh = scratch[1]
@@ -704,7 +741,7 @@ def encrypt_zero(words, primes, pk, pkp, big, tail, n_inv, z1, z0, want_z0, work
                 uh[i] = _mulmod(uh[i], pk[0, j, i], pkp[0, j, i], q)
             ntt_inverse(uh, tmp, q, big[j], tail[j], n_inv[j])
             for i in range(n):
-                v = tmp[i] + _residue(_cbd21(words[n + i]), q)
+                v = tmp[i] + _residue(_cbd21(e0[i]), q)
                 z0[j, i] = min(v, v - q)
     return u
 
@@ -752,7 +789,7 @@ def row_plaintexts(wh, per, primes, big, tail, w_ntt, w_ntt_p, rw, tmp):
     Group ``g`` holds classes ``g*per ..`` at offsets ``cl*nf`` in reversed order (see
     :mod:`fastlinear`): ``w_ntt[g, j]`` its NTT modulo ``primes[j]`` (tiled order) and
     ``w_ntt_p`` the Shoup companions (skipped if it has no groups: see :func:`row_outputs`),
-    both (groups, 2, N) uint64; ``rw[g]`` the polynomial's first ``len(g) * nf``
+    both (groups, L, N) uint64; ``rw[g]`` the polynomial's first ``len(g) * nf``
     coefficients reversed (the rows in natural order, last class first), for the logit
     coefficients of ``c0 * W_g``.  ``tmp``: (N,) uint64 scratch.
     """
@@ -787,45 +824,16 @@ def row_plaintexts(wh, per, primes, big, tail, w_ntt, w_ntt_p, rw, tmp):
                     outp[i] = _shoup_exact(out[i], q, ratio)
 
 
-@nb.njit(inline="always")
-def _mul128(a, b):
-    """``a * b`` for uint64 ``a``, ``b`` as (high, low) uint64 words."""
-    a0 = a & _M32
-    a1 = a >> _U64(32)
-    b0 = b & _M32
-    b1 = b >> _U64(32)
-    ll = a0 * b0
-    lh = a0 * b1
-    hl = a1 * b0
-    mid = (ll >> _U64(32)) + (lh & _M32) + (hl & _M32)
-    return a1 * b1 + (lh >> _U64(32)) + (hl >> _U64(32)) + (mid >> _U64(32)), (ll & _M32) | (mid << _U64(32))
-
-
 @nb.njit(**_JIT)
-def bias_phases(bh, q, t_bits, primes, out):
-    """``out[c, j] = round(q * bh[c] / 2^t_bits) mod primes[j]`` exactly (int64 residues).
-
-    The phase of a constant ``bh`` in a BFV plaintext with ``t = 2^t_bits`` (1 <= t_bits < 64)
-    and data modulus ``q`` (uint64, ``< 2^64``), ``|bh| < 2^63``; ties round up, as
-    ``(2*q*bh + t) // (2*t)`` does (for ``bh < 0``: ``-floor((q*|bh| + t/2 - 1) / t)``).
-    """
-    half = _U64(1) << _U64(t_bits - 1)
+def bias_phases(bh, delta, primes, out):
+    """``out[c, j] = delta[j] * bh[c] mod primes[j]`` (int64 residues): the phase ``Delta * bh`` of
+    an intercept ``bh`` (``|bh| < 2^63``), ``delta[j] = Delta mod primes[j]`` (uint64)."""
     for c in range(bh.shape[0]):
         v = bh[c]
-        hi, lo = _mul128(q, _U64(-v) if v < 0 else _U64(v))
-        lo2 = lo + (half - _U64(1) if v < 0 else half)
-        if lo2 < lo:
-            hi += _U64(1)
-        # (hi, lo2) >> t_bits
-        qlo = (lo2 >> _U64(t_bits)) | (hi << _U64(64 - t_bits))
-        qhi = hi >> _U64(t_bits)
         for j in range(primes.shape[0]):
-            p = _U64(primes[j])
-            r64 = (_U64(0xFFFFFFFFFFFFFFFF) % p + _U64(1)) % p  # 2^64 mod p
-            r = ((qhi % p) * r64 + qlo % p) % p
-            if v < 0 and r:
-                r = p - r
-            out[c, j] = np.int64(r)
+            p = np.int64(primes[j])
+            r = v % p  # numpy's error model: the sign of p, so r in [0, p)
+            out[c, j] = np.int64((_U64(r) * _U64(delta[j])) % _U64(p))
 
 
 # ---------------------------------------------------------------------- row scoring
@@ -844,14 +852,12 @@ def _dot2(x, y0, y1):
 
 
 @nb.njit(nogil=True, cache=True, fastmath=True)
-def _dot2_i32(x, y0, y1):
-    """:func:`_dot2` with int32 ``y0``, ``y1`` (|x| <= 1 here, so partial sums stay below 2^44)."""
-    a0 = 0.0
-    a1 = 0.0
+def _dot_i32(x, y):
+    """``sum x*y`` in float64 with int32 ``y`` (|x| <= 1 here, so partial sums stay below 2^44)."""
+    a = 0.0
     for i in range(x.shape[0]):
-        a0 += x[i] * np.float64(y0[i])
-        a1 += x[i] * np.float64(y1[i])
-    return a0, a1
+        a += x[i] * np.float64(y[i])
+    return a
 
 
 @nb.njit(inline="always")
@@ -870,40 +876,71 @@ def _limbs(c, lo, hi):
         hi[i] = -np.float64(c[i] >> np.uint32(16))
 
 
+@nb.njit(inline="always")
+def _flood_residue(lo, hi, bits, r64, f_mod, q):
+    """``(U - 2^bits) mod q`` for the uniform ``(bits + 1)``-bit integer ``U`` whose low 64 bits
+    are ``lo`` and higher bits the top ones of ``hi`` (``bits <= 95``): a flooding value uniform in
+    ``[-2^bits, 2^bits)``, the same integer modulo every prime.  ``r64 = 2^64 mod q``,
+    ``f_mod = 2^bits mod q`` (uint64; see :func:`flood_constants`)."""
+    if bits <= 63:
+        u = (lo >> _U64(63 - bits)) % q
+    else:
+        u = (((hi >> _U64(127 - bits)) % q) * r64 + lo % q) % q
+    return (u + q - f_mod) % q
+
+
+@nb.njit(**_JIT)
+def flood_residues(words, bits, flood, primes, out):
+    """``out[j, k]``: flooding value ``k`` (from ``words[k, 0:2]``, see :func:`_flood_residue`)
+    modulo ``primes[j]``; ``flood`` from :func:`flood_constants`; out (L, K) int64."""
+    for j in range(primes.shape[0]):
+        q = _U64(primes[j])
+        for k in range(words.shape[0]):
+            out[j, k] = np.int64(_flood_residue(words[k, 0], words[k, 1], bits, flood[j, 0], flood[j, 1], q))
+
+
+def flood_constants(bits: int, primes: np.ndarray) -> np.ndarray:
+    """:func:`_flood_residue`'s ``(2^64 mod q, 2^bits mod q)`` per prime, shape (L, 2) uint64."""
+    if not 1 <= bits <= 95:
+        raise ValueError(f"flooding of {bits} bits is outside 1..95")
+    return np.array([[(1 << 64) % int(q), (1 << bits) % int(q)] for q in primes], dtype=np.uint64)
+
+
 @nb.njit(**_JIT)
 def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bias, pk, pkp, pk0_rev,
-                big, tail, n_inv, flood_bits, c1_out, logits_out, work):
+                big, tail, n_inv, flood_bits, flood, c1_out, logits_out, work):
     """Score ``ns`` row-layout ciphertexts: the whole request path after parsing.
 
     Per sample s and class group g the output ciphertext is ``ct_s * W_g + Enc_pk(0)``:
     ``c1_out[s, g]`` (tiled NTT order, every coefficient) and, in ``logits_out[s, :, c]``,
     the coefficient of ``c0`` that holds class c's logit (the others are never computed),
-    plus the bias and a fresh flooding value in ``[-2^flood_bits, 2^flood_bits)``.
+    plus the bias and a fresh flooding value in ``[-2^flood_bits, 2^flood_bits)`` (:func:`_flood_residue`).
 
-    c0 (ns, 2, N) u32 coefficients; a (ns, 2, N) u32 tiled NTT; words (ns, n_groups*N + 2C)
-    uniform u64; w_ntt/w_ntt_p (n_groups, 2, N) u64 tiled; rw (n_groups, Lmax) int64 reversed
-    group weight polynomials, the first rw_len[g] used; pos/group (C,) logit coefficient and group of each class;
-    bias (C, 2) int64 residues; pk/pkp (2, 2, N) u64; pk0_rev (2, 2N) int32 (see
-    :func:`pk0_reversed`); work: scratch from :func:`workspace`.  An empty ``w_ntt_p``
+    With L primes: c0 (ns, L, N) u32 coefficients; a (ns, L, N) u32 tiled NTT; words
+    (ns, n_groups*(N+SPARE_WORDS) + 3C) uniform u64; w_ntt/w_ntt_p (n_groups, L, N) u64 tiled;
+    rw (n_groups, Lmax) int64 reversed group weight polynomials, the first rw_len[g] used;
+    pos/group (C,) logit coefficient and group of each class; bias (C, L) int64 residues;
+    pk/pkp (2, L, N) u64; pk0_rev (L, 2N) int32 (see :func:`pk0_reversed`); flood (L, 2) u64
+    (:func:`flood_constants`); work: scratch from :func:`workspace`.  An empty ``w_ntt_p``
     (no groups) means weights made for this request only: the products then use Shoup
-    companions of each sample's ``a`` instead (2N per sample, not 2N per group).
+    companions of each sample's ``a`` instead (LN per sample, not LN per group).
     """
     ns = c0.shape[0]
+    n_primes = c0.shape[1]
     n = c0.shape[2]
     n_groups = w_ntt.shape[0]
     n_classes = pos.shape[0]
     ints, floats = work
-    z1 = ints[5:7].view(np.uint64)
-    a_p = ints[7:9].view(np.uint64)
+    z1 = ints[5:5 + n_primes].view(np.uint64)
+    a_p = ints[5 + n_primes:5 + 2 * n_primes].view(np.uint64)
     of_a = w_ntt_p.shape[0] == 0
-    uf = floats[4, :n]
-    lo16 = floats[0:2]  # c0's 16-bit limbs, extended negacyclically (see _limbs)
-    hi16 = floats[2:4]
-    flood_shift = _U64(63 - flood_bits)
-    flood_half = np.int64(1) << flood_bits
-    tail_words = n_groups * n
+    uf = floats[2 * n_primes, :n]
+    lo16 = floats[0:n_primes]  # c0's 16-bit limbs, extended negacyclically (see _limbs)
+    hi16 = floats[n_primes:2 * n_primes]
+    per_group = n + SPARE_WORDS
+    tail_words = n_groups * per_group
     for s in range(ns):
-        for j in range(2):
+        for j in range(n_primes):
             _limbs(c0[s, j], lo16[j], hi16[j])
             if of_a:
                 q = primes[j]
@@ -911,11 +948,11 @@ def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bi
                 for i in range(n):
                     a_p[j, i] = _shoup_exact(_U64(a[s, j, i]), q, ratio)
         for g in range(n_groups):
-            zw = words[s, g * n:(g + 1) * n]
+            zw = words[s, g * per_group:(g + 1) * per_group]
             u = encrypt_zero(zw, primes, pk, pkp, big, tail, n_inv, z1, z1, False, ints[:5])
             for i in range(n):
                 uf[i] = u[i]
-            for j in range(2):
+            for j in range(n_primes):
                 q = primes[j]
                 wj = w_ntt[g, j]
                 aj = a[s, j]
@@ -935,17 +972,17 @@ def row_outputs(c0, a, words, primes, w_ntt, w_ntt_p, rw, rw_len, pos, group, bi
                 if group[c] != g:
                     continue
                 k = pos[c]
-                e0 = _cbd21(words[s, tail_words + 2 * c])
-                f = np.int64(words[s, tail_words + 2 * c + 1] >> flood_shift) - flood_half
-                # coefficient k of pk0*u, both primes
-                z00, z01 = _dot2_i32(uf, pk0_rev[0, n - 1 - k:2 * n - 1 - k], pk0_rev[1, n - 1 - k:2 * n - 1 - k])
+                e0 = _cbd21(words[s, tail_words + 3 * c])
+                f_lo = words[s, tail_words + 3 * c + 1]
+                f_hi = words[s, tail_words + 3 * c + 2]
                 L = rw_len[g]
                 w = rw[g, :L]
                 base = n + k - L + 1  # coefficient k of c0*W_g = sum_m w[m] * ext[base + m]
-                for j in range(2):
+                for j in range(n_primes):
                     q = np.int64(primes[j])
+                    z0 = np.int64(_dot_i32(uf, pk0_rev[j, n - 1 - k:2 * n - 1 - k]))  # coefficient k of pk0*u
                     lo, hi = _dot2(w, lo16[j, base:base + L], hi16[j, base:base + L])  # each |.| < 2^53
-                    z0 = np.int64(z00 if j == 0 else z01)
+                    f = np.int64(_flood_residue(f_lo, f_hi, flood_bits, flood[j, 0], flood[j, 1], primes[j]))
                     v = ((np.int64(hi) % q) << 16) + np.int64(lo) + z0 + e0 + bias[c, j] + f
                     logits_out[s, j, c] = _U32(v % q)
 
@@ -959,9 +996,9 @@ def column_outputs(ct, w, fold, primes, z, out, width):
     """``out[c, j] = (sum_i w[c, i] * ct[i, j] + z[c, j]) mod primes[j]``, exactly, for the
     first ``width`` coefficients (a multiple of ``_COLS``; the rest of ``out`` is not written).
 
-    The batch layout's scalar linear combinations: ``ct`` (nf, 2, N) uint32 residues, ``w``
-    (C, nf) int32 signed weights, ``z`` (C, 2, N) residues to add (an encryption of zero),
-    ``out`` (C, 2, N) uint32; N a multiple of ``_COLS``.  Residues are centred to ``x - 2^31``
+    The batch layout's scalar linear combinations: ``ct`` (nf, L, N) uint32 residues, ``w``
+    (C, nf) int32 signed weights, ``z`` (C, L, N) residues to add (an encryption of zero),
+    ``out`` (C, L, N) uint32; N a multiple of ``_COLS``.  Residues are centred to ``x - 2^31``
     (once per feature and tile, for a block of classes) so that every product is a signed
     32 x 32 -> 64-bit multiply (``vpmuldq``) and bounded by ``max|w| * 2^31``; ``2^31 * sum_i
     w[c, i]`` is added back at the end.  Each partial sum runs over at most ``fold`` features,
@@ -979,7 +1016,7 @@ def column_outputs(ct, w, fold, primes, z, out, width):
     offset = np.empty(n_classes, dtype=np.int64)
     m32 = np.int64(0xFFFFFFFF)
     flip = _U32(0x80000000)
-    for j in range(2):
+    for j in range(primes.shape[0]):
         q = np.int64(primes[j])
         r32 = _U64((1 << 32) % q)
         for c in range(n_classes):  # 2^31 * sum_i w[c, i] mod q
@@ -1017,13 +1054,13 @@ def column_outputs(ct, w, fold, primes, z, out, width):
                     oc[k] = _U32((np.int64(h) + lo[c, k] + offset[c] + np.int64(zc[k])) % q)  # lo < 2^46
 
 
-def workspace(n: int) -> tuple[np.ndarray, np.ndarray]:
+def workspace(n: int, n_primes: int) -> tuple[np.ndarray, np.ndarray]:
     """Scratch memory for :func:`row_outputs` (and, its first five rows, :func:`encrypt_zero`).
 
     Reused across calls by one thread: fresh arrays of this size come from mmap and
     page-fault on every request (~10 us), more than the arithmetic that fills them.
     """
-    return _aligned((9, n), np.int64), _aligned((5, 2 * n), np.float64)
+    return _aligned((5 + 2 * n_primes, n), np.int64), _aligned((2 * n_primes + 1, 2 * n), np.float64)
 
 
 def aligned(x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""``encryption=fast``: linear scoring under Microsoft SEAL with coefficient encoding.
+"""``encryption=fast``: linear scoring under RLWE (BFV) with coefficient encoding.
 
 This module is the whole cryptographic core of the fast scheme: the client half
 (:class:`FastClient`: key generation, query encryption, response decryption) and
@@ -18,112 +18,124 @@ coefficient ``k_c = c*n + n-1`` of ``m*W`` is exactly ``<xh, wh_c>`` (no
 negacyclic wrap reaches it), so a matrix-vector product is one ciphertext x
 plaintext multiply: no rotations, no Galois keys, no relinearisation keys.
 
-Binding: ``seal-python`` (4.4.0), not ``tenseal.sealapi``
--------------------------------------------------------
-Both wheels were inspected.  ``tenseal.sealapi`` (SEAL with zstd) *can* write
-seeded, zstd-compressed ciphertexts, but it only serialises to and from file
-*paths* (no bytes API), exposes no BGV and no bulk coefficient access, and a
-load+save round trip through a memfd costs ~300 us per ciphertext on this
-machine.  ``seal-python`` has a fast bytes API (``to_string``/``load_bytes``,
-~10 us), ``encrypt_zero`` with a public key, NTT transforms of plaintexts and
-ciphertexts, and parms_id checks, but is built *without* zlib/zstd and drops the
-seed of ``encrypt_symmetric``.  We use ``seal-python`` for everything SEAL is
-good at -- parameter validation against the 128-bit HE standard, key
-generation, noise sampling and secret-key encryption (client), NTT transforms on
-the client, and loading/validating the public key -- and do the seeding, the
-packing and the server's arithmetic ourselves: the request path (NTTs in SEAL's
-domain, public-key encryptions of zero, the fused row scorer, the batch
-combinations) is compiled with numba in :mod:`fastkernels`:
+What SEAL does here, and what the compiled kernels do
+-----------------------------------------------------
+``seal-python`` (4.4.0) checks the parameters against the 128-bit HE standard
+(``sec_level_type.tc128``), makes the NTT-friendly primes (``CoeffModulus.Create``) and the
+client's secret key (uniform ternary, SEAL's CSPRNG).  Everything else is ours, in numpy and
+the numba kernels of :mod:`fastkernels` (compiled ahead of time for the workers): NTTs with
+SEAL's roots and order, the client's encryption, the server's re-randomisation and products.
+SEAL itself would only encrypt at its data level, which drops the third prime (its "special
+prime" for key switching, which this scheme never does); we use all three.
 
-* seeding: the client's uniform polynomial ``a`` is *defined* by AES-128-CTR
-  keystreams (one per ciphertext) under a key derived from the seed (SHA-256),
-  turned into residues by rejection sampling (:meth:`_Context.expand_a`) and
-  interpreted in the NTT domain.  SEAL encrypts ``m`` with its own randomness as ``(c0*, c1*)``; the
-  client re-keys it to ``c0 = c0* + INTT((NTT(c1*) - a) * s)``, so that
-  ``(c0, a)`` is a fresh symmetric encryption of ``m`` with SEAL's noise and
-  only ``c0`` plus a 32-byte seed is sent (half a ciphertext);
-* compression: both data primes are < 2^32 so every residue is stored in
-  exactly 4 bytes (entropy ~31.99 bits; a general compressor cannot do better on
-  uniform residues), with no decompression step and no decompression bombs.
+Parameters (defaults, :class:`FastParams`): chosen by the service, never by a client
+-----------------------------------------------------------------------------------
+* ``N = 4096``; ciphertext modulus ``q = q1*q2*q3``, three ~32-bit NTT primes from
+  ``CoeffModulus.Create(4096, [32, 32, 32])``, ``log2 q ~ 96 <= 109`` (HE Security Standard,
+  128-bit classical, ternary secret, error sigma 3.2; SEAL's own ``tc128`` check passes).
+  Primes below 2^32 make every modular product exact in uint64 and every residue 4 bytes.
+* Nominal plain modulus ``t = 2^46``: the scale is the *integer* ``Delta = floor(q/t) ~ 2^50``,
+  so a message ``m`` is encoded exactly as ``Delta*m`` (no rounding term that would depend on
+  the model after the product).
+* Scales: ``s_x = 2^18 / x_bound`` (inputs ``|x_i| <= x_bound``), ``s_w = 2^20``,
+  ``S = s_x*s_w``; largest representable logit ``t/(2S) = 128 * x_bound``.
+* The service fixes them once, at deploy, from its model and its configured ``x_bound`` and
+  ``max_error`` (:func:`choose_params`), and publishes them (``GET /score``).  A bundle or a
+  query for any other parameters is refused: a client cannot pick a smaller flood.
 
-Parameters (defaults, :class:`FastParams`)
+Keys: the uniform half is derived, not sent
+-------------------------------------------
+The client's bundle is ``(params, key_seed, pk0)``.  The key's uniform polynomial is
+``pk1 = XOF(SHA-256(domain || params fingerprint || key_seed))`` (AES-128-CTR keystream,
+rejection-sampled into residues, interpreted in the NTT domain), as Kyber and FrodoKEM
+derive their matrix ``A``: the server derives it itself, so no client can choose it.  The
+client computes ``pk0 = -(pk1*s) + e`` (``s`` SEAL's ternary secret, ``e`` centered binomial).
+The key id is ``SHA-256(domain || params || key_seed || pk0)[:16]``.  The server refuses a key
+with the wrong size, a residue out of range, or a degenerate ``pk0`` (:func:`_degenerate`:
+too few distinct residues in either domain, or too many small coefficients, which a real
+key, pseudorandom mod q, has with probability below 2^-100).
+
+Queries: ``a`` is always expanded from a seed
+---------------------------------------------
+A query carries ``c0`` and a 32-byte seed; ``a`` is expanded from it (:meth:`_Context.expand_a`,
+AES-128-CTR under ``SHA-256(domain || seed)``, one stream per ciphertext).  The client
+computes ``c0 = Delta*m + e - a*s`` with its own centered-binomial ``e``.  There is no
+unseeded form: a client cannot choose ``a`` (the old ``a = 1`` gave ``c1' = W + z1``).
+
+Correctness
+-----------
+The phase at a logit position is ``Delta*yh + E`` (mod q), ``yh = <xh, wh> + bh`` the exact
+fixed-point logit (``bh = round(b*S)``), and the client reads ``y = centered(phase)/(Delta*S)``.
+So ``|y - y_true| <= x_bound*||dw_c||_1/s_w + ||w_c||_1/(2 s_x) + ||dw_c||_1/(2S) + 1/(2S)
++ E/(Delta*S)``, ``dw = wh - s_w*w``.  With ``e_B = 21`` the largest value of SEAL's centered
+binomial noise (42 coin flips: ``|e| <= 21``, variance 10.5) and ``s, u`` ternary,
+``|E| <= 21*||W_g||_1`` (the client's noise times the group's weight polynomial)
+``+ 42N + 21`` (the re-randomisation, :func:`_pk_noise_bound`) ``+ F`` (the flood).  No
+wrap-around needs ``Delta*max|yh| + |E| < q/2``.  The server checks both for its model when it
+is built (:func:`_fit_model`) and refuses a model it cannot serve within ``max_error``.
+
+Model privacy: flooding to 2^-40 per query
 -----------------------------------------
-* ``N = 4096``; coefficient moduli: three ~32-bit NTT primes from
-  ``CoeffModulus.Create(4096, [32, 32, 32])``.  Key level ``Q = q1*q2*p``,
-  ``log2 Q ~ 96 <= 109`` (HE Security Standard, 128-bit classical, ternary
-  secret, sigma = 3.2); SEAL's own ``sec_level_type.tc128`` check is enforced.
-  The data level is ``q = q1*q2`` (~2^64): queries and responses live there;
-  ``p`` is SEAL's special prime, used only inside public-key encryption.
-  Primes below 2^32 make every modular product exact in uint64 numpy.
-* Plain modulus ``t = 2^46``; ``Delta = q/t ~ 2^18``.
-* Scales: ``s_x = 2^18 / x_bound`` (inputs ``|x_i| <= x_bound``, default 1.0),
-  ``s_w = 2^20``; ``S = s_x*s_w``.  Largest representable logit:
-  ``t/(2S) = 128 * x_bound``.
+Each output ciphertext is ``(c0*W_g + z0 + Delta*b, a*W_g + z1)`` with a fresh public-key
+encryption of zero ``z = (pk0*u + e0, pk1*u + e1)`` (``u`` uniform ternary, ``e0, e1``
+centered binomial, all from an AES-CTR stream keyed by ``os.urandom``); the response holds
+all of ``c1'`` but only the logit coefficients of ``c0'``, each plus a fresh flood ``f``
+uniform on ``[-F, F)``, ``F = 2^k`` the largest power of two the error budget allows.
 
-Correctness ("approximate BFV" decoding)
----------------------------------------
-SEAL's BFV encryption gives phase ``c0 + c1*s = round(q*m/t) + e`` with
-``|e| <= 19`` (clipped normal, 6 sigma).  After the plaintext product and the
-additions, the phase at a logit position is ``(q/t)*yh + E`` (mod q), where
-``yh = <xh, wh> + bh`` is the exact fixed-point logit (``bh = round(b*S)``) and
-``E`` is the total noise.  The client reads ``y = centered(phase) * t/(q*S)``,
-i.e. it does *not* round to an integer mod t: the low-order bits of the product
-and the noise are simply below the precision we care about.  Therefore
+*Honest-but-curious client.*  Condition on all its randomness (``s``, the key's ``e``, the
+query's ``e``).  Since ``pk0 = -(pk1*s) + e_key``, ``z0 = -s*z1 + (s*e1 + e_key*u + e0)``, so a
+released coefficient is ``c0'_k = Delta*yh_c - (s*c1')_k + d_k + f_k`` with
+``d_k = (e*W_g)_k + (s*e1 + e_key*u + e0)_k``.  Hybrid 1 drops ``d_k``: for fixed ``d``, the
+statistical distance of ``U[-F, F) + d`` from ``U[-F, F)`` is ``|d|/(2F)``, so over the ``K``
+released coefficients of a query ``SD <= Pr[bad] + K * max_good|d|/(2F)``.  Hybrid 2: then
+``u, e1`` appear only in ``c1' = a*W_g + pk1*u + e1``, which RLWE (``pk1`` uniform, ``u``
+ternary, ``e1`` sigma 3.24, N = 4096, log q <= 109) makes pseudorandom, and the simulator that
+knows only ``yh`` outputs ``c1'`` uniform and ``c0'_k = Delta*yh_c - (s*c1')_k + f_k``.
 
-    |y - y_true| <= x_bound*||dw_c||_1/s_w + ||w_c||_1/(2 s_x) + ||dw_c||_1/(2S)
-                    + 1/(2S) + E * t/(q*S),
+The bound on ``d``: ``(e*W_g)_k = sum_i +-e_i w_i`` over all entries of ``W_g``, and each
+``e_i = sum_{1..21} (b - b')`` (fair bits) has ``E exp(l*e_i) = cosh(l/2)^42 <= exp(10.5 l^2/2)``:
+subgaussian with variance proxy 10.5, so ``Pr[|(e*W_g)_k| > tau*||W_g||_2] <= 2 exp(-tau^2/21)``.
+A union bound over at most ``K_max = 2^32`` released coefficients (no query releases more)
+with ``Pr[bad] <= 2^-41/L`` (``L`` rounds: 1 here, one per layer for :mod:`fastmlp`) gives
+``tau = sqrt(21 * ln(2 * 2^32 * 2^41 * L))`` (~32.8 for L = 1) and, outside the bad event,
+``|d_k| <= delta = tau*||W_g||_2 + 42N + 21``.  A query of ``n`` samples releases ``K = n*C``
+coefficients, so ``SD <= 2^-41/L + n*C*delta/(2F)``, and ``n <= 2^-41/L * 2F/(C*delta)`` keeps
+every round within ``2^-40/L`` and the query within 2^-40.  The server refuses larger queries
+(``max_samples``, published as ``max_samples_per_query``); ``flood_margin_bits = log2(2F/delta)``
+is ``-log2`` of the distance per released coefficient.
 
-with ``dw = wh - s_w*w`` (|dw| <= 1/2) and ``E <= 20*||W_g||_1`` (client noise
-times the group's weight polynomial) ``+ 40N + 21`` (the server's public-key
-encryption of zero, :func:`_pk_noise_bound`) ``+ F`` (flooding) ``+ 1``.  No wrap-around
-requires ``(q/t)*max|yh| + E < q/2``.  The server evaluates this bound for its
-actual model when it is constructed and raises :class:`FastSchemeError` if the
-bound exceeds ``max_error`` (default 1e-3) or a logit could wrap.  With the
-defaults and ``x in [-1, 1]``, ``n = 784``, a LogisticRegression-shaped model
-gets a guaranteed bound of ~5-8e-4 (the flood takes most of the slack).  Inputs outside ``[-x_bound, x_bound]`` are refused by
-the client; a model outside the supported range is refused by the server.
+What that costs.  With ``q ~ 2^64`` (two 32-bit primes) the flood that fits ``max_error = 1e-3``
+was ~2^46, 10-12 bits above the worst-case noise: 2^-11 per coefficient, 2^-5 for a 784-64-10
+query.  2^-40 per query needs ``F`` about ``K * delta * 2^40``: ~2^70-2^78 for these models.
+``q`` is what gives room (``F`` grows with ``Delta = q/t``, and ``t`` is fixed by the logits'
+range), so the options were a larger N (N = 8192 allows log q <= 218, but doubles every
+ciphertext and NTT), another sanitisation (a smoother flood composes as ``sqrt(K)`` rather
+than ``K`` but gains nothing for the one-sample queries that dominate), or more primes at
+N = 4096.  Three 32-bit primes (log q = 96 <= 109) make ciphertexts 1.5x and the server's
+modular arithmetic 1.5x; with the scales searched for the widest margin (:func:`choose_params`)
+they give, at ``max_error = 1e-3``, a flood of 2^77-2^78 and 51-54 bits of margin for the
+digits and MNIST-shaped linear models (94-700 samples per query).  A network amplifies its
+hidden layers' errors into the logits (:mod:`fastmlp`), so a 784-64-10 MLP at 1e-3 fits only
+with four primes of 27-28 bits (log q = 109, the standard's limit at N = 4096; 2x the two-prime
+arithmetic): :func:`choose_params` takes the cheapest of :data:`RINGS` that serves the model.
+A worst-case bound on the client's noise, ``21*||W_g||_1`` instead of ``tau*||W_g||_2``, would
+cost ~5 bits more (``||W_g||_1 ~ sqrt(G*n)*||W_g||_2`` for dense weights).
 
-Model privacy (what the response reveals)
------------------------------------------
-The raw product ``m*W`` carries partial sums of W in every coefficient.  The
-response contains, per output ciphertext, the *full* ``c1'`` but only the logit
-coefficients of ``c0'``: coefficients that are not sent cannot be decrypted at
-all, which is stronger than additively masking them with uniform values mod t
-(the phase at an unsent position is undetermined).  ``c1'`` itself is
-``a*W + z1`` where ``(z0, z1)`` is a fresh public-key encryption of zero: under
-RLWE ``z1`` is pseudorandom, so ``c1'`` is independent of W (without it the
-client, who knows ``a``, could compute ``W = c1'/a``).  What the client can
-compute is the phase at the logit positions: ``(q/t)*yh + (e+eps)*W + e_pk + f``.
-The term ``(e+eps)*W`` depends on W *and* is a known linear function of W for
-the client (it knows its own noise ``e``); it is hidden by flooding ``f``, a
-fresh uniform value in ``[-F, F)`` per released coefficient (drawn from
-``os.urandom``), with ``F = 2^k`` the largest power of two that keeps the error
-bound above.  The statistical distance between the released value for two
-models is at most ``B_W/F`` per coefficient, ``B_W`` the worst-case bound on
-``(e+eps)*W``; the server reports ``flood_margin_bits = log2(F/B_W)``, typically
-~11-13 bits worst case (~18 bits for Gaussian-typical noise).  That is a
-*heuristic*, not a 2^-40 statistical guarantee: a 2^-40 flood would need
-~30 more bits of q, which does not fit the 40 KB query / 70 KB response budget
-at N = 4096.  Put differently: a semi-honest client learns the logits, plus a
-linear combination of W buried under noise 2^11-2^18 times its size.  Not
-hidden: ``n_features``, ``n_classes``, the parameters, and everything the logits
-themselves reveal (a linear model is extractable from ``n+1`` logit queries
-through the legitimate API).  A malicious client (hand-crafted noise) is out of
-scope.  The server never learns anything about ``x`` (RLWE, SEAL parameters).
+*Dishonest client.*  It may send any ``c0`` and ``pk0`` (``a`` and ``pk1`` come from the XOF).
+A free ``pk0 = -(pk1*s) + d`` only changes the noise of its own answers (``d*u`` instead of
+``e*u``).  Even knowing ``u``, it sees ``c1' = a*W_g + pk1*u + e1``: an RLWE sample for the
+secret ``W_g`` with the fresh error ``e1``, pseudorandom to anyone who does not already know
+``W_g`` (RLWE with a fixed unknown secret is as hard as with a uniform one: add ``a*r`` for a
+uniform ``r``), so ``c1'`` gives no shortcut to ``W``; the old attack needed ``a = 1`` for it.
+A crafted ``c0`` makes ``c0 + a*s`` any polynomial ``m'`` it likes, and a released coefficient
+is then coefficient ``k`` of ``m'*W_g`` plus noise it does not control: one linear function of
+the group's weights per released coefficient, as many per sample as the plain API gives (``C``).  Not defended: that function's input is unbounded and
+its precision the client's choice (a ``c0`` with large coefficients is an input far beyond
+``x_bound``, above the flood), and in the row layout a crafted ``m'`` can mix the ``G`` classes
+of a group into one coefficient.  So a dishonest client learns per answer what the plain
+API would give for one chosen input of unbounded range, at full precision.
 
-Re-randomisation.  Each output ciphertext gets its own fresh public-key encryption
-of zero ``(pk0*u + e0, pk1*u + e1) mod q``, made on the request path (reusing one would
-reveal ``a*(W_1 - W_2)``).  ``(pk0, pk1)`` are the residues mod ``q1, q2`` of the client's
-SEAL public key (an RLWE sample ``(-(a's + e), a')`` modulo ``q``), ``u`` is ternary
-(centered binomial, eta 1) and ``e0, e1`` are centered binomial with eta 21 (sigma 3.24,
-SEAL's 3.2), all drawn from AES-128-CTR keyed from ``os.urandom``; under RLWE
-(N = 4096, log q = 64, well inside the 128-bit table) ``pk1*u + e1`` is pseudorandom even to
-the client, who knows ``s``.  Its phase ``e*u + e0 + e1*s`` is at most ``40N + 21 < 2^18``.
-The server needs ``NTT(u)`` and ``NTT(e1)`` for both primes -- four NTTs -- plus, for the
-row layout, only the logit coefficients of ``pk0*u`` (dot products), never a full
-``z0``.  SEAL's own ``encrypt_zero`` (key level, then a division by the special prime)
-took ~1 ms here; the compiled version takes ~0.045 ms, so no pool or background refill is
-needed: the figures in ``bench/RESULTS.md`` are whole-request costs.
+The server never learns anything about ``x`` (RLWE under the client's key, 128-bit).
 
 Layouts
 -------
@@ -137,29 +149,29 @@ Layouts
 * ``column`` (batches): one ciphertext per feature, up to N samples in the
   coefficients; class c is ``sum_i wh_{c,i} * ct_i`` plus a fresh encryption of
   zero -- a scalar linear combination, computed exactly with 64-bit integer
-  products by :func:`fastkernels.column_outputs` (it outran float64 BLAS, which
-  needs two limbs per weight to stay exact, by ~1.5x; large requests split their
-  classes over up to four threads).  Every coefficient of an output ciphertext is a
-  logit, and of ``c0'`` only the samples' coefficients are computed.  The cost is per
-  block of N samples whatever their number: mostly ``nf * C * 2N`` products for ``c1'``
-  (``sum_i wh_{c,i} * a_i``, the uniform halves), which no choice of samples shrinks.  The client picks the layout
-  that moves fewer ciphertexts, query and response together, unless told otherwise.  Expanding the seeds costs about
-  a third of a seeded 784-feature batch; ``encrypt(..., seeded=False)`` ships the
-  uniform polynomials instead (2x upload, 12.5 KB/sample) and skips it.
+  products by :func:`fastkernels.column_outputs` (large requests split their classes over
+  up to four threads).  Of ``c0'`` only the samples' coefficients are computed.  The cost is
+  per block of N samples whatever their number.  The client picks the layout that moves
+  fewer ciphertexts, query and response together, unless told otherwise.
+
+Caps (each refusal a :class:`FastSchemeError`, a 400 from the service): samples per query
+(``max_samples``, above), answer bytes (:data:`MAX_ANSWER_BYTES`, checked before anything
+is allocated), key bytes (a bundle has exactly one size; :data:`MAX_KEY_BYTES` is what the
+service lets its key fetcher download for this scheme), ciphertexts per query (``_MAX_CTS``).
 
 Wire formats (little-endian, versioned; every field is validated)
 -----------------------------------------------------------------
-* bundle:   ``b"AIFB" ver u8, 3 reserved, u32 len, params JSON, pk u32[2][3][N]``
-* query:    ``b"AIFQ" ver u8, layout u8, flags u16, params fp[8], key id[16],
-  n_features u32, n_samples u32, n_cts u32, seed[32], c0 u32[n_cts][2][N]``
-  (flag 1 = unseeded: ``a u32[n_cts][2][N]`` follows and the seed is zero)
+* bundle:   ``b"AIFB" ver u8, 3 reserved, u32 len, params JSON, key_seed[32], pk0 u32[3][N]``
+  (``pk0`` in the coefficient domain)
+* query:    ``b"AIFQ" ver u8, layout u8, reserved u16 (0), params fp[8], key id[16],
+  n_features u32, n_samples u32, n_cts u32, seed[32], c0 u32[n_cts][3][N]``
 * response: ``b"AIFR" ver u8, layout u8, u16 0, key id[16], n_features u32,
-  n_classes u32, n_samples u32, n_cts u32, c1' u32[n_cts][2][N], c0' logits u32``
-  (row: ``[n_samples][2][C]``, column: ``[C][2][n_samples]``).
+  n_classes u32, n_samples u32, n_cts u32, c1' u32[n_cts][3][N], c0' logits u32``
+  (row: ``[n_samples][3][C]``, column: ``[C][3][n_samples]``).
 
-NTT-domain polynomials (``a``, ``c1'``) are in the tiled order of :mod:`fastkernels`
-(SEAL's order as an (N/16, 16) matrix, transposed); the public key in the bundle and
-coefficient-domain polynomials (``c0``, ``c0'``) are in SEAL's / natural order.
+NTT-domain polynomials (``a``, ``pk1``, ``c1'``) are in the tiled order of :mod:`fastkernels`
+(SEAL's order as an (N/16, 16) matrix, transposed); coefficient-domain ones (``pk0``, ``c0``,
+``c0'``) in natural order.
 """
 
 from __future__ import annotations
@@ -182,44 +194,65 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import fastkernels as fk
 
-__all__ = ["FastSchemeError", "FastParams", "FastClient", "FastServer", "FastPublicKey"]
+__all__ = ["FastSchemeError", "FastParams", "FastClient", "FastServer", "FastPublicKey", "MAX_ANSWER_BYTES",
+           "MAX_KEY_BYTES", "SD_LOG2", "RINGS", "choose_params"]
 
 # 2: the uniform polynomials are expanded with AES-128-CTR, not SHAKE-128.
 # 3: NTT-domain polynomials travel in tiled order (fastkernels.to_seal_order).
 # 4: each ciphertext's ``a`` has its own AES stream, rejected residues take spare words.
-WIRE_VERSION = 4
+# 5: three data primes; pk1 derived from a key seed; seeded queries only; exact Delta encoding.
+WIRE_VERSION = 5
 _BUNDLE_MAGIC = b"AIFB"
 _QUERY_MAGIC = b"AIFQ"
 _RESPONSE_MAGIC = b"AIFR"
 _LAYOUT_ROW = 1
 _LAYOUT_COLUMN = 2
 _LAYOUT_NAMES = {"row": _LAYOUT_ROW, "column": _LAYOUT_COLUMN}
-# Query flag: the uniform polynomials are sent in full instead of as a seed (batch option
-# that trades 2x upload for no seed expansion on the server).
-_FLAG_UNSEEDED = 1
 _SEED_BYTES = 32
 _KEY_ID_BYTES = 16
 _FP_BYTES = 8
-_DOMAIN_A = b"aideploy-fastlinear-a-v4"
-_DOMAIN_KEY = b"aideploy-fastlinear-key-v1"
-# query header: magic, ver, layout, flags, params fp, key id, n_features, n_samples, n_cts, seed
+_DOMAIN_A = b"aideploy-fastlinear-a-v5"
+_DOMAIN_PK1 = b"aideploy-fastlinear-pk1-v1"
+_DOMAIN_KEY = b"aideploy-fastlinear-key-v2"
+# query header: magic, ver, layout, reserved, params fp, key id, n_features, n_samples, n_cts, seed
 _QUERY_HEADER = struct.Struct(f"<4sBBH{_FP_BYTES}s{_KEY_ID_BYTES}sIII{_SEED_BYTES}s")
 # response header: magic, ver, layout, reserved, key id, n_features, n_classes, n_samples, n_cts
 _RESPONSE_HEADER = struct.Struct(f"<4sBBH{_KEY_ID_BYTES}sIIII")
 _BUNDLE_HEADER = struct.Struct("<4sB3sI")
 # Requests larger than this many ciphertexts are refused before any allocation.
 _MAX_CTS = 1 << 16
+#: The largest answer the server makes (bytes): a query whose answer would be larger is refused
+#: before anything is allocated (a row-layout answer is up to ~13x its query for a 784-64 layer).
+MAX_ANSWER_BYTES = 64 << 20
+#: The largest key blob the service downloads for this scheme (a bundle is ~49 KB at N = 4096).
+MAX_KEY_BYTES = 256 << 10
 # 64-bit noise words per AES call (cryptography's one-shot AEAD takes under 2^31 bytes).
 _NOISE_CALL_WORDS = 1 << 27
-# SEAL's clipped-normal noise: sigma 3.2, clipped at 6 sigma -> |e| <= 19; plus the
-# encoding rounding |eps| <= 1/2 -> 20 is a safe per-coefficient bound.
-_FRESH_NOISE_BOUND = 20
+# SEAL's noise (and ours): centered binomial of 42 fair bits, |e| <= 21, variance 10.5.
+_NOISE_BOUND = 21
+_NOISE_VARIANCE = 10.5
+#: Model privacy target: log2 of the statistical distance per query (all its rounds) between an
+#: honest-but-curious client's view and one made from the answers alone; half of it for the tail
+#: bound on the client's noise, half for the flood.
+SD_LOG2 = -40
+# More coefficients than any query releases (the union bound of the tail bound runs over them).
+_RELEASED_MAX = 1 << 32
+#: The rings :func:`choose_params` considers, cheapest first: prime sizes at N = 4096, log2 q = 96
+#: and 109 (the HE standard's 128-bit limit); the second costs a third more bytes and work and
+#: gives 13 bits more flood, which networks whose errors the layers amplify need.
+RINGS = ((32, 32, 32), (28, 27, 27, 27))
 
 
 def _pk_noise_bound(n: int) -> int:
-    """Bound on the phase of the server's encryption of zero, ``e*u + e0 + e1*s``: the key's
-    error |e| <= 19 (SEAL) times ternary u, |e1|, |e0| <= 21 (centered binomial), s ternary."""
-    return 19 * n + 21 * n + 21
+    """Bound on the phase of the server's encryption of zero under an honest key,
+    ``e_key*u + e0 + e1*s``: |e_key|, |e0|, |e1| <= 21 (centered binomial), u and s ternary."""
+    return 2 * _NOISE_BOUND * n + _NOISE_BOUND
+
+
+def _tail_factor(rounds: int) -> float:
+    """``tau``: outside probability ``2^-41/rounds`` no released coefficient of a query has
+    ``|(e*W_g)_k| > tau*||W_g||_2`` (subgaussian tail, union over ``_RELEASED_MAX``; see above)."""
+    return math.sqrt(2 * _NOISE_VARIANCE * math.log(2.0 * _RELEASED_MAX * 2.0 ** (-SD_LOG2 + 1) * rounds))
 
 
 class FastSchemeError(ValueError):
@@ -231,11 +264,11 @@ class FastSchemeError(ValueError):
 
 @dataclass(frozen=True)
 class FastParams:
-    """Parameters of the fast scheme; the client chooses them, the server must match.
+    """Parameters of the fast scheme; the service chooses them, clients must use them.
 
-    ``coeff_modulus_bits`` are the bit sizes of the three SEAL primes: the first two
-    form the data modulus ``q`` (each must be <= 32 bits so numpy arithmetic is exact),
-    the last is SEAL's special prime.  ``plain_modulus_bits`` sets ``t = 2^bits``.
+    ``coeff_modulus_bits`` are the bit sizes of the three or four primes whose product is the
+    ciphertext modulus ``q`` (each <= 32 bits so numpy arithmetic is exact; :data:`RINGS`).
+    ``plain_modulus_bits`` sets the nominal ``t = 2^bits`` and the scale ``Delta = q // t``.
     Inputs are scaled by ``s_x = 2^x_scale_bits / x_bound`` and weights by
     ``s_w = 2^w_scale_bits``.  ``max_error`` is the absolute error per logit the
     server must be able to guarantee for its model, or it refuses to serve.
@@ -258,14 +291,14 @@ class FastParams:
         need(isinstance(n, int) and not isinstance(n, bool), "poly_modulus_degree must be an int")
         need(n in (4096, 8192, 16384), "poly_modulus_degree must be 4096, 8192 or 16384")
         bits = self.coeff_modulus_bits
-        need(isinstance(bits, tuple) and len(bits) == 3, "coeff_modulus_bits must be a tuple of 3 ints")
+        need(isinstance(bits, tuple) and len(bits) in (3, 4), "coeff_modulus_bits must be a tuple of 3 or 4 ints")
         need(all(isinstance(b, int) and not isinstance(b, bool) and 20 <= b <= 32 for b in bits),
-             "each coeff modulus must have 20..32 bits (two data primes + SEAL's special prime)")
+             "each coeff modulus must have 20..32 bits")
         for name in ("plain_modulus_bits", "x_scale_bits", "w_scale_bits"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool), f"{name} must be an int")
-        need(8 <= self.plain_modulus_bits <= bits[0] + bits[1] - 10,
-             "plain_modulus_bits must be in [8, data modulus bits - 10]")
+        need(8 <= self.plain_modulus_bits <= min(60, sum(bits) - 20),
+             "plain_modulus_bits must be in [8, min(60, modulus bits - 20)]")
         need(1 <= self.x_scale_bits <= 30 and 1 <= self.w_scale_bits <= 30, "scale bits must be in [1, 30]")
         need(self.x_scale_bits + 2 < self.plain_modulus_bits, "x_scale_bits too large for plain_modulus_bits")
         for name in ("x_bound", "max_error"):
@@ -314,162 +347,171 @@ class FastParams:
         ctx = _context(self)
         n = self.poly_modulus_degree
         s = self.x_scale * self.w_scale
+        poly = len(ctx.primes) * n * 4
         return {
             **json.loads(self.to_json()),
-            "scheme": "BFV, coefficient encoding (Cheetah-style), SEAL via seal-python",
-            "security": f"128-bit classical (HE standard): N={n}, log2 Q={ctx.log2_key_modulus:.1f}",
-            "data_primes": list(ctx.primes),
-            "special_prime": ctx.special_prime,
-            "log2_q": round(math.log2(ctx.q), 3),
-            "plain_modulus": ctx.t,
-            "x_scale": self.x_scale,
-            "w_scale": self.w_scale,
+            "scheme": "BFV, coefficient encoding (Cheetah-style); SEAL parameters and keys",
+            "security": f"128-bit classical (HE standard): N={n}, log2 q={ctx.log2_q:.1f}",
+            "primes": list(ctx.primes),
+            "log2_q": round(ctx.log2_q, 3),
+            "delta": str(ctx.delta),
             "logit_bound": ctx.t / (2.0 * s),
             "max_features": n,
-            "query_bytes_single": _QUERY_HEADER.size + 2 * n * 4,
-            "ciphertext_bytes_per_output": 2 * n * 4,
-            "bundle_bytes_approx": _BUNDLE_HEADER.size + len(self.to_json()) + 2 * 3 * n * 4,
+            "query_bytes_single": _QUERY_HEADER.size + poly,
+            "ciphertext_bytes_per_output": poly,
+            "bundle_bytes": _BUNDLE_HEADER.size + len(self.to_json()) + _SEED_BYTES + poly,
         }
 
 
-# ------------------------------------------------------------------ SEAL context
+# ------------------------------------------------------------------ ring context
 
 
-class _Context:
-    """SEAL context for one parameter set plus raw (de)serialisation helpers.
+def _minimal_root(n: int, q: int) -> int:
+    """SEAL's NTT root for ``q``: the smallest primitive 2N-th root of unity (SEAL's
+    ``try_minimal_primitive_root``), so that our transform is SEAL's and SEAL's secret key,
+    stored in NTT form, is read as it is."""
+    m = 2 * n
+    if (q - 1) % m:
+        raise FastSchemeError(f"{q} is not an NTT prime for N={n}")
+    for x in range(2, q):
+        g = pow(x, (q - 1) // m, q)
+        if pow(g, n, q) == q - 1:
+            break
+    g2, current, best = g * g % q, g, g
+    for _ in range(n):  # the primitive 2N-th roots are the odd powers of g
+        current = current * g2 % q
+        best = min(best, current)
+    return best
 
-    SEAL's serialisation (compression none) is: a 16-byte header
-    ``<u16 magic 0xA15E, u8 16, u8 major, u8 minor, u8 compr, u16 0, u64 size>``
-    followed by the object's members.  For a ciphertext: parms_id (4 x u64),
-    is_ntt_form (u8), size, N, L (u64 each), scale (f64), correction factor (u64),
-    then a DynArray (its own header, u64 count, count x u64 data).  We write and read
-    these directly so that numpy can touch the coefficients.
-    """
 
-    def __init__(self, params: FastParams):
-        n = params.poly_modulus_degree
+class _Ring:
+    """``R_q`` for one N and prime sizes: SEAL's checked context and primes, our NTT tables."""
+
+    def __init__(self, n: int, bits: tuple[int, ...]):
         parms = seal.EncryptionParameters(seal.scheme_type.bfv)
         parms.set_poly_modulus_degree(n)
         try:
-            moduli = seal.CoeffModulus.Create(n, list(params.coeff_modulus_bits))
+            moduli = seal.CoeffModulus.Create(n, list(bits))
         except Exception as exc:  # SEAL raises when no suitable prime exists
             raise FastSchemeError(f"SEAL cannot create the coefficient moduli: {exc}") from None
         parms.set_coeff_modulus(moduli)
-        self.t = 1 << params.plain_modulus_bits
-        parms.set_plain_modulus(self.t)
-        self.ctx = seal.SEALContext(parms, True, seal.sec_level_type.tc128)
-        if not self.ctx.parameters_set():
+        parms.set_plain_modulus(1 << 20)  # SEAL wants one; we encode with our own Delta (not SEAL's t)
+        self.seal = seal.SEALContext(parms, True, seal.sec_level_type.tc128)
+        if not self.seal.parameters_set():
             raise FastSchemeError(
-                "SEAL rejects the parameters for 128-bit security: " + self.ctx.parameter_error_message())
-        key_data = self.ctx.key_context_data()
-        first = self.ctx.first_context_data()
-        if len(first.parms().coeff_modulus()) != 2 or len(key_data.parms().coeff_modulus()) != 3:
-            raise FastSchemeError("internal: expected a 2-prime data level below a 3-prime key level")
-        self.params = params
+                "SEAL rejects the parameters for 128-bit security: " + self.seal.parameter_error_message())
         self.n = n
-        self.primes = tuple(int(m.value()) for m in first.parms().coeff_modulus())
-        self.special_prime = int(key_data.parms().coeff_modulus()[2].value())
-        self.key_primes = self.primes + (self.special_prime,)
-        self.q = self.primes[0] * self.primes[1]
-        self.log2_key_modulus = math.log2(self.q * self.special_prime)
-        self.q_col = np.array(self.primes, dtype=np.uint64).reshape(2, 1)  # broadcast over (2, N)
-        self.q_i64 = np.array(self.primes, dtype=np.int64)
-        self.q1_inv_mod_q2 = pow(self.primes[0], -1, self.primes[1])
-        self.data_parms_id = list(first.parms_id())
-        self.key_parms_id = list(key_data.parms_id())
-        self.evaluator = seal.Evaluator(self.ctx)
-        # Header version bytes of the SEAL build, read from a real serialisation.
-        probe = seal.Plaintext("1").to_bytes()
-        self.seal_version = (probe[3], probe[4])
-        self.primes_u64 = np.array(self.primes, dtype=np.uint64)
-        self.primes_u32 = self.primes_u64.astype(np.uint32)
-        # expand_a: candidates are masked to each prime's bit length; a ciphertext's stream
-        # has 2N words and twice the expected spare words (+64), extended if they run out.
-        self.prime_masks = np.array([(1 << q.bit_length()) - 1 for q in self.primes], dtype=np.uint32)
-        reject = [1.0 - q / (int(m) + 1) for q, m in zip(self.primes, self.prime_masks)]
-        self.stream_words = 2 * n + 2 * math.ceil(n * sum(r / (1.0 - r) for r in reject)) + 64
+        # SEAL's key level holds all three primes (and its secret key); we compute there
+        self.primes = tuple(int(m.value()) for m in self.seal.key_context_data().parms().coeff_modulus())
         self._tables: fk.NttTables | None = None
 
     @property
     def tables(self) -> fk.NttTables:
-        """Our NTT's twiddles, rooted where SEAL's are: SEAL's transform of ``X`` is the root."""
+        """Our NTT's twiddles, rooted where SEAL's are."""
         if self._tables is None:
-            x = np.zeros((1, 2, self.n), dtype=np.uint64)
-            x[0, :, 1] = 1
-            roots = tuple(int(r) for r in self.ntt(x)[0, :, 0])
-            self._tables = fk.NttTables(self.n, self.primes, roots)
+            self._tables = fk.NttTables(self.n, self.primes, tuple(_minimal_root(self.n, q) for q in self.primes))
         return self._tables
 
-    # -- raw SEAL byte layouts
-    def _header(self, total: int) -> bytes:
-        return struct.pack("<HBBBBHQ", 0xA15E, 16, self.seal_version[0], self.seal_version[1], 0, 0, total)
 
-    def _dynarray(self, data: bytes) -> bytes:
-        return self._header(16 + 8 + len(data)) + struct.pack("<Q", len(data) // 8) + data
+@functools.lru_cache(maxsize=4)
+def _ring(n: int, bits: tuple[int, ...]) -> _Ring:
+    return _Ring(n, bits)
 
-    def ct_bytes(self, polys: np.ndarray, parms_id: list[int], ntt: bool) -> bytes:
-        """SEAL serialisation of a size-``polys.shape[0]`` ciphertext with raw data ``polys``."""
-        size, nmod, n = polys.shape
-        members = (struct.pack("<4Q", *parms_id) + struct.pack("<B", 1 if ntt else 0)
-                   + struct.pack("<QQQdQ", size, n, nmod, 1.0, 1)
-                   + self._dynarray(np.ascontiguousarray(polys, dtype="<u8").tobytes()))
-        return self._header(16 + len(members)) + members
 
-    def ct_load(self, polys: np.ndarray, ntt: bool) -> "seal.Ciphertext":
-        """A SEAL ciphertext at the data level holding ``polys`` (shape (2, 2, N))."""
-        ct = seal.Ciphertext()
-        ct.load_bytes(self.ctx, self.ct_bytes(polys, self.data_parms_id, ntt))
-        return ct
+class _Context:
+    """One parameter set: its ring (:class:`_Ring`), the scale ``Delta`` and the arithmetic
+    around them (seed expansion, products with the secret, CRT)."""
 
-    @staticmethod
-    def ct_array(ct: "seal.Ciphertext") -> np.ndarray:
-        """Raw data of a SEAL ciphertext (or public key) as a (size, L, N) uint64 array."""
-        raw = ct.to_string()
-        size, nmod, n = ct.size(), ct.coeff_modulus_size(), ct.poly_modulus_degree()
-        count = size * nmod * n
-        return np.frombuffer(raw, dtype="<u8", count=count, offset=len(raw) - 8 * count).reshape(size, nmod, n)
+    def __init__(self, params: FastParams):
+        self.ring = _ring(params.poly_modulus_degree, params.coeff_modulus_bits)
+        self.params = params
+        self.n = n = self.ring.n
+        self.primes = self.ring.primes
+        self.t = 1 << params.plain_modulus_bits
+        self.q = math.prod(self.primes)
+        self.log2_q = math.log2(self.q)
+        self.delta = self.q // self.t
+        self.primes_u64 = np.array(self.primes, dtype=np.uint64)
+        self.primes_u32 = self.primes_u64.astype(np.uint32)
+        self.delta_mod = np.array([self.delta % p for p in self.primes], dtype=np.uint64)
+        self.q_col = self.primes_u64.reshape(-1, 1)  # broadcast over (L, N)
+        # Garner's CRT: x = sum_j k_j * prod_{i<j} q_i; factor[j][i] = prod_{m<i} q_m mod q_j
+        self._garner = [([math.prod(self.primes[:i]) % q for i in range(j)],
+                         pow(math.prod(self.primes[:j]), -1, q) if j else 1) for j, q in enumerate(self.primes)]
+        # expand_uniform: candidates are masked to each prime's bit length; a ciphertext's stream
+        # has L*N words and twice the expected spare words (+64), extended if they run out.
+        self.prime_masks = np.array([(1 << q.bit_length()) - 1 for q in self.primes], dtype=np.uint32)
+        reject = [1.0 - q / (int(m) + 1) for q, m in zip(self.primes, self.prime_masks)]
+        self.stream_words = len(self.primes) * n + 2 * math.ceil(n * sum(r / (1.0 - r) for r in reject)) + 64
 
-    def plain_load(self, coeffs: np.ndarray) -> "seal.Plaintext":
-        """A SEAL (coefficient-form) plaintext with the given coefficients in [0, t)."""
-        data = np.ascontiguousarray(coeffs, dtype="<u8").tobytes()
-        members = (b"\0" * 32 + struct.pack("<Qd", len(coeffs), 1.0) + self._dynarray(data))
-        pt = seal.Plaintext()
-        pt.load_bytes(self.ctx, self._header(16 + len(members)) + members)
-        return pt
+    @property
+    def tables(self) -> fk.NttTables:
+        return self.ring.tables
 
-    # -- transforms through SEAL (not on the server's request path)
-    def _transform(self, polys: np.ndarray, forward: bool) -> np.ndarray:
-        """(I)NTT of k polynomials mod (q1, q2), shape (k, 2, N); two per SEAL call."""
-        k = polys.shape[0]
-        out = np.empty_like(polys, dtype=np.uint64)
-        for start in range(0, k, 2):
-            chunk = polys[start:start + 2]
-            # SEAL refuses "transparent" ciphertexts (second polynomial zero): use a
-            # filler there and fix up the (trivial) transform of a zero polynomial.
-            pair = np.ones((2, 2, self.n), dtype=np.uint64)
-            pair[: chunk.shape[0]] = chunk
-            zero1 = chunk.shape[0] == 2 and not chunk[1].any()
-            if zero1:
-                pair[1] = 1
-            ct = self.ct_load(pair, ntt=not forward)
-            if forward:
-                self.evaluator.transform_to_ntt_inplace(ct)
-            else:
-                self.evaluator.transform_from_ntt_inplace(ct)
-            out[start:start + 2] = self.ct_array(ct)[: chunk.shape[0]]
-            if zero1:
-                out[start + 1] = 0
+    # -- transforms (k polynomials, shape (k, L, N); NTT side in tiled order)
+    def ntt(self, polys: np.ndarray) -> np.ndarray:
+        tables, out = self.tables, np.empty(polys.shape, dtype=np.uint64)
+        for i in range(polys.shape[0]):
+            for j, q in enumerate(self.primes):
+                fk.ntt_forward(polys[i, j].astype(np.uint64), out[i, j], q, tables.big[j], tables.tail[j])
         return out
 
-    def ntt(self, polys: np.ndarray) -> np.ndarray:
-        return self._transform(polys, forward=True)
-
     def intt(self, polys: np.ndarray) -> np.ndarray:
-        return self._transform(polys, forward=False)
+        tables, out = self.tables, np.empty(polys.shape, dtype=np.uint64)
+        for i in range(polys.shape[0]):
+            for j, q in enumerate(self.primes):
+                fk.ntt_inverse(polys[i, j].astype(np.uint64), out[i, j], q, tables.big[j], tables.tail[j],
+                               tables.n_inv[j])
+        return out
 
-    # -- the client's public uniform polynomials
+    def times_secret(self, polys: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """``INTT(polys (.) s)``: NTT-domain polynomials (k, L, N) times ``s`` (L, N), in the
+        coefficient domain (uint64)."""
+        out = np.empty(polys.shape, dtype=np.uint64)
+        for i in range(polys.shape[0]):
+            out[i] = self.intt(((polys[i].astype(np.uint64) * s) % self.q_col)[None])[0]
+        return out
+
+    def residues(self, v: np.ndarray) -> np.ndarray:
+        """Signed integers ``v`` (|v| < 2^63) as residues, shape ``v.shape[:-1] + (L, v.shape[-1])``."""
+        v = np.asarray(v, dtype=np.int64)
+        return np.stack([np.mod(v, q).astype(np.uint64) for q in self.primes], axis=-2)
+
+    def noise(self, count: int) -> np.ndarray:
+        """``count`` centered-binomial values (SEAL's distribution, |e| <= 21) from the CSPRNG."""
+        e, scratch = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.int64)
+        words = _noise.words(count + fk.SPARE_WORDS)
+        fk.sample_noise(words, scratch, e)
+        return e
+
+    def centered_fraction(self, r: np.ndarray) -> np.ndarray:
+        """``x/q`` in ``[-1/2, 1/2)`` (float64) for the residues ``r[..., j, :]`` of ``x`` mod each prime."""
+        ks = []
+        for j, (q, (factors, inv)) in enumerate(zip(self.primes, self._garner)):
+            qq = np.uint64(q)
+            acc = np.zeros(r.shape[:-2] + r.shape[-1:], dtype=np.uint64)
+            for k, f in zip(ks, factors):  # sum_{i<j} k_i * prod_{m<i} q_m, mod q_j
+                acc = (acc + (k % qq) * np.uint64(f)) % qq
+            ks.append(((r[..., j, :].astype(np.uint64) + qq - acc) % qq) * np.uint64(inv) % qq)
+        frac = np.zeros(ks[0].shape, dtype=np.float64)
+        for j, k in enumerate(ks):  # x/q = sum_j k_j / prod_{m>=j} q_m, largest term last
+            frac += k.astype(np.float64) / float(math.prod(self.primes[j:]))
+        frac -= np.floor(frac)
+        return np.where(frac >= 0.5, frac - 1.0, frac)
+
+    # -- uniform polynomials from seeds
+    def _expand(self, key: bytes, n_polys: int) -> np.ndarray:
+        out = np.empty((n_polys, len(self.primes), self.n), dtype=np.uint32)
+        aes = AESGCM(key)
+        for i in range(n_polys):
+            nonce = i.to_bytes(12, "little")
+            nwords = self.stream_words
+            while not fk.expand_uniform(_aes_words(aes, nonce, nwords), self.primes_u32, self.prime_masks, out[i]):
+                nwords *= 2
+        return out
+
     def expand_a(self, seed: bytes, n_cts: int) -> np.ndarray:
-        """Uniform ``a`` for ``n_cts`` ciphertexts, NTT domain (tiled order), shape (n_cts, 2, N), uint32.
+        """Uniform ``a`` for ``n_cts`` ciphertexts, NTT domain (tiled order), shape (n_cts, L, N), uint32.
 
         Key ``K = SHA-256(domain || seed)[:16]``.  Ciphertext ``i`` reads its own AES-128-CTR
         keystream under ``K``, counter block ``nonce_i || 2, 3, ...`` with ``nonce_i`` = ``i`` as
@@ -479,31 +521,13 @@ class _Context:
         would do; AES is what the hardware makes cheap, as in Kyber-90s.  A longer stream
         extends a shorter one, so the retry when spare words run out is deterministic.
         """
-        out = np.empty((n_cts, 2, self.n), dtype=np.uint32)
-        aes = AESGCM(hashlib.sha256(_DOMAIN_A + seed).digest()[:16])
-        for i in range(n_cts):
-            nonce = i.to_bytes(12, "little")
-            nwords = self.stream_words
-            while not fk.expand_uniform(_aes_words(aes, nonce, nwords), self.primes_u32, self.prime_masks, out[i]):
-                nwords *= 2
-        return out
+        return self._expand(hashlib.sha256(_DOMAIN_A + seed).digest()[:16], n_cts)
 
-    def crt_centered(self, r: np.ndarray) -> np.ndarray:
-        """CRT of residues ``r[..., 0, :]`` (mod q1) and ``r[..., 1, :]`` (mod q2).
-
-        Returns the representative in (-q/2, q/2] as float64, shape ``r.shape`` minus axis -2.
-        """
-        q1, q2 = self.primes
-        r1 = r[..., 0, :].astype(np.uint64)
-        r2 = r[..., 1, :].astype(np.uint64)
-        h = ((r2 + np.uint64(q2) - (r1 % np.uint64(q2))) % np.uint64(q2)) * np.uint64(self.q1_inv_mod_q2)
-        h %= np.uint64(q2)
-        v = r1 + np.uint64(q1) * h  # < q < 2^64, exact in uint64
-        half = np.uint64(self.q // 2)
-        neg = v > half
-        # v - q wraps in uint64; viewed as int64 it is the (negative) centered value.
-        centered = np.where(neg, v - np.uint64(self.q), v).view(np.int64)
-        return centered.astype(np.float64)
+    def expand_pk1(self, key_seed: bytes) -> np.ndarray:
+        """The key's uniform polynomial ``pk1`` (L, N) uint32, NTT domain (tiled order): the
+        stream of :meth:`expand_a` under ``SHA-256(domain || params fingerprint || key_seed)``."""
+        key = hashlib.sha256(_DOMAIN_PK1 + self.params.fingerprint() + key_seed).digest()[:16]
+        return self._expand(key, 1)[0]
 
 
 def _aes_words(aes: AESGCM, nonce: bytes, nwords: int) -> np.ndarray:
@@ -522,7 +546,7 @@ def _aes_words(aes: AESGCM, nonce: bytes, nwords: int) -> np.ndarray:
 _ZEROS = memoryview(bytes(1 << 20))  # plaintext of _aes_words up to 1 MB (larger: made per call)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _context(params: FastParams) -> _Context:
     return _Context(params)
 
@@ -530,11 +554,6 @@ def _context(params: FastParams) -> _Context:
 @functools.lru_cache(maxsize=64)
 def _fingerprint(params: FastParams) -> bytes:
     return hashlib.sha256(b"aideploy-fastlinear-params" + params.to_json()).digest()[:_FP_BYTES]
-
-
-def _mod_add(x: np.ndarray, y: np.ndarray, q_col: np.ndarray) -> np.ndarray:
-    s = x + y
-    return np.where(s >= q_col, s - q_col, s)
 
 
 def _row_geometry(n_features: int, n_classes: int, n: int) -> list[list[int]]:
@@ -555,8 +574,26 @@ def _choose_layout(n_samples: int, n_features: int, n_classes: int, n: int) -> i
     return _LAYOUT_COLUMN if column_cts < row_cts else _LAYOUT_ROW
 
 
-def _key_id(params: FastParams, pk_raw: bytes) -> bytes:
-    return hashlib.sha256(_DOMAIN_KEY + params.to_json() + pk_raw).digest()[:_KEY_ID_BYTES]
+def _key_id(params: FastParams, key_seed: bytes, pk0_raw: bytes) -> bytes:
+    return hashlib.sha256(_DOMAIN_KEY + params.to_json() + key_seed + pk0_raw).digest()[:_KEY_ID_BYTES]
+
+
+def _degenerate(ctx: _Context, pk0: np.ndarray, pk0_ntt: np.ndarray) -> str | None:
+    """Why ``pk0`` (coefficients, and tiled NTT) cannot be a real key's, or None.
+
+    A real ``pk0 = -(pk1*s) + e`` is pseudorandom modulo each prime: its N residues are
+    distinct but for ~N^2/2^33 collisions, and ~N/128 of them lie within q/256 of 0.
+    """
+    n = ctx.n
+    for j, q in enumerate(ctx.primes):
+        for domain, values in (("coefficient", pk0[j]), ("NTT", pk0_ntt[j])):
+            distinct = np.unique(values).size
+            if distinct < n - n // 16:
+                return f"pk0 has {distinct} distinct residues of {n} modulo prime {j + 1} in the {domain} domain"
+        small = int(np.count_nonzero(np.minimum(pk0[j], q - pk0[j]) < q >> 8))
+        if small > n // 16:
+            return f"{small} of pk0's {n} coefficients modulo prime {j + 1} are within q/256 of 0"
+    return None
 
 
 # -------------------------------------------------------------------------- client
@@ -572,8 +609,8 @@ class FastClient:
         self.params = params if params is not None else FastParams()
         if not isinstance(self.params, FastParams):
             raise FastSchemeError("params must be a FastParams")
-        self._ctx = _context(self.params)
-        n = self._ctx.n
+        ctx = self._ctx = _context(self.params)
+        n = ctx.n
         for name, v in (("n_features", n_features), ("n_classes", n_classes)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise FastSchemeError(f"{name} must be a positive int, got {v!r}")
@@ -581,21 +618,17 @@ class FastClient:
             raise FastSchemeError(f"n_features={n_features} exceeds the supported maximum {n} (= N)")
         self.n_features = int(n_features)
         self.n_classes = int(n_classes)
-        keygen = seal.KeyGenerator(self._ctx.ctx)
-        self._secret_key = keygen.secret_key()
-        public_key = keygen.create_public_key()
-        self._encryptor = seal.Encryptor(self._ctx.ctx, self._secret_key)
-        # The secret key is stored by SEAL in NTT form at the key level; the first
-        # two RNS components are s mod q1, q2 in the same NTT domain as ciphertexts.
-        sk_raw = self._secret_key.to_string()
-        count = 3 * n
-        s = np.frombuffer(sk_raw, dtype="<u8", count=count, offset=len(sk_raw) - 8 * count).reshape(3, n)
-        self._s_ntt = s[:2].copy()
-        pk_bytes = public_key.to_string()  # a size-2 ciphertext at the key level, NTT form
-        pk = np.frombuffer(pk_bytes, dtype="<u8", count=2 * count,
-                           offset=len(pk_bytes) - 16 * count).reshape(2, 3, n)
-        self._pk_raw = pk.astype("<u4").tobytes()
-        self._key_id = _key_id(self.params, self._pk_raw)
+        # SEAL's secret key is uniform ternary, stored in NTT form (SEAL's order) at its key level
+        sk_raw = seal.KeyGenerator(ctx.ring.seal).secret_key().to_string()
+        count = len(ctx.primes) * n
+        s = np.frombuffer(sk_raw, dtype="<u8", count=count, offset=len(sk_raw) - 8 * count)
+        self._s_ntt = fk.from_seal_order(s.reshape(-1, n))
+        self._key_seed = os.urandom(_SEED_BYTES)
+        pk1 = ctx.expand_pk1(self._key_seed)
+        e = ctx.residues(ctx.noise(n))
+        pk0 = (e + ctx.q_col - ctx.times_secret(pk1[None], self._s_ntt)[0]) % ctx.q_col  # -(pk1*s) + e
+        self._pk0_raw = pk0.astype("<u4").tobytes()
+        self._key_id = _key_id(self.params, self._key_seed, self._pk0_raw)
         self.key_id = self._key_id.hex()
         self._groups = _row_geometry(self.n_features, self.n_classes, n)
 
@@ -614,9 +647,10 @@ class FastClient:
         return view
 
     def public_bundle(self) -> bytes:
-        """Everything the server needs (parameters + public key), no secret material."""
+        """Everything the server needs (parameters, key seed, pk0), no secret material."""
         pj = self.params.to_json()
-        return _BUNDLE_HEADER.pack(_BUNDLE_MAGIC, WIRE_VERSION, b"\0\0\0", len(pj)) + pj + self._pk_raw
+        return (_BUNDLE_HEADER.pack(_BUNDLE_MAGIC, WIRE_VERSION, b"\0\0\0", len(pj)) + pj + self._key_seed
+                + self._pk0_raw)
 
     # -- encryption
     def _check_input(self, X: Any) -> np.ndarray:
@@ -643,36 +677,23 @@ class FastClient:
         return X
 
     def _encrypt_messages(self, messages: np.ndarray, a: np.ndarray) -> np.ndarray:
-        """c0 (coefficient domain) for each message so that (c0, a) encrypts it.
-
-        SEAL encrypts each message with the secret key as (c0*, c1*) (SEAL's noise);
-        then c0 = c0* + INTT((NTT(c1*) - a) * s) re-keys it onto the seeded ``a``.
-        """
+        """``c0 = Delta*m + e - a*s`` (coefficient domain, (k, L, N)) for each signed message
+        ``m`` (k, N), so that ``(c0, a)`` encrypts it with fresh noise ``e``."""
         ctx = self._ctx
-        k = messages.shape[0]
-        c0s = np.empty((k, 2, ctx.n), dtype=np.uint64)
-        c1s = np.empty((k, 2, ctx.n), dtype=np.uint64)
-        for i in range(k):
-            ct = self._encryptor.encrypt_symmetric(ctx.plain_load(messages[i]))
-            raw = _Context.ct_array(ct)
-            c0s[i] = raw[0]
-            c1s[i] = raw[1]
-        c1_ntt = ctx.ntt(c1s)
-        diff = (c1_ntt + ctx.q_col - fk.to_seal_order(a)) % ctx.q_col
-        corr = ctx.intt((diff * self._s_ntt) % ctx.q_col)
-        return _mod_add(c0s, corr, ctx.q_col)
+        k, n = messages.shape
+        c0 = ctx.residues(messages) * ctx.delta_mod.reshape(-1, 1) % ctx.q_col
+        c0 += ctx.residues(ctx.noise(k * n).reshape(k, n))
+        c0 += ctx.q_col - ctx.times_secret(a, self._s_ntt)
+        return c0 % ctx.q_col
 
-    def encrypt(self, X: np.ndarray, layout: str | None = None, seeded: bool = True) -> bytes:
+    def encrypt(self, X: np.ndarray, layout: str | None = None) -> bytes:
         """Encrypt ``X`` (n_samples, n_features) into one query.
 
         One sample uses the row layout (one seeded half-ciphertext); larger batches
-        use whichever layout uploads less, or ``layout='row'|'column'``.  ``seeded=False``
-        sends the uniform polynomials in full (2x upload) so the server skips the seed
-        expansion -- worthwhile only for large batches where server throughput matters.
+        use whichever layout moves less, or ``layout='row'|'column'``.
         """
         X = self._check_input(X)
-        ctx = self._ctx
-        n, t = ctx.n, ctx.t
+        n = self._ctx.n
         n_samples = X.shape[0]
         if layout is None:
             code = _choose_layout(n_samples, self.n_features, self.n_classes, n)
@@ -681,35 +702,28 @@ class FastClient:
         else:
             raise FastSchemeError(f"layout must be 'row' or 'column', got {layout!r}")
         xh = np.rint(X * self.params.x_scale).astype(np.int64)
-        xh_mod = np.where(xh < 0, xh + t, xh).astype(np.uint64)  # plaintext coefficients in [0, t)
         if code == _LAYOUT_ROW:
-            messages = np.zeros((n_samples, n), dtype=np.uint64)
-            messages[:, : self.n_features] = xh_mod
+            messages = np.zeros((n_samples, n), dtype=np.int64)
+            messages[:, : self.n_features] = xh
         else:
             n_blocks = -(-n_samples // n)
-            padded = np.zeros((n_blocks * n, self.n_features), dtype=np.uint64)
-            padded[:n_samples] = xh_mod
+            padded = np.zeros((n_blocks * n, self.n_features), dtype=np.int64)
+            padded[:n_samples] = xh
             # block b, feature i -> coefficients are the samples of that block
             messages = padded.reshape(n_blocks, n, self.n_features).transpose(0, 2, 1).reshape(-1, n)
         if messages.shape[0] > _MAX_CTS:
             raise FastSchemeError(f"request would need {messages.shape[0]} ciphertexts (max {_MAX_CTS})")
         seed = os.urandom(_SEED_BYTES)
-        a = ctx.expand_a(seed, messages.shape[0])
-        c0 = self._encrypt_messages(messages, a.astype(np.uint64))
-        flags = 0 if seeded else _FLAG_UNSEEDED
-        header = _QUERY_HEADER.pack(_QUERY_MAGIC, WIRE_VERSION, code, flags, self.params.fingerprint(),
-                                    self._key_id, self.n_features, n_samples, messages.shape[0],
-                                    seed if seeded else b"\0" * _SEED_BYTES)
-        parts = [header, c0.astype("<u4").tobytes()]
-        if not seeded:
-            parts.append(a.astype("<u4").tobytes())
-        return b"".join(parts)
+        c0 = self._encrypt_messages(messages, self._ctx.expand_a(seed, messages.shape[0]))
+        header = _QUERY_HEADER.pack(_QUERY_MAGIC, WIRE_VERSION, code, 0, self.params.fingerprint(), self._key_id,
+                                    self.n_features, n_samples, messages.shape[0], seed)
+        return header + c0.astype("<u4").tobytes()
 
     # -- decryption
     def decrypt(self, response: bytes, n_samples: int) -> np.ndarray:
         """Decrypt a response into logits of shape (n_samples, n_classes)."""
         ctx = self._ctx
-        n = ctx.n
+        n, n_primes = ctx.n, len(ctx.primes)
         if not isinstance(response, (bytes, bytearray, memoryview)):
             raise FastSchemeError("response must be bytes")
         response = bytes(response)
@@ -729,43 +743,40 @@ class FastClient:
             raise FastSchemeError(f"response holds {ns} samples, caller expected {n_samples}")
         if code == _LAYOUT_ROW:
             expect_cts = ns * len(self._groups)
-            c0_count = ns * 2 * nc
         elif code == _LAYOUT_COLUMN:
             expect_cts = -(-ns // n) * nc
-            c0_count = nc * 2 * ns
         else:
             raise FastSchemeError(f"unknown layout code {code}")
         if n_cts != expect_cts:
             raise FastSchemeError(f"response has {n_cts} ciphertexts, expected {expect_cts}")
         body = response[_RESPONSE_HEADER.size:]
-        c1_count = n_cts * 2 * n
+        c1_count, c0_count = n_cts * n_primes * n, ns * n_primes * nc
         if len(body) != 4 * (c1_count + c0_count):
             raise FastSchemeError(f"response body has {len(body)} bytes, expected {4 * (c1_count + c0_count)}")
-        c1 = np.frombuffer(body, dtype="<u4", count=c1_count).astype(np.uint64).reshape(n_cts, 2, n)
+        c1 = np.frombuffer(body, dtype="<u4", count=c1_count).reshape(n_cts, n_primes, n)
         c0 = np.frombuffer(body, dtype="<u4", offset=4 * c1_count).astype(np.uint64)
-        if np.any(c1 >= ctx.q_col):
+        if not fk.residues_below(c1, ctx.primes_u32):
             raise FastSchemeError("response coefficient out of range")
         # phase at position k = c0'_k + (c1' * s)_k ; c1' is in the NTT domain (tiled order).
-        cs = ctx.intt((fk.to_seal_order(c1) * self._s_ntt) % ctx.q_col)
+        cs = ctx.times_secret(c1, self._s_ntt)
         if code == _LAYOUT_ROW:
-            c0 = c0.reshape(ns, 2, nc)
-            cs = cs.reshape(ns, len(self._groups), 2, n)
-            d = np.empty((ns, 2, nc), dtype=np.uint64)
+            c0 = c0.reshape(ns, n_primes, nc)
+            cs = cs.reshape(ns, len(self._groups), n_primes, n)
+            d = np.empty((ns, n_primes, nc), dtype=np.uint64)
             for g, classes in enumerate(self._groups):
                 pos = [(c - classes[0]) * self.n_features + self.n_features - 1 for c in classes]
                 d[:, :, classes[0]:classes[-1] + 1] = cs[:, g][:, :, pos]
             if np.any(c0 >= ctx.q_col):
                 raise FastSchemeError("response coefficient out of range")
-            values = ctx.crt_centered(_mod_add(c0, d, ctx.q_col))  # (ns, C)
+            values = ctx.centered_fraction((c0 + d) % ctx.q_col)  # (ns, C)
         else:
-            c0 = c0.reshape(nc, 2, ns)
+            c0 = c0.reshape(nc, n_primes, ns)
             if np.any(c0 >= ctx.q_col):
                 raise FastSchemeError("response coefficient out of range")
             n_blocks = -(-ns // n)
-            cs = cs.reshape(n_blocks, nc, 2, n).transpose(1, 2, 0, 3).reshape(nc, 2, n_blocks * n)[:, :, :ns]
-            values = ctx.crt_centered(_mod_add(c0, cs, ctx.q_col)).T  # (ns, C)
-        scale = float(ctx.t) / (float(ctx.q) * self.params.x_scale * self.params.w_scale)
-        return values * scale
+            cs = cs.reshape(n_blocks, nc, n_primes, n).transpose(1, 2, 0, 3).reshape(nc, n_primes, n_blocks * n)
+            values = ctx.centered_fraction((c0 + cs[:, :, :ns]) % ctx.q_col).T  # (ns, C)
+        return values * (float(ctx.q) / (float(ctx.delta) * self.params.x_scale * self.params.w_scale))
 
 
 # ------------------------------------------------------------------- server side
@@ -774,25 +785,20 @@ class FastClient:
 class FastPublicKey:
     """A validated client public key, prepared for making encryptions of zero.
 
-    Holds the key's two polynomials modulo the data primes (SEAL's key is at the key
-    level ``q1*q2*p``; its residues mod ``q1, q2`` are an RLWE public key modulo ``q``) in
-    tiled NTT order with Shoup companions, plus a table for single coefficients of
-    ``pk0 * u``.  Each output ciphertext gets a fresh encryption of zero, made on the
-    request path by :func:`fastkernels.encrypt_zero` (no pool, nothing ever reused).
+    Holds ``(pk0, pk1)`` in tiled NTT order with Shoup companions (``pk1`` re-derived from the
+    key seed), plus a table for single coefficients of ``pk0 * u``.  Each output ciphertext
+    gets a fresh encryption of zero, made on the request path by
+    :func:`fastkernels.encrypt_zero` (no pool, nothing ever reused).
     """
 
-    def __init__(self, ctx: _Context, pk_ntt: np.ndarray, key_id: bytes):
+    def __init__(self, ctx: _Context, pk0: np.ndarray, pk0_ntt: np.ndarray, pk1_ntt: np.ndarray, key_id: bytes):
         self.params = ctx.params
         self._ctx = ctx
         self._key_id = key_id
         self.key_id = key_id.hex()
-        tables = ctx.tables
-        self._pk = fk.aligned(fk.from_seal_order(pk_ntt[:, :2, :]))  # (2 polys, 2 primes, N) u64, tiled
+        self._pk = fk.aligned(np.stack([pk0_ntt, pk1_ntt]).astype(np.uint64))  # (2 polys, L primes, N) tiled
         self._pkp = fk.aligned(np.stack([[fk.shoup(self._pk[p, j], q) for j, q in enumerate(ctx.primes)]
                                          for p in range(2)]))
-        pk0 = np.empty((2, ctx.n), dtype=np.uint64)
-        for j, q in enumerate(ctx.primes):
-            fk.ntt_inverse(self._pk[0, j].copy(), pk0[j], q, tables.big[j], tables.tail[j], tables.n_inv[j])
         self._pk0_rev = fk.pk0_reversed(pk0, ctx.primes)
 
     def __repr__(self) -> str:
@@ -804,13 +810,13 @@ class FastPublicKey:
         return self._pk.nbytes + self._pkp.nbytes + self._pk0_rev.nbytes
 
     def zeros(self, k: int) -> np.ndarray:
-        """``k`` fresh encryptions of zero: array (k, 2, 2, N) of [z0 coefficients, z1 tiled NTT]."""
+        """``k`` fresh encryptions of zero: array (k, 2, L, N) of [z0 coefficients, z1 tiled NTT]."""
         ctx = self._ctx
         tables = ctx.tables
-        n = ctx.n
-        words = _noise.words(k * 2 * n).reshape(k, 2 * n)
-        out = np.empty((k, 2, 2, n), dtype=np.uint64)
-        work = _workspace(n)[0][:5]
+        n, n_primes = ctx.n, len(ctx.primes)
+        words = _noise.words(k * (2 * n + fk.SPARE_WORDS)).reshape(k, -1)
+        out = np.empty((k, 2, n_primes, n), dtype=np.uint64)
+        work = _workspace(n, n_primes)[0][:5]
         for i in range(k):
             fk.encrypt_zero(words[i], ctx.primes_u64, self._pk, self._pkp, tables.big, tables.tail,
                             tables.n_inv, out[i, 1], out[i, 0], True, work)
@@ -840,20 +846,20 @@ _noise = _NoiseStream()
 
 
 class _Workspaces(threading.local):
-    """Each thread's kernel scratch memory (:func:`fastkernels.workspace`, by N) and reusable arrays."""
+    """Each thread's kernel scratch memory (:func:`fastkernels.workspace`, by N and primes) and reusable arrays."""
 
     def __init__(self) -> None:
-        self.by_n: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.by_n: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.scratch: dict[tuple, np.ndarray] = {}
 
 
 _workspaces = _Workspaces()
 
 
-def _workspace(n: int) -> tuple[np.ndarray, np.ndarray]:
-    work = _workspaces.by_n.get(n)
+def _workspace(n: int, n_primes: int) -> tuple[np.ndarray, np.ndarray]:
+    work = _workspaces.by_n.get((n, n_primes))
     if work is None:
-        work = _workspaces.by_n[n] = fk.workspace(n)
+        work = _workspaces.by_n[(n, n_primes)] = fk.workspace(n, n_primes)
     return work
 
 
@@ -923,11 +929,6 @@ def _read_bundle_params(bundle: Any) -> tuple[FastParams, int]:
     return FastParams.from_json(bundle[_BUNDLE_HEADER.size:_BUNDLE_HEADER.size + plen]), plen
 
 
-def bundle_params(bundle: bytes) -> FastParams:
-    """The parameters a client's public bundle was made for (validated, nothing else parsed)."""
-    return _read_bundle_params(bytes(bundle))[0]
-
-
 @dataclass(frozen=True)
 class _ModelFit:
     """A model quantised for one parameter set, with its guarantees (see the module docstring)."""
@@ -937,16 +938,18 @@ class _ModelFit:
     groups: list[list[int]]  # row-layout class groups
     error_bound: float  # guaranteed max |logit error|
     flood_bits: int  # flooding noise is uniform in [-2^flood_bits, 2^flood_bits)
-    margin_bits: float  # log2(flood / worst-case model-dependent noise)
+    margin_bits: float  # log2(2F / delta): -log2 of the statistical distance per released coefficient
+    max_samples: int  # samples per query within the round's share of 2^-40
 
 
-def _fit_model(W: np.ndarray, b: np.ndarray, params: FastParams, n: int, t: int, q: int) -> _ModelFit:
-    """Quantise ``(W, b)`` for ``params`` and check the error guarantee, or :class:`FastSchemeError`.
-
-    ``n`` is N, ``t`` the plain modulus and ``q`` the data modulus. Pure arithmetic: it
-    builds no SEAL objects, so :func:`choose_params` can try many parameter sets.
-    """
+def _fit_model(W: np.ndarray, b: np.ndarray, params: FastParams, ctx: _Context, rounds: int = 1) -> _ModelFit:
+    """Quantise ``(W, b)`` for ``params`` and check the error and privacy guarantees, or
+    :class:`FastSchemeError`.  ``rounds``: the rounds of a query that share its 2^-40 (layers of
+    an MLP).  Pure arithmetic on ``ctx``'s numbers: :func:`choose_params` tries many sets."""
     C, nf = W.shape
+    n = ctx.n
+    t, q = 1 << params.plain_modulus_bits, ctx.q
+    delta = q // t
     sx, sw = params.x_scale, params.w_scale
     S = sx * sw
     wh = np.rint(W * sw).astype(np.int64)
@@ -957,25 +960,26 @@ def _fit_model(W: np.ndarray, b: np.ndarray, params: FastParams, n: int, t: int,
     l1_w = np.abs(W).sum(axis=1)
     l1_dw = dw.sum(axis=1)
     quant = R * l1_dw / sw + l1_w / (2 * sx) + l1_dw / (2 * S) + 1.0 / (2 * S)
-    group_l1 = [int(np.abs(wh[cls]).sum()) for cls in groups]
-    b_w = _FRESH_NOISE_BOUND * max(group_l1)  # row layout is the worst case
-    to_output = float(t) / (float(q) * S)  # phase units -> output units
+    whf = wh.astype(np.float64)
+    group_l1 = [float(np.abs(whf[cls]).sum()) for cls in groups]
+    group_l2 = [math.sqrt(float((whf[cls] ** 2).sum())) for cls in groups]
+    client = _NOISE_BOUND * max(group_l1)  # worst case of the client's noise times the weights (row layout)
+    server = _pk_noise_bound(n)
+    to_output = 1.0 / (float(delta) * S)  # phase units -> output units
     budget = params.max_error - float(quant.max())
-    pk_noise = _pk_noise_bound(n)
-    fixed_noise = (b_w + pk_noise + 2) * to_output
+    fixed_noise = (client + server) * to_output
     if budget - fixed_noise <= 0:
         raise FastSchemeError(
             f"model cannot be served within max_error={params.max_error:g}: quantisation error "
             f"bound {quant.max():.3g} + noise {fixed_noise:.3g}")
-    flood = (budget - fixed_noise) * 0.9 / to_output
-    flood_bits = int(math.floor(math.log2(flood)))
+    flood_bits = min(95, int(math.floor(math.log2((budget - fixed_noise) * 0.9 / to_output))))
     if flood_bits < 1:
         raise FastSchemeError("no room for flooding noise within max_error")
-    F = 1 << flood_bits
-    noise_total = b_w + pk_noise + 2 + F
-    # no wrap-around: (q/t)*|yh| + E < q/2  <=>  |yh| < t/2 - E*t/q
-    yh_max = (R * sx + 0.5) * np.abs(wh).sum(axis=1) + np.abs(np.array(bh, dtype=np.float64))
-    wrap_limit = t / 2.0 - noise_total * float(t) / float(q)
+    F = 2.0 ** flood_bits
+    noise_total = client + server + F
+    # no wrap-around: Delta*|yh| + E < q/2
+    yh_max = (R * sx + 0.5) * np.abs(whf).sum(axis=1) + np.abs(np.array(bh, dtype=np.float64))
+    wrap_limit = (q / 2.0 - noise_total) / float(delta)
     if float(yh_max.max()) >= wrap_limit:
         worst = float((R * l1_w + np.abs(b)).max())
         raise FastSchemeError(
@@ -983,51 +987,67 @@ def _fit_model(W: np.ndarray, b: np.ndarray, params: FastParams, n: int, t: int,
     # Exactness of the float64 dot products (16-bit limbs times weights, summed).
     if max(group_l1) * (1 << 16) >= 1 << 53:
         raise FastSchemeError("weights too large for exact evaluation")
-    return _ModelFit(wh, bh, groups, float(quant.max()) + noise_total * to_output, flood_bits,
-                     math.log2(F / max(b_w, 1)))
+    # model privacy (module docstring): per released coefficient |d| <= spread outside 2^-41/rounds
+    spread = _tail_factor(rounds) * max(group_l2) + server
+    margin = math.log2(2 * F / spread)
+    max_samples = min(int(2.0 ** (SD_LOG2 - 1 + margin) / (rounds * C)), _RELEASED_MAX // C)
+    if max_samples < 1:
+        raise FastSchemeError(
+            f"the flooding that fits max_error={params.max_error:g} leaves a statistical distance of "
+            f"2^{-margin + math.log2(C * rounds) :.1f} per sample, above 2^{SD_LOG2 - 1}")
+    return _ModelFit(wh, bh, groups, float(quant.max()) + noise_total * to_output, flood_bits, margin, max_samples)
 
 
 def choose_params(coef: np.ndarray, intercept: np.ndarray | float, x_bound: float = 1.0,
                   max_error: float = 1e-3) -> FastParams:
-    """Fixed-point scales that serve this model within ``max_error`` for inputs in ``[-x_bound, x_bound]``.
+    """The parameters a service serves this model with, for inputs in ``[-x_bound, x_bound]``
+    within ``max_error``; deterministic, so a client with the model computes the same ones.
 
-    The defaults when they fit (every model they served keeps its parameters); otherwise the
-    plain modulus (46..54 bits), input and weight scales (10..30 bits) that fit with the
-    largest flooding margin, i.e. the most model privacy. Limits: logits up to
-    ``2^(53 - x_scale_bits - w_scale_bits) * x_bound`` and weights small enough for the error
-    bound; a model outside every candidate raises :class:`FastSchemeError` with the default
-    parameters' reason.
+    The cheapest ring of :data:`RINGS` that serves the model, and in it, of the input and
+    weight scales (8..30 bits each) with the smallest plain modulus that holds the model's
+    logits (:func:`scale_candidates`), the one with the largest flooding margin: the most
+    samples per query within 2^-40 (finer scales leave less of ``max_error`` to the flood,
+    coarser ones more to quantisation).
     """
     W = np.asarray(coef, dtype=np.float64)
     W = W.reshape(1, -1) if W.ndim == 1 else W
     b = np.broadcast_to(np.asarray(intercept, dtype=np.float64).reshape(-1), (W.shape[0],))
     if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
         raise FastSchemeError("model contains NaN or infinity")
-    base = FastParams(x_bound=x_bound, max_error=max_error)
-    ctx = _context(base)
-    if W.shape[1] > ctx.n:
-        raise FastSchemeError(f"model has {W.shape[1]} features, the parameters support at most {ctx.n}")
-    try:
-        _fit_model(W, b, base, ctx.n, ctx.t, ctx.q)
-        return base
-    except FastSchemeError as exc:
-        reason = exc
-    candidates = (FastParams(plain_modulus_bits=t_bits, x_scale_bits=x_bits, w_scale_bits=w_bits,
-                             x_bound=x_bound, max_error=max_error)
-                  for t_bits in range(46, base.coeff_modulus_bits[0] + base.coeff_modulus_bits[1] - 9)
-                  for x_bits in range(10, min(30, t_bits - 3) + 1)
-                  for w_bits in range(10, 31) if x_bits + w_bits < t_bits)
-    best, _ = widest_margin(
-        candidates, lambda p: _fit_model(W, b, p, ctx.n, 1 << p.plain_modulus_bits, ctx.q).margin_bits)
-    if best is None:
-        raise FastSchemeError(f"{reason}; no fixed-point scales serve this model within max_error={max_error:g}")
-    return best
+    top = float((np.abs(W).sum(axis=1) * x_bound + np.abs(b)).max())
+    reason = None
+    for ring in RINGS:
+        ctx = _context(FastParams(coeff_modulus_bits=ring, x_bound=x_bound, max_error=max_error))
+        if W.shape[1] > ctx.n:
+            raise FastSchemeError(f"model has {W.shape[1]} features, the parameters support at most {ctx.n}")
+        best, reason = widest_margin(scale_candidates(top, x_bound, max_error, ring=ring),
+                                     lambda p: _fit_model(W, b, p, ctx).margin_bits)
+        if best is not None:
+            return best
+    raise FastSchemeError(f"no fixed-point scales serve this model within max_error={max_error:g}: {reason}")
+
+
+def scale_candidates(top: float, x_bound: float, max_error: float, bits: Iterable[int] = range(8, 31),
+                     ring: tuple[int, ...] = RINGS[0]) -> Iterable[FastParams]:
+    """For every input and weight scale in ``bits``, the two smallest plain moduli whose range
+    ``t/(2S)`` holds logits up to ``top`` (the smallest that fits is the best: the scale
+    ``Delta = q/t``, and with it the flood, is largest), in the ring of primes ``ring``."""
+    bits = list(bits)
+    for x_bits in bits:
+        for w_bits in bits:
+            scale = 2.0 ** (x_bits + w_bits) / x_bound
+            t_min = max(x_bits + 3, math.ceil(math.log2(2.0 * top * scale + 4.0)))
+            for t_bits in (t_min, t_min + 1):
+                if t_bits <= min(60, sum(ring) - 20):
+                    yield FastParams(coeff_modulus_bits=ring, plain_modulus_bits=t_bits, x_scale_bits=x_bits,
+                                     w_scale_bits=w_bits, x_bound=x_bound, max_error=max_error)
 
 
 def widest_margin(candidates: Iterable[FastParams],
                   margin: Callable[[FastParams], float]) -> tuple[FastParams | None, FastSchemeError | None]:
-    """The candidate whose ``margin`` (flooding bits) is largest, the first of equals, and the last
-    refusal; ``margin`` raises :class:`FastSchemeError` for a candidate that cannot serve."""
+    """The candidate whose ``margin`` (flooding bits, or samples per query) is largest, the first
+    of equals, and the last refusal; ``margin`` raises :class:`FastSchemeError` for a candidate
+    that cannot serve."""
     best: tuple[float, FastParams] | None = None
     reason = None
     for params in candidates:
@@ -1056,7 +1076,7 @@ class FastServer:
         if not isinstance(self.params, FastParams):
             raise FastSchemeError("params must be a FastParams")
         ctx = self._ctx = _context(self.params)
-        n, t = ctx.n, ctx.t
+        n = ctx.n
         try:
             W = np.asarray(coef, dtype=np.float64)
             b = np.asarray(intercept, dtype=np.float64)
@@ -1074,7 +1094,7 @@ class FastServer:
         b = np.broadcast_to(b.reshape(-1), (C,)).astype(np.float64)
         if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
             raise FastSchemeError("model contains NaN or infinity")
-        self._prepare(_fit_model(W, b, self.params, n, t, ctx.q))
+        self._prepare(_fit_model(W, b, self.params, ctx))
 
     @classmethod
     def _from_fit(cls, params: FastParams, fit: "_ModelFit") -> "FastServer":
@@ -1097,6 +1117,8 @@ class FastServer:
         C, nf = wh.shape
         self.n_features, self.n_classes = nf, C
         self.error_bound, self._flood_bits, self.flood_margin_bits = fit.error_bound, fit.flood_bits, fit.margin_bits
+        self._flood = fk.flood_constants(fit.flood_bits, ctx.primes_u64)
+        self.max_samples = fit.max_samples
         # ---- row layout: classes in groups of `per`; the logit of class c is coefficient
         # pos[c] of its group's product (see fastkernels.row_plaintexts)
         per = len(self._groups[0])
@@ -1121,12 +1143,13 @@ class FastServer:
                 f"flood_margin_bits={self.flood_margin_bits:.1f})")
 
     def describe(self) -> dict[str, Any]:
-        """Model-dependent guarantees: error bound, flood size and margin, layout."""
+        """Model-dependent guarantees: error bound, flood size and margin, caps, layout."""
         return {
             "n_features": self.n_features, "n_classes": self.n_classes,
             "row_groups": [len(g) for g in self._groups],
             "error_bound": self.error_bound, "flood_bits": self._flood_bits,
-            "flood_margin_bits": self.flood_margin_bits, "params": self.params.describe(),
+            "flood_margin_bits": self.flood_margin_bits, "max_samples_per_query": self.max_samples,
+            "params": self.params.describe(),
         }
 
     # -- key loading
@@ -1135,44 +1158,44 @@ class FastServer:
         bundle = bytes(bundle) if isinstance(bundle, (bytearray, memoryview)) else bundle
         params, plen = _read_bundle_params(bundle)
         if params != self.params:
-            raise FastSchemeError(f"bundle parameters {params} do not match the server's {self.params}")
+            raise FastSchemeError(f"the key was made for other parameters ({_difference(params, self.params)}); "
+                                  "a client must use the parameters the service publishes (GET /score)")
         ctx = self._ctx
-        pk_raw = bundle[_BUNDLE_HEADER.size + plen:]
-        if len(pk_raw) != 2 * 3 * ctx.n * 4:
-            raise FastSchemeError(f"public key has {len(pk_raw)} bytes, expected {2 * 3 * ctx.n * 4}")
-        pk = np.frombuffer(pk_raw, dtype="<u4").astype(np.uint64).reshape(2, 3, ctx.n)
-        if np.any(pk >= np.array(ctx.key_primes, dtype=np.uint64).reshape(1, 3, 1)):
+        n, n_primes = ctx.n, len(ctx.primes)
+        body = bundle[_BUNDLE_HEADER.size + plen:]
+        expect = _SEED_BYTES + n_primes * n * 4
+        if len(body) != expect:
+            raise FastSchemeError(f"public key has {len(body)} bytes, expected {expect}")
+        key_seed = body[:_SEED_BYTES]
+        pk0 = np.frombuffer(body, dtype="<u4", offset=_SEED_BYTES).reshape(n_primes, n)
+        if not fk.residues_below(pk0[None], ctx.primes_u32):
             raise FastSchemeError("public key coefficient out of range")
-        try:
-            public_key = ctx.ctx.from_public_str(ctx.ct_bytes(pk, ctx.key_parms_id, ntt=True))
-        except Exception as exc:  # SEAL's loader validates; surface its verdict
-            raise FastSchemeError(f"SEAL rejected the public key: {exc}") from None
-        if list(public_key.parms_id()) != ctx.key_parms_id:
-            raise FastSchemeError("public key is not at the key level of these parameters")
-        return FastPublicKey(ctx, pk, _key_id(params, pk_raw))
+        pk0_ntt = ctx.ntt(pk0[None])[0]
+        why = _degenerate(ctx, pk0, pk0_ntt)
+        if why:
+            raise FastSchemeError(f"public key is degenerate: {why} (a real key's are pseudorandom)")
+        return FastPublicKey(ctx, pk0.astype(np.uint64), pk0_ntt, ctx.expand_pk1(key_seed),
+                             _key_id(params, key_seed, body[_SEED_BYTES:]))
 
     def warm_up(self) -> None:
         """Run every kernel of the request path once, so that no request compiles or loads one.
 
-        Scores a zero query of each shape a client can send (row and column layout, seeded and
-        unseeded: every argument type the kernels are dispatched on) under a throwaway key.
-        The queries are made here, not encrypted: the server cannot tell, and encrypting would
-        leave SEAL's memory pool holding a batch's worth of ciphertexts for the worker's life.
+        Scores a zero query of each shape a client can send (row and column layout: every
+        argument type the kernels are dispatched on) under a throwaway key.  The queries are
+        made here, not encrypted: the server cannot tell.
         """
         client = FastClient(self.n_features, self.n_classes, self.params)
         public = self.load_public(client.public_bundle())
-        n, ns = self._ctx.n, 2
+        n, n_primes, ns = self._ctx.n, len(self._ctx.primes), min(2, self.max_samples)
         for code in (_LAYOUT_ROW, _LAYOUT_COLUMN):
             n_cts = ns if code == _LAYOUT_ROW else -(-ns // n) * self.n_features
-            for flags in (0, _FLAG_UNSEEDED):
-                polys = 2 if flags & _FLAG_UNSEEDED else 1
-                header = _QUERY_HEADER.pack(_QUERY_MAGIC, WIRE_VERSION, code, flags, self._fingerprint,
-                                            public._key_id, self.n_features, ns, n_cts, bytes(_SEED_BYTES))
-                self.predict(header + bytes(polys * n_cts * 2 * n * 4), public)
+            header = _QUERY_HEADER.pack(_QUERY_MAGIC, WIRE_VERSION, code, 0, self._fingerprint,
+                                        public._key_id, self.n_features, ns, n_cts, bytes(_SEED_BYTES))
+            self.predict(header + bytes(n_cts * n_primes * n * 4), public)
 
     # -- scoring
     def _parse_query(self, query: Any, public: FastPublicKey) -> tuple[int, int, np.ndarray, np.ndarray]:
-        """Validate a query; returns (layout, n_samples, c0 u32 (k, 2, N), a u32 (k, 2, N))."""
+        """Validate a query; returns (layout, n_samples, c0 u32 (k, L, N), a u32 (k, L, N))."""
         if not isinstance(public, FastPublicKey):
             raise FastSchemeError("public must be the FastPublicKey returned by load_public()")
         if public._ctx is not self._ctx and public.params != self.params:
@@ -1180,7 +1203,7 @@ class FastServer:
         if not isinstance(query, (bytes, bytearray, memoryview)):
             raise FastSchemeError("query must be bytes")
         ctx = self._ctx
-        n = ctx.n
+        n, n_primes = ctx.n, len(ctx.primes)
         if len(query) < _QUERY_HEADER.size:
             raise FastSchemeError(f"query too short ({len(query)} bytes)")
         magic, ver, code, flags, fp, kid, nf, ns, n_cts, seed = _QUERY_HEADER.unpack_from(query)
@@ -1188,8 +1211,9 @@ class FastServer:
             raise FastSchemeError("not a fast-scheme query (bad magic)")
         if ver != WIRE_VERSION:
             raise FastSchemeError(f"unsupported query version {ver} (expected {WIRE_VERSION})")
-        if flags & ~_FLAG_UNSEEDED:
-            raise FastSchemeError("malformed query header (unknown flags)")
+        if flags:
+            raise FastSchemeError(f"query flags {flags:#x} refused: unseeded queries (a client-chosen a) are not "
+                                  "accepted; a is always expanded from the query's seed")
         if fp != self._fingerprint:
             raise FastSchemeError("query was made for different parameters")
         if kid != public._key_id:
@@ -1199,34 +1223,28 @@ class FastServer:
         if ns < 1:
             raise FastSchemeError("query holds no samples")
         if code == _LAYOUT_ROW:
-            expect = ns
+            expect, answer_cts = ns, ns * len(self._groups)
         elif code == _LAYOUT_COLUMN:
-            expect = -(-ns // n) * nf
+            expect, answer_cts = -(-ns // n) * nf, -(-ns // n) * self.n_classes
         else:
             raise FastSchemeError(f"unknown layout code {code}")
         if n_cts != expect or n_cts > _MAX_CTS:
             raise FastSchemeError(f"query declares {n_cts} ciphertexts, expected {expect} (max {_MAX_CTS})")
-        polys = 2 if flags & _FLAG_UNSEEDED else 1
-        size = _QUERY_HEADER.size + polys * n_cts * 2 * n * 4
+        if ns > self.max_samples:
+            raise FastSchemeError(f"a query of {ns} samples is refused: this service takes at most {self.max_samples} "
+                                  "per query (max_samples_per_query: what its flooding covers within a "
+                                  f"statistical distance of 2^{SD_LOG2} per query)")
+        answer = _RESPONSE_HEADER.size + 4 * n_primes * (answer_cts * n + ns * self.n_classes)
+        if answer > MAX_ANSWER_BYTES:
+            raise FastSchemeError(f"the answer to this query would be {answer} bytes, over this service's limit of "
+                                  f"{MAX_ANSWER_BYTES} (MAX_ANSWER_BYTES); send fewer samples per query")
+        size = _QUERY_HEADER.size + n_cts * n_primes * n * 4
         if len(query) != size:
             raise FastSchemeError(f"query has {len(query)} bytes, expected {size} (truncated or padded)")
-        body = np.frombuffer(query, dtype="<u4", offset=_QUERY_HEADER.size).reshape(polys, n_cts, 2, n)
-        if not fk.residues_below(body, ctx.primes_u32):
+        c0 = np.frombuffer(query, dtype="<u4", offset=_QUERY_HEADER.size).reshape(n_cts, n_primes, n)
+        if not fk.residues_below(c0, ctx.primes_u32):
             raise FastSchemeError("query coefficient out of range for these parameters")
-        a = body[1] if polys == 2 else ctx.expand_a(seed, n_cts)
-        return code, ns, body[0], a
-
-    def _flood(self, shape: tuple[int, ...]) -> np.ndarray:
-        """Fresh uniform integers in [-F, F) from the server's noise stream, as residues mod q_j.
-
-        ``shape`` is ``(..., 2, X)``: axis -2 indexes the primes and holds the *same*
-        integer reduced mod q1 and mod q2.
-        """
-        one = shape[:-2] + (1, shape[-1])
-        count = int(np.prod(one))
-        u = _noise.words(count).reshape(one)
-        f = (u >> np.uint64(63 - self._flood_bits)).astype(np.int64) - (1 << self._flood_bits)
-        return (f % self._ctx.q_i64.reshape(2, 1)).astype(np.uint64)
+        return code, ns, c0, ctx.expand_a(seed, n_cts)
 
     def predict(self, query: bytes, public: FastPublicKey, weights: "_Weights | None" = None,
                 prefix: Callable[[], bytes] | None = None) -> bytes:
@@ -1236,18 +1254,20 @@ class FastServer:
         response for a caller that wraps it)."""
         code, ns, c0, a = self._parse_query(query, public)
         weights = self._weights if weights is None else weights
-        n, C = self._ctx.n, self.n_classes
+        n, n_primes, C = self._ctx.n, len(self._ctx.primes), self.n_classes
         n_cts = ns * len(self._groups) if code == _LAYOUT_ROW else -(-ns // n) * C
         header = (prefix() if prefix is not None else b"") + _RESPONSE_HEADER.pack(
             _RESPONSE_MAGIC, WIRE_VERSION, code, 0, public._key_id, self.n_features, C, ns, n_cts)
-        out = bytearray(len(header) + 4 * (n_cts * 2 * n + ns * 2 * C))
+        out = bytearray(len(header) + 4 * n_primes * (n_cts * n + ns * C))
         out[: len(header)] = header
-        c1_out = np.frombuffer(out, dtype="<u4", count=n_cts * 2 * n, offset=len(header))
+        c1_out = np.frombuffer(out, dtype="<u4", count=n_cts * n_primes * n, offset=len(header))
         c0_out = np.frombuffer(out, dtype="<u4", offset=len(header) + 4 * c1_out.size)
         if code == _LAYOUT_ROW:
-            self._predict_row(ns, c0, a, public, weights, c1_out.reshape(ns, -1, 2, n), c0_out.reshape(ns, 2, C))
+            self._predict_row(ns, c0, a, public, weights, c1_out.reshape(ns, -1, n_primes, n),
+                              c0_out.reshape(ns, n_primes, C))
         else:
-            self._predict_column(ns, c0, a, public, weights, c1_out.reshape(-1, C, 2, n), c0_out.reshape(C, 2, ns))
+            self._predict_column(ns, c0, a, public, weights, c1_out.reshape(-1, C, n_primes, n),
+                                 c0_out.reshape(C, n_primes, ns))
         return bytes(out)
 
     def _predict_row(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey, weights: "_Weights",
@@ -1257,20 +1277,21 @@ class FastServer:
         tables = ctx.tables
         n, n_groups = ctx.n, len(self._groups)
         w_ntt, w_ntt_p, rw = weights.row()
-        words = _noise.words(ns * (n_groups * n + 2 * self.n_classes)).reshape(ns, -1)
+        words = _noise.words(ns * (n_groups * (n + fk.SPARE_WORDS) + 3 * self.n_classes)).reshape(ns, -1)
         fk.row_outputs(c0, a, words, ctx.primes_u64, w_ntt, w_ntt_p, rw, self._rw_len,
                        self._pos, self._group, weights.bias, public._pk, public._pkp, public._pk0_rev,
-                       tables.big, tables.tail, tables.n_inv, self._flood_bits, c1_out, c0_out, _workspace(n))
+                       tables.big, tables.tail, tables.n_inv, self._flood_bits, self._flood, c1_out, c0_out,
+                       _workspace(n, len(ctx.primes)))
 
     def _predict_column(self, ns: int, c0: np.ndarray, a: np.ndarray, public: FastPublicKey, weights: "_Weights",
                         c1_out: np.ndarray, c0_out: np.ndarray) -> None:
         """One ciphertext per feature and block of N samples; class c = sum_i wh_ci * ct_i + Enc(0)."""
         ctx = self._ctx
-        n, nf, C = ctx.n, self.n_features, self.n_classes
+        n, n_primes, nf, C = ctx.n, len(ctx.primes), self.n_features, self.n_classes
         n_blocks = -(-ns // n)
         wh = weights.column()
-        z = public.zeros(n_blocks * C).reshape(n_blocks, C, 2, 2, n)  # [..., 0, :, :] z0, [..., 1, :, :] z1
-        c0_full = np.empty((C, 2, n_blocks * n), dtype=np.uint32)
+        z = public.zeros(n_blocks * C).reshape(n_blocks, C, 2, n_primes, n)  # [..., 0, :, :] z0, [..., 1, :, :] z1
+        c0_full = np.empty((C, n_primes, n_blocks * n), dtype=np.uint32)
 
         def classes(lo: int, hi: int) -> None:
             for blk in range(n_blocks):
@@ -1283,10 +1304,19 @@ class FastServer:
                                   c0_full[lo:hi, :, blk * n:(blk + 1) * n], used)
 
         _in_threads(classes, C, nf * C * n_blocks >= _THREAD_MIN_WORK)
+        flood = np.empty((n_primes, C * ns), dtype=np.int64)
+        fk.flood_residues(_noise.words(2 * C * ns).reshape(-1, 2), self._flood_bits, self._flood, ctx.primes_u64,
+                          flood)
         logits = c0_full[:, :, :ns].astype(np.int64)
         logits += weights.bias[:, :, None]
-        logits += self._flood((C, 2, ns)).astype(np.int64)
-        np.remainder(logits, ctx.q_i64.reshape(2, 1), out=c0_out, casting="unsafe")
+        logits += flood.reshape(n_primes, C, ns).transpose(1, 0, 2)
+        np.remainder(logits, ctx.primes_u64.astype(np.int64).reshape(-1, 1), out=c0_out, casting="unsafe")
+
+
+def _difference(got: FastParams, want: FastParams) -> str:
+    """The fields in which two parameter sets differ, as ``name=got (service: want)``."""
+    return ", ".join(f"{f.name}={getattr(got, f.name)!r} (service: {getattr(want, f.name)!r})"
+                     for f in fields(FastParams) if getattr(got, f.name) != getattr(want, f.name))
 
 
 class _Weights:
@@ -1303,8 +1333,8 @@ class _Weights:
     def __init__(self, ctx: _Context, wh: np.ndarray, bh: np.ndarray, per: int, scratch: bool = False):
         # C order whatever the model's: the kernels are compiled for one layout (fastkernels_aot)
         self._ctx, self.wh, self._per, self._scratch = ctx, np.ascontiguousarray(wh), per, scratch
-        self.bias = np.empty((wh.shape[0], 2), dtype=np.int64)
-        fk.bias_phases(bh, np.uint64(ctx.q), ctx.params.plain_modulus_bits, ctx.primes_u64, self.bias)
+        self.bias = np.empty((wh.shape[0], len(ctx.primes)), dtype=np.int64)
+        fk.bias_phases(bh, ctx.delta_mod, ctx.primes_u64, self.bias)
         self._row: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def row(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1314,7 +1344,8 @@ class _Weights:
             n, (C, nf) = ctx.n, self.wh.shape
             groups = -(-C // self._per)
             # weights used once: fastkernels.row_outputs takes companions of `a` instead
-            shapes = ((groups, 2, n), (0 if self._scratch else groups, 2, n), (groups, self._per * nf))
+            n_primes = len(ctx.primes)
+            shapes = ((groups, n_primes, n), (0 if self._scratch else groups, n_primes, n), (groups, self._per * nf))
             dtypes = (np.uint64, np.uint64, np.int64)
             if self._scratch:
                 w_ntt, w_ntt_p, rw = (_scratch(f"row{i}", s, d) for i, (s, d) in enumerate(zip(shapes, dtypes)))
@@ -1322,7 +1353,7 @@ class _Weights:
                 w_ntt, w_ntt_p, rw = (fk._aligned(s, d) for s, d in zip(shapes, dtypes))
             tables = ctx.tables
             fk.row_plaintexts(self.wh, self._per, ctx.primes_u64, tables.big, tables.tail, w_ntt, w_ntt_p, rw,
-                              _workspace(n)[0][0].view(np.uint64))
+                              _workspace(n, len(ctx.primes))[0][0].view(np.uint64))
             self._row = (w_ntt, w_ntt_p, rw)
         return self._row
 

@@ -54,9 +54,13 @@ so the guarantee holds for every query.  Errors propagate linearly: an error ``e
 ``||W'_{r+1}||_{inf} * e`` (max row L1 norm, worst case), which is ``<= 2^spread`` for a hidden
 layer.  The logit error budget ``max_error`` goes half to the last layer and half, split
 evenly, to the hidden layers, each divided by its amplification to the logits; the flood of
-each layer fills its budget.  :func:`choose_params` searches plain modulus and scales for
-the largest smallest flooding margin; ``MLPServer.error_bound`` is the guaranteed max logit
-error.  The price of the worst-case ``H`` is precision: typical hidden values use a few bits
+each layer fills its budget.  Each round's flood keeps it within ``2^-40 / L`` of the round's
+ideal output (fastlinear's derivation with ``rounds = L``), so a query, all its rounds, is within
+2^-40; the samples per query that covers is the plan's ``max_samples``, which every round
+enforces.  :func:`choose_params` takes the cheapest ring of ``fastlinear.RINGS`` whose flood
+covers the service's ``max_samples_per_query`` (the amplification of the layers' errors makes
+networks need the larger ring at ``max_error = 1e-3``), and in it the scales with the most
+samples per query; ``MLPServer.error_bound`` is the guaranteed max logit error.  The price of the worst-case ``H`` is precision: typical hidden values use a few bits
 of ``[-R, R]`` fewer than their bound, paid for with larger ``s_x, s_w`` and ``t``.
 
 Privacy (what each party learns)
@@ -71,10 +75,14 @@ the first layer: an adaptive client varying ``x`` can estimate the rows of ``W_1
 can re-identify units across queries by their responses).  Fresh permutations and factors
 per query slow this down; they do not prevent it, and a query's samples share them: one batch
 query of ``n + 1`` samples gives ``W_1``'s rows exactly (``bench/mlp_attack.py`` measures
-both).  The service's knobs (``encrypted.QueryBudget``): ``max_samples_per_query`` refuses a
-larger round 1 with a 400 (1: every sample gets its own secrets), ``max_queries_per_key``
-refuses round 1 with a 429 once a key has sent that many samples, both counted per worker.  Weight privacy of each round's
-answer is fastlinear's (flooding, see its docstring).  Not hidden: layer sizes, the
+both).  The service's knobs (``encrypted.QueryBudget``): ``max_samples_per_query`` (default 1:
+every sample gets its own secrets) refuses a larger round 1 with a 400, ``max_queries_per_key``
+refuses round 1 with a 429 once a key has sent that many samples.  Weight privacy of each round's
+answer is fastlinear's (seeded queries, derived ``pk1``, flooding within ``2^-40 / L``, see its
+docstring): beyond the round's permuted, scaled outputs, an honest-but-curious client learns
+nothing but with probability 2^-40 per query; a dishonest one learns, per released value, one
+linear function of that round's (secretly permuted and scaled) weights for an input it chooses,
+of unbounded range and precision.  Not hidden: layer sizes, the
 activation, ``H`` (derived from the model, sent nowhere but implied by the values' range).
 
 Wire format (little-endian, versioned)
@@ -168,6 +176,7 @@ class MLPPlan:
     amplification: list[float]  # per layer: worst-case gain of its output error to the logits
     error_bound: float  # guaranteed max logit error
     margin_bits: float  # smallest flooding margin over the layers
+    max_samples: int  # samples per query within 2^-40 over all rounds
 
     @property
     def sizes(self) -> list[int]:
@@ -201,17 +210,12 @@ def _effective(W: np.ndarray, b: np.ndarray, l: int, L: int, H: list[np.ndarray]
     return A[perm_out] * scale[:, None], b[perm_out] * scale
 
 
-def plan(layers: Sequence[tuple[np.ndarray, np.ndarray]], activation: str = "relu",
-         params: FastParams | None = None, spread: float = 1.0) -> MLPPlan:
-    """Fit a network to ``params`` (see the module docstring), or :class:`FastSchemeError`."""
-    params = params if params is not None else FastParams()
-    layers = _check_layers(layers, activation)
-    if not (isinstance(spread, (int, float)) and 0 <= spread <= 8):
-        raise FastSchemeError("spread must be in [0, 8] bits")
-    ctx = fl._context(params)
-    R, L = float(params.x_bound), len(layers)
-    if max(W.shape[1] for W, _ in layers) > ctx.n:
-        raise FastSchemeError(f"a layer has more than {ctx.n} inputs")
+def _worst_case(layers: list[tuple[np.ndarray, np.ndarray]], R: float, spread: float
+                ) -> tuple[list[np.ndarray], float, list[tuple[np.ndarray, np.ndarray]], list[float]]:
+    """``(H, D, worst, amplification)``: the hidden bounds, the logits' public divisor, each
+    layer's worst-case per-query weights (``u = 1`` on its outputs, ``u = 2^-spread`` on its
+    inputs) and the worst-case gain of each layer's output error to the logits."""
+    L = len(layers)
     H = _bounds(layers, R)
     u_min = 2.0 ** -spread
     # the logits are normalised too, by a public power of two D >= their guaranteed bound
@@ -229,32 +233,60 @@ def plan(layers: Sequence[tuple[np.ndarray, np.ndarray]], activation: str = "rel
     amp = [D] * L
     for l in range(L - 2, -1, -1):
         amp[l] = amp[l + 1] * float(np.abs(worst[l + 1][0]).sum(axis=1).max())
+    return H, D, worst, amp
+
+
+def plan(layers: Sequence[tuple[np.ndarray, np.ndarray]], activation: str = "relu",
+         params: FastParams | None = None, spread: float = 1.0) -> MLPPlan:
+    """Fit a network to ``params`` (see the module docstring), or :class:`FastSchemeError`."""
+    params = params if params is not None else FastParams()
+    layers = _check_layers(layers, activation)
+    if not (isinstance(spread, (int, float)) and 0 <= spread <= 8):
+        raise FastSchemeError("spread must be in [0, 8] bits")
+    ctx = fl._context(params)
+    R, L = float(params.x_bound), len(layers)
+    if max(W.shape[1] for W, _ in layers) > ctx.n:
+        raise FastSchemeError(f"a layer has more than {ctx.n} inputs")
+    H, D, worst, amp = _worst_case(layers, R, spread)
     M = float(params.max_error)
     budgets = [M / (2 * (L - 1) * amp[l]) for l in range(L - 1)] + [(M / 2 if L > 1 else M) / D]
     fits = []
     for l, (Wq, bq) in enumerate(worst):
-        try:
-            fits.append(fl._fit_model(Wq, bq, replace(params, max_error=budgets[l]), ctx.n, ctx.t, ctx.q))
+        try:  # the query's 2^-40 is shared by its L rounds
+            fits.append(fl._fit_model(Wq, bq, replace(params, max_error=budgets[l]), ctx, rounds=L))
         except FastSchemeError as exc:
             raise FastSchemeError(f"layer {l + 1} of {L}: {exc}") from None
     total = sum(f.error_bound * a for f, a in zip(fits, amp))
     return MLPPlan(params, layers, activation, float(spread), H, D, [f.flood_bits for f in fits],
-                   [f.error_bound for f in fits], amp, total, min(f.margin_bits for f in fits))
+                   [f.error_bound for f in fits], amp, total, min(f.margin_bits for f in fits),
+                   min(f.max_samples for f in fits))
 
 
 def choose_params(layers: Sequence[tuple[np.ndarray, np.ndarray]], activation: str = "relu",
-                  x_bound: float = 1.0, max_error: float = 1e-2, spread: float = 1.0) -> FastParams:
-    """The parameter set (plain modulus, scales) that serves the network within ``max_error``
-    logit error with the largest smallest flooding margin; :class:`FastSchemeError` if none."""
+                  x_bound: float = 1.0, max_error: float = 1e-2, spread: float = 1.0,
+                  min_samples: int = 1) -> FastParams:
+    """The parameter set that serves the network within ``max_error`` logit error: the cheapest
+    ring of :data:`fastlinear.RINGS` whose flooding covers ``min_samples`` samples per query
+    (else the ring that covers most), and in it the scales (and the smallest plain modulus
+    that holds every layer's worst-case outputs, :func:`fastlinear.scale_candidates`) with the
+    most samples per query; :class:`FastSchemeError` if none.  Deterministic: a client with
+    the model (and the service's ``min_samples``) computes what the service serves."""
     layers = _check_layers(layers, activation)
-    candidates = (FastParams(plain_modulus_bits=t_bits, x_scale_bits=x_bits, w_scale_bits=w_bits,
-                             x_bound=x_bound, max_error=max_error)
-                  for t_bits in range(46, 55, 2) for x_bits in range(12, 27, 2) for w_bits in range(12, 31, 2)
-                  if x_bits + w_bits + 2 <= t_bits)
-    best, reason = fl.widest_margin(candidates, lambda p: plan(layers, activation, p, spread).margin_bits)
-    if best is None:
+    R = float(x_bound)
+    _, _, worst, _ = _worst_case(layers, R, spread)
+    top = max(float((np.abs(W).sum(axis=1) * R + np.abs(b)).max()) for W, b in worst)
+    found: list[tuple[int, FastParams]] = []
+    reason = None
+    for ring in fl.RINGS:
+        best, reason = fl.widest_margin(fl.scale_candidates(top, x_bound, max_error, range(10, 31, 2), ring),
+                                        lambda p: plan(layers, activation, p, spread).max_samples)
+        if best is not None:
+            found.append((plan(layers, activation, best, spread).max_samples, best))
+            if found[-1][0] >= min_samples:
+                return best
+    if not found:
         raise FastSchemeError(f"no parameters serve this network within max_error={max_error:g}: {reason}")
-    return best
+    return max(found, key=lambda f: f[0])[1]
 
 
 # ------------------------------------------------------------------------ secrets
@@ -329,6 +361,7 @@ class MLPServer:
         self.error_bound = self.plan.error_bound
         self.n_layers = len(self.plan.layers)
         self.sizes = self.plan.sizes
+        self.max_samples = self.plan.max_samples  # every round refuses more (the flooding's 2^-40)
         if not (isinstance(token_ttl, (int, float)) and token_ttl > 0):
             raise FastSchemeError("token_ttl must be a positive number of seconds")
         self.token_ttl = float(token_ttl)
@@ -354,6 +387,7 @@ class MLPServer:
     def describe(self) -> dict[str, Any]:
         return {"sizes": self.sizes, "activation": self.plan.activation, "error_bound": self.error_bound,
                 "flood_bits": self.plan.flood_bits, "flood_margin_bits": self.plan.margin_bits,
+                "max_samples_per_query": self.max_samples,
                 "spread_bits": self.plan.spread, "token_ttl": self.token_ttl, "params": self.params.describe()}
 
     def load_public(self, bundle: bytes) -> FastPublicKey:
@@ -370,7 +404,7 @@ class MLPServer:
         sx, sw = self.params.x_scale, self.params.w_scale
         fit = fl._ModelFit(np.rint(Wq * sw).astype(np.int64), [int(round(float(v) * sx * sw)) for v in bq],
                            fl._row_geometry(n_in, n_out, self._ctx.n), p.error_bounds[l], p.flood_bits[l],
-                           p.margin_bits)
+                           p.margin_bits, p.max_samples)
         return FastServer._from_fit(self.params, fit)
 
     def _weights(self, l: int, seed: bytes) -> "fl._Weights":

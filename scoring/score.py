@@ -72,8 +72,7 @@ def init():
 @rawhttp
 def run(request):
     """Answer one request: JSON in, JSON out, a 4xx for anything malformed; GET describes."""
-    status, body = service.handle_http(request.method, request.headers, request.stream,
-                                       request.content_length, request.args)
+    status, body = service.handle_http(request.method, request.headers, request.stream, request.content_length)
     if isinstance(body, bytes):
         return AMLResponse(body, status, {"Content-Type": "application/octet-stream"})
     return AMLResponse(body, status, {"Content-Type": "application/json"}, json_str=True)

@@ -122,17 +122,17 @@ class ScoringService:
         self.auth_key_sha256 = auth_key_sha256
         self._factories: dict[str, Callable[[ModelAdapter], Any]] = {"none": PlainScheme}
         self._schemes: dict[str, Any] = {}
-        self._fetcher = None
-        self._described: dict[tuple[float, float], dict[str, Any]] = {}
+        self._fetchers: dict[int | None, Any] = {}
         self._preprocess: dict[str, Any] | None = None
 
-    def key_fetcher(self):
-        """The worker's one key fetcher (and cache), shared by the encrypted schemes."""
-        if self._fetcher is None:
+    def key_fetcher(self, max_key_bytes: int | None = None):
+        """The worker's key fetcher (and cache) for keys of at most ``max_key_bytes`` (a scheme's
+        own cap; None: the service's), shared by the encrypted schemes with that cap."""
+        if max_key_bytes not in self._fetchers:
             from aideploy_scoring.encrypted import key_fetcher_from_environment
 
-            self._fetcher = key_fetcher_from_environment()
-        return self._fetcher
+            self._fetchers[max_key_bytes] = key_fetcher_from_environment(max_key_bytes)
+        return self._fetchers[max_key_bytes]
 
     @staticmethod
     def linear(model: ModelAdapter) -> LinearModel:
@@ -175,11 +175,12 @@ class ScoringService:
 
         def fast(model):
             from aideploy_scoring.encrypted import FastMLPScheme, FastScheme
+            from aideploy_scoring.fastlinear import MAX_KEY_BYTES
 
             mlp = self.mlp(model)
             if mlp is not None:
-                return FastMLPScheme(*mlp, self.key_fetcher())
-            return FastScheme(self.linear(model), self.key_fetcher())
+                return FastMLPScheme(*mlp, self.key_fetcher(MAX_KEY_BYTES))
+            return FastScheme(self.linear(model), self.key_fetcher(MAX_KEY_BYTES))
 
         self.add_scheme("fast", fast)
 
@@ -233,17 +234,15 @@ class ScoringService:
                                    f"deploy with encryption={name} to serve it") from None
         return self._schemes[name]
 
-    def handle_http(self, method: str, headers, stream: BinaryIO, content_length: int | None,
-                    args: Any = None) -> tuple[int, Any]:
+    def handle_http(self, method: str, headers, stream: BinaryIO, content_length: int | None) -> tuple[int, Any]:
         """One HTTP request to (status, JSON-able body). Never raises.
 
-        ``GET`` answers :meth:`describe` (query ``x_bound`` and ``max_error`` for the fast
-        scheme's parameters); ``POST`` scores.
+        ``GET`` answers :meth:`describe` (query arguments are ignored); ``POST`` scores.
         """
         try:
             if method == "GET":
                 self._authorize(headers)
-                return 200, self.describe(args or {})
+                return 200, self.describe()
             if method != "POST":
                 raise RequestError(f"use POST with a JSON body (or GET for what this service serves), not {method}",
                                    405)
@@ -263,15 +262,17 @@ class ScoringService:
             log.exception("internal error while scoring")
             return 500, {"error": "internal error; see the service log"}
 
-    def describe(self, args: Any = None) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """What a client needs to know without the model: ``GET /score``.
 
         The features the model takes, its task and classes, the schemes this service serves and,
-        for the fast scheme, the public parameters that fit the model for inputs in
-        ``[-x_bound, x_bound]`` within ``max_error`` (query arguments; defaults 1 and 0.001) and,
-        for an MLP, its layer sizes and activation (``fast.mlp``), which its rounds reveal anyway.
-        The parameters' scales tell the order of magnitude of the model's weights and nothing
-        finer; everything else here is what the plain protocol's answers reveal anyway.
+        for the fast scheme, the parameters the service chose at start-up from its model and its
+        configured ``x_bound`` and ``max_error`` (every client must use them), with the caps and
+        guarantees that come with them and, for an MLP, its layer sizes and activation
+        (``fast.mlp``), which its rounds reveal anyway. The parameters' scales tell the order of
+        magnitude of the model's weights and nothing finer; everything else here is what the
+        plain protocol's answers reveal anyway. If the fast scheme cannot serve this model,
+        ``fast`` says why (``{"error": ...}``) and ``schemes`` leaves it out.
         """
         model = self.model
         info: dict[str, Any] = {
@@ -287,11 +288,10 @@ class ScoringService:
             info["preprocess"] = self._client_part()
         if "fast" in info["schemes"]:
             try:
-                x_bound = float((args or {}).get("x_bound", 1.0))
-                max_error = float((args or {}).get("max_error", 1e-3))
-            except (TypeError, ValueError):
-                raise RequestError("x_bound and max_error must be numbers") from None
-            info["fast"] = self._fast_params(x_bound, max_error)
+                info["fast"] = self.scheme("fast").describe()
+            except RequestError as exc:
+                info["fast"] = {"error": str(exc)}
+                info["schemes"].remove("fast")
         return info
 
     def _client_part(self) -> dict[str, Any] | None:
@@ -339,44 +339,6 @@ class ScoringService:
             if name in self._factories and present:
                 served.append(name)
         return served
-
-    def _fast_params(self, x_bound: float, max_error: float) -> dict[str, Any]:
-        key = (x_bound, max_error)
-        if key not in self._described:
-            from aideploy_scoring import fastlinear
-
-            mlp = self.mlp(self.model)
-            if mlp is not None:
-                self._described_mlp(key, *mlp)
-                return self._described[key]
-            linear = self.linear(self.model)
-            try:
-                params = fastlinear.choose_params(linear.coef, linear.intercept, x_bound, max_error)
-            except fastlinear.FastSchemeError as exc:
-                raise RequestError(f"encryption=fast cannot serve this model for x_bound={x_bound:g}, "
-                                   f"max_error={max_error:g}: {exc}") from None
-            if len(self._described) > 64:
-                self._described.clear()
-            self._described[key] = {"n_features": linear.n_features, "n_outputs": linear.n_outputs,
-                                    "params": json.loads(params.to_json())}
-        return self._described[key]
-
-    def _described_mlp(self, key: tuple[float, float], layers: list, activation: str) -> None:
-        """The fast scheme's description of an MLP: its layer sizes and activation beside the
-        parameters (which :func:`fastmlp.choose_params` fits to every layer)."""
-        from aideploy_scoring import fastmlp
-
-        try:
-            params = fastmlp.choose_params(layers, activation, key[0], key[1])
-        except fastmlp.FastSchemeError as exc:
-            raise RequestError(f"encryption=fast cannot serve this model for x_bound={key[0]:g}, "
-                               f"max_error={key[1]:g}: {exc}") from None
-        sizes = [int(layers[0][0].shape[1])] + [int(W.shape[0]) for W, _ in layers]
-        if len(self._described) > 64:
-            self._described.clear()
-        self._described[key] = {"n_features": sizes[0], "n_outputs": sizes[-1],
-                                "params": json.loads(params.to_json()),
-                                "mlp": {"sizes": sizes, "activation": activation}}
 
     def _authorize(self, headers) -> None:
         if self.auth_key_sha256 is None:

