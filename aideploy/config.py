@@ -227,11 +227,13 @@ class NoEncryption(EncryptionConfig):
 @dataclass
 class SealEncryption(EncryptionConfig):
     plugin: str = "seal"
+    max_new_keys_per_hour: int = bounded(100, ge=0, le=100_000)
 
 
 @dataclass
 class FastEncryption(EncryptionConfig):
     plugin: str = "fast"
+    max_new_keys_per_hour: int = bounded(100, ge=0, le=100_000)
     batch_size: int = bounded(1, ge=1)
     x_bound: float = bounded(1.0, gt=0)
     max_error: float = bounded(1e-3, gt=0)

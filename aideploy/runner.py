@@ -223,7 +223,7 @@ def _existing_endpoint(ctx: RunContext, given: frozenset[str]) -> None:
                         auth_key=Secret(key) if key else None)
     ctx.artifacts["endpoint"] = endpoint
     ctx.artifacts["network"] = NetworkInfo(kind="caller", bind_host="", client_host="")
-    if "model" in given:  # the model in process says all the client needs
+    if "model" in given and ctx.cfg.encryption.plugin == "plain":  # the model in process says all the client needs
         return
     encryption = ctx.cfg.encryption
     query = {name: encryption[name] for name in ("x_bound", "max_error") if name in encryption}

@@ -4,7 +4,7 @@ It serves every model kind in plain, and linear ones under the encrypted schemes
 the deployment's key on every request.
 """
 
-from aideploy import hookimpl
+from aideploy import hookimpl, service_env
 from aideploy.artifacts import ScoringCode
 from aideploy.staging import ENTRY_SCRIPT, stage_source
 
@@ -22,4 +22,4 @@ def aideploy_scoring_requirements(ctx):
 def aideploy_stage_scoring(ctx):
     source = ctx.output_dir / "deploy" / "source"
     stage_source(source)
-    return ScoringCode(source, ENTRY_SCRIPT, builtin=True)
+    return ScoringCode(source, ENTRY_SCRIPT, builtin=True, settings=service_env.from_config(ctx.cfg))

@@ -129,7 +129,7 @@ def test_request_settings_follow_the_timeout_and_workers(tmp_path):
     plan = plan_for(tmp_path, "target.request_timeout=120", "target.worker_count=3")
     deployment = actions(plan, "online_deployments.begin_create_or_update")[0]["request"]["body"]["properties"]
     assert deployment["requestSettings"] == {"maxConcurrentRequestsPerInstance": 3, "requestTimeout": "PT2M"}
-    assert deployment["environmentVariables"] == {"WORKER_COUNT": "3"}
+    assert deployment["environmentVariables"] == {"WORKER_COUNT": "3", "AIDEPLOY_PREPARE_SCHEMES": "none"}
     assert set(spec_errors(plan)) <= SDK_DEVIATIONS
 
 
