@@ -36,6 +36,8 @@ from aideploy_scoring.keyshare import SHARE_DIR_ENV
 SERVER_LOG = "azmlinfsrv.log"
 # azmlinfsrv logs this once a worker's init() has returned; a worker accepts no request before.
 WORKER_READY = re.compile(rb"Worker with pid (\d+) ready for serving traffic")
+# Names the server's end of the pipe that stops it when this process ends (gunicorn_conf.py).
+WATCHDOG_ENV = "AIDEPLOY_WATCHDOG_FD"
 # Local only (Azure decides where its containers listen), so it comes from the installed
 # package whatever code is served.
 GUNICORN_CONF = scoring_package_dir() / "gunicorn_conf.py"
@@ -179,7 +181,9 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
         env[KERNELS_ENV] = "aot" if prebuild_kernels(ctx, environment, code, env) else "jit"
     argv = [*network.argv_prefix, *serve_command(environment), "--entry_script", str(code.entry), "--model_dir", str(model_dir),
             "--port", str(port), "--worker_count", str(cfg.worker_count)]
-    server = ManagedProcess("azmlinfsrv", argv, ctx.output_dir / SERVER_LOG, env=env, cwd=code.source_dir)
+    # The server stops when this process ends, even by SIGKILL (gunicorn_conf.py watches the pipe).
+    server = ManagedProcess("azmlinfsrv", argv, ctx.output_dir / SERVER_LOG, env=env, cwd=code.source_dir,
+                            watchdog=WATCHDOG_ENV)
     log_start = server.log_file.stat().st_size if server.log_file.exists() else 0  # the log is appended to
     server.start()
     ctx.resources.add(f"azmlinfsrv (pid {server.pid})", server.stop, server.record())
