@@ -379,6 +379,7 @@ class MlflowTracking(TrackingConfig):
     uri: Optional[str] = None
     experiment: str = "aideploy"
     log_model: bool = False
+    log_predictions: bool = False
     workspace: AzureWorkspace = field(default_factory=AzureWorkspace)
 
 
