@@ -151,13 +151,13 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
         for variable in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
             env.pop(variable, None)
     # The deployment's own private directory, shared by its workers: the keys they verified
-    # (keyshare) and the limits they count (limits.sqlite). Every deployment, not only encrypted
-    # ones: a plain deployment serves the encrypted schemes its environment has runtimes for.
+    # (keyshare) and the limits they count (limits.sqlite).
     state = Path(tempfile.mkdtemp(prefix="aideploy-service-"))
     ctx.resources.add(f"the deployment's directory {state}", lambda: shutil.rmtree(state, ignore_errors=True),
                       path_record(state))
     # An encrypted deployment fetches keys from its own key store only: the run's (started now, if
-    # aideploy starts it), which the keys stage and mode=predict clients then use too.
+    # aideploy starts it), which the keys stage and mode=predict clients then use too. A plain one
+    # has none, and takes plain requests only.
     encrypted = ctx.cfg.encryption.plugin != "plain"
     key_store = ctx.open_keystore().account_url if encrypted else None
     env.update(code.settings)  # what the config determines, then what only this deployment knows

@@ -204,7 +204,10 @@ class ScoringService:
             raise settings.SettingsError("AZUREML_MODEL_DIR is not set: the server gives the model's directory")
         model = load_dir(model_dir)
         service = cls(model, settings.get("AIDEPLOY_MAX_REQUEST_BYTES"), settings.get("AIDEPLOY_AUTH_KEY_SHA256"))
-        service._register_encrypted_schemes()
+        if settings.get("AIDEPLOY_KEY_STORE") or settings.get("AIDEPLOY_KEY_HOSTS"):
+            service._register_encrypted_schemes()  # they need the clients' keys: a store to fetch them from
+        else:
+            log.info("no key store (AIDEPLOY_KEY_STORE): this service takes plain requests only")
         log.info("loaded a %s model: %s, %s features, task %s", model.kind, model.summary, model.n_features,
                  model.task)
         names = settings.get(PREPARE_ENV)

@@ -25,7 +25,8 @@ from aideploy.errors import ConfigError
 from aideploy.predictions import PredictionsWriter
 
 KEY = {"AIDEPLOY_SCORING_KEY": SERVE_KEY}
-SERVE = ("environment=current", "target.worker_count=2", "deployment_name=predict-client")
+# encryption=fast: the deployment has a key store, so it takes fast requests beside plain ones
+SERVE = ("environment=current", "target.worker_count=2", "deployment_name=predict-client", "encryption=fast")
 
 
 @pytest.fixture(scope="module")
