@@ -464,7 +464,8 @@ def run_load(cfg: LoadConfig, workdir: Path | None = None) -> LoadResult:
     try:
         _, X_test, _, _ = digits_split(0.25, 0)
         extra = (f"environment={cfg.environment}",) if cfg.environment else ()
-        with AzuriteServer() as azurite, serve(workdir, cfg.workers, int(cfg.cache_mb * MB), extra) as served:
+        with AzuriteServer() as azurite, serve(workdir, cfg.workers, int(cfg.cache_mb * MB), extra,
+                                               store=azurite) as served:
             store = BlobKeyStore.from_connection_string(azurite.connection_string, "loadkeys")
             model = joblib.load(served.model_file)
             expected = model.decision_function(X_test)
