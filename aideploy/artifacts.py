@@ -154,6 +154,9 @@ class ScoringCode:
     source_dir: Path
     entry_script: str  # relative to ``source_dir``, with '/'
     builtin: bool  # aideploy's own score.py (plain and encrypted requests, key auth)
+    # The service's settings the config determines (``aideploy.service_env``), as environment
+    # variables every target forwards; never a secret.
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def entry(self) -> Path:
@@ -352,6 +355,7 @@ class ServiceInfo:
     protocol: int = 1  # of the service's request formats (2: key registration)
     schema: Any = None  # what the model takes (aideploy_scoring.schema.Schema), where the service says
     preprocess: dict[str, Any] | None = None  # the encrypted schemes' client part (aideploy.linear.ClientPart)
+    keystore: str | None = None  # the blob service the service fetches public keys from (and no other)
 
     @classmethod
     def from_json(cls, info: dict[str, Any]) -> "ServiceInfo":
@@ -359,9 +363,10 @@ class ServiceInfo:
 
         model = info.get("model") or {}
         schema = Schema.from_json(info["input"]) if isinstance(info.get("input"), dict) else None
+        store = info.get("keystore") if isinstance(info.get("keystore"), dict) else {}
         return cls(model.get("n_features"), model.get("task"), model.get("classes"), model.get("feature_names"),
                    list(info.get("schemes") or ["none"]), info.get("fast"), str(model.get("summary") or ""),
-                   int(info.get("protocol") or 1), schema, info.get("preprocess"))
+                   int(info.get("protocol") or 1), schema, info.get("preprocess"), store.get("url"))
 
     def summary(self) -> dict[str, Any]:
         return {"service_model": self.model_summary, "features": self.n_features, "task": self.task,

@@ -228,11 +228,13 @@ class NoEncryption(EncryptionConfig):
 @dataclass
 class SealEncryption(EncryptionConfig):
     plugin: str = "seal"
+    max_new_keys_per_hour: int = bounded(100, ge=0, le=100_000)
 
 
 @dataclass
 class FastEncryption(EncryptionConfig):
     plugin: str = "fast"
+    max_new_keys_per_hour: int = bounded(100, ge=0, le=100_000)
     batch_size: Optional[int] = bounded(None, ge=1)  # deprecated: predict.batch_size
     x_bound: float = bounded(1.0, gt=0)
     max_error: float = bounded(1e-3, gt=0)
@@ -376,6 +378,7 @@ class MlflowTracking(TrackingConfig):
     uri: Optional[str] = None
     experiment: str = "aideploy"
     log_model: bool = False
+    log_predictions: bool = False
     workspace: AzureWorkspace = field(default_factory=AzureWorkspace)
 
 

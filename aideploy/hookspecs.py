@@ -211,8 +211,10 @@ def aideploy_delete(cfg, ctx, name):
 def aideploy_open_keystore(cfg, ctx, network):
     """Start or connect to the blob store for public keys; served by the ``keystore`` plugin.
 
-    Only runs when the encryption scheme asks for a key store (``ctx.open_keystore()``).
-    Return an object with ``put(key_id, data) -> url`` and ``delete(key_id)``.
+    Only runs when the encryption scheme asks for a key store (``ctx.open_keystore()``), or when
+    ``target=local`` deploys an encrypted service, which fetches keys from that store only.
+    Return an object with ``put(key_id, data) -> url``, ``delete(key_id)`` and ``account_url``
+    (the blob service's URL as the service reaches it; see :class:`aideploy.keystore.KeyStore`).
     """
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from aideploy.artifacts import NetworkInfo
+from aideploy.azurite import DEV_ACCOUNT_NAME
 from aideploy.blobkeys import BlobKeyStore, KeyStoreError
-from aideploy.errors import StageError
+from aideploy.errors import ConfigError, StageError
 
 
 MB = 1024 * 1024
@@ -29,6 +30,11 @@ class KeyStore:
         self._network = network
         self.where = where  # e.g. "azurite 10.0.1.5:41234"; never a credential
         self.data_dir = data_dir
+
+    @property
+    def account_url(self) -> str:
+        """The blob service's URL as the service reaches it (no credentials): the deployment's key store."""
+        return self._store.account_url
 
     @property
     def container(self) -> str:
@@ -67,12 +73,38 @@ class KeyStore:
         return {"store": self.where, "container": self._store.container, "sas_ttl_s": int(self._store.sas_ttl)}
 
 
+def service_keystore(ctx) -> str | None:
+    """The key store the service at ``scoring_uri`` fetches keys from, as it says (``mode=predict``)."""
+    service = ctx.artifacts.get("service")
+    return service.keystore if service is not None else None
+
+
+def is_emulator(url: str) -> bool:
+    """An Azurite account URL (path-style, its development account), not a real storage account."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).path.strip("/").split("/")[0] == DEV_ACCOUNT_NAME
+
+
+def check_service_keystore(ctx, store: KeyStore) -> None:
+    """The run's key store is the one the service fetches from, or a ConfigError before any key is
+    uploaded (the service would refuse the key: it reads only its own store)."""
+    wanted = service_keystore(ctx)
+    if wanted and wanted.rstrip("/").lower() != store.account_url.rstrip("/").lower():
+        raise ConfigError(f"the service at {ctx.cfg.scoring_uri} reads public keys only from its key store {wanted}, "
+                          f"not from this run's ({store.where})",
+                          hint="use keystore=azure_blob with that storage account's credentials" if not is_emulator(
+                              wanted) else "use keystore=azurite without connection_string_env: it then uses the "
+                          "service's Azurite")
+
+
 def publish_public_keys(ctx, key_id: str, data: bytes) -> str:
     """Upload a client's public keys to the run's key store, deleted again at teardown.
 
     Returns the read-only SAS URL for that one blob, which requests carry as ``key_url``.
     """
     store = ctx.open_keystore()
+    check_service_keystore(ctx, store)
     url = store.put(key_id, data)
     # A store aideploy started lives in its temp dir (journaled with it); others need their
     # credentials to delete the blob later: the journal names the variable, never its value.

@@ -36,15 +36,23 @@ class ManagedProcess:
 
     The session matters: servers such as gunicorn fork workers, and a terminal's Ctrl-C must
     reach aideploy (which tears down in order), not the server directly.
+
+    ``watchdog`` names an environment variable through which the child gets the read end of a
+    pipe whose only write end this process holds: when this process ends, however it ends
+    (SIGKILL included), the child reads end-of-file there and can stop itself (the scoring
+    server does: ``gunicorn_conf.py``). Unlike ``PR_SET_PDEATHSIG``, it does not depend on which
+    thread started the child.
     """
 
     def __init__(self, name: str, argv: Sequence[str], log_file: Path, env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, watchdog: str | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_file = log_file
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
+        self.watchdog = watchdog
+        self._watch_fd: int | None = None
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -53,9 +61,21 @@ class ManagedProcess:
 
     def start(self) -> "ManagedProcess":
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.env, cwd=self.cwd, start_new_session=True)
+        env, keep = self.env, ()
+        if self.watchdog:
+            read_end, self._watch_fd = os.pipe()  # both close-on-exec; only the read end is passed on
+            env, keep = {**(env if env is not None else os.environ), self.watchdog: str(read_end)}, (read_end,)
+        try:
+            with open(self.log_file, "ab") as out:
+                self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, env=env, cwd=self.cwd, start_new_session=True,
+                                             pass_fds=keep)
+        finally:
+            for fd in keep:
+                os.close(fd)
+            if self.proc is None and self._watch_fd is not None:  # it did not start: nothing to watch
+                os.close(self._watch_fd)
+                self._watch_fd = None
         log.debug("started %s (pid %d): %s", self.name, self.proc.pid, " ".join(self.argv))
         return self
 
@@ -104,6 +124,9 @@ class ManagedProcess:
                 break
         if self.proc.poll() is None:
             self.proc.wait(timeout=5)
+        if self._watch_fd is not None:
+            os.close(self._watch_fd)
+            self._watch_fd = None
         log.debug("stopped %s (pid %d)", self.name, self.proc.pid)
 
 

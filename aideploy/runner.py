@@ -224,7 +224,7 @@ def _existing_endpoint(ctx: RunContext, given: frozenset[str]) -> None:
                         auth_key=Secret(key) if key else None)
     ctx.artifacts["endpoint"] = endpoint
     ctx.artifacts["network"] = NetworkInfo(kind="caller", bind_host="", client_host="")
-    if "model" in given:  # the model in process says all the client needs
+    if "model" in given and ctx.cfg.encryption.plugin == "plain":  # the model in process says all the client needs
         return
     service = client.describe_service(endpoint, float(ctx.cfg.target.request_timeout))
     if service is None:

@@ -29,6 +29,8 @@ from aideploy.fsutil import locked_file
 
 log = logging.getLogger("aideploy")
 
+#: Where isolated scoring environments are built, unless ``environment.envs_dir`` says.
+ENVS_ENV = "AIDEPLOY_ENVS"
 STAMP = ".aideploy-env.json"  # written last: an environment without it is not finished
 USED = ".aideploy-used"  # touched on every use
 
@@ -50,7 +52,7 @@ def spec_hash(python: str, packages: list[str]) -> str:
 
 def envs_dir(cfg_dir: str | None, home: str | Path) -> Path:
     """``environment.envs_dir``, else ``$AIDEPLOY_ENVS``, else ``<home>/envs``."""
-    return Path(cfg_dir or os.environ.get("AIDEPLOY_ENVS") or Path(home) / "envs").expanduser()
+    return Path(cfg_dir or os.environ.get(ENVS_ENV) or Path(home) / "envs").expanduser()
 
 
 def _explain(output: str, python: str) -> StageError | ConfigError:

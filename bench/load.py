@@ -151,11 +151,16 @@ def server_pss(master_pid: int) -> int:
 
 @contextlib.contextmanager
 def serve(workdir: Path, workers: int, cache_bytes: int, extra: tuple[str, ...] = (),
-          startup_timeout: float = 300, encryption: str = "fast") -> Iterator[Served]:
-    """``aideploy mode=serve encryption=...`` until the block ends (then Ctrl-C, as a user would)."""
+          startup_timeout: float = 300, encryption: str = "fast", store: AzuriteServer | None = None
+          ) -> Iterator[Served]:
+    """``aideploy mode=serve encryption=...`` until the block ends (then Ctrl-C, as a user would);
+    ``store`` is its key store (the only one the service fetches keys from)."""
     key = secrets.token_urlsafe(32)
     out, home = workdir / f"serve-{encryption}", workdir / "home"
     env = {**os.environ, "AIDEPLOY_SCORING_KEY": key, "AIDEPLOY_KEY_CACHE_BYTES": str(cache_bytes)}
+    if store is not None:
+        env["BENCH_KEYSTORE"] = store.connection_string
+        extra = (*extra, "keystore.connection_string_env=BENCH_KEYSTORE")
     argv = [AIDEPLOY, "mode=serve", f"encryption={encryption}", f"target.worker_count={workers}", f"home={home}",
             f"hydra.run.dir={out}", *extra]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
@@ -361,7 +366,7 @@ def run_mode(encryption: str, cfg: LoadConfig, workdir: Path, azurite: AzuriteSe
     result = LoadResult(config=asdict(cfg), encryption=encryption)
     extra = (f"environment={cfg.environment}",) if cfg.environment else ()
     tolerance = 1e-3 if encryption == "fast" else 1e-9
-    with serve(workdir, cfg.workers, int(cfg.cache_mb * MB), extra, encryption=encryption) as served:
+    with serve(workdir, cfg.workers, int(cfg.cache_mb * MB), extra, encryption=encryption, store=azurite) as served:
         model = joblib.load(served.model_file)
         expected = model.decision_function(X)
         if encryption == "fast":
@@ -467,7 +472,8 @@ def run_load(cfg: LoadConfig, workdir: Path | None = None) -> LoadResult:
     try:
         _, X_test, _, _ = digits_split(0.25, 0)
         extra = (f"environment={cfg.environment}",) if cfg.environment else ()
-        with AzuriteServer() as azurite, serve(workdir, cfg.workers, int(cfg.cache_mb * MB), extra) as served:
+        with AzuriteServer() as azurite, serve(workdir, cfg.workers, int(cfg.cache_mb * MB), extra,
+                                               store=azurite) as served:
             store = BlobKeyStore.from_connection_string(azurite.connection_string, "loadkeys")
             model = joblib.load(served.model_file)
             expected = model.decision_function(X_test)

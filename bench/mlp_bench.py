@@ -129,7 +129,7 @@ def over_http():
     import joblib
     import requests
 
-    from aideploy.azurite import AzuriteServer
+    from aideploy.azurite import dev_connection_string
     from aideploy.blobkeys import BlobKeyStore
     from aideploy_scoring.fastlinear import FastParams
 
@@ -153,11 +153,13 @@ def over_http():
             time.sleep(0.2)
         uri = json.loads((out / "endpoint.json").read_text())["scoring_uri"]
         auth = {"Authorization": f"Bearer {key}"}
-        fast = requests.get(uri, headers=auth, timeout=60).json()["fast"]
+        described = requests.get(uri, headers=auth, timeout=60).json()
+        fast = described["fast"]
         client = fm.MLPClient(fast["mlp"]["sizes"], fast["mlp"]["activation"],
                               FastParams.from_json(json.dumps(fast["params"]).encode()))
-        with AzuriteServer() as store:
-            keys = BlobKeyStore.from_connection_string(store.connection_string, "benchkeys")
+        # the keys go to the service's own key store (its Azurite), the only one it fetches from
+        with BlobKeyStore.from_connection_string(dev_connection_string(described["keystore"]["url"]),
+                                                 "benchkeys") as keys:
             url = keys.put(client.key_id, client.public_bundle())
             session = requests.Session()
             session.headers.update({**auth, "Content-Type": "application/octet-stream", "X-Aideploy-Scheme": "fast",
@@ -181,7 +183,6 @@ def over_http():
                 wall.append(time.perf_counter() - t0)
                 agree.append(int(logits.argmax()) == int(model.predict(x[None])[0]))
             session.close()
-            keys.close()
         wall, http_s = wall[3:], http_s[3:]  # first three: warm-up (key fetch, connection)
         print(f"HTTP 784-64-10, one azmlinfsrv worker, {n_queries} queries one sample each: "
               f"wall per query, all rounds, p50 {1e3 * np.median(wall):.2f} ms "

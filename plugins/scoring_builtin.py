@@ -5,7 +5,7 @@ the deployment's key on every request. Beside it go the model's swagger files
 (:mod:`aideploy.swagger`), which azmlinfsrv serves as ``/swagger.json``.
 """
 
-from aideploy import hookimpl, swagger
+from aideploy import hookimpl, service_env, swagger
 from aideploy.artifacts import ScoringCode
 from aideploy.staging import ENTRY_SCRIPT, stage_source
 
@@ -25,4 +25,4 @@ def aideploy_stage_scoring(ctx, model):
     stage_source(source)
     if model is not None:
         swagger.write(source, model)  # the app root's swagger files: azmlinfsrv serves them as /swagger.json
-    return ScoringCode(source, ENTRY_SCRIPT, builtin=True)
+    return ScoringCode(source, ENTRY_SCRIPT, builtin=True, settings=service_env.from_config(ctx.cfg))

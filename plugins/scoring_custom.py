@@ -9,7 +9,7 @@ object or a bare list, and says so when the answers hold neither.
 
 from pathlib import Path, PurePosixPath
 
-from aideploy import hookimpl
+from aideploy import hookimpl, service_env
 from aideploy.artifacts import ScoringCode
 from aideploy.errors import ConfigError
 from aideploy.staging import copy_source
@@ -33,4 +33,4 @@ def aideploy_stage_scoring(cfg, ctx):
                           hint="give the script's path relative to scoring.source_dir, e.g. scoring.entry_script=score.py")
     staged = ctx.output_dir / "deploy" / "source"
     copy_source(source, staged)
-    return ScoringCode(staged, str(entry), builtin=False)
+    return ScoringCode(staged, str(entry), builtin=False, settings=service_env.from_config(ctx.cfg))

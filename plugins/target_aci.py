@@ -131,6 +131,7 @@ def inference_config(code: Any, env: Any) -> Any:
     """``InferenceConfig`` for the staged source directory (the SDK checks the entry script exists)."""
     from azureml.core.model import InferenceConfig
 
+    env.environment_variables.update(code.settings)  # the service's settings (in place: the setter is deprecated)
     return InferenceConfig(source_directory=str(code.source_dir), entry_script=code.entry_script, environment=env)
 
 

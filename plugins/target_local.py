@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from aideploy import hookimpl, http
+from aideploy import hookimpl, http, service_env
 from aideploy.artifacts import Endpoint, Request, Secret
 from aideploy.client import plain_body
 from aideploy.envcheck import unmet
@@ -30,12 +30,16 @@ from aideploy.resources import path_record
 from aideploy.staging import scoring_package_dir, stage_model
 from aideploy.stages import Mode
 from aideploy.update import smoke_test
+from aideploy_scoring import settings
+from aideploy_scoring.encrypted import TOKEN_SECRET_ENV
+from aideploy_scoring.fastkernels_aot import MODE_ENV as KERNELS_ENV
+from aideploy_scoring.keyshare import SHARE_DIR_ENV
 
 SERVER_LOG = "azmlinfsrv.log"
 # azmlinfsrv logs this once a worker's init() has returned; a worker accepts no request before.
 WORKER_READY = re.compile(rb"Worker with pid (\d+) ready for serving traffic")
-# The scheme score.py prepares in init() for each encryption plugin (plain requests are always served).
-PREPARED_SCHEMES = {"plain": "none", "fast": "none,fast", "seal": "none,seal"}
+# Names the server's end of the pipe that stops it when this process ends (gunicorn_conf.py).
+WATCHDOG_ENV = "AIDEPLOY_WATCHDOG_FD"
 # Local only (Azure decides where its containers listen), so it comes from the installed
 # package whatever code is served.
 GUNICORN_CONF = scoring_package_dir() / "gunicorn_conf.py"
@@ -79,7 +83,13 @@ def missing_module(log_text: str, shown: str) -> DeployError | None:
 
 
 def start_failure(exc: Exception, log_tail: str, log_file: Path) -> DeployError:
-    """Why the server did not start: a missing module by name, else the log's last lines."""
+    """Why the server did not start: an invalid setting or a missing module by name, else the log's
+    last lines."""
+    invalid = re.findall(re.escape(settings.INVALID) + r"(.*)", log_tail)
+    if invalid:
+        return DeployError(settings.INVALID + invalid[-1].strip(),
+                           hint="fix or unset that variable in aideploy's environment (the service's settings are "
+                           f"declared in aideploy_scoring/settings.py); the server's log is {log_file}")
     shown = f"\n--- last lines of {log_file} ---\n{log_tail.rstrip()}"
     return missing_module(log_tail, shown) or DeployError(
         f"the scoring server did not start: {exc}{shown}",
@@ -174,51 +184,48 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     if cfg.auth and not code.builtin:
         ctx.log.warning("scoring=custom: the local service does not check keys (azmlinfsrv has no auth); "
                         "it listens on %s only", network.bind_host)
-    env = {
-        **os.environ,  # WORKER_COUNT comes from --worker_count: azmlinfsrv exports it itself
-        "AIDEPLOY_MAX_REQUEST_BYTES": str(int(cfg.max_request_mb * 1024 * 1024)),
+    # None of aideploy's own variables (the scoring key: the service sees only its hash); the
+    # service's settings (aideploy_scoring/settings.py) as the config and this deployment set them.
+    env = service_env.server_environment(ctx.cfg.scoring_key_env)
+    if environment.python_exe is not None:  # nothing of aideploy's own environment leaks in
+        for variable in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+            env.pop(variable, None)
+    # The deployment's own private directory, shared by its workers: the keys they verified
+    # (keyshare) and the limits they count (limits.sqlite).
+    state = Path(tempfile.mkdtemp(prefix="aideploy-service-"))
+    ctx.resources.add(f"the deployment's directory {state}", lambda: shutil.rmtree(state, ignore_errors=True),
+                      path_record(state))
+    # An encrypted deployment fetches keys from its own key store only: the run's (started now, if
+    # aideploy starts it), which the keys stage and mode=predict clients then use too. A plain one
+    # has none, and takes plain requests only.
+    encrypted = ctx.cfg.encryption.plugin != "plain"
+    key_store = ctx.open_keystore().account_url if encrypted else None
+    env.update(code.settings)  # what the config determines, then what only this deployment knows
+    env.update(service_env.from_config(ctx.cfg, key_store=key_store, limits_store=str(state / "limits.sqlite")))
+    env.update({
         # gunicorn's default control socket is shared per user; our config file makes it listen on
         # bind_host only (azmlinfsrv would bind 0.0.0.0: every interface of the machine)
         "GUNICORN_CMD_ARGS": f"--no-control-socket --config {shlex.quote(str(GUNICORN_CONF))}",
         "AIDEPLOY_BIND_HOST": network.bind_host,
         "PYTHONUNBUFFERED": "1",
+        SHARE_DIR_ENV: str(state / "keys"),
         # azmlinfsrv reads the swagger files from the app root: the source directory, as on Azure
         "AML_APP_ROOT": str(code.source_dir),
-        # init() builds these and runs them once (kernels compiled or loaded): no request pays for it
-        "AIDEPLOY_PREPARE_SCHEMES": PREPARED_SCHEMES.get(ctx.cfg.encryption.plugin, "none"),
-    }
-    env.pop("AIDEPLOY_AUTH_KEY_SHA256", None)
+    })
+    if key:  # the service gets only a hash of the key
+        env["AIDEPLOY_AUTH_KEY_SHA256"] = hashlib.sha256(key.reveal().encode()).hexdigest()
     # Seals the fast MLP rounds' tokens: one secret for every worker of this deployment, made
     # here (or the operator's, if set) and given to the service only (never logged; the run's
     # files do not hold it).
-    from aideploy_scoring import encrypted as scheme_env
-    from aideploy_scoring.fastkernels_aot import MODE_ENV as KERNELS_ENV
-    from aideploy_scoring.keyshare import SHARE_DIR_ENV
-
-    if not env.get(scheme_env.TOKEN_SECRET_ENV):
-        env[scheme_env.TOKEN_SECRET_ENV] = secrets.token_hex(32)
-    env[scheme_env.MAX_QUERIES_ENV] = str(int(ctx.cfg.encryption.get("max_queries_per_key", 0) or 0))
-    env[scheme_env.MAX_SAMPLES_ENV] = str(int(ctx.cfg.encryption.get("max_samples_per_query", 0) or 0))
-    env[scheme_env.TOKEN_TTL_ENV] = str(float(ctx.cfg.encryption.get("round_ttl_seconds", 300.0) or 300.0))
-    for name, variable in (("x_bound", scheme_env.X_BOUND_ENV), ("max_error", scheme_env.MAX_ERROR_ENV)):
-        if ctx.cfg.encryption.get(name) is not None:  # the fast scheme's parameters depend on them
-            env[variable] = str(float(ctx.cfg.encryption[name]))
-    if environment.python_exe is not None:  # nothing of aideploy's own environment leaks in
-        for variable in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
-            env.pop(variable, None)
-    if key:  # the service gets only a hash of the key
-        env["AIDEPLOY_AUTH_KEY_SHA256"] = hashlib.sha256(key.reveal().encode()).hexdigest()
-    # The workers share the keys they verified (keyshare). Every deployment, not only encrypted
-    # ones: a plain deployment serves the encrypted schemes its environment has runtimes for.
-    shared = Path(tempfile.mkdtemp(prefix="aideploy-keys-"))
-    ctx.resources.add(f"shared key directory {shared}", lambda: shutil.rmtree(shared, ignore_errors=True),
-                      path_record(shared))
-    env[SHARE_DIR_ENV] = str(shared)
+    if not env.get(TOKEN_SECRET_ENV):
+        env[TOKEN_SECRET_ENV] = secrets.token_hex(32)
     if ctx.cfg.encryption.plugin == "fast":  # the workers use the build, or numba if there is none
         env[KERNELS_ENV] = "aot" if prebuild_kernels(ctx, environment, code, env) else "jit"
     argv = [*network.argv_prefix, *serve_command(environment), "--entry_script", str(code.entry), "--model_dir", str(model_dir),
             "--port", str(port), "--worker_count", str(cfg.worker_count)]
-    server = ManagedProcess("azmlinfsrv", argv, ctx.output_dir / SERVER_LOG, env=env, cwd=code.source_dir)
+    # The server stops when this process ends, even by SIGKILL (gunicorn_conf.py watches the pipe).
+    server = ManagedProcess("azmlinfsrv", argv, ctx.output_dir / SERVER_LOG, env=env, cwd=code.source_dir,
+                            watchdog=WATCHDOG_ENV)
     log_start = server.log_file.stat().st_size if server.log_file.exists() else 0  # the log is appended to
     server.start()
     ctx.resources.add(f"azmlinfsrv (pid {server.pid})", server.stop, server.record())

@@ -166,7 +166,7 @@ def build_deployment(cfg: Any, endpoint_name: str, model: Any, environment: Any,
         code_configuration=CodeConfiguration(code=str(code.source_dir), scoring_script=code.entry_script),
         instance_type=cfg.instance_type, instance_count=cfg.instance_count, tags=tags,
         properties=azure_tags.properties(cfg),
-        environment_variables={"WORKER_COUNT": str(cfg.worker_count)},
+        environment_variables={"WORKER_COUNT": str(cfg.worker_count), **code.settings},
         request_settings=request_settings(cfg), liveness_probe=liveness, readiness_probe=readiness,
         egress_public_network_access=public_network_access(network_cfg))
 

@@ -8,9 +8,10 @@ An observer, built only on the hooks any plugin has (``aideploy_run_end``,
 - metrics: every number in results.json (``accuracy``, ``latency_ms.p50``,
   ``stage_seconds.deploy``, ``rmse``, ...);
 - tags: the run id, each group's option (``option.encryption``), mode and status;
-- artifacts: results.json, plan.json, environment.yml, predictions.csv and the server's log,
-  whichever the run wrote; with ``tracking.log_model=true`` the registered model as an MLflow
-  model (scikit-learn flavor; an MLflow model as it is), deployable again with ``model=mlflow``.
+- artifacts: results.json, plan.json, environment.yml and the server's log, whichever the run
+  wrote; predictions.csv (a client's decrypted predictions) only with
+  ``tracking.log_predictions=true``; with ``tracking.log_model=true`` the registered model as an
+  MLflow model (scikit-learn flavor; an MLflow model as it is), deployable again with ``model=mlflow``.
 
 Sweeps: the first job of a multirun creates one parent run and writes its id to
 ``<sweep dir>/mlflow_parent.json`` (under a lock on the sweep dir); every job, in whichever
@@ -42,7 +43,9 @@ from aideploy.fsutil import locked_dir, locked_file, replace_atomically
 
 PLUGIN_NAME = "mlflow_tracking"
 PARENT_FILE = "mlflow_parent.json"
-ARTIFACTS = ("results.json", "plan.json", "environment.yml", "predictions.csv", "azmlinfsrv.log")
+ARTIFACTS = ("results.json", "plan.json", "environment.yml", "azmlinfsrv.log")
+# What an encrypted run's client decrypted: its data's business, logged only when asked for.
+PREDICTIONS = "predictions.csv"
 log = logging.getLogger("aideploy")
 
 
@@ -201,7 +204,7 @@ def _log_run(ctx, results: dict[str, Any], uri: str) -> dict[str, Any]:
     for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's batch limit is 100 params
         client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100],
                          tags=[RunTag(k, v) for k, v in tags.items()] if start == 0 else [])
-    for name in ARTIFACTS:
+    for name in ARTIFACTS + ((PREDICTIONS,) if cfg.tracking.log_predictions else ()):
         path = ctx.output_dir / name
         if path.is_file():
             client.log_artifact(run_id, str(path))

@@ -37,9 +37,8 @@ next round.  Any worker holding the secret can serve any round.  Refused (``Roun
 (tampered, other deployment, other model), an expired one, one for another key, a round number
 other than the token's, a token on round 1 or none after it, a ciphertext whose shape differs
 from the layer's (features) or from the token's sample count.  Replay of a token is refused by
-a per-process cache of spent ``(query id, round)`` pairs kept until the token expires: exact on
-one worker; across replicas a token can be replayed at most once per replica within its
-lifetime (a shared store would close that, and is not built).
+the spent ``(query id, round)`` pairs of ``spent`` (:mod:`.limits`), kept until the token expires:
+the service gives every worker and replica one store, so a token is answered once by all of them.
 
 Fixed-point scales and error bounds (``plan``)
 ----------------------------------------------
@@ -75,9 +74,10 @@ the first layer: an adaptive client varying ``x`` can estimate the rows of ``W_1
 can re-identify units across queries by their responses).  Fresh permutations and factors
 per query slow this down; they do not prevent it, and a query's samples share them: one batch
 query of ``n + 1`` samples gives ``W_1``'s rows exactly (``bench/mlp_attack.py`` measures
-both).  The service's knobs (``encrypted.QueryBudget``): ``max_samples_per_query`` (default 1:
+both).  The service's knobs (``limits.QueryBudget``): ``max_samples_per_query`` (default 1:
 every sample gets its own secrets) refuses a larger round 1 with a 400, ``max_queries_per_key``
-refuses round 1 with a 429 once a key has sent that many samples.  Weight privacy of each round's
+refuses round 1 with a 429 once a key has sent that many samples, counted for the whole
+deployment (:mod:`.limits`).  Weight privacy of each round's
 answer is fastlinear's (seeded queries, derived ``pk1``, flooding within ``2^-40 / L``, see its
 docstring): beyond the round's permuted, scaled outputs, an honest-but-curious client learns
 nothing but with probability 2^-40 per query; a dishonest one learns, per released value, one
@@ -101,7 +101,6 @@ import hashlib
 import math
 import os
 import struct
-import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
@@ -113,6 +112,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from . import fastkernels as fk
 from . import fastlinear as fl
 from .fastlinear import FastClient, FastParams, FastPublicKey, FastSchemeError, FastServer
+from .limits import MemoryStore
 
 __all__ = ["RoundError", "MLPClient", "MLPServer", "MLPPlan", "plan", "choose_params", "peek", "ACTIVATIONS"]
 
@@ -347,13 +347,15 @@ class MLPServer:
     """Server half: scores one round of a query per call, keeping no state between rounds.
 
     ``layers`` is ``[(W, b), ...]`` with ``W`` (n_out, n_in); ``activation`` applies to every
-    hidden layer.  ``secret`` is the per-deployment token secret (every replica must share it).
-    ``clock`` (seconds) is injectable for tests.
+    hidden layer.  ``secret`` is the per-deployment token secret (every replica must share it);
+    ``spent`` the store of spent tokens (:mod:`.limits`; the deployment's, shared by every server
+    that shares the secret; this server's own memory if None).  ``clock`` (seconds) is injectable
+    for tests.
     """
 
     def __init__(self, layers: Sequence[tuple[np.ndarray, np.ndarray]], activation: str = "relu",
                  params: FastParams | None = None, secret: bytes | None = None, spread: float = 1.0,
-                 token_ttl: float = 60.0, clock: Callable[[], float] = time.time):
+                 token_ttl: float = 60.0, clock: Callable[[], float] = time.time, spent: Any = None):
         if params is None:
             params = choose_params(layers, activation, spread=spread)
         self.plan = plan(layers, activation, params, spread)
@@ -381,8 +383,7 @@ class MLPServer:
         self._outputs = np.arange(self.sizes[-1])
         self._no_map = np.empty(0, dtype=np.intp), np.empty(0)
         self._scales = float(params.x_bound), params.x_scale, params.w_scale
-        self._spent: dict[bytes, float] = {}
-        self._lock = threading.Lock()
+        self._spent = spent if spent is not None else MemoryStore()
 
     def describe(self) -> dict[str, Any]:
         return {"sizes": self.sizes, "activation": self.plan.activation, "error_bound": self.error_bound,
@@ -428,16 +429,10 @@ class MLPServer:
         bh = np.rint(p.layers[l][1][row_map] * row_scale * sx).astype(np.int64)
         return fl._Weights(self._ctx, wh, bh, len(self._servers[l]._groups[0]), scratch=True)
 
-    def _spend(self, query_id: bytes, rnd: int, expiry: float, now: float) -> None:
-        """Refuse a token already used on this worker; remember it until it expires."""
-        key = query_id + bytes([rnd])
-        with self._lock:
-            if key in self._spent:
-                raise RoundError("round token was already used (replay)")
-            if len(self._spent) > 4096:
-                for k in [k for k, e in self._spent.items() if e < now]:
-                    del self._spent[k]
-            self._spent[key] = expiry
+    def _spend(self, query_id: bytes, rnd: int, expiry: float) -> None:
+        """Refuse a token already used (by any server sharing ``spent``); remember it until it expires."""
+        if not self._spent.first_use(query_id + bytes([rnd]), expiry):
+            raise RoundError("round token was already used (replay)")
 
     def score(self, message: bytes, public: FastPublicKey) -> bytes:
         """Answer one round message with the next round's answer (or the logits)."""
@@ -477,7 +472,7 @@ class MLPServer:
                 raise RoundError("round token was issued for another key")
             if n_samples != t_ns:
                 raise RoundError(f"round {rnd} carries {n_samples} samples, the query started with {t_ns}")
-            self._spend(query_id, rnd, expiry, now)
+            self._spend(query_id, rnd, expiry)
         l = rnd - 1
         final = rnd == self.n_layers
 
@@ -492,8 +487,7 @@ class MLPServer:
             return self._servers[l].predict(query, public, self._weights(l, seed), header)
         except FastSchemeError:
             if rnd > 1:  # a refused message does not spend the token: the client may resend
-                with self._lock:
-                    self._spent.pop(query_id + bytes([rnd]), None)
+                self._spent.forget_use(query_id + bytes([rnd]), expiry)
             raise
 
 

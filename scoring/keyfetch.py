@@ -65,6 +65,27 @@ Cache entries are keyed by the blob's location (scheme, host, account path,
 container, blob name; never the query string) plus the ``transform`` used,
 so the same ``key_id`` in two different accounts cannot alias.
 
+Only the deployment's key store
+-------------------------------
+``key_url`` and ``conn_str`` come from the client, who for model privacy is an
+adversary, so the service must not become its way into the network it runs in
+(SSRF). A fetcher reaches only:
+
+* ``store_url``, the deployment's own key store (``AIDEPLOY_KEY_STORE``): exactly
+  its scheme, host and port (Azurite on loopback or a private address included);
+* hosts matching ``allowed_hosts`` globs (``AIDEPLOY_KEY_HOSTS``), at the port
+  the pattern names or else the scheme's default (443, 80), and only if the
+  address the connection actually reaches is public: a loopback, private,
+  link-local or otherwise non-global peer is refused after the connect, before
+  a byte is sent, whatever DNS said a moment earlier.
+
+Redirects are not followed (a store that answers 3xx is a 502). A store that
+cannot be reached, refuses the connection, times out or answers with something
+that is not a blob is one 502 line, the same for each: no 500, no traceback,
+and nothing that tells an open port from a closed one. The seed's
+``conn_str`` (an account key in the request body) is taken only for the
+store's own account, and only when the caller (the seal scheme) passes it on.
+
 Error messages and exception chains never include the SAS token or an account
 key (SDK exceptions are summarised, not chained, because they can embed the
 request URL).
@@ -75,9 +96,11 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import hashlib
+import ipaddress
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -86,7 +109,6 @@ from urllib.parse import parse_qs, urlsplit
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
-    AzureError,
     ClientAuthenticationError,
     HttpResponseError,
     ResourceModifiedError,
@@ -96,6 +118,10 @@ from azure.core.exceptions import (
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobClient, BlobServiceClient, LinearRetry
 from cachetools import LRUCache
+from requests import Session
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util.retry import Retry
 
 from aideploy_scoring.keyshare import SharedKeys
 
@@ -237,11 +263,16 @@ class KeyFetcher:
         timeout: Connect and per-read socket timeout, in seconds.
         retries: Retries per storage request on transient errors (kept small:
             this runs inside a request handler).
-        allowed_hosts: If given, glob patterns (``fnmatch``) a storage host (or
-            ``host:port``) must match, e.g. ``["*.blob.core.windows.net"]``.
-            ``key_url``/``conn_str`` come from the request, so without this the
-            service will send a request to any host a caller names (SSRF);
-            set it in production.
+        store_url: The deployment's key store (a blob service URL, e.g.
+            ``https://<account>.blob.core.windows.net`` or Azurite's
+            ``http://127.0.0.1:10000/devstoreaccount1``): reached at exactly its
+            host and port, whatever its address; the only account a ``conn_str``
+            may name. None: no store (only ``allowed_hosts``).
+        allowed_hosts: More hosts, as glob patterns (``fnmatch``) of ``host`` or
+            ``host:port`` (no port: the scheme's default), e.g.
+            ``["*.blob.core.windows.net"]``; reached only at public addresses.
+            With neither, nothing is fetched: ``key_url``/``conn_str`` come from
+            the request, and the service must not go where a caller points it.
         sas_recheck_seconds: How long a positive check of one SAS URL is reused
             (0 to 30; 0 checks with the store on every request).  See the
             module docstring.
@@ -258,7 +289,8 @@ class KeyFetcher:
         timeout: float = 10.0,
         *,
         retries: int = 1,
-        allowed_hosts: Iterable[str] | None = None,
+        store_url: str | None = None,
+        allowed_hosts: Iterable[str] = (),
         sas_recheck_seconds: float = MAX_SAS_RECHECK_SECONDS,
         max_sas_checks: int = 4096,
         shared_dir: str | os.PathLike | None = None,
@@ -272,7 +304,8 @@ class KeyFetcher:
         self.max_key_bytes = int(max_key_bytes)
         self.timeout = float(timeout)
         self.retries = int(retries)
-        self.allowed_hosts = tuple(p.lower() for p in allowed_hosts) if allowed_hosts is not None else None
+        self.store = _Store.parse(store_url) if store_url else None
+        self.allowed_hosts = tuple(p.lower() for p in allowed_hosts)
         self._cache: LRUCache[tuple[str, object], _Entry] | None = (
             LRUCache(maxsize=self.max_cache_bytes, getsizeof=lambda e: e.nbytes) if self.max_cache_bytes else None
         )
@@ -514,11 +547,13 @@ class KeyFetcher:
         # per-request HEAD stays cheap, and requests sessions are not thread-safe.
         transport = getattr(self._local, "transport", None)
         if transport is None:
-            transport = RequestsTransport(connection_timeout=self.timeout, read_timeout=self.timeout)
+            transport = RequestsTransport(session=_guarded_session(self.store), session_owner=True,
+                                          connection_timeout=self.timeout, read_timeout=self.timeout)
             self._local.transport = transport
         return {
             "transport": transport,
             "retry_policy": LinearRetry(backoff=0.2, retry_total=self.retries, random_jitter_range=0),
+            "permit_redirects": False,  # a store's 3xx is an answer, never a second destination
             # An uncached key is fetched with one GET (no HEAD first): its first chunk bounds what an
             # oversized blob costs before it is refused.
             "max_single_get_size": min(self.max_key_bytes + 1, _FIRST_GET_BYTES),
@@ -528,11 +563,15 @@ class KeyFetcher:
     def _check_host(self, scheme: str, host: str | None, port: int | None) -> None:
         if scheme not in ("http", "https") or not host:
             raise KeyRequestError("storage endpoint must be an http(s) URL with a host", code="InvalidUrl")
-        if self.allowed_hosts is None:
+        host, port = host.lower(), port or _DEFAULT_PORTS[scheme]
+        if self.store is not None and (scheme, host, port) == self.store.endpoint:
             return
-        names = [host.lower()] + ([f"{host.lower()}:{port}"] if port else [])
-        if not any(fnmatch.fnmatchcase(n, pat) for n in names for pat in self.allowed_hosts):
-            raise KeyRequestError(f"storage host {host!r} is not allowed", code="HostNotAllowed")
+        name = f"{host}:{port}"
+        if any(fnmatch.fnmatchcase(name, pat if ":" in pat else f"{pat}:{_DEFAULT_PORTS[scheme]}")
+               for pat in self.allowed_hosts):
+            return
+        where = f"this service's key store is {self.store}" if self.store else "this service has no key store"
+        raise KeyRequestError(f"storage host {name} is not allowed: {where}", code="HostNotAllowed")
 
     def _blob_client(
         self, key_id: str, key_url: str | None, conn_str: str | None, container: str | None
@@ -597,8 +636,11 @@ class KeyFetcher:
         _check_sas_query(urlsplit(service.url).query)
         if service.credential is None and "sig" not in parse_qs(urlsplit(service.url).query):
             raise KeyRequestError("conn_str carries no credentials", code="InvalidConnectionString")
-        parts = urlsplit(service.url)
-        self._check_host(parts.scheme.lower(), parts.hostname, parts.port)
+        # An account key in a request body is tolerated for the seed's clients, and only for the
+        # account the service already reads keys from: never a way to name another store.
+        if self.store is None or _Store.parse(service.url) != self.store:
+            raise KeyRequestError(f"conn_str names another storage account than this service's key store "
+                                  f"({self.store or 'none'})", code="HostNotAllowed")
         return service.get_blob_client(container, key_id)
 
     @staticmethod
@@ -607,6 +649,8 @@ class KeyFetcher:
         host = urlsplit(location).netloc
         try:
             return fn()
+        except KeyFetchError:
+            raise
         except ResourceModifiedError:
             raise _Modified() from None
         except ClientAuthenticationError as exc:
@@ -624,19 +668,124 @@ class KeyFetcher:
                 ) from None
             if status == 404:
                 raise KeyNotFoundError(f"unknown key_id {key_id} ({code})", code=code) from None
+            if 300 <= status < 400:
+                raise KeyStoreUnavailableError(f"key store at {host} answered with a redirect (HTTP {status}), "
+                                               "which the service does not follow", code="Redirect") from None
             if 400 <= status < 500:
                 raise KeyRequestError(f"storage rejected the key request for {key_id}: HTTP {status} ({code})", code=code) from None
             raise KeyStoreUnavailableError(
                 f"key store at {host} failed for key {key_id}: HTTP {status} ({code})", code=code
             ) from None
-        except (ServiceRequestError, ServiceResponseError) as exc:
-            raise KeyStoreUnavailableError(
-                f"key store at {host} is unreachable ({type(exc).__name__})", code="StoreUnreachable"
-            ) from None
-        except AzureError as exc:
-            raise KeyStoreUnavailableError(
-                f"key store at {host} failed ({type(exc).__name__})", code="StoreError"
-            ) from None
+        except _PrivateAddress:
+            raise KeyRequestError(f"storage host {host} is at a private address, which is refused unless it is "
+                                  "this service's key store", code="HostNotAllowed") from None
+        except (ServiceRequestError, ServiceResponseError):
+            # One message whatever failed (refused, reset, timed out): it must not tell an open port
+            # from a closed one.
+            raise KeyStoreUnavailableError(f"key store at {host} is unreachable", code="StoreUnreachable") from None
+        except Exception as exc:  # noqa: BLE001 - the SDK on an answer that is not a store's: a 502, never a 500
+            log.warning("key store at %s gave an unusable answer for key %s: %s", host, key_id, type(exc).__name__)
+            raise KeyStoreUnavailableError(f"key store at {host} is unreachable", code="StoreUnreachable") from None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class _Store:
+    """A blob service's identity: scheme, host, port (the default made explicit) and, for an
+    emulator's path-style URL (``http://host:port/<account>``), the account."""
+
+    scheme: str
+    host: str
+    port: int
+    account_path: str
+
+    @classmethod
+    def parse(cls, url: str) -> "_Store":
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise ValueError(f"a key store must be an http(s) URL, not {url!r}")
+        host = parts.hostname.lower()
+        path = parts.path.strip("/").split("/")[0] if _is_address(host) else ""
+        return cls(scheme, host, parts.port or _DEFAULT_PORTS[scheme], path)
+
+    @property
+    def endpoint(self) -> tuple[str, str, int]:
+        return self.scheme, self.host, self.port
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}" + (f"/{self.account_path}" if self.account_path else "")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host == "localhost"
+
+
+class _PrivateAddress(Exception):
+    """A connection to an allowed host reached a non-public address (not an OSError: urllib3,
+    requests and the SDK let it through untouched, to be refused with a 400, not retried)."""
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_global
+
+
+class _PublicPeers:
+    """urllib3 connection mix-in: a host that is not the key store (``_trusted``) must be public.
+
+    Before connecting, every address its name resolves to must be global (not loopback, private,
+    link-local, shared or reserved): refused at once, so a closed port there looks like an open
+    one. After connecting, the socket's own peer is checked again, so DNS cannot change the
+    answer between the check and the connect."""
+
+    _trusted: tuple[str, int] | None = None
+
+    def _new_conn(self):
+        if (self.host.lower(), self.port) == self._trusted:
+            return super()._new_conn()
+        try:
+            resolved = {info[4][0] for info in socket.getaddrinfo(self._dns_host, self.port, type=socket.SOCK_STREAM)}
+        except OSError:
+            resolved = set()  # the connect below fails the same way
+        if not all(_is_public(address) for address in resolved):
+            raise _PrivateAddress(self.host)
+        sock = super()._new_conn()
+        if not _is_public(sock.getpeername()[0]):
+            sock.close()
+            raise _PrivateAddress(self.host)
+        return sock
+
+
+def _guarded_session(store: _Store | None) -> Session:
+    """A requests session whose connections only reach public peers, and the store."""
+    trusted = (store.host, store.port) if store else None
+    pools = {}
+    for scheme, pool in (("http", HTTPConnectionPool), ("https", HTTPSConnectionPool)):
+        connection = type(f"_Guarded{pool.ConnectionCls.__name__}", (_PublicPeers, pool.ConnectionCls),
+                          {"_trusted": trusted})
+        pools[scheme] = type(f"_Guarded{pool.__name__}", (pool,), {"ConnectionCls": connection})
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            # Never through a proxy from the environment: the peer checked must be the store itself.
+            return super().send(request, **{**kwargs, "proxies": {}})
+
+    session = Session()
+    adapter = Adapter(max_retries=Retry(total=False, redirect=False, raise_on_status=False))  # as azure-core's
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, adapter)
+    return session
 
 
 def _check_sas_query(query: str) -> None:

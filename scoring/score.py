@@ -48,14 +48,26 @@ except ImportError:  # older Azure ML images expose the same classes here
     from azureml.contrib.services.aml_request import rawhttp
     from azureml.contrib.services.aml_response import AMLResponse
 
+from aideploy_scoring import settings  # noqa: E402
 from aideploy_scoring.service import ScoringService  # noqa: E402
 
 service = None
 
 
 def init():
-    """Load the model once per worker."""
+    """Check the settings, then load the model once per worker.
+
+    An unknown ``AIDEPLOY_*`` variable or a malformed value stops the worker (and so the server)
+    with one line naming it (:mod:`aideploy_scoring.settings`), before anything is loaded.
+    """
     global service
+    try:
+        settings.check()
+    except settings.SettingsError as exc:
+        import logging
+
+        logging.getLogger("aideploy.scoring").error("%s%s", settings.INVALID, exc)
+        raise SystemExit(3) from None
     # BLAS threads (the plaintext model's products; the fast scheme's kernels use none): the
     # cores divided among the workers (AIDEPLOY_BLAS_THREADS overrides). More would
     # oversubscribe: OpenBLAS's spinning threads starved numpy work 3-5x on a busy 2-core
@@ -63,8 +75,7 @@ def init():
     # already imported when init() runs.
     from threadpoolctl import threadpool_limits
 
-    workers = max(1, int(os.environ.get("WORKER_COUNT", "1")))
-    threads = int(os.environ.get("AIDEPLOY_BLAS_THREADS") or max(1, (os.cpu_count() or 1) // workers))
+    threads = settings.get("AIDEPLOY_BLAS_THREADS") or max(1, (os.cpu_count() or 1) // settings.get("WORKER_COUNT"))
     threadpool_limits(limits=threads, user_api="blas")
     service = ScoringService.from_environment()
 

@@ -6,17 +6,17 @@ import hmac
 import hashlib
 import json
 import logging
-import os
 from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
+from aideploy_scoring import settings
 from aideploy_scoring.models import ModelAdapter, NotLinear
 from aideploy_scoring.schema import InputError, rows_of
 
 log = logging.getLogger("aideploy.scoring")
 
-DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_REQUEST_BYTES = settings.SETTINGS["AIDEPLOY_MAX_REQUEST_BYTES"].default
 #: Schemes ``init()`` builds and runs once, comma-separated (``target=local`` sets it from the
 #: deployment's ``encryption``); unset: every scheme whose runtime the environment has.
 PREPARE_ENV = "AIDEPLOY_PREPARE_SCHEMES"
@@ -123,6 +123,7 @@ class ScoringService:
         self._factories: dict[str, Callable[[ModelAdapter], Any]] = {"none": PlainScheme}
         self._schemes: dict[str, Any] = {}
         self._fetchers: dict[int | None, Any] = {}
+        self._store = None
         self._preprocess: dict[str, Any] | None = None
 
     def key_fetcher(self, max_key_bytes: int | None = None):
@@ -133,6 +134,14 @@ class ScoringService:
 
             self._fetchers[max_key_bytes] = key_fetcher_from_environment(max_key_bytes)
         return self._fetchers[max_key_bytes]
+
+    def limits_store(self):
+        """The deployment's limits store (:mod:`.limits`), opened once per worker and shared by the schemes."""
+        if self._store is None:
+            from aideploy_scoring.limits import open_store
+
+            self._store = open_store()
+        return self._store
 
     @staticmethod
     def linear(model: ModelAdapter) -> LinearModel:
@@ -169,7 +178,7 @@ class ScoringService:
         def seal(model):
             from aideploy_scoring.encrypted import SealScheme
 
-            return SealScheme(self.linear(model), self.key_fetcher())
+            return SealScheme(self.linear(model), self.key_fetcher(), self.limits_store())
 
         self.add_scheme("seal", seal)
 
@@ -179,25 +188,30 @@ class ScoringService:
 
             mlp = self.mlp(model)
             if mlp is not None:
-                return FastMLPScheme(*mlp, self.key_fetcher(MAX_KEY_BYTES))
-            return FastScheme(self.linear(model), self.key_fetcher(MAX_KEY_BYTES))
+                return FastMLPScheme(*mlp, self.key_fetcher(MAX_KEY_BYTES), store=self.limits_store())
+            return FastScheme(self.linear(model), self.key_fetcher(MAX_KEY_BYTES), self.limits_store())
 
         self.add_scheme("fast", fast)
 
     @classmethod
     def from_environment(cls) -> "ScoringService":
-        """Build from ``AZUREML_MODEL_DIR`` and ``AIDEPLOY_*`` settings, as ``init()`` does."""
+        """Build from ``AZUREML_MODEL_DIR`` and the ``AIDEPLOY_*`` settings (:mod:`.settings`), as
+        ``init()`` does."""
         from aideploy_scoring.models import load_dir
 
-        model = load_dir(os.environ["AZUREML_MODEL_DIR"])
-        max_bytes = int(os.environ.get("AIDEPLOY_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES))
-        service = cls(model, max_bytes, os.environ.get("AIDEPLOY_AUTH_KEY_SHA256") or None)
-        service._register_encrypted_schemes()
+        model_dir = settings.get("AZUREML_MODEL_DIR")
+        if model_dir is None:
+            raise settings.SettingsError("AZUREML_MODEL_DIR is not set: the server gives the model's directory")
+        model = load_dir(model_dir)
+        service = cls(model, settings.get("AIDEPLOY_MAX_REQUEST_BYTES"), settings.get("AIDEPLOY_AUTH_KEY_SHA256"))
+        if settings.get("AIDEPLOY_KEY_STORE") or settings.get("AIDEPLOY_KEY_HOSTS"):
+            service._register_encrypted_schemes()  # they need the clients' keys: a store to fetch them from
+        else:
+            log.info("no key store (AIDEPLOY_KEY_STORE): this service takes plain requests only")
         log.info("loaded a %s model: %s, %s features, task %s", model.kind, model.summary, model.n_features,
                  model.task)
-        names = os.environ.get(PREPARE_ENV)
-        service.prepare([n.strip() for n in names.split(",") if n.strip()] if names is not None
-                        else list(service._factories), required=names is not None)
+        names = settings.get(PREPARE_ENV)
+        service.prepare(names if names is not None else list(service._factories), required=names is not None)
         return service
 
     def prepare(self, names: list[str], required: bool = True) -> None:
@@ -265,8 +279,9 @@ class ScoringService:
     def describe(self) -> dict[str, Any]:
         """What a client needs to know without the model: ``GET /score``.
 
-        The features the model takes, its task and classes, the schemes this service serves and,
-        for the fast scheme, the parameters the service chose at start-up from its model and its
+        The features the model takes, its task and classes, its input schema, the schemes this
+        service serves, its key store (where a client's public keys must be) and limits and, for
+        the fast scheme, the parameters the service chose at start-up from its model and its
         configured ``x_bound`` and ``max_error`` (every client must use them), with the caps and
         guarantees that come with them and, for an MLP, its layer sizes and activation
         (``fast.mlp``), which its rounds reveal anyway. The parameters' scales tell the order of
@@ -281,6 +296,11 @@ class ScoringService:
                       "n_features": model.n_features, "feature_names": model.feature_names,
                       "classes": _jsonable(model.classes)},
             "schemes": self.schemes_served(),
+            # where the client must put its public keys: the only store this service fetches from
+            "keystore": {"url": settings.get("AIDEPLOY_KEY_STORE")},
+            "limits": {"max_queries_per_key": settings.get("AIDEPLOY_MAX_QUERIES_PER_KEY"),
+                       "max_samples_per_query": settings.get("AIDEPLOY_MLP_MAX_SAMPLES_PER_QUERY"),
+                       "max_new_keys_per_hour": settings.get("AIDEPLOY_MAX_NEW_KEYS_PER_HOUR")},
         }
         if model.schema is not None:
             info["input"] = model.schema.describe()

@@ -21,8 +21,9 @@ import pytest
 TESTS_DIR = Path(__file__).parent
 AIDEPLOY = str(Path(sys.executable).with_name("aideploy"))
 # Every process this test session starts, directly or not, inherits this marker, so the leak
-# guard sees our processes and never another session's.
-SESSION_MARK = "AIDEPLOY_TEST_SESSION"
+# guard sees our processes and never another session's. Not an AIDEPLOY_* name: those are the
+# service's settings, and target=local passes on only the declared ones.
+SESSION_MARK = "PYTEST_AIDEPLOY_SESSION"
 os.environ[SESSION_MARK] = uuid.uuid4().hex
 # Scoring environments that environment=conda builds are shared by the whole session (each
 # test has its own home); a test about building them sets its own AIDEPLOY_ENVS.
@@ -137,15 +138,24 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
 SERVE_KEY = "test-scoring-key-0123456789"
 
 
+def own_store(store) -> tuple[list[str], dict]:
+    """Overrides and environment that make ``store`` (an AzuriteServer the test owns) the
+    deployment's key store: the only one its service fetches keys from."""
+    return (["keystore.connection_string_env=TEST_AZURITE"], {"TEST_AZURITE": store.connection_string})
+
+
 @contextlib.contextmanager
-def served(cli: Cli, *overrides: str, env: dict | None = None):
+def served(cli: Cli, *overrides: str, env: dict | None = None, store=None):
     """``aideploy mode=serve ...`` for the duration of the block; yields the scoring URI.
 
     The service requires ``Authorization: Bearer SERVE_KEY``. Ctrl-C (SIGINT) stops it, as a
     user would, and the block fails if that did not end the run cleanly. ``env``: more
-    variables for aideploy (the service inherits them).
+    variables for aideploy (the service inherits the declared settings among them). ``store``:
+    an AzuriteServer the test owns, as the deployment's key store (:func:`own_store`).
     """
-    proc, out = cli.start("mode=serve", *overrides, env={"AIDEPLOY_SCORING_KEY": SERVE_KEY, **(env or {})})
+    more, store_env = own_store(store) if store is not None else ([], {})
+    proc, out = cli.start("mode=serve", *overrides, *more,
+                          env={"AIDEPLOY_SCORING_KEY": SERVE_KEY, **store_env, **(env or {})})
     try:
         wait_for(out / "endpoint.json", proc)
         yield json.loads((out / "endpoint.json").read_text())["scoring_uri"]

@@ -1,9 +1,9 @@
-"""A plugin for tests: injects one fault into a run, chosen by ``$AIDEPLOY_TEST_FAULT``.
+"""A plugin for tests: injects one fault into a run, chosen by ``$PYTEST_AIDEPLOY_FAULT``.
 
 - ``kill_keystore``: SIGKILL the run's own Azurite right after the keys stage, so the
   service's key fetch fails (502) and teardown's blob delete fails;
 - ``kill_service``: SIGKILL the azmlinfsrv process group once the server's access log shows
-  ``$AIDEPLOY_TEST_FAULT_AFTER`` answered scoring requests (0: before the first one);
+  ``$PYTEST_AIDEPLOY_FAULT_AFTER`` answered scoring requests (0: before the first one);
 - ``sigint_predict``: Ctrl-C (SIGINT to this process) once that many requests were answered;
 - ``sigint_deploy``: Ctrl-C while the deploy stage waits for the server's workers to boot;
 - ``sigkill_deploy``, ``sigkill_predict``: as the two above, but SIGKILL: no teardown runs,
@@ -28,7 +28,7 @@ ANSWERED = '"POST /score'  # gunicorn's access log: one line per answered reques
 
 
 def _fault() -> str:
-    return os.environ.get("AIDEPLOY_TEST_FAULT", "")
+    return os.environ.get("PYTEST_AIDEPLOY_FAULT", "")
 
 
 def _when_log_shows(path, needle: str, count: int, action, timeout: float = 120.0) -> None:
@@ -63,7 +63,7 @@ def aideploy_before_stage(stage, ctx):
     if stage.name == "deploy" and fault in ("sigint_deploy", "sigkill_deploy"):
         _when_log_shows(log, "Booting worker", 1, lambda: os.kill(os.getpid(), own))
     if stage.name == "predict" and fault in ("kill_service", "sigint_predict", "sigkill_predict"):
-        after = int(os.environ.get("AIDEPLOY_TEST_FAULT_AFTER", "0"))
+        after = int(os.environ.get("PYTEST_AIDEPLOY_FAULT_AFTER", "0"))
         if fault == "kill_service":
             pid = ctx.artifacts["endpoint"].details["pid"]
             action = lambda: os.killpg(pid, signal.SIGKILL)  # noqa: E731

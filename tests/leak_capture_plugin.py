@@ -20,6 +20,6 @@ def _secret_key(client) -> bytes:
 @hookimpl
 def aideploy_after_stage(stage, result):
     if stage.name == "keys" and result is not None:
-        with open(os.environ["AIDEPLOY_TEST_CAPTURE_FILE"], "w") as fh:
+        with open(os.environ["PYTEST_AIDEPLOY_CAPTURE_FILE"], "w") as fh:
             json.dump({"secret_key": base64.b64encode(_secret_key(result.client)).decode(),
                        "key_url": result.public["key_url"]}, fh)

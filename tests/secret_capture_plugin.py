@@ -11,5 +11,5 @@ PLUGIN_NAME = "secret_capture"
 @hookimpl
 def aideploy_after_stage(stage, result):
     if stage.name == "keys" and result is not None:
-        with open(os.environ["AIDEPLOY_TEST_SECRET_FILE"], "w") as fh:
+        with open(os.environ["PYTEST_AIDEPLOY_SECRET_FILE"], "w") as fh:
             fh.write(result.client.secret_key())

@@ -135,7 +135,7 @@ def test_request_settings_follow_the_timeout_and_workers(tmp_path):
     plan = plan_for(tmp_path, "target.request_timeout=120", "target.worker_count=3")
     deployment = actions(plan, "online_deployments.begin_create_or_update")[0]["request"]["body"]["properties"]
     assert deployment["requestSettings"] == {"maxConcurrentRequestsPerInstance": 3, "requestTimeout": "PT2M"}
-    assert deployment["environmentVariables"] == {"WORKER_COUNT": "3"}
+    assert deployment["environmentVariables"] == {"WORKER_COUNT": "3", "AIDEPLOY_PREPARE_SCHEMES": "none"}
     assert aideploys(spec_errors(plan)) == []
 
 
@@ -483,7 +483,8 @@ def test_aci_create_and_update_carry_the_sdks_environment_image_request(tmp_path
     monkeypatch.setattr(sdk_model, "wrap_execution_script_with_source_directory",
                         lambda source, script, debug: "/nowhere/{driverScript}.py")
     settings = actions(plan, "InferenceConfig")[0]["settings"]
-    code = type("Code", (), {"source_dir": Path(settings["source_directory"]), "entry_script": settings["entry_script"]})
+    code = type("Code", (), {"source_dir": Path(settings["source_directory"]), "entry_script": settings["entry_script"],
+                             "settings": {"AIDEPLOY_PREPARE_SCHEMES": "none"}})  # what the config sets for aci
     environment = type("Env", (), {"name": "aideploy-env", "conda_file": tmp_path / "out" / "environment.yml"})
     config = inference_config(code, build_environment(environment))
     assert config._build_environment_image_request(None, ["sklearn_digits:{modelVersion}"]) == eir

@@ -214,7 +214,7 @@ def test_managed_plan_is_the_sdk_entities_field_by_field(tmp_path, no_azure_env,
     assert deployment["environment"]["image"] == "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20251130.v1"
     assert deployment["environment"]["conda_file"] == yaml.safe_load((out / "environment.yml").read_text())
     assert deployment["request_settings"] == {"request_timeout_ms": 60000, "max_concurrent_requests_per_instance": 1}
-    assert deployment["environment_variables"] == {"WORKER_COUNT": "1"}
+    assert deployment["environment_variables"] == {"WORKER_COUNT": "1", "AIDEPLOY_PREPARE_SCHEMES": "none"}
     assert deployment["liveness_probe"]["initial_delay"] == deployment["readiness_probe"]["initial_delay"] == 10
     assert deployment["egress_public_network_access"] == ("disabled" if network == "vnet" else "enabled")
 

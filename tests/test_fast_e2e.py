@@ -87,7 +87,7 @@ class FastCaller:
 def fast_caller(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fastsvc")
     with AzuriteServer() as store, served(Cli(tmp, tmp / "home"), "encryption=fast",
-                                          "target.max_request_mb=1") as uri:
+                                          "target.max_request_mb=1", store=store) as uri:
         yield FastCaller(uri, store)
 
 
@@ -190,14 +190,14 @@ print(json.dumps({"after_init": after_init, "after_requests": signatures(), "sta
 """
 
 
-def run_worker(work, model_dir, prepare: str, kernels: str = "jit") -> dict:
+def run_worker(work, model_dir, store: str, prepare: str, kernels: str = "jit") -> dict:
     import json
     import os
     import subprocess
     import sys
 
     env = {**os.environ, "AZUREML_MODEL_DIR": str(model_dir), "AIDEPLOY_PREPARE_SCHEMES": prepare,
-           "AIDEPLOY_KERNELS": kernels}
+           "AIDEPLOY_KERNELS": kernels, "AIDEPLOY_KEY_STORE": store}
     proc = subprocess.run([sys.executable, "-c", WORKER, str(work)], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -232,10 +232,10 @@ def test_init_compiles_every_kernel_so_no_request_pays_a_compile(tmp_path):
             "X-Aideploy-Key-Id": client.key_id, "X-Aideploy-Key-Url": url}))
         for name, (n, layout) in shapes.items():
             (work / f"{name}.query").write_bytes(client.encrypt(X[:n], layout=layout))
-        cold = run_worker(work, model_dir, "none")
-        warm = run_worker(work, model_dir, "none,fast")
+        cold = run_worker(work, model_dir, azurite.blob_endpoint, "none")
+        warm = run_worker(work, model_dir, azurite.blob_endpoint, "none,fast")
         warm_answers = {name: (work / f"{name}.answer").read_bytes() for name in shapes}
-        built = run_worker(work, model_dir, "none,fast", kernels="aot")  # as score.py serves
+        built = run_worker(work, model_dir, azurite.blob_endpoint, "none,fast", kernels="aot")  # as score.py serves
         keys.close()
     # Not prepared: the first requests compile (or load) the kernels; the test can tell.
     assert cold["after_init"]["row_outputs"] == 0 and cold["after_requests"]["row_outputs"] > 0

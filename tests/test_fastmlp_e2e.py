@@ -5,20 +5,25 @@ A 64->16->10 MLPClassifier trained here on digits is deployed with encryption=fa
 served (mode=serve, two workers: any worker serves any round) and predicted against without the
 model (mode=predict: the service's GET /score says it is an MLP and gives its sizes and
 parameters). A tampered round token, a round out of order and a key over its query budget are
-refused with one-line 4xx errors, and the service keeps serving.
+refused with one-line 4xx errors, and the service keeps serving; a spent token is refused by
+both workers, a key's budget is the same under another blob name, and the server has every
+setting the config gives it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import joblib
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import requests
 from conftest import SERVE_KEY, Cli, results_of, served
+from test_service_settings import assert_settings_arrive
 
 from aideploy.azurite import AzuriteServer
 from aideploy.blobkeys import BlobKeyStore
@@ -136,9 +141,9 @@ class Caller:
         self.keys = BlobKeyStore.from_connection_string(store.connection_string, "mlpkeys")
         self.key_url = self.keys.put(self.client.key_id, self.client.public_bundle())
 
-    def post(self, body: bytes) -> requests.Response:
+    def post(self, body: bytes, key_id: str | None = None) -> requests.Response:
         headers = {**self.auth, "Content-Type": "application/octet-stream", "X-Aideploy-Scheme": "fast",
-                   "X-Aideploy-Key-Id": self.client.key_id, "X-Aideploy-Key-Url": self.key_url}
+                   "X-Aideploy-Key-Id": key_id or self.client.key_id, "X-Aideploy-Key-Url": self.key_url}
         return requests.post(self.uri, data=body, headers=headers, timeout=60)
 
     def send(self, message: bytes) -> bytes:
@@ -148,6 +153,12 @@ class Caller:
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         return self.client.predict(X, self.send)
+
+
+def server_pid(uri: str) -> int:
+    """The gunicorn master listening at ``uri``."""
+    port = int(uri.split(":")[2].split("/")[0])
+    return next(c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN")
 
 
 def refused(response: requests.Response, status: int, words: str) -> None:
@@ -163,7 +174,7 @@ def test_served_mlp_predicts_without_the_model_and_refuses_bad_rounds(cli, mlp, 
     with AzuriteServer() as store, served(Cli(tmp_path / "svc", tmp_path / "home"), "encryption=fast", CURRENT,
                                           "model=sklearn_pickle", f"model.path={path}", "target.worker_count=2",
                                           f"encryption.max_queries_per_key={BUDGET}",
-                                          f"encryption.max_samples_per_query={BUDGET + 1}") as uri:
+                                          f"encryption.max_samples_per_query={BUDGET + 1}", store=store) as uri:
         # mode=predict knows only the URI: GET /score says MLP, sizes and parameters
         proc = cli("mode=predict", f"scoring_uri={uri}", "encryption=fast", "data=csv", f"data.path={rows}",
                    "data.label_column=digit", "encryption.batch_size=25", "predict.concurrency=2",
@@ -196,4 +207,34 @@ def test_served_mlp_predicts_without_the_model_and_refuses_bad_rounds(cli, mlp, 
         # one key's budget: a query that would take it over max_queries_per_key is a 429
         refused(caller.post(caller.client.encrypt(np.zeros((BUDGET + 1, 64)))), 429, "max_queries_per_key")
         assert (caller.logits(X[3:13]).argmax(1) == model.predict(X[3:13])).mean() >= 0.9
+
+        # Limits that hold across workers. A spent round token, replayed on new connections until
+        # both workers have answered it, is refused by each: the spent tokens are the deployment's.
+        log = tmp_path / "svc" / "run1" / "azmlinfsrv.log"
+        offset = log.stat().st_size
+        message, _ = caller.client.respond(caller.send(caller.client.encrypt(X[:1])), 1)
+        caller.send(message)
+        for _ in range(40):
+            refused(caller.post(message), 400, "already used")
+            if len(set(re.findall(rb"\[(\d+)\] azmlinfsrv - POST /score 400", log.read_bytes()[offset:]))) == 2:
+                break
+        else:
+            raise AssertionError("one worker answered every replay")
+        # The same public key under another blob name is the same budget (its cryptographic id).
+        assert caller.post(caller.client.encrypt(np.zeros((BUDGET - 20, 64)))).status_code == 200
+        alias = f"alias-{caller.client.key_id[:16]}"
+        caller.key_url = caller.keys.put(alias, caller.client.public_bundle())
+        refused(caller.post(caller.client.encrypt(np.zeros((30, 64))), key_id=alias), 429, "max_queries_per_key")
+
+        # target=local forwards every setting the config sets (and the deployment's own stores)
+        variables = psutil.Process(server_pid(uri)).environ()
+        limits = variables.get("AIDEPLOY_LIMITS_STORE", "")
+        assert re.fullmatch(r".*/aideploy-service-[^/]+/limits\.sqlite", limits), limits
+        assert_settings_arrive(variables, {
+            "WORKER_COUNT": "2", "AIDEPLOY_MAX_REQUEST_BYTES": str(64 * 1024 * 1024),
+            "AIDEPLOY_PREPARE_SCHEMES": "none,fast", "AIDEPLOY_MAX_QUERIES_PER_KEY": str(BUDGET),
+            "AIDEPLOY_MLP_MAX_SAMPLES_PER_QUERY": str(BUDGET + 1), "AIDEPLOY_MLP_TOKEN_TTL": "300.0",
+            "AIDEPLOY_MAX_NEW_KEYS_PER_HOUR": "100", "AIDEPLOY_KEY_STORE": store.blob_endpoint,
+            "AIDEPLOY_LIMITS_STORE": limits}, not_in_config=set(), secrets=True)
+        assert variables.get("AIDEPLOY_MLP_TOKEN_SECRET")  # a secret: to the local server process only
         caller.keys.close()

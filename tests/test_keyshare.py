@@ -53,9 +53,10 @@ def shared(tmp_path) -> Path:
     return tmp_path / "shared"
 
 
-def workers(shared: Path, n: int = 2, **options) -> list[KeyFetcher]:
-    return [KeyFetcher(max_cache_bytes=1 << 20, max_key_bytes=64 << 10, timeout=5, shared_dir=shared, **options)
-            for _ in range(n)]
+def workers(shared: Path, store: BlobKeyStore, n: int = 2, **options) -> list[KeyFetcher]:
+    """``n`` workers' fetchers sharing ``shared``, whose key store is ``store``."""
+    return [KeyFetcher(max_cache_bytes=1 << 20, max_key_bytes=64 << 10, timeout=5, shared_dir=shared,
+                       store_url=store.account_url, **options) for _ in range(n)]
 
 
 def key_id() -> str:
@@ -63,7 +64,7 @@ def key_id() -> str:
 
 
 def test_a_key_one_worker_fetched_is_served_by_another_without_the_store(store, shared):
-    a, b = workers(shared)
+    a, b = workers(shared, store)
     kid, data = key_id(), os.urandom(5000)
     url = store.put(kid, data)
     assert a.fetch(kid, key_url=url) == data
@@ -81,7 +82,7 @@ def test_a_key_one_worker_fetched_is_served_by_another_without_the_store(store, 
 
 
 def test_an_expired_sas_is_refused_by_every_worker_on_its_first_request_after_expiry(store, shared):
-    a, b = workers(shared)
+    a, b = workers(shared, store)
     kid = key_id()
     url = store.put(kid, b"short-lived", sas_ttl=2)
     assert a.fetch(kid, key_url=url) == b"short-lived"
@@ -96,7 +97,7 @@ def test_an_expired_sas_is_refused_by_every_worker_on_its_first_request_after_ex
 
 
 def test_a_forged_sas_never_rides_on_another_workers_check(store, shared):
-    a, b = workers(shared)
+    a, b = workers(shared, store)
     kid = key_id()
     url = store.put(kid, b"public key")
     assert a.fetch(kid, key_url=url) == b"public key"
@@ -111,7 +112,7 @@ def test_a_forged_sas_never_rides_on_another_workers_check(store, shared):
 
 def test_a_deleted_key_is_refused_by_every_worker_within_the_bound_of_the_stores_answer(store, shared):
     """Reading another worker's check does not renew it: the deadline is the store's answer's."""
-    a, b = workers(shared, sas_recheck_seconds=2)
+    a, b = workers(shared, store, sas_recheck_seconds=2)
     kid = key_id()
     url = store.put(kid, b"soon gone")
     assert a.fetch(kid, key_url=url) == b"soon gone"
@@ -127,7 +128,8 @@ def test_a_deleted_key_is_refused_by_every_worker_within_the_bound_of_the_stores
 
 
 def test_the_shared_directory_stays_bounded_in_bytes(store, shared):
-    fetchers = [KeyFetcher(max_cache_bytes=40_000, max_key_bytes=20_000, timeout=5, shared_dir=shared)
+    fetchers = [KeyFetcher(max_cache_bytes=40_000, max_key_bytes=20_000, timeout=5, shared_dir=shared,
+                           store_url=store.account_url)
                 for _ in range(2)]
     for i in range(12):
         kid = key_id()
@@ -155,7 +157,7 @@ def test_a_directory_others_can_reach_is_not_used(store, tmp_path, caplog):
     loose = tmp_path / "loose"
     loose.mkdir(mode=0o755)
     loose.chmod(0o755)
-    a, b = workers(loose)
+    a, b = workers(loose, store)
     assert "keys are not shared between workers" in caplog.text and "loose" in caplog.text
     kid = key_id()
     url = store.put(kid, b"k")
@@ -172,7 +174,8 @@ def _pids_answering(log: Path, offset: int) -> set[str]:
 
 
 def _key_dirs() -> set[str]:
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("aideploy-keys-")}
+    """The deployments' own directories (target=local), where their workers share keys."""
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("aideploy-service-")}
 
 
 def test_a_registered_key_is_served_by_every_worker_without_the_store(tmp_path):
@@ -181,7 +184,7 @@ def test_a_registered_key_is_served_by_every_worker_without_the_store(tmp_path):
     before = _key_dirs()
     cli = Cli(tmp_path, tmp_path / "home")
     with AzuriteServer() as azurite, served(cli, "encryption=fast", "target.worker_count=2",
-                                            env={"AIDEPLOY_SAS_RECHECK_SECONDS": "6"}) as uri:
+                                            env={"AIDEPLOY_SAS_RECHECK_SECONDS": "6"}, store=azurite) as uri:
         log = tmp_path / f"run{cli.calls}" / SERVER_LOG
         client = FastClient(64, 10, fast_params(uri))
         with BlobKeyStore.from_connection_string(azurite.connection_string, "regkeys") as keys:
@@ -215,10 +218,10 @@ def test_a_registered_key_is_served_by_every_worker_without_the_store(tmp_path):
 
 
 def test_a_run_whose_keys_the_service_cannot_read_stops_at_the_registration(cli):
-    proc = cli("encryption=fast", env={"AIDEPLOY_KEY_HOSTS": "*.blob.core.windows.net"})
+    proc = cli("encryption=fast", env={"AIDEPLOY_MAX_KEY_BYTES": "1000"})  # the keys are ~98 KB
     assert proc.returncode != 0
     assert "the service cannot use this run's public keys" in proc.stderr, proc.stderr
-    assert "is not allowed" in proc.stderr and "hint:" in proc.stderr and "Traceback" not in proc.stderr
+    assert "1000-byte limit" in proc.stderr and "hint:" in proc.stderr and "Traceback" not in proc.stderr
     assert not (proc.out / "predictions.csv").exists() or "row" not in (proc.out / "predictions.csv").read_text()
     results = json.loads((proc.out / "results.json").read_text())
     assert results["status"] == "failed"

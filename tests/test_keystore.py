@@ -85,8 +85,9 @@ def store(azurite, container_name):
 
 
 @pytest.fixture
-def fetcher():
-    return KeyFetcher(max_cache_bytes=1 << 20, max_key_bytes=64 << 10, timeout=5)
+def fetcher(azurite):
+    """A fetcher whose key store is the test's Azurite, as the service's is the deployment's."""
+    return KeyFetcher(max_cache_bytes=1 << 20, max_key_bytes=64 << 10, timeout=5, store_url=azurite.blob_endpoint)
 
 
 def _key_id() -> str:
@@ -160,7 +161,7 @@ def test_sas_connection_string(azurite, store, fetcher):
 
 @needs_azurite
 def test_transform_result_is_cached_and_sized_by_nbytes(store):
-    fetcher = KeyFetcher(max_cache_bytes=10_000, max_key_bytes=10_000, timeout=5)
+    fetcher = KeyFetcher(max_cache_bytes=10_000, max_key_bytes=10_000, timeout=5, store_url=store.account_url)
     kid = _key_id()
     url = store.put(kid, np.arange(100, dtype=np.int64).tobytes())
     calls = []
@@ -191,7 +192,8 @@ def test_transform_value_error_is_400(store, fetcher):
 
 @needs_azurite
 def test_reuploaded_key_is_refetched(store):
-    fetcher = KeyFetcher(max_cache_bytes=1 << 20, max_key_bytes=64 << 10, timeout=5, sas_recheck_seconds=0)
+    fetcher = KeyFetcher(max_cache_bytes=1 << 20, max_key_bytes=64 << 10, timeout=5, sas_recheck_seconds=0,
+                         store_url=store.account_url)
     kid = _key_id()
     url = store.put(kid, b"version-1")
     assert fetcher.fetch(kid, key_url=url) == b"version-1"
@@ -333,6 +335,7 @@ def test_deleted_key_is_refused_within_the_recheck_bound(store, monkeypatch):
     from aideploy_scoring.encrypted import key_fetcher_from_environment
 
     monkeypatch.setenv("AIDEPLOY_SAS_RECHECK_SECONDS", "1")
+    monkeypatch.setenv("AIDEPLOY_KEY_STORE", store.account_url)
     fetcher = key_fetcher_from_environment()
     assert fetcher.sas_recheck_seconds == 1
     kid = _key_id()
@@ -344,7 +347,7 @@ def test_deleted_key_is_refused_within_the_recheck_bound(store, monkeypatch):
     with pytest.raises(KeyNotFoundError):
         fetcher.fetch(kid, key_url=url)
     # With no reuse at all, the very next request sees it.
-    now = KeyFetcher(timeout=5, sas_recheck_seconds=0)
+    now = KeyFetcher(timeout=5, sas_recheck_seconds=0, store_url=store.account_url)
     url = store.put(kid, b"back")
     assert now.fetch(kid, key_url=url) == b"back"
     store.delete(kid)
@@ -360,13 +363,13 @@ def test_the_recheck_bound_cannot_exceed_azures_own(monkeypatch):
         with pytest.raises(ValueError, match="sas_recheck_seconds"):
             KeyFetcher(sas_recheck_seconds=bad)
     monkeypatch.setenv("AIDEPLOY_SAS_RECHECK_SECONDS", "60")
-    with pytest.raises(ValueError, match="sas_recheck_seconds"):
+    with pytest.raises(ValueError, match="AIDEPLOY_SAS_RECHECK_SECONDS=60 is not valid"):
         key_fetcher_from_environment()
 
 
 @needs_azurite
 def test_oversize_key_is_413(store):
-    fetcher = KeyFetcher(max_cache_bytes=10_000, max_key_bytes=1000, timeout=5)
+    fetcher = KeyFetcher(max_cache_bytes=10_000, max_key_bytes=1000, timeout=5, store_url=store.account_url)
     ok, big = _key_id(), _key_id()
     assert fetcher.fetch(ok, key_url=store.put(ok, b"a" * 1000)) == b"a" * 1000
     with pytest.raises(KeyTooLargeError) as ei:
@@ -379,7 +382,7 @@ def test_store_unreachable(azurite, store):
     dead = _free_port()
     kid = _key_id()
     url = store.put(kid, b"k").replace(f":{azurite.port}/", f":{dead}/")
-    fetcher = KeyFetcher(timeout=2, retries=1)
+    fetcher = KeyFetcher(timeout=2, retries=1, store_url=f"http://127.0.0.1:{dead}/devstoreaccount1")
     t0 = time.monotonic()
     with pytest.raises(KeyStoreUnavailableError) as ei:
         fetcher.fetch(kid, key_url=url)
@@ -440,20 +443,27 @@ def test_malformed_requests_are_400(azurite, store, fetcher):
 
 
 @needs_azurite
-def test_allowed_hosts(store):
+def test_only_the_store_and_public_hosts_an_operator_names_are_reached(azurite, store):
     kid = _key_id()
     url = store.put(kid, b"k")
-    strict = KeyFetcher(allowed_hosts=["*.blob.core.windows.net"])
-    with pytest.raises(KeyRequestError) as ei:
-        strict.fetch(kid, key_url=url)
+    assert KeyFetcher(store_url=azurite.blob_endpoint).fetch(kid, key_url=url) == b"k"
+    elsewhere = f"http://127.0.0.1:{_free_port()}/devstoreaccount1"
+    for refusing in (KeyFetcher(), KeyFetcher(allowed_hosts=["*.blob.core.windows.net"]),
+                     KeyFetcher(allowed_hosts=["127.0.0.1"]),  # no port: the scheme's default (80), not Azurite's
+                     KeyFetcher(store_url=elsewhere)):
+        with pytest.raises(KeyRequestError) as ei:
+            refusing.fetch(kid, key_url=url)
+        assert ei.value.code == "HostNotAllowed" and ei.value.http_status == 400
+    # a pattern that names the port still reaches only public addresses: Azurite is on loopback
+    with pytest.raises(KeyRequestError, match="private address") as ei:
+        KeyFetcher(allowed_hosts=[f"127.0.0.1:{azurite.port}"]).fetch(kid, key_url=url)
     assert ei.value.code == "HostNotAllowed"
-    assert KeyFetcher(allowed_hosts=["127.0.0.1"]).fetch(kid, key_url=url) == b"k"
 
 
 # ------------------------------------------------------------------ caching
 @needs_azurite
 def test_lru_eviction_by_bytes(store):
-    fetcher = KeyFetcher(max_cache_bytes=3000, max_key_bytes=10_000, timeout=5)
+    fetcher = KeyFetcher(max_cache_bytes=3000, max_key_bytes=10_000, timeout=5, store_url=store.account_url)
     a, b, c, huge = (_key_id() for _ in range(4))
     urls = {k: store.put(k, bytes([i]) * 1200) for i, k in enumerate((a, b, c))}
     urls[huge] = store.put(huge, b"h" * 4000)
@@ -484,7 +494,8 @@ def test_lru_eviction_by_bytes(store):
 @needs_azurite
 def test_the_key_cache_stays_bounded_in_bytes_with_sas_checks_remembered(store):
     """Remembered checks hold no key: an evicted key is downloaded again, and they are bounded too."""
-    fetcher = KeyFetcher(max_cache_bytes=3000, max_key_bytes=10_000, timeout=5, max_sas_checks=4)
+    fetcher = KeyFetcher(max_cache_bytes=3000, max_key_bytes=10_000, timeout=5, max_sas_checks=4,
+                         store_url=store.account_url)
     keys = [_key_id() for _ in range(10)]
     urls = {k: store.put(k, bytes([i]) * 1200) for i, k in enumerate(keys)}
     for _ in range(2):
@@ -697,7 +708,7 @@ def test_user_delegation_sas_round_trip(https_azurite, container_name):
     url = ks.put(kid, b"delegated key")
     q = parse_qs(urlsplit(url).query)
     assert q["sp"] == ["r"] and q["spr"] == ["https"] and "skoid" in q  # a user-delegation SAS
-    fetcher = KeyFetcher(timeout=5)
+    fetcher = KeyFetcher(timeout=5, store_url=https_azurite.blob_endpoint)
     assert fetcher.fetch(kid, key_url=url) == b"delegated key"
     forged = _with_query(url, sp="rw")
     with pytest.raises(KeyAccessDeniedError):

@@ -1,7 +1,6 @@
 """mode=predict as a client tool: the user's rows in, predictions.csv out, no model needed.
 
-One real service (aideploy's score.py in azmlinfsrv, environment=current so it serves every
-scheme) answers unlabeled CSV, labelled Parquet, .npy and encrypted (fast) runs; the rows'
+One real service (aideploy's score.py in azmlinfsrv, encryption=fast: plain and fast) answers unlabeled CSV, labelled Parquet, .npy and encrypted (fast) runs; the rows'
 predictions are checked against the same model trained in this process. Then a service
 stopped midway, and a file resumed against a new one.
 """
@@ -19,13 +18,15 @@ import psutil
 import pytest
 from conftest import SERVE_KEY, results_of, served
 
+from aideploy.azurite import dev_connection_string
 from aideploy.datafiles import CsvRows, NpyRows, ParquetRows
 from aideploy.datasets import digits_split
 from aideploy.errors import ConfigError
 from aideploy.predictions import PredictionsWriter
 
 KEY = {"AIDEPLOY_SCORING_KEY": SERVE_KEY}
-SERVE = ("environment=current", "target.worker_count=2", "deployment_name=predict-client")
+# encryption=fast: the deployment has a key store, so it takes fast requests beside plain ones
+SERVE = ("environment=current", "target.worker_count=2", "deployment_name=predict-client", "encryption=fast")
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,14 @@ def test_unlabeled_csv_labelled_parquet_npy_and_fast_against_one_service(cli, tm
         scores = table[[f"score_{c}" for c in model.classes_]].to_numpy()
         assert np.abs(scores - model.decision_function(X)).max() < 1e-3
         assert (table["prediction"].to_numpy() == model.predict(X)).all()
+
+        # Keys in another store than the service's (the only one it fetches from): refused before
+        # any key is made or uploaded, naming the service's store.
+        other = dev_connection_string("http://127.0.0.1:9/devstoreaccount1")
+        proc = cli("mode=predict", f"scoring_uri={uri}", "data=csv", f"data.path={rows}", "encryption=fast",
+                   "keystore.connection_string_env=OTHER_STORE", env={**KEY, "OTHER_STORE": other})
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "reads public keys only from its key store http://127.0.0.1:" in proc.stderr and "hint: " in proc.stderr
 
         # Bad input: one line naming the file and a hint, no traceback.
         narrow = _csv(tmp_path / "narrow.csv", X[:5, :60])

@@ -172,7 +172,7 @@ def service(tmp_path_factory, azurite):
     """
     tmp = tmp_path_factory.mktemp("relsvc")
     cli = Cli(tmp, tmp / "home")
-    with served(cli, "encryption=fast", "target.max_request_mb=1", "environment=current") as uri:
+    with served(cli, "encryption=fast", "target.max_request_mb=1", "environment=current", store=azurite) as uri:
         client = FastClient(64, 10, fast_params(uri))
         store = BlobKeyStore.from_connection_string(azurite.connection_string, "relkeys")
         key_url = store.put(client.key_id, client.public_bundle())
@@ -225,7 +225,7 @@ def test_fast_key_cache_is_bounded_in_bytes(azurite):
     rng = np.random.default_rng(0)
     model = LinearModel(rng.normal(0, 0.1, (10, 64)), np.zeros(10))
     limit = 1024 * 1024
-    fetcher = KeyFetcher(max_cache_bytes=limit)
+    fetcher = KeyFetcher(max_cache_bytes=limit, store_url=azurite.blob_endpoint)
     scheme = FastScheme(model, fetcher)
     store = BlobKeyStore.from_connection_string(azurite.connection_string, "cachebound")
     x = np.full((1, 64), 0.5)
@@ -264,7 +264,7 @@ def run_with_fault(cli: Cli, tmp_path: Path, *overrides: str, fault: str | None 
     tmpdir.mkdir()
     extra = {"TMPDIR": str(tmpdir), **(env or {})}
     if fault:
-        extra.update(AIDEPLOY_TEST_FAULT=fault, AIDEPLOY_TEST_FAULT_AFTER=str(after))
+        extra.update(PYTEST_AIDEPLOY_FAULT=fault, PYTEST_AIDEPLOY_FAULT_AFTER=str(after))
         overrides = (*overrides, "plugins=[fault_plugins]")
     proc = cli(*overrides, env=extra)
     proc.tmpdir = tmpdir
@@ -443,8 +443,8 @@ def test_disk_full_in_the_key_stores_temp_dir(cli, tmp_path, tiny_tmpfs):
 # ============================================================== fuzzed input
 
 
-# AIDEPLOY_FUZZ_SCALE=10 runs ten times the examples, freshly random each time, to look further.
-FUZZ_SCALE = float(os.environ.get("AIDEPLOY_FUZZ_SCALE", "1"))
+# PYTEST_AIDEPLOY_FUZZ_SCALE=10 runs ten times the examples, freshly random each time, to look further.
+FUZZ_SCALE = float(os.environ.get("PYTEST_AIDEPLOY_FUZZ_SCALE", "1"))
 
 
 def fuzz(examples: int):
@@ -529,10 +529,24 @@ def test_a_sas_with_malformed_percent_encoding_is_refused_as_the_clients_fault(a
                    {"conn_str": f"BlobEndpoint={endpoint};SharedAccessSignature=sv=2021-08-06&sig=ab%zz",
                     "container": "percent"}):
         with pytest.raises(KeyRequestError) as caught:
-            KeyFetcher().fetch("pctkey", **kwargs)
+            KeyFetcher(store_url=endpoint).fetch("pctkey", **kwargs)
         assert caught.value.http_status == 400 and "percent-encoding" in str(caught.value)
-    assert KeyFetcher().fetch("pctkey", key_url=url) == b"x" * 100
+    assert KeyFetcher(store_url=endpoint).fetch("pctkey", key_url=url) == b"x" * 100
     store.delete("pctkey")
+
+
+def test_the_served_service_contacts_no_host_but_its_key_store(service):
+    """Over HTTP, as in the review: a key_url on another loopback port is refused before any
+    connection is made (tests/test_ssrf.py has the other attacks, on the service classes)."""
+    from test_ssrf import Target
+
+    with Target() as target:
+        headers = {**fast_headers(service), "X-Aideploy-Key-Url": target.url(service.client.key_id)}
+        response = requests.post(service.uri, data=service.client.encrypt(np.zeros((1, 64))), headers=headers,
+                                 timeout=60)
+        assert target.seen == []
+    assert response.status_code == 400 and "is not allowed" in response.json()["error"]
+    assert good_request_works(service)
 
 
 def test_fuzz_json_bodies(service):
@@ -735,7 +749,7 @@ def test_no_secret_in_any_output(cli, tmp_path, azurite, encryption, limit):
     proc = cli(f"encryption={encryption}", f"data.limit={limit}", "plugins=[leak_capture_plugin]",
                "keystore.connection_string_env=TEST_AZURITE", "keystore.container=secrets",
                "tracking=mlflow", f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
-               env={"TEST_AZURITE": azurite.connection_string, "AIDEPLOY_TEST_CAPTURE_FILE": str(capture),
+               env={"TEST_AZURITE": azurite.connection_string, "PYTEST_AIDEPLOY_CAPTURE_FILE": str(capture),
                     "AIDEPLOY_SCORING_KEY": endpoint_key})
     assert proc.returncode == 0, proc.stderr
     captured = json.loads(capture.read_text())

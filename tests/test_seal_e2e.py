@@ -24,7 +24,7 @@ def test_seal_round_trip_leaves_no_blob_and_no_secret(cli, azurite, tmp_path):
     secret_file = tmp_path / "secret.txt"
     proc = cli("encryption=seal", "data.limit=4", "plugins=[secret_capture_plugin]",
                "keystore.connection_string_env=TEST_AZURITE", "keystore.container=roundtrip",
-               env={"TEST_AZURITE": azurite.connection_string, "AIDEPLOY_TEST_SECRET_FILE": str(secret_file)})
+               env={"TEST_AZURITE": azurite.connection_string, "PYTEST_AIDEPLOY_SECRET_FILE": str(secret_file)})
     assert proc.returncode == 0, proc.stderr
     results = results_of(proc.out)
     assert results["agreement"] == 1.0 and results["max_score_error"] <= 1e-3
@@ -57,7 +57,7 @@ def seal_service(tmp_path_factory):
     """``aideploy mode=serve encryption=seal`` plus an Azurite for the clients' keys."""
     tmp = tmp_path_factory.mktemp("sealsvc")
     with AzuriteServer() as store, served(Cli(tmp, tmp / "home"), "encryption=seal",
-                                          "target.max_request_mb=1") as uri:
+                                          "target.max_request_mb=1", store=store) as uri:
         yield uri, store
 
 

@@ -41,13 +41,16 @@ def test_a_run_is_logged_with_params_metrics_tags_artifacts_and_its_model(cli, t
     assert run.data.tags["aideploy.run_id"] == results["run_id"] and run.data.tags["option.encryption"] == "none"
     assert run.data.tags["aideploy.status"] == "ok"
     assert {"results.json", "environment.yml", "azmlinfsrv.log", "model"} <= artifacts(uri, run.info.run_id)
-    # the logged model deploys back with model=mlflow
+    assert "predictions.csv" not in artifacts(uri, run.info.run_id)  # the client's predictions: only when asked
+    # the logged model deploys back with model=mlflow (and this run uploads its predictions)
     from mlflow.tracking import MlflowClient
 
     local = MlflowClient(tracking_uri=uri).download_artifacts(run.info.run_id, "model", str(tmp_path / "dl"))
-    again = cli("model=mlflow", f"model.path={local}", "data.limit=20")
+    again = cli("model=mlflow", f"model.path={local}", "data.limit=20", "tracking=mlflow", f"tracking.uri={uri}",
+                "tracking.log_predictions=true")
     assert again.returncode == 0, again.stderr
     assert results_of(again.out)["agreement"] == 1.0
+    assert "predictions.csv" in artifacts(uri, results_of(again.out)["tracking"]["run_id"])
 
 
 def test_an_unreachable_tracking_server_is_a_warning_not_a_failure(cli):
