@@ -31,7 +31,7 @@ def _app(cfg: DictConfig) -> None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         runner.run(cfg, Path(hydra_cfg.runtime.output_dir), group_choices(hydra_cfg),
-                   given=runner.groups_given(hydra_cfg.overrides.task))
+                   given=runner.groups_given(hydra_cfg.overrides.task), sweep_job=multirun)
     except AideployError as exc:
         log.error("%s", exc.report())
         if multirun:  # let the launcher record this job as failed and go on with the others

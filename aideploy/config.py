@@ -8,9 +8,9 @@ that group's stages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -216,31 +216,61 @@ class VnetNetwork(NetworkConfig):
 
 @dataclass
 class EncryptionConfig:
+    """Every option of the group has the settings of every scheme, so that a sweep can vary one
+    scheme's setting beside another scheme (``-m encryption=none,fast encryption.max_error=1e-3,1e-2``).
+    A setting an option does not use stays None; given one in a single run, the run stops
+    (:func:`not_applied`); in a sweep the job records it as not applied."""
+
     plugin: str = MISSING
+    batch_size: Optional[int] = bounded(None, ge=1)  # deprecated: predict.batch_size
+    max_new_keys_per_hour: Optional[int] = bounded(None, ge=0, le=100_000)
+    x_bound: Optional[float] = bounded(None, gt=0)
+    max_error: Optional[float] = bounded(None, gt=0)
+    max_queries_per_key: Optional[int] = bounded(None, ge=0)
+    max_samples_per_query: Optional[int] = bounded(None, ge=0)
+    round_ttl_seconds: Optional[float] = bounded(None, gt=0, le=3600)
+    # the settings this option uses (the others are None unless a sweep gives them)
+    uses: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
 
 @dataclass
 class NoEncryption(EncryptionConfig):
     plugin: str = "plain"
-    batch_size: Optional[int] = bounded(None, ge=1)  # deprecated: predict.batch_size
 
 
 @dataclass
 class SealEncryption(EncryptionConfig):
     plugin: str = "seal"
-    max_new_keys_per_hour: int = bounded(100, ge=0, le=100_000)
+    max_new_keys_per_hour: Optional[int] = bounded(100, ge=0, le=100_000)
+    uses: ClassVar[frozenset[str]] = frozenset({"batch_size", "max_new_keys_per_hour"})
 
 
 @dataclass
 class FastEncryption(EncryptionConfig):
     plugin: str = "fast"
-    max_new_keys_per_hour: int = bounded(100, ge=0, le=100_000)
-    batch_size: Optional[int] = bounded(None, ge=1)  # deprecated: predict.batch_size
-    x_bound: float = bounded(1.0, gt=0)
-    max_error: float = bounded(1e-3, gt=0)
-    max_queries_per_key: int = bounded(0, ge=0)
-    max_samples_per_query: int = bounded(1, ge=0)
-    round_ttl_seconds: float = bounded(300.0, gt=0, le=3600)
+    max_new_keys_per_hour: Optional[int] = bounded(100, ge=0, le=100_000)
+    x_bound: Optional[float] = bounded(1.0, gt=0)
+    max_error: Optional[float] = bounded(1e-3, gt=0)
+    max_queries_per_key: Optional[int] = bounded(0, ge=0)
+    max_samples_per_query: Optional[int] = bounded(1, ge=0)
+    round_ttl_seconds: Optional[float] = bounded(300.0, gt=0, le=3600)
+    uses: ClassVar[frozenset[str]] = frozenset({"batch_size", "max_new_keys_per_hour", "x_bound", "max_error",
+                                               "max_queries_per_key", "max_samples_per_query",
+                                               "round_ttl_seconds"})
+
+
+def not_applied(encryption_cfg: Any) -> list[str]:
+    """``encryption.<setting>=<value>`` for each setting given that the chosen option does not use
+    (only a sweep gives one: see :class:`EncryptionConfig`)."""
+    from omegaconf import OmegaConf
+
+    kind = OmegaConf.get_type(encryption_cfg)
+    uses = getattr(kind, "uses", None)
+    if uses is None:  # a plugin's own schema, not derived from EncryptionConfig
+        return []
+    shared = {f.name for f in fields(EncryptionConfig)} - {"plugin"}
+    return [f"encryption.{name}={encryption_cfg[name]}" for name in sorted(shared - uses)
+            if name in encryption_cfg and encryption_cfg[name] is not None]
 
 
 # ----------------------------------------------------------------------------- target

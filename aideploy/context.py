@@ -32,6 +32,8 @@ class RunContext:
         batch_size: rows per request, set by the client before the first chunk is encrypted
             (``predict.batch_size``, or sized by :func:`aideploy.client.rows_per_request`).
         on_answer: called with each answered query's row count, as answers come (progress).
+        not_applied: a sweep job's settings that its options do not use (``encryption.x_bound=2``
+            beside ``encryption=none``), recorded in results.json.
     """
 
     cfg: DictConfig
@@ -45,6 +47,7 @@ class RunContext:
     progress: tuple[int, int] = (0, 0)
     batch_size: int = 1
     on_answer: Callable[[int], None] | None = None
+    not_applied: list[str] = field(default_factory=list)
     _open_keystore: Callable[[], Any] | None = None
     _clients: dict[Any, Any] = field(default_factory=dict)
 

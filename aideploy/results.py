@@ -57,6 +57,8 @@ def build(ctx: RunContext, status: str, error: BaseException | None, stage_secon
     if predictions is not None and predictions.rows:
         results["predictions"] = {"path": str(predictions.path), "rows": predictions.rows}
     results.update(ctx.artifacts.get("metrics") or {})
+    if ctx.not_applied:
+        results["not_applied"] = list(ctx.not_applied)
     if teardown_failures:
         results["teardown_failures"] = [f"{what}: {exc}" for what, exc in teardown_failures]
     return results

@@ -20,6 +20,7 @@ from aideploy import client, journal, model_requirements, schemas, validate
 from aideploy.artifacts import (Dataset, Endpoint, EnvironmentSpec, KeySession, NetworkInfo, RegisteredModel,
                                 Requests, Responses, ScoringCode, Scores, Secret)
 from aideploy.context import RunContext
+from aideploy.config import not_applied
 from aideploy.errors import AideployError, ConfigError, Interrupted, PluginError
 from aideploy.manager import PluginRegistry
 from aideploy.stages import DRY_RUN, ENCRYPT, KEYS, KEYSTORE, MODEL, PIPELINES, TEARDOWN, Mode, Stage
@@ -244,11 +245,13 @@ def groups_given(overrides: Iterable[str]) -> frozenset[str]:
 
 
 def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str | None = None,
-        given: frozenset[str] = frozenset()) -> dict[str, Any]:
+        given: frozenset[str] = frozenset(), sweep_job: bool = False) -> dict[str, Any]:
     """Run ``cfg.mode`` to the end, tear down, write results.json and return the results.
 
     ``given`` names the config groups the command line chose (:func:`groups_given`):
-    ``mode=predict`` loads a model only when ``model`` is one of them.
+    ``mode=predict`` loads a model only when ``model`` is one of them. ``sweep_job``: a job of a
+    multirun, where a setting the job's options do not use is recorded (``not_applied``), not an
+    error.
 
     Raises what stopped the run (an :class:`AideployError`, an unexpected exception or an
     interrupt) after teardown and results; results.json says ``status`` in every case.
@@ -272,6 +275,13 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
     try:
         with _signals_as_interrupts():
             validate.check(cfg, choices)
+            ctx.not_applied = not_applied(cfg.encryption) if "encryption" in cfg else []
+            if ctx.not_applied and not sweep_job:
+                raise ConfigError(f"{ctx.not_applied[0]} does not apply to encryption={choices.get('encryption')}",
+                                  hint="drop it, or choose the scheme it belongs to (a sweep may give it beside "
+                                  "other schemes: -m encryption=none,fast ...)")
+            if ctx.not_applied:
+                log.info("      not applied to this job's options: %s", " ".join(ctx.not_applied))
             for stage in pipeline:  # an unknown or unfit plugin fails now, not halfway through the run
                 runner._caller(stage)
             journal.housekeeping(ctx, mode, run_id)

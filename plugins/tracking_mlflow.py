@@ -3,8 +3,10 @@
 An observer, built only on the hooks any plugin has (``aideploy_run_end``,
 ``aideploy_sweep_end``): it changes nothing in the run it records.
 
-- params: the composed config, flattened (``target.worker_count``); it holds names of
-  environment variables, never their values, and every string is redacted as logs are;
+- name: a sweep job's overrides (``encryption=fast,target.worker_count=2``), a single run's id;
+- params: the composed config, flattened (``target.worker_count``), as plain values (``run``, not
+  ``Mode.run``); it holds names of environment variables, never their values, and every string
+  is redacted as logs are; a sweep's parent run holds the sweep's overrides;
 - metrics: every number in results.json (``accuracy``, ``latency_ms.p50``,
   ``stage_seconds.deploy``, ``rmse``, ...);
 - tags: the run id, each group's option (``option.encryption``), mode and status;
@@ -108,9 +110,36 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def params_of(cfg) -> dict[str, str]:
-    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    return {key: redact(json.dumps(v) if isinstance(v, (list, dict)) else v)[:6000]
+    """The config's values as a person reads them: ``mode=run`` (not ``Mode.run``), lists as JSON."""
+    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False, enum_to_str=True)
+    return {key: redact(json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000]
             for key, v in flatten(config).items()}
+
+
+def run_name(ctx) -> str:
+    """A sweep job is named by the overrides the sweep varies, with this job's values
+    (``encryption=fast,target.worker_count=2``); a single run by its run id."""
+    from hydra.core.hydra_config import HydraConfig
+
+    sweep_dir = _sweep_dir()
+    if sweep_dir is None or not HydraConfig.initialized():
+        return ctx.run_id
+    mine = [str(o) for o in HydraConfig.get().overrides.task]
+    varied = _swept_keys(sweep_dir)
+    chosen = [o for o in mine if o.partition("=")[0].lstrip("+~") in varied] or mine
+    return redact(",".join(chosen))[:250] or ctx.run_id
+
+
+def _swept_keys(sweep_dir: Path) -> set[str]:
+    """The keys a sweep varies, from the overrides Hydra saved in its ``multirun.yaml``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        saved = OmegaConf.load(sweep_dir / "multirun.yaml")
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in saved.hydra.overrides.task])
+    except Exception:  # noqa: BLE001 - no record to read: the job is named by all its overrides
+        return set()
+    return {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()}
 
 
 def metrics_of(results: dict[str, Any]) -> dict[str, float]:
@@ -196,7 +225,7 @@ def _log_run(ctx, results: dict[str, Any], uri: str) -> dict[str, Any]:
     parent = parent_run(client, experiment_id, sweep_dir, uri) if sweep_dir is not None else None
     if parent:
         tags["mlflow.parentRunId"] = parent
-    run = client.create_run(experiment_id, run_name=ctx.run_id, tags=tags)
+    run = client.create_run(experiment_id, run_name=run_name(ctx), tags=tags)
     run_id = run.info.run_id
     now = int(time.time() * 1000)
     params = [Param(k, str(v)) for k, v in params_of(cfg).items()]
@@ -247,6 +276,10 @@ def aideploy_sweep_end(sweep_dir, report, config):
                 client.log_artifact(parent["run_id"], str(path))
             failed = any(row.status != "ok" for row in report.rows)
             client.log_metric(parent["run_id"], "jobs", float(len(report.rows)))
+            for override in OmegaConf.select(config, "hydra.overrides.task") or []:  # the sweep itself
+                key, _, value = str(override).partition("=")
+                if not key.startswith(("home", "hydra.")):
+                    client.log_param(parent["run_id"], key.lstrip("+~"), redact(value)[:6000])
             client.set_terminated(parent["run_id"], status="FAILED" if failed else "FINISHED")
     except Exception as exc:
         log.warning("tracking: the sweep's parent run was not completed: %s", redact(exc))

@@ -165,6 +165,17 @@ def fold_mlp(estimator: Any) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
     return layers, str(mlp.activation)
 
 
+def mlp_logits(layers: list[tuple[np.ndarray, np.ndarray]], activation: str, X: np.ndarray) -> np.ndarray:
+    """The last layer's outputs (before softmax / logistic) of folded MLP ``layers``: what the
+    encrypted rounds answer."""
+    h = np.asarray(X, dtype=np.float64)
+    for index, (W, b) in enumerate(layers):
+        h = h @ W.T + b
+        if index < len(layers) - 1 and activation == "relu":
+            h = np.maximum(h, 0.0)
+    return h
+
+
 def split(estimator: Any) -> tuple[Any | None, Any]:
     """``(client part, served part)`` of a model for the encrypted schemes.
 

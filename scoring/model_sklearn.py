@@ -78,9 +78,23 @@ class SklearnModel(ModelAdapter):
         return Prediction(predictions, probabilities, scores)
 
     def decision_scores(self, X: Any) -> np.ndarray | None:
-        if not hasattr(self.estimator, "decision_function"):
+        """The decision function; for an MLP (which has none) its logits, as the encrypted rounds compute them."""
+        if hasattr(self.estimator, "decision_function"):
+            return np.asarray(self.estimator.decision_function(self.check(X)), dtype=np.float64).reshape(len(X), -1)
+        from aideploy_scoring.linearize import NotLinear, fold_mlp, is_mlp, mlp_logits
+
+        client, served = self.encrypted_parts()
+        if not is_mlp(served):
             return None
-        return np.asarray(self.estimator.decision_function(self.check(X)), dtype=np.float64).reshape(len(X), -1)
+        try:
+            layers, activation = fold_mlp(served)
+        except NotLinear:
+            return None
+        data = self.check(X)
+        if client is not None:
+            data = client.transform(data)
+            data = data.toarray() if hasattr(data, "toarray") else data
+        return mlp_logits(layers, activation, data)
 
     def encrypted_parts(self) -> tuple[Any | None, Any]:
         if self._parts is None:

@@ -51,11 +51,12 @@ def mlp(tmp_path_factory):
 def test_relu_mlp_runs_end_to_end(cli, mlp):
     model, path, X, _ = mlp
     proc = cli("encryption=fast", CURRENT, "model=sklearn_pickle", f"model.path={path}",
-               "encryption.batch_size=10", "encryption.max_samples_per_query=10")
+               "predict.batch_size=10", "encryption.max_samples_per_query=10")
     assert proc.returncode == 0, proc.stderr
     results = results_of(proc.out)
     assert results["n_samples"] == len(X) >= 100
     assert results["agreement"] >= 0.99
+    assert results["max_score_error"] <= 1e-3  # against the MLP's own logits in process
     predictions = pd.read_csv(proc.out / "predictions.csv")["prediction"].to_numpy()
     assert np.mean(predictions == model.predict(X)) >= 0.99
 

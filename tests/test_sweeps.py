@@ -15,9 +15,11 @@ import pytest
 
 from conftest import AIDEPLOY, Cli
 
-# 3x2: every encryption scheme, one and two server workers; one sample keeps seal quick.
-SWEEP = ("encryption=none,fast,seal", "target.worker_count=1,2", "data.limit=1")
-JOBS = [f"encryption={e} target.worker_count={w} data.limit=1" for e in ("none", "fast", "seal") for w in (1, 2)]
+# 3x2: every encryption scheme, one and two server workers; one sample keeps seal quick. A fast-only
+# setting beside the other schemes applies where it exists, and the report says where it did not.
+SWEEP = ("encryption=none,fast,seal", "target.worker_count=1,2", "data.limit=1", "encryption.max_error=0.001")
+JOBS = [f"encryption={e} target.worker_count={w} data.limit=1 encryption.max_error=0.001"
+        for e in ("none", "fast", "seal") for w in (1, 2)]
 # What does not depend on timing: latencies differ between runs, and so do seal's ciphertext sizes.
 SAME = ("job", "encryption", "target.worker_count", "data.limit", "status", "error", "n_samples", "accuracy",
         "agreement")
@@ -55,7 +57,9 @@ def test_a_3x2_sweep_writes_the_report_with_its_plots(basic_sweep):
     assert [r["job"] for r in table] == [str(i) for i in range(6)]
     # one column per override key
     assert [f"encryption={r['encryption']} target.worker_count={r['target.worker_count']} "
-            f"data.limit={r['data.limit']}" for r in table] == JOBS
+            f"data.limit={r['data.limit']} encryption.max_error={r['encryption.max_error']}" for r in table] == JOBS
+    assert [r["not_applied"] for r in table] == ["encryption.max_error=0.001"] * 2 + [""] * 2 + \
+        ["encryption.max_error=0.001"] * 2
     assert not (basic_sweep / ".sweep.lock").exists() and not list(basic_sweep.glob(".*.tmp"))
     assert all(r["status"] == "ok" and r["error"] == "" for r in table), table
     for r in table:
@@ -76,7 +80,7 @@ def test_a_3x2_sweep_writes_the_report_with_its_plots(basic_sweep):
         data = (basic_sweep / plot).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
     md = (basic_sweep / "sweep.md").read_text()
-    assert "- jobs: 6 (6 ok)" in md and "every job: `data.limit=1" in md
+    assert "- jobs: 6 (6 ok)" in md and "every job: `data.limit=1 encryption.max_error=0.001`" in md
     assert "| 4 | encryption=seal target.worker_count=1 | ok |" in md
     assert "![sweep_latency](sweep_latency.png)" in md and "![sweep_cost](sweep_cost.png)" in md
     printed = (basic_sweep.parent / "stdout.txt").read_text()

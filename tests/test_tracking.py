@@ -35,6 +35,8 @@ def test_a_run_is_logged_with_params_metrics_tags_artifacts_and_its_model(cli, t
     [run] = runs(uri)
     assert results["tracking"]["run_id"] == run.info.run_id and run.info.status == "FINISHED"
     assert run.data.params["target.worker_count"] == "1" and run.data.params["model.name"] == "sklearn_digits"
+    assert run.data.params["mode"] == "run" and run.data.params["predict.output_format"] == "csv"  # not Mode.run
+    assert run.info.run_name == results["run_id"]
     assert run.data.metrics["accuracy"] == pytest.approx(results["accuracy"])
     assert run.data.metrics["latency_ms.p50"] == pytest.approx(results["latency_ms"]["p50"])
     assert "stage_seconds.deploy" in run.data.metrics and "bytes.request" in run.data.metrics
@@ -72,7 +74,7 @@ def test_a_sweep_is_one_parent_with_a_child_per_job(tmp_path, launcher):
     uri = store_uri(tmp_path)
     cli = Cli(tmp_path, tmp_path / "home")
     argv = [AIDEPLOY, "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "tracking=mlflow", f"tracking.uri={uri}",
-            "data.limit=5", "target.worker_count=1,2", "encryption.batch_size=1,5"]
+            "data.limit=5", "target.worker_count=1,2", "predict.batch_size=1,5"]
     if launcher == "joblib":
         argv += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     proc = subprocess.run(argv, capture_output=True, text=True, env=cli.env({"AIDEPLOY_HOME": str(cli.home)}),
@@ -83,8 +85,12 @@ def test_a_sweep_is_one_parent_with_a_child_per_job(tmp_path, launcher):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == 4 and len(found) == 5
-    assert {(c.data.params["target.worker_count"], c.data.params["encryption.batch_size"]) for c in children} == {
+    assert {(c.data.params["target.worker_count"], c.data.params["predict.batch_size"]) for c in children} == {
         ("1", "1"), ("1", "5"), ("2", "1"), ("2", "5")}
+    # children named by their overrides; the parent holds the sweep's own
+    assert {c.info.run_name for c in children} == {f"target.worker_count={w},predict.batch_size={b}"
+                                                     for w in (1, 2) for b in (1, 5)}
+    assert parents[0].data.params["target.worker_count"] == "1,2" and parents[0].data.params["data.limit"] == "5"
     assert all("accuracy" in c.data.metrics and "latency_ms.p50" in c.data.metrics for c in children)
     assert {"sweep.md", "sweep.csv"} <= artifacts(uri, parents[0].info.run_id)
 
