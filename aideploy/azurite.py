@@ -140,6 +140,8 @@ def find_node_modules(node_modules: str | os.PathLike[str] | None = None) -> Pat
         seen.append(cand)
         if (cand / "azurite" / "package.json").is_file():
             return cand.resolve()
+    if node_modules is None and not os.environ.get(NODE_MODULES_ENV) and _install_on_first_use():
+        return (_REPO_ROOT / "node_modules").resolve()
     tried = ", ".join(str(p) for p in seen[:4]) + (" ..." if len(seen) > 4 else "")
     raise AzuriteNotInstalledError(
         f"Azurite is not installed (looked for azurite/package.json in: {tried}). "
@@ -147,6 +149,31 @@ def find_node_modules(node_modules: str | os.PathLike[str] | None = None) -> Pat
         f"package-lock.json, or set {NODE_MODULES_ENV} to a node_modules directory "
         "that contains azurite."
     )
+
+
+def _install_on_first_use() -> bool:
+    """``npm ci`` in the repository, once, the first time a run needs Azurite (``make run`` installs
+    only what the default, plain run needs). False where there is no lock file or no npm, or the
+    install failed (the caller then says how to install it)."""
+    import logging
+    import subprocess
+
+    from aideploy.fsutil import locked_file
+
+    lock = _REPO_ROOT / "package-lock.json"
+    npm = shutil.which("npm")
+    if not lock.is_file() or npm is None:
+        return False
+    with locked_file(_REPO_ROOT / ".npm-install.lock"):  # concurrent runs install once
+        if (_REPO_ROOT / "node_modules" / "azurite" / "package.json").is_file():
+            return True
+        logging.getLogger("aideploy").info("      installing Azurite from %s (npm ci, once)", lock)
+        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=_REPO_ROOT,
+                              capture_output=True, text=True)
+    if done.returncode != 0:
+        logging.getLogger("aideploy").warning("npm ci failed: %s", (done.stderr or done.stdout).strip()[-500:])
+        return False
+    return (_REPO_ROOT / "node_modules" / "azurite" / "package.json").is_file()
 
 
 def _blob_entry(node_modules: Path) -> Path:
