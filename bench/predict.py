@@ -47,10 +47,10 @@ STREAMED = ("encrypt", "predict", "decrypt")
 
 
 @contextlib.contextmanager
-def served(workdir: Path, key: str, workers: int):
+def served(workdir: Path, key: str, *overrides: str):
+    """``aideploy mode=serve`` with ``overrides`` for the block; yields the scoring URI and the run's dir."""
     out = workdir / "serve"
-    argv = [AIDEPLOY, "mode=serve", "environment=current", f"target.worker_count={workers}",
-            f"home={workdir / 'home'}", f"hydra.run.dir={out}"]
+    argv = [AIDEPLOY, "mode=serve", *overrides, f"home={workdir / 'home'}", f"hydra.run.dir={out}"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "AIDEPLOY_SCORING_KEY": key})
     try:
@@ -59,7 +59,7 @@ def served(workdir: Path, key: str, workers: int):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"mode=serve did not start:\n{proc.stderr.read() if proc.poll() is not None else ''}")
             time.sleep(0.2)
-        yield json.loads((out / "endpoint.json").read_text())["scoring_uri"]
+        yield json.loads((out / "endpoint.json").read_text())["scoring_uri"], out
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
             if proc.poll() is None:
@@ -123,7 +123,7 @@ def main() -> None:
         rows = workdir / "rows.csv"
         pd.DataFrame(X, columns=[f"pixel{i}" for i in range(X.shape[1])]).to_csv(rows, index=False)
         key = secrets.token_urlsafe(24)
-        with served(workdir, key, args.workers) as uri:
+        with served(workdir, key, "environment=current", f"target.worker_count={args.workers}") as (uri, _):
             runs = {"plain": ("encryption=none", f"encryption.batch_size={args.plain_batch}"),
                     "fast": ("encryption=fast", f"encryption.batch_size={args.fast_batch}")}
             for name, overrides in runs.items():

@@ -30,13 +30,11 @@ Everything it starts is stopped and its temp dir deleted when it ends.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +44,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
+from predict import served  # bench/predict.py: aideploy mode=serve for the duration of a block
 
 AIDEPLOY = str(Path(sys.executable).with_name("aideploy"))
 STREAMED = ("encrypt", "predict", "decrypt")
@@ -87,30 +86,6 @@ def fit(folder: Path):
     pipeline = Pipeline([("pre", pre), ("clf", HistGradientBoostingClassifier(max_iter=50))]).fit(read, y)
     joblib.dump(pipeline, folder / "pipeline.pkl")
     return pipeline
-
-
-@contextlib.contextmanager
-def served(workdir: Path, key: str, workers: int, model: Path, data: Path):
-    out = workdir / "serve"
-    argv = [AIDEPLOY, "mode=serve", f"target.worker_count={workers}", "model=sklearn_pickle", f"model.path={model}",
-            "data=csv", f"data.path={data}", "predict.extra_columns=drop", f"home={workdir / 'home'}",
-            f"hydra.run.dir={out}"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "AIDEPLOY_SCORING_KEY": key})
-    try:
-        deadline = time.monotonic() + 300
-        while not (out / "endpoint.json").exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mode=serve did not start:\n{proc.stderr.read() if proc.poll() is not None else ''}")
-            time.sleep(0.2)
-        yield json.loads((out / "endpoint.json").read_text())["scoring_uri"], out
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            if proc.poll() is None:
-                proc.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=60)
-                break
 
 
 def service_rate(pipeline, model_dir: Path, frame: pd.DataFrame, batch: int, seconds: float = 10.0) -> dict:
@@ -156,7 +131,9 @@ def main() -> None:
         rows = workdir / "rows.csv"
         table(args.rows, 1).to_csv(rows, index=False)
         expected = pipeline.predict(pd.read_csv(rows)[FEATURES])
-        with served(workdir, key, args.workers, workdir / "pipeline.pkl", rows) as (uri, serve_out):
+        with served(workdir, key, f"target.worker_count={args.workers}", "model=sklearn_pickle",
+                    f"model.path={workdir / 'pipeline.pkl'}", "data=csv", f"data.path={rows}",
+                    "predict.extra_columns=drop") as (uri, serve_out):
             out = workdir / "predict"
             argv = [AIDEPLOY, "mode=predict", f"scoring_uri={uri}", "data=csv", f"data.path={rows}",
                     "predict.extra_columns=drop", f"home={workdir / 'home'}", f"hydra.run.dir={out}"]
