@@ -214,7 +214,7 @@ def plain_body(X: Any) -> bytes:
 def configured_batch(cfg) -> int | None:
     """Rows per request as the config says: ``predict.batch_size``, else (deprecated)
     ``encryption.batch_size``; None for the default (:func:`rows_per_request` sizes it)."""
-    given = cfg.predict.batch_size or cfg.encryption.get("batch_size")
+    given = (cfg.get("predict") or {}).get("batch_size") or cfg.encryption.get("batch_size")
     return int(given) if given else None
 
 

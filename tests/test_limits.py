@@ -204,6 +204,7 @@ def test_a_spent_round_token_is_refused_after_the_worker_drops_its_servers(deplo
 
 def test_a_key_has_one_budget_under_any_blob_name_and_on_any_worker(deployment, monkeypatch):
     monkeypatch.setenv("AIDEPLOY_MAX_QUERIES_PER_KEY", "3")
+    monkeypatch.setenv("AIDEPLOY_MLP_MAX_SAMPLES_PER_QUERY", "2")  # two samples a query (the default is one)
     one, two = deployment.worker(), deployment.worker()
     client = Client(one, deployment.keys, aliases=1)
     X = digits()[0]

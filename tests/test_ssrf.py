@@ -22,7 +22,7 @@ import pytest
 from test_keystore import _free_port, azurite  # noqa: F401  (azurite is a module-scoped fixture)
 
 from aideploy.blobkeys import BlobKeyStore
-from aideploy_scoring.fastlinear import FastClient
+from aideploy_scoring.fastlinear import FastClient, FastParams
 from aideploy_scoring.service import ScoringService
 
 
@@ -91,10 +91,12 @@ def register(worker: ScoringService, **fields) -> tuple[int, dict]:
 
 
 def test_the_deployments_own_store_is_fetched_from(worker, azurite):  # noqa: F811
-    client = FastClient(64, 10)
+    service = worker()
+    params = FastParams.from_json(json.dumps(service.describe()["fast"]["params"]).encode())  # the service's own
+    client = FastClient(64, 10, params)
     with BlobKeyStore.from_connection_string(azurite.connection_string, "ssrfkeys") as keys:
         url = keys.put(client.key_id, client.public_bundle())
-        assert register(worker(), key_id=client.key_id, key_url=url) == (200, {"registered": client.key_id})
+        assert register(service, key_id=client.key_id, key_url=url) == (200, {"registered": client.key_id})
 
 
 def test_another_loopback_port_is_never_contacted_and_open_and_closed_ports_look_alike(worker):
