@@ -81,20 +81,6 @@ class Column:
         if self.type not in TYPES:
             raise ValueError(f"column {self.name!r}: type {self.type!r} is not one of {', '.join(TYPES)}")
 
-    def openapi(self) -> dict[str, Any]:
-        """The column's values as an OpenAPI schema (nullable where a missing value is fine)."""
-        kind = {NUMBER: "number", INTEGER: "integer", BOOLEAN: "boolean", STRING: "string"}[self.type]
-        spec: dict[str, Any] = {"type": kind}
-        if self.type == INTEGER:
-            spec["format"] = "int64"
-        elif self.type == NUMBER:
-            spec["format"] = "double"
-        if self.levels is not None and self.strict:
-            spec["enum"] = [v for v in self.levels if v is not None]
-        if self.nullable:
-            spec["nullable"] = True
-        return spec
-
 
 @dataclass
 class Schema:
@@ -178,12 +164,6 @@ class Schema:
             {"data": [self.example_row()]}
         return {**json.loads(json.dumps(self.to_json(), default=_json_default)), "example": example,
                 "forms": WIRE_FORMS}
-
-    def openapi_example(self) -> dict[str, Any]:
-        """A request body Azure ML studio's test page can send as it is."""
-        if self.named:
-            return {"input_data": {"columns": self.names, "index": [0], "data": [self.example_row()]}}
-        return {"input_data": [self.example_row()]}
 
     # ---------------------------------------------------------------- checking rows
 
