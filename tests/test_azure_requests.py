@@ -1094,3 +1094,14 @@ def test_plan_sh_stops_before_anything_is_made_when_the_vault_uses_access_polici
     assert proc.returncode == 1
     assert "properties.enableRbacAuthorization is not true" in proc.stderr and "target.key_vault" in proc.stderr
     assert [c["argv"][c["argv"].index("--method") + 1] for c in calls] == ["GET", "GET"]  # the workspace, the vault
+
+
+def test_the_vault_is_read_from_the_workspaces_resource_id():
+    """What the deploy stage does with the workspace's ``key_vault`` (plan.sh does it with ``#segment`` captures)."""
+    from aideploy.azure_secrets import Vault
+
+    vault = Vault.from_id("/subscriptions/s1/resourceGroups/RG-1/providers/Microsoft.KeyVault/vaults/kv1")
+    assert (vault.subscription_id, vault.resource_group, vault.name) == ("s1", "RG-1", "kv1")
+    assert vault.url == "https://kv1.vault.azure.net" and vault.secret_id("x").endswith("/vaults/kv1/secrets/x")
+    with pytest.raises(ValueError, match="not a Key Vault's resource id"):
+        Vault.from_id("/subscriptions/s1/resourceGroups/rg")
