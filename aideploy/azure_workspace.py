@@ -58,7 +58,8 @@ def require_sdk(target: str, *modules: str) -> None:
             raise PluginError(
                 f"target={target} needs the Azure SDK module {module!r}, which is not installed "
                 f"({type(exc).__name__}: {exc})",
-                hint=f"{AZURE_EXTRA_INSTALL} (azureml-core, azure-ai-ml, azure-identity, azure-mgmt-network), "
+                hint=f"{AZURE_EXTRA_INSTALL} (azureml-core, azure-ai-ml, azure-identity, azure-mgmt-network, "
+                "azure-mgmt-keyvault, azure-mgmt-authorization, azure-keyvault-secrets), "
                 "or choose target=local") from None
 
 
@@ -320,6 +321,15 @@ def record_registrations(home: str | Path, name: str, registrations: list[dict[s
     path = folder / f"{name}.json"
     known = recorded_registrations(home, name)
     path.write_text(json.dumps(known + [r for r in registrations if r not in known], indent=2))
+
+
+def forget_registrations(home: str | Path, name: str, kind: str, item: str | None = None) -> None:
+    """Drop what :func:`record_registrations` remembered of ``kind`` (only ``item`` of it, if given) for
+    ``name``, once it is deleted."""
+    path = Path(home) / REGISTRATIONS_DIR / f"{name}.json"
+    if path.exists():
+        kept = [r for r in recorded_registrations(home, name) if r["kind"] != kind or item not in (None, r["name"])]
+        path.write_text(json.dumps(kept, indent=2))
 
 
 def recorded_registrations(home: str | Path, name: str) -> list[dict[str, str]]:

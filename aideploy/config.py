@@ -359,6 +359,7 @@ class ManagedEndpointTarget(TargetConfig):
     description: Optional[str] = None  # null: a sentence from the model and run
     properties: Dict[str, str] = field(default_factory=dict)  # the deployment's properties: only these
     delete_registrations: bool = False  # mode=delete: also delete the code, environment and model versions it registered
+    key_vault: Optional[str] = None  # the service's secrets: null = the workspace's Key Vault, else a vault's name
     deploy_timeout: float = bounded(1800.0, gt=0)
     log_tail_lines: int = bounded(40, ge=0)
     workspace: AzureWorkspace = field(default_factory=AzureWorkspace)

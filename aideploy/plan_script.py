@@ -12,6 +12,16 @@ workspace. Without it the script sends each request in turn:
   a long-running DELETE until the resource answers 404 (``az rest`` shows no response headers, so the
   ``Azure-AsyncOperation`` / ``Location`` URL the SDK polls is not available to it);
 - a blob PUT is sent with ``az storage blob upload --auth-mode login``;
+- a request to another host than ARM (Key Vault's data plane) names its ``host`` and the token
+  ``resource`` ``az rest`` must ask for;
+- a request marked ``on_error: warn`` (a secret's delete, which needs a Key Vault data role) that fails
+  is reported and the script goes on, as aideploy's teardown does;
+- a value a request ``expect``-s in its answer (the vault uses Azure RBAC) stops the script when it
+  differs;
+- a secret a body carries (``fills``: the MLP token secret, the limits store's credential) is made
+  or read when the script runs, never written to plan.json or the script: generated with Python's
+  ``secrets``, or read from the environment variable holding a storage connection string; bodies go
+  to ``az rest`` in a private temporary file, not on its command line;
 - a request aideploy makes outside Azure's API (the smoke test's scoring POST) is printed, not sent.
 
 Bodies are written as in the plan, with the known ``{placeholders}`` filled from the variables.
@@ -30,9 +40,14 @@ ARM = "https://management.azure.com"
 MMS = "https://{workspaceLocation}.api.azureml.ms"
 """azureml-core's Model Management Service: the workspace region's host (``_get_mms_url``)."""
 
-PLACEHOLDERS = ("subscriptionId", "resourceGroupName", "workspaceName", "resourceGroup", "workspace",
-                "workspaceLocation", "storageAccount", "container")
-"""The placeholders plan.sh fills: the workspace's (from the environment) and those Azure answers."""
+ANSWERED = ("workspaceLocation", "storageAccount", "container", "keyVaultResourceGroup", "keyVaultName",
+            "endpointPrincipalId")
+"""The placeholders Azure's answers fill (``captures``)."""
+SECRETS = ("mlpTokenSecret", "limitsStoreCredential")
+"""The placeholders plan.sh fills with a secret it makes or reads as it runs (``fills``)."""
+PLACEHOLDERS = ("subscriptionId", "resourceGroupName", "workspaceName", "resourceGroup", "workspace", *ANSWERED,
+                *SECRETS)
+"""The placeholders plan.sh fills: the workspace's (from the environment), those Azure answers, the secrets."""
 
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
@@ -50,7 +65,7 @@ def request_url(request: dict[str, Any]) -> str:
     """The request's full URL, placeholders left as they are."""
     if "url" in request:
         return request["url"]
-    host = MMS if "service-version" in request else ARM
+    host = request.get("host") or (MMS if "service-version" in request else ARM)
     query = dict(request.get("query") or {})
     if request.get("api-version"):
         query = {"api-version": request["api-version"], **query}
@@ -86,14 +101,22 @@ def _step(index: int, action: dict[str, Any], request: dict[str, Any]) -> list[s
     if "url" in request:  # outside Azure's API: aideploy's own requests to the service
         lines.append(f'show {method} "$URL" "not sent by plan.sh: aideploy makes this request itself"')
         return lines
+    for name, source in request.get("fills", {}).items():
+        lines.append(f"fill {name} {shlex.quote(source['generate'] if 'generate' in source else source['env'])}")
     if "body" in request:
         lines += ["BODY=$(cat <<JSON", _heredoc(json.dumps(request["body"], indent=2)), "JSON", ")"]
     else:
         lines.append('BODY=""')
     captures = " ".join(f"{name}={shlex.quote(query)}" for name, query in request.get("captures", {}).items())
     poll = request.get("long_running", {}).get("header", "")
-    resource = "mms" if "service-version" in request else "arm"
-    lines.append(f'send {method} "$URL" {resource} {shlex.quote(poll)} "$BODY" {captures}'.rstrip())
+    resource = request.get("resource") or ("$MMS_RESOURCE" if "service-version" in request else "$ARM_RESOURCE")
+    send = f'send {method} "$URL" "{resource}" {shlex.quote(poll)} "$BODY" {captures}'.rstrip()
+    if request.get("on_error") == "warn":  # as aideploy does: say what was left, and go on
+        send += f' || echo "plan.sh: {method} $URL failed; it is left as it is" >&2'
+    lines.append(send)
+    for query, value in request.get("expect", {}).items():
+        lines.append(f"expect {shlex.quote(query)} {shlex.quote(json.dumps(value))} "
+                     f"{shlex.quote(action.get('note', 'the answer differs from what the plan needs'))}")
     return lines
 
 
@@ -107,9 +130,8 @@ if [[ "${1:-}" == "--what-if" ]]; then WHAT_IF=1; fi
 REFUSED=__REFUSED__
 if [[ $WHAT_IF == 0 && -n "$REFUSED" ]]; then echo "plan.sh: $REFUSED" >&2; exit 2; fi
 __WORKSPACE__
-workspaceLocation="{workspaceLocation}"
-storageAccount="{storageAccount}"
-container="{container}"
+__ANSWERED__
+ANSWER=""
 ARM_RESOURCE=https://management.azure.com/
 MMS_RESOURCE=https://management.core.windows.net/
 
@@ -117,15 +139,46 @@ show() {  # METHOD URL [why it is not sent]
   echo "$1 $2${3:+   # $3}"
 }
 
-capture() {  # ANSWER NAME=DOTTED.PATH...: set each NAME from the JSON answer (value.0.properties.accountName)
+answer_at() {  # ANSWER DOTTED.PATH[#SEGMENT]: the value there (value.0.properties.accountName); #vaults: the
+  # segment after "vaults" of the resource id there
+  python3 -c 'import json, sys
+value = json.loads(sys.argv[1])
+path, _, segment = sys.argv[2].partition("#")
+for key in path.split("."):
+    value = value[int(key)] if key.isdigit() else value[key]
+if segment:
+    parts = value.strip("/").split("/")
+    value = parts[[p.lower() for p in parts].index(segment.lower()) + 1]
+print(json.dumps(value) if sys.argv[3:] else value)' "$@"
+}
+
+capture() {  # ANSWER NAME=DOTTED.PATH...: set each NAME from the JSON answer
   local answer=$1 pair; shift
   for pair in "$@"; do
-    printf -v "${pair%%=*}" '%s' "$(python3 -c 'import json, sys
-value = json.loads(sys.argv[1])
-for key in sys.argv[2].split("."):
-    value = value[int(key)] if key.isdigit() else value[key]
-print(value)' "$answer" "${pair#*=}")"
+    printf -v "${pair%%=*}" '%s' "$(answer_at "$answer" "${pair#*=}")"
   done
+}
+
+expect() {  # DOTTED.PATH JSON-VALUE WHY: stop unless the last answer holds that value there
+  if [[ $WHAT_IF == 1 ]]; then return 0; fi
+  if [[ "$(answer_at "$ANSWER" "$1" json)" != "$2" ]]; then
+    echo "plan.sh: $1 is not $2: $3" >&2; exit 1
+  fi
+}
+
+fill() {  # NAME hex32|ENV-VAR: make a secret (32 random bytes, hex), or read a connection string's AccountKey
+  if [[ $WHAT_IF == 1 ]]; then return 0; fi
+  local value
+  if [[ $2 == hex32 ]]; then
+    value=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  else
+    value=$(python3 -c 'import os, sys
+parts = dict(p.split("=", 1) for p in os.environ.get(sys.argv[1], "").split(";") if "=" in p)
+if not parts.get("AccountKey"):
+    sys.exit("plan.sh: $" + sys.argv[1] + " holds no storage connection string with an AccountKey")
+print(parts["AccountKey"])' "$2")
+  fi
+  printf -v "$1" '%s' "$value"
 }
 
 wait_for() {  # URL RESOURCE HEADER: poll a long-running operation's resource until it is done
@@ -144,20 +197,25 @@ wait_for() {  # URL RESOURCE HEADER: poll a long-running operation's resource un
   done
 }
 
-send() {  # METHOD URL arm|mms POLL-HEADER BODY [NAME=JMESPATH...]
-  local method=$1 url=$2 which=$3 poll=$4 body=$5; shift 5
+BODY_FILE=""
+trap 'if [[ -n $BODY_FILE ]]; then rm -f "$BODY_FILE"; fi' EXIT
+
+send() {  # METHOD URL RESOURCE POLL-HEADER BODY [NAME=DOTTED.PATH...]: the answer is left in ANSWER
+  local method=$1 url=$2 resource=$3 poll=$4 body=$5; shift 5
   show "$method" "$url"
   if [[ $WHAT_IF == 1 ]]; then return 0; fi
-  local resource=$ARM_RESOURCE answer
-  if [[ $which == mms ]]; then resource=$MMS_RESOURCE; fi
   if [[ -n $body ]]; then
-    answer=$(az rest --method "$method" --url "$url" --resource "$resource" --body "$body" \
+    # A body may hold a secret: in a file only this user can read, never on a command line.
+    BODY_FILE=$(umask 077; mktemp)
+    printf '%s' "$body" > "$BODY_FILE"
+    ANSWER=$(az rest --method "$method" --url "$url" --resource "$resource" --body "@$BODY_FILE" \
       --headers Content-Type=application/json)
+    rm -f "$BODY_FILE"; BODY_FILE=""
   else
-    answer=$(az rest --method "$method" --url "$url" --resource "$resource")
+    ANSWER=$(az rest --method "$method" --url "$url" --resource "$resource")
   fi
   if [[ -n $poll ]]; then wait_for "${url}" "$resource" "$poll"; fi
-  if [[ $# -gt 0 ]]; then capture "$answer" "$@"; fi
+  if [[ $# -gt 0 ]]; then capture "$ANSWER" "$@"; fi
 }
 
 upload_blob() {  # URL BLOB FILE
@@ -175,8 +233,11 @@ def render(plan: dict[str, Any], workspace_cfg: Any, refused: str = "") -> str:
     names = {"subscriptionId": workspace_cfg.subscription_id_env, "resourceGroupName": workspace_cfg.resource_group_env,
              "workspaceName": workspace_cfg.workspace_name_env}
     names.update(resourceGroup=names["resourceGroupName"], workspace=names["workspaceName"])
-    workspace = "\n".join(f'{var}="${{{env}:-{{{var}}}}}"' for var, env in names.items())
-    script = HEADER.replace("__REFUSED__", shlex.quote(refused)).replace("__WORKSPACE__", workspace)
+    # The default quoted: in ${X:-{y}} the first "}" would end the expansion, leaving "}" after X's value.
+    workspace = "\n".join(f'{var}="${{{env}:-"{{{var}}}"}}"' for var, env in names.items())
+    answered = "\n".join(f'{name}="{{{name}}}"' for name in (*ANSWERED, *SECRETS))
+    script = (HEADER.replace("__REFUSED__", shlex.quote(refused)).replace("__WORKSPACE__", workspace)
+              .replace("__ANSWERED__", answered))
     steps = [line for index, (action, request) in enumerate(plan_requests(plan), start=1)
              for line in _step(index, action, request)]
     return script + "\n" + "\n".join(steps) + "\n"

@@ -26,7 +26,9 @@ class TargetCapabilities:
         model_kinds: the model kinds it serves (None: every kind the scoring code knows).
         mlp_token_secret: how every worker and replica of one deployment gets the same MLP round-token
             secret: ``"generated"`` (the target makes one and hands it to its workers), ``"key_vault"``
-            (read through the deployment's managed identity), or None (MLPs are refused).
+            (read through the deployment's managed identity), ``"server"`` (a deployment of one server: the
+            server generates it and shares it with its workers through a private file), or None (MLPs are
+            refused).
     """
 
     runs_here: bool

@@ -97,7 +97,8 @@ def aideploy_check_model(ctx, model, dataset):
             raise ConfigError(f"encryption=fast serves {model.name}:{model.version} (an MLP) with round tokens "
                               f"that every worker must open, and target={target} does not provision their "
                               "shared secret yet",
-                              hint="deploy it with a target that does (target=local), or with encryption=none")
+                              hint="deploy it with a target that does (target=local, target=managed_endpoint or "
+                              "target=aci), or with encryption=none")
 
 
 def _described(ctx, service) -> tuple[list[int], str | None, FastParams, int]:

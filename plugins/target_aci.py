@@ -127,11 +127,29 @@ def environment_dict(env: Any) -> dict[str, Any]:
         return {"name": env.name, "python": {"condaDependencies": env.python.conda_dependencies._conda_dependencies}}
 
 
+def service_settings(code_settings: dict[str, str]) -> dict[str, str]:
+    """The service's settings as ACI runs it: a limits store the config puts in a blob container is counted in
+    the container's own server directory instead (``AIDEPLOY_LIMITS_STORE=server``).
+
+    azureml-core's ACI has no managed identity, so no secret store can give the service the blob account's
+    key without putting it in the container group's plain environment (readable by anyone who may read
+    the workspace's services). It does not need one: an ACI service is one container, whose workers
+    share one server directory, so an SQLite file there counts for the whole deployment, as the MLP
+    token secret the server generates there seals tokens for all of it (:mod:`aideploy_scoring.secret_settings`).
+    A restarted container starts both anew: budgets reset, tokens in flight are refused.
+    """
+    from aideploy_scoring.settings import SERVER_STORE
+
+    if "AIDEPLOY_LIMITS_STORE" not in code_settings:
+        return dict(code_settings)
+    return {**code_settings, "AIDEPLOY_LIMITS_STORE": SERVER_STORE}
+
+
 def inference_config(code: Any, env: Any) -> Any:
     """``InferenceConfig`` for the staged source directory (the SDK checks the entry script exists)."""
     from azureml.core.model import InferenceConfig
 
-    env.environment_variables.update(code.settings)  # the service's settings (in place: the setter is deprecated)
+    env.environment_variables.update(service_settings(code.settings))  # in place: the setter is deprecated
     return InferenceConfig(source_directory=str(code.source_dir), entry_script=code.entry_script, environment=env)
 
 
@@ -575,4 +593,5 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
 def aideploy_target_capabilities(cfg):
     from aideploy.targets import TargetCapabilities
 
-    return TargetCapabilities(runs_here=False, cloud="azure", schemes=("plain", "fast", "seal"))
+    return TargetCapabilities(runs_here=False, cloud="azure", schemes=("plain", "fast", "seal"),
+                              mlp_token_secret="server")

@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from typing import Any
 
-from aideploy import azure_tags, hookimpl, plan_script
+from aideploy import azure_secrets, azure_tags, hookimpl, plan_script
 from aideploy.artifacts import Endpoint, Secret
 from aideploy.azure_workspace import (SESSION_KEY, AzureResource, Session, WorkspaceSettings, delete_by_name,
-                                      delete_command, deployment_name, preflight_due, record_registrations,
-                                      recorded_registrations, require_sdk, sdk_error, teardown_note)
+                                      delete_command, deployment_name, forget_registrations, preflight_due,
+                                      record_registrations, recorded_registrations, require_sdk, sdk_error,
+                                      teardown_note)
 from aideploy.azure_workspace import connect as connect_workspace
 from aideploy.errors import ConfigError, DeployError
 from aideploy.stages import Mode
 from aideploy.update import SmokeResult, smoke_test
 
 PLUGIN_NAME = "managed_endpoint"
-SDK_MODULES = ("azure.ai.ml", "azure.identity")
+SDK_MODULES = ("azure.ai.ml", "azure.identity", "azure.mgmt.keyvault", "azure.mgmt.authorization",
+               "azure.keyvault.secrets")
 PLAN_SDK_MODULES = ("azure.ai.ml",)  # a plan builds the SDK's entities and needs nothing else
 # Online endpoint names: 3 to 32 characters, letters, digits and dashes, unique in the region.
 NAME_PATTERN = r"[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]"
@@ -129,13 +132,16 @@ def probes(cfg: Any, scheme: str) -> tuple[Any, Any]:
 
 def build_endpoint(cfg: Any, network_cfg: Any, name: str, tags: dict[str, str], description: str) -> Any:
     """The ``ManagedOnlineEndpoint`` entity, from config and the run (no workspace or credential)."""
-    from azure.ai.ml.entities import ManagedOnlineEndpoint
+    from azure.ai.ml.entities import IdentityConfiguration, ManagedOnlineEndpoint
 
     _quiet_sdk_logs()
     check_network(network_cfg)
+    # System-assigned (the SDK's default too, said here because the service's secrets depend on it): the
+    # identity every deployment of the endpoint reads its Key Vault secrets with (aideploy.azure_secrets).
     return ManagedOnlineEndpoint(name=name, auth_mode=auth_mode(cfg),
                                  public_network_access=public_network_access(network_cfg),
-                                 tags=tags, description=description)
+                                 identity=IdentityConfiguration(type="system_assigned"), tags=tags,
+                                 description=description)
 
 
 SLA_INSTANCES = 3
@@ -151,10 +157,12 @@ def sla_note(cfg: Any) -> dict[str, str]:
 
 
 def build_deployment(cfg: Any, endpoint_name: str, model: Any, environment: Any, code: Any, scheme: str,
-                     network_cfg: Any, tags: dict[str, str], description: str, name: str | None = None) -> Any:
+                     network_cfg: Any, tags: dict[str, str], description: str, name: str | None = None,
+                     vault_settings: dict[str, str] | None = None) -> Any:
     """The ``ManagedOnlineDeployment`` entity: the model file, the conda environment, the staged code,
     request settings, probes, and egress closed in a private network. ``name``: ``target.deployment``
-    unless given (``mode=update`` names the new deployment)."""
+    unless given (``mode=update`` names the new deployment); ``vault_settings``: where its service reads
+    its secrets (:func:`aideploy.azure_secrets.deployment_settings`)."""
     from azure.ai.ml.entities import CodeConfiguration, Environment, ManagedOnlineDeployment, Model
 
     _quiet_sdk_logs()
@@ -166,7 +174,7 @@ def build_deployment(cfg: Any, endpoint_name: str, model: Any, environment: Any,
         code_configuration=CodeConfiguration(code=str(code.source_dir), scoring_script=code.entry_script),
         instance_type=cfg.instance_type, instance_count=cfg.instance_count, tags=tags,
         properties=azure_tags.properties(cfg),
-        environment_variables={"WORKER_COUNT": str(cfg.worker_count), **code.settings},
+        environment_variables={"WORKER_COUNT": str(cfg.worker_count), **code.settings, **(vault_settings or {})},
         request_settings=request_settings(cfg), liveness_probe=liveness, readiness_probe=readiness,
         egress_public_network_access=public_network_access(network_cfg))
 
@@ -181,6 +189,28 @@ def serialized(entity: Any) -> dict[str, Any]:
 
 def endpoint_name(ctx: Any) -> str:
     return deployment_name(ctx, NAME_PATTERN, NAME_RULE)
+
+
+def vault_secrets(ctx: Any, code: Any, model: Any, name: str) -> dict[str, str]:
+    """``{setting: vault secret name}`` of the secrets this deployment's service reads from Key Vault (empty
+    when it needs none): the limits store's credential when it counts in a blob container, the MLP token
+    secret when it serves an MLP under ``encryption=fast``."""
+    from aideploy.linear import mlp_layers
+
+    mlp = model is not None and mlp_layers(model, ctx.cfg.encryption.plugin) is not None
+    return azure_secrets.secret_names(name, azure_secrets.needed(code.settings, mlp))
+
+
+SERVICE_SECRET_RUNTIME = ["azure-identity>=1.15", "azure-keyvault-secrets>=4.7"]
+"""What the service reads its Key Vault secrets with, in the scoring environment only when it has some."""
+
+
+@hookimpl
+def aideploy_scoring_requirements(ctx):
+    code = ctx.artifacts.get("code")
+    if ctx.cfg.target.plugin != PLUGIN_NAME or code is None:
+        return None
+    return SERVICE_SECRET_RUNTIME if vault_secrets(ctx, code, ctx.artifacts.get("model"), endpoint_name(ctx)) else None
 
 
 # ----------------------------------------------------------------------------- workspace
@@ -253,6 +283,11 @@ def aideploy_before_stage(stage, ctx):
     require_sdk(PLUGIN_NAME, *(PLAN_SDK_MODULES if ctx.cfg.dry_run else SDK_MODULES))
     if ctx.cfg.dry_run:
         return
+    from aideploy import service_env
+
+    # The limits store's credential comes from the key store's connection string: missing, it fails now.
+    azure_secrets.values(azure_secrets.needed(service_env.from_config(ctx.cfg), mlp=False), ctx.cfg.keystore,
+                         os.environ)
     session = connect(ctx.cfg.target)
     ctx.artifacts[SESSION_KEY] = session
     ctx.log.info("      managed_endpoint: workspace from %s; signed in", session.settings.source)
@@ -265,8 +300,11 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     settings, client = session.settings, session.workspace
     tags, description = azure_tags.describe(cfg, model, ctx.artifacts.get("dataset"))
     endpoint = build_endpoint(cfg, ctx.cfg.network, name, tags, description)
+    names = vault_secrets(ctx, code, model, name)
+    vault = service_vault(cfg, session, names)
     deployment = build_deployment(cfg, name, model, environment, code, ctx.cfg.encryption.plugin, ctx.cfg.network,
-                                  tags, description)
+                                  tags, description, vault_settings=azure_secrets.deployment_settings(
+                                      vault.url, names) if vault else None)
     for note in sla_note(cfg).values():
         ctx.log.warning("      %s", note)
     # Journaled before the endpoint is created: a half-created endpoint must go too. The name is
@@ -278,6 +316,8 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
         _wait(client.online_endpoints.begin_create_or_update(endpoint), cfg.deploy_timeout, f"endpoint {name}")
     except Exception as exc:
         raise sdk_error(exc, f"creating the online endpoint {name!r}", settings, DeployError) from None
+    # The endpoint's identity exists now; the deployment, whose init() reads the secrets, comes after them.
+    stored = store_secrets(ctx, session, name, names, vault) if vault else []
     try:
         _wait(client.online_deployments.begin_create_or_update(deployment), cfg.deploy_timeout,
               f"deployment {cfg.deployment}")
@@ -297,12 +337,59 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     except Exception as exc:
         raise sdk_error(exc, f"routing traffic to {name!r} and getting its key", settings, DeployError) from None
     if ctx.mode is Mode.serve:
-        created.keep()
+        for resource in (created, *stored):
+            resource.keep()
         ctx.log.info("      the endpoint's key: az ml online-endpoint get-credentials -n %s -g <resource group> "
                      "-w <workspace> (mode=predict reads it from $%s)", name, ctx.cfg.scoring_key_env)
     return Endpoint(name, "managed_endpoint", scoring_uri, auth_key=key, keep_alive=False,
                     details={"deployment": cfg.deployment, "auth": auth_mode(cfg),
                              "public_network_access": endpoint.public_network_access})
+
+
+def service_vault(cfg: Any, session: Session, names: dict[str, str]) -> azure_secrets.Vault | None:
+    """The Key Vault the service's secrets go to (None when it needs none), checked to use Azure RBAC."""
+    if not names:
+        return None
+    try:
+        vault = azure_secrets.workspace_vault(session.workspace, session.settings, cfg.key_vault)
+        azure_secrets.check_vault(session.credential, vault)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise sdk_error(exc, "reading the Key Vault for the service's secrets", session.settings, DeployError,
+                        hint="the credential needs Reader on the workspace's Key Vault (or target.key_vault)") from None
+    return vault
+
+
+def store_secrets(ctx: Any, session: Session, name: str, names: dict[str, str],
+                  vault: azure_secrets.Vault) -> list[AzureResource]:
+    """Each secret into the vault and the endpoint identity's role on it, recorded and journaled before it is
+    made (``mode=delete`` and ``mode=gc`` find them after a crash); the teardown deletes them unless kept."""
+    values = azure_secrets.values(list(names), ctx.cfg.keystore, os.environ)
+    record_secrets(ctx.cfg.home, name, names, ctx.cfg.target.key_vault)
+    try:
+        principal = session.workspace.online_endpoints.get(name).identity.principal_id
+    except Exception as exc:
+        raise sdk_error(exc, f"reading the identity of endpoint {name!r}", session.settings, DeployError) from None
+    stored = []
+    for setting, secret in names.items():
+        def release(secret: str = secret) -> None:
+            azure_secrets.delete(session.credential, vault, name, secret)
+            forget_registrations(ctx.cfg.home, name, SECRET_KIND, secret)
+
+        stored.append(AzureResource(ctx, f"Key Vault secret {secret} and its role assignment", release,
+                                    target=PLUGIN_NAME, name=name, delete_command=delete_command(PLUGIN_NAME, name)))
+        try:
+            azure_secrets.create(session.credential, vault, name, setting, secret, values[setting], principal)
+        except Exception as exc:
+            raise sdk_error(exc, f"keeping {setting} in Key Vault {vault.name} as {secret}", session.settings,
+                            DeployError, hint="writing a secret through ARM needs Contributor on the vault, assigning "
+                            "its role Owner, User Access Administrator or Role Based Access Control Administrator; "
+                            "a secret of that name deleted within the vault's retention period must be recovered "
+                            "or purged first (az keyvault secret recover|purge)") from None
+    ctx.log.info("      Key Vault %s: %s, readable by the endpoint's identity only", vault.name,
+                 ", ".join(names.values()))
+    return stored
 
 
 UPLOAD_NOTE = ("the SDK's upload (BlobStorageClient.upload): one PUT per file, each file's blob name from the SDK's "
@@ -369,21 +456,28 @@ def plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) ->
     scheme, network_cfg = ctx.cfg.encryption.plugin, ctx.cfg.network
     tags, description = azure_tags.describe(cfg, model, ctx.artifacts.get("dataset"))
     endpoint = build_endpoint(cfg, network_cfg, name, tags, description)
-    deployment = build_deployment(cfg, name, model, environment, code, scheme, network_cfg, tags, description)
+    names = vault_secrets(ctx, code, model, name)
+    vault = azure_secrets.plan_vault(cfg.key_vault)
+    deployment = build_deployment(cfg, name, model, environment, code, scheme, network_cfg, tags, description,
+                                  vault_settings=azure_secrets.deployment_settings(vault.url, names))
     client = plan_client()
     endpoints = client.online_endpoints._online_operation
     vnet = network_cfg.plugin == "vnet"
     actions: list[dict[str, Any]] = [
         workspace_action(cfg),
-        {"action": "workspaces.get", "settings": {"name": "{workspaceName}"},
-         "request": {**sdk_request("workspaces_get", client.workspaces._operation),
-                     "captures": {"workspaceLocation": "location"}},
-         "note": f"the SDK reads the workspace's region: {WORKSPACE_LOCATION} in the bodies below"},
+        workspace_read(client, cfg.key_vault, names),
+        *([azure_secrets.vault_action(vault, cfg.key_vault)] if names else []),
         {"action": "online_endpoints.begin_create_or_update", "settings": serialized(endpoint),
          "request": sdk_request("online_endpoints_create_or_update", endpoints,
                                 endpoint._to_rest_online_endpoint(location=WORKSPACE_LOCATION), endpoint_name=name),
          **({"note": MANAGED_NETWORK_NOTE} if vnet else {})},
     ]
+    if names:  # the endpoint's identity exists now; the deployment, which reads the secrets, comes after
+        actions.append({"action": "online_endpoints.get", "settings": {"name": name, "reads": "identity.principalId"},
+                        "request": {**sdk_request("online_endpoints_get", endpoints, endpoint_name=name),
+                                    "captures": {"endpointPrincipalId": "identity.principalId"}},
+                        "note": "the endpoint's system-assigned identity, which every deployment of it runs as"})
+        actions += azure_secrets.provision_actions(vault, names, name, ctx.cfg.keystore)
     actions += deployment_actions(deployment, client, name, cfg.deployment,
                                   "the SDK first checks the endpoint exists (GET) and validates the scoring script",
                                   {**({"egress": MANAGED_NETWORK_NOTE} if vnet else {}), **sla_note(cfg)})
@@ -398,11 +492,28 @@ def plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) ->
     actions.append({"action": "online_endpoints.get_keys", "settings": {"name": name, "auth_mode": auth_mode(cfg)},
                     **({"request": sdk_request(keys, endpoints, endpoint_name=name)} if keys else
                        {"note": "aad_token: a Microsoft Entra token from the credential, no request to the endpoint"})})
+    # The teardown releases in the reverse order of creation: the secrets' role assignments and the secrets, then
+    # the endpoint.
+    actions += azure_secrets.release_actions(vault, names, name, teardown_note(ctx, name))
     actions.append({"action": "online_endpoints.begin_delete", "settings": {"name": name,
                                                                            "when": teardown_note(ctx, name)},
                     "request": sdk_request("online_endpoints_delete", endpoints, endpoint_name=name),
                     "note": "deleting the endpoint deletes its deployments"})
     return actions
+
+
+def workspace_read(client: Any, key_vault: str | None, names: dict[str, str]) -> dict[str, Any]:
+    """``workspaces.get`` as a plan action: its region, and its Key Vault when the service keeps secrets there
+    (``key_vault``: ``target.key_vault``, a vault named instead)."""
+    from aideploy.azure_requests import WORKSPACE_LOCATION, sdk_request
+
+    captures = {"workspaceLocation": "location", **(azure_secrets.vault_captures(key_vault) if names else {})}
+    note = f"the SDK reads the workspace's region: {WORKSPACE_LOCATION} in the bodies below"
+    if names and not key_vault:
+        note += "; aideploy reads its Key Vault (properties.keyVault): {keyVaultResourceGroup}, {keyVaultName}"
+    return {"action": "workspaces.get", "settings": {"name": "{workspaceName}"},
+            "request": {**sdk_request("workspaces_get", client.workspaces._operation), "captures": captures},
+            "note": note}
 
 
 @hookimpl
@@ -425,6 +536,23 @@ def aideploy_plan(cfg, ctx, model, environment, code):
 @hookimpl
 def aideploy_predict(cfg, ctx, endpoint, network, requests):
     return network.call(ctx.http_client(endpoint, cfg.request_timeout).post, requests.items)
+
+
+SECRET_KIND = "key_vault_secret"
+
+
+def record_secrets(home: Any, name: str, names: dict[str, str], key_vault: str | None) -> None:
+    """Remember, before they are made, the Key Vault secrets (and so the role assignments) of endpoint ``name``:
+    ``mode=delete`` deletes them, also after a run that crashed while making them. Names only: the vault is
+    the workspace's, read again then, or ``target.key_vault``."""
+    record_registrations(home, name, [{"kind": SECRET_KIND, "setting": setting, "name": secret, "vault": key_vault}
+                                      for setting, secret in names.items()])
+
+
+def recorded_secrets(home: Any, name: str) -> dict[str, Any]:
+    """``{"names": {setting: secret}, "vault": target.key_vault or None}`` as :func:`record_secrets` left them."""
+    items = [r for r in recorded_registrations(home, name) if r["kind"] == SECRET_KIND]
+    return {"names": {r["setting"]: r["name"] for r in items}, "vault": next((r["vault"] for r in items), None)}
 
 
 REGISTERED_KINDS = {"codes": "code", "environments": "environment", "models": "model"}
@@ -469,7 +597,11 @@ def aideploy_delete(cfg, ctx, name):
     session = connect(cfg)
     deleted = delete_by_name(ctx, session, "online endpoint", name,
                              lambda: delete_endpoint(session.workspace, name, cfg.deploy_timeout))
-    registrations = recorded_registrations(ctx.cfg.home, name)
+    secrets = recorded_secrets(ctx.cfg.home, name)
+    if secrets["names"] and delete_by_name(ctx, session, "Key Vault secrets and role assignments of", name,
+                                           lambda: delete_secrets(ctx, session, name, secrets)):
+        forget_registrations(ctx.cfg.home, name, SECRET_KIND)
+    registrations = [r for r in recorded_registrations(ctx.cfg.home, name) if r["kind"] in REGISTERED_KINDS.values()]
     if registrations and cfg.delete_registrations:
         delete_by_name(ctx, session, "registrations of", name,
                        lambda: delete_registrations(session.workspace, session.settings, registrations) or True)
@@ -479,6 +611,20 @@ def aideploy_delete(cfg, ctx, name):
     return deleted
 
 
+def delete_secrets(ctx: Any, session: Session, name: str, secrets: dict[str, Any]) -> bool:
+    """Each recorded secret's role assignment and the secret itself (:func:`aideploy.azure_secrets.delete`);
+    True when all are gone. A secret the signed-in identity may not delete is a warning saying how."""
+    vault = azure_secrets.workspace_vault(session.workspace, session.settings, secrets["vault"])
+    gone = True
+    for secret in secrets["names"].values():
+        try:
+            azure_secrets.delete(session.credential, vault, name, secret)
+        except RuntimeError as exc:
+            ctx.log.warning("      %s", exc)
+            gone = False
+    return gone
+
+
 def delete_plan_actions(cfg: Any, ctx: Any) -> list[dict[str, Any]]:
     """``mode=delete``: the endpoint's DELETE (its deployments go with it), and the asset versions this home
     registered for it, listed, with their DELETEs only under ``target.delete_registrations=true``."""
@@ -486,13 +632,18 @@ def delete_plan_actions(cfg: Any, ctx: Any) -> list[dict[str, Any]]:
 
     name = endpoint_name(ctx)
     client = plan_client()
-    registrations = recorded_registrations(ctx.cfg.home, name)
-    actions = [workspace_action(cfg),
-               {"action": "online_endpoints.begin_delete", "settings": {
-                   "name": name, "when": "now: mode=delete (a name that is not there is a warning)"},
-                "request": sdk_request("online_endpoints_delete", client.online_endpoints._online_operation,
-                                       endpoint_name=name),
-                "note": "deleting the endpoint deletes its deployments"}]
+    registrations = [r for r in recorded_registrations(ctx.cfg.home, name) if r["kind"] in REGISTERED_KINDS.values()]
+    secrets = recorded_secrets(ctx.cfg.home, name)
+    vault = azure_secrets.plan_vault(secrets.get("vault"))
+    actions = [workspace_action(cfg)]
+    if secrets["names"]:
+        actions.append(workspace_read(client, secrets["vault"], secrets["names"]))
+    actions.append({"action": "online_endpoints.begin_delete", "settings": {
+                    "name": name, "when": "now: mode=delete (a name that is not there is a warning)"},
+                    "request": sdk_request("online_endpoints_delete", client.online_endpoints._online_operation,
+                                           endpoint_name=name),
+                    "note": "deleting the endpoint deletes its deployments"})
+    actions += azure_secrets.release_actions(vault, secrets["names"], name, "now: mode=delete")
     for item in registrations:
         builder, operations = version_operations(client, item["kind"])
         action = {"action": f"registration {item['kind']}", "settings": item}
@@ -635,8 +786,11 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
     old = serving_deployment(current.traffic, name)
     new = new_deployment_name(update_cfg, old)
     tags, description = azure_tags.describe(cfg, model, dataset)
+    names = vault_secrets(ctx, code, model, name)  # the endpoint's own, made by its first deployment
+    vault = service_vault(cfg, session, names)
     deployment = build_deployment(cfg, name, model, environment, code, ctx.cfg.encryption.plugin, ctx.cfg.network,
-                                  tags, description, name=new)
+                                  tags, description, name=new, vault_settings=azure_secrets.deployment_settings(
+                                      vault.url, names) if vault else None)
     # Journaled before it is created, like every Azure resource a run makes: a run killed from here
     # on leaves a deployment beside the serving one, and mode=gc says how to delete just that one.
     created = AzureResource(ctx, f"new deployment {new} of endpoint {name}",
@@ -691,8 +845,10 @@ def update_plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: 
     tags, description = azure_tags.describe(cfg, model, ctx.artifacts.get("dataset"))
     current = build_endpoint(cfg, network_cfg, name, tags, description)  # stands for what online_endpoints.get returns
     current.traffic = {old: 100}
+    names = vault_secrets(ctx, code, model, name)  # the endpoint's own: made when it was first deployed
     deployment = build_deployment(cfg, name, model, environment, code, scheme, network_cfg, tags, description,
-                                  name=new)
+                                  name=new, vault_settings=azure_secrets.deployment_settings(
+                                      azure_secrets.plan_vault(cfg.key_vault).url, names))
     client = plan_client()
     endpoints = client.online_endpoints._online_operation
     actions = plan_actions(cfg, ctx, model, environment, code)[:2]  # MLClient, workspaces.get
@@ -726,4 +882,5 @@ def update_plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: 
 def aideploy_target_capabilities(cfg):
     from aideploy.targets import TargetCapabilities
 
-    return TargetCapabilities(runs_here=False, cloud="azure", schemes=("plain", "fast", "seal"))
+    return TargetCapabilities(runs_here=False, cloud="azure", schemes=("plain", "fast", "seal"),
+                              mlp_token_secret="key_vault")

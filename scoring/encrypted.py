@@ -223,8 +223,9 @@ class FastScheme(_FastKeyedScheme):
 
 
 #: The per-deployment secret that seals the MLP rounds' tokens (:mod:`.settings` declares it and the
-#: limits below). Every worker and replica of one deployment must have the same one; the target sets
-#: it from a secret it generates at deploy time (never logged, never written to the run's files).
+#: limits below). Every worker and replica of one deployment must have the same one: ``target=local``
+#: generates it at deploy time and hands it to its workers, ``target=managed_endpoint`` keeps it in Key
+#: Vault (:mod:`.secret_settings`), ``target=aci`` (one container) leaves it to the server (below).
 TOKEN_SECRET_ENV = "AIDEPLOY_MLP_TOKEN_SECRET"
 #: Samples one client key may send through round 1 of the MLP protocol; 0: unlimited.
 MAX_QUERIES_ENV = "AIDEPLOY_MAX_QUERIES_PER_KEY"
@@ -238,13 +239,29 @@ TOKEN_TTL_ENV = "AIDEPLOY_MLP_TOKEN_TTL"
 
 
 def token_secret_from_environment() -> bytes:
-    """The deployment's token secret, or a fresh per-worker one (with a warning) when unset."""
+    """The deployment's token secret (:func:`.secret_settings.secret`: Key Vault or the environment); when
+    there is none, the one this server's workers share (:func:`.secret_settings.server_secret`, in
+    ``AIDEPLOY_KEY_SHARE_DIR``), or, without that directory, a fresh one for this worker (a warning)."""
     import logging
 
-    secret = settings.get(TOKEN_SECRET_ENV)
-    if secret is not None:
-        return secret
-    logging.getLogger("aideploy.scoring").warning(
+    from aideploy_scoring.secret_settings import secret, server_secret
+
+    value = secret(TOKEN_SECRET_ENV)
+    if value is not None:
+        return value
+    log = logging.getLogger("aideploy.scoring")
+    directory = settings.get(SHARE_DIR_ENV)
+    if directory:
+        try:
+            value = server_secret(directory)
+        except (OSError, ValueError) as exc:
+            log.warning("the server's shared MLP token secret is unavailable (%s)", exc)
+        else:
+            log.info("%s is not set: this server's workers seal MLP round tokens with one secret it generated "
+                     "(%s); a deployment of several servers needs one secret for all of them", TOKEN_SECRET_ENV,
+                     directory)
+            return value
+    log.warning(
         "%s is not set: this worker seals MLP round tokens with its own random secret, so a query's rounds "
         "succeed only if they all reach this worker; set it to the same secret in every worker and replica",
         TOKEN_SECRET_ENV)

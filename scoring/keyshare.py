@@ -59,6 +59,18 @@ def _name(*parts: str | bytes) -> str:
     return h.hexdigest()
 
 
+def private_directory(path: str | os.PathLike) -> Path:
+    """``path``, created (mode 0700) if missing; it must be a directory of this user that grants nobody
+    else any access (else :class:`ValueError`)."""
+    root = Path(path)
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    info = os.lstat(root)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ValueError(f"{root} must be a directory of this user with no access for anyone else "
+                         f"(it is mode {stat.filemode(info.st_mode)}, owner uid {info.st_uid})")
+    return root
+
+
 class SharedKeys:
     """The shared directory of one deployment: key bytes and positive SAS checks.
 
@@ -75,11 +87,7 @@ class SharedKeys:
         self.root = Path(directory)
         self.max_bytes, self.recheck_seconds, self.max_checks = int(max_bytes), float(recheck_seconds), int(max_checks)
         self._blobs, self._checks = self.root / "blobs", self.root / "checks"
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
-        info = os.lstat(self.root)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-            raise ValueError(f"{self.root} must be a directory of this user with no access for anyone else "
-                             f"(it is mode {stat.filemode(info.st_mode)}, owner uid {info.st_uid})")
+        private_directory(self.root)
         for sub in (self._blobs, self._checks):
             sub.mkdir(mode=0o700, exist_ok=True)
         self._lock = threading.Lock()

@@ -433,8 +433,10 @@ CREDENTIAL = "AIDEPLOY_LIMITS_STORE_CREDENTIAL"
 
 
 def open_store(location: str | None = None, credential: str | None = None) -> Store:
-    """The store at ``location`` (default ``AIDEPLOY_LIMITS_STORE``): an SQLite file, a blob
-    container URL, or, unset, this process's memory (with a warning when there are more workers)."""
+    """The store at ``location`` (default ``AIDEPLOY_LIMITS_STORE``): an SQLite file (``server``: in the
+    server's private directory), a blob container URL (with ``credential``, default the secret setting
+    ``AIDEPLOY_LIMITS_STORE_CREDENTIAL``: Key Vault or the environment), or, unset, this process's memory
+    (with a warning when there are more workers)."""
     location = location if location is not None else settings.get(STORE)
     if location is None:
         if settings.get("WORKER_COUNT") > 1:
@@ -442,5 +444,27 @@ def open_store(location: str | None = None, credential: str | None = None) -> St
                         "so each of the %d workers grants them anew", STORE, settings.get("WORKER_COUNT"))
         return MemoryStore()
     if location.startswith(("http://", "https://")):
-        return BlobStore.from_url(location, credential if credential is not None else settings.get(CREDENTIAL))
+        if credential is None:
+            from aideploy_scoring.secret_settings import secret
+
+            credential = secret(CREDENTIAL)
+        return BlobStore.from_url(location, credential)
+    if location == settings.SERVER_STORE:
+        return SqliteStore(server_store_path())
     return SqliteStore(location)
+
+
+def server_store_path() -> str:
+    """The SQLite file of ``AIDEPLOY_LIMITS_STORE=server``: in the private directory this server's workers
+    share (``AIDEPLOY_KEY_SHARE_DIR``), so it counts for one server, which is the whole deployment on
+    ``target=aci`` (one container). A restarted container starts counting anew."""
+    from aideploy_scoring.keyshare import SHARE_DIR_ENV, private_directory
+
+    directory = settings.get(SHARE_DIR_ENV)
+    if not directory:
+        raise LimitsUnavailable(f"{STORE}={settings.SERVER_STORE} needs {SHARE_DIR_ENV}, the server's private "
+                                "directory (score.py sets it)")
+    try:
+        return str(private_directory(directory) / "limits.sqlite")
+    except (OSError, ValueError) as exc:
+        raise LimitsUnavailable(f"the limits store in {directory} cannot be opened: {exc}") from None

@@ -37,8 +37,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The fast scheme's kernels as plain extension modules (fastkernels_aot): no numba or LLVM in
 # the workers, ~115 MB less each. A machine without a build makes one in the first init().
 os.environ.setdefault("AIDEPLOY_KERNELS", "aot")
-# The workers' shared verified keys (keyshare): one directory per server (the gunicorn master
-# is every worker's parent). The local target sets its own, and removes it when it stops.
+# The server's private directory (keyshare): its workers share verified keys there, and, where the
+# deployment does not give them, the MLP token secret and the limits (target=aci's one container).
+# One per server (the gunicorn master is every worker's parent); the local target sets its own,
+# and removes it when it stops.
 os.environ.setdefault("AIDEPLOY_KEY_SHARE_DIR", os.path.join(tempfile.gettempdir(), f"aideploy-keys-{os.getppid()}"))
 
 try:
@@ -48,7 +50,7 @@ except ImportError:  # older Azure ML images expose the same classes here
     from azureml.contrib.services.aml_request import rawhttp
     from azureml.contrib.services.aml_response import AMLResponse
 
-from aideploy_scoring import settings  # noqa: E402
+from aideploy_scoring import secret_settings, settings  # noqa: E402
 from aideploy_scoring.service import ScoringService  # noqa: E402
 
 service = None
@@ -58,15 +60,21 @@ def init():
     """Check the settings, then load the model once per worker.
 
     An unknown ``AIDEPLOY_*`` variable or a malformed value stops the worker (and so the server)
-    with one line naming it (:mod:`aideploy_scoring.settings`), before anything is loaded.
+    with one line naming it (:mod:`aideploy_scoring.settings`), before anything is loaded; so does a
+    secret setting kept in Key Vault that cannot be read (:mod:`aideploy_scoring.secret_settings`).
     """
     global service
+    import logging
+
     try:
         settings.check()
     except settings.SettingsError as exc:
-        import logging
-
         logging.getLogger("aideploy.scoring").error("%s%s", settings.INVALID, exc)
+        raise SystemExit(3) from None
+    try:
+        secret_settings.load()  # Key Vault's, through the deployment's identity: before anything is built
+    except secret_settings.SecretUnavailable as exc:
+        logging.getLogger("aideploy.scoring").error("%s%s", secret_settings.UNAVAILABLE, exc)
         raise SystemExit(3) from None
     # BLAS threads (the plaintext model's products; the fast scheme's kernels use none): the
     # cores divided among the workers (AIDEPLOY_BLAS_THREADS overrides). More would

@@ -115,17 +115,46 @@ def _url(text: str) -> str:
     return text.strip().rstrip("/")
 
 
+#: ``AIDEPLOY_LIMITS_STORE`` for an SQLite file in the server's private directory (``AIDEPLOY_KEY_SHARE_DIR``).
+SERVER_STORE = "server"
+
+
 def _limits_store(text: str) -> str:
-    """An absolute path (SQLite, on a disk every worker sees) or a blob container URL."""
+    """An absolute path (SQLite, on a disk every worker sees), ``server``, or a blob container URL."""
     text = text.strip()
+    if text == SERVER_STORE:
+        return text
     if text.startswith(("http://", "https://")):
         url = _url(text)
         if "/" not in url.split("://", 1)[1]:
             raise ValueError("a blob URL must name the container")
         return url
     if not os.path.isabs(text):
-        raise ValueError("must be an absolute path (SQLite) or an http(s) URL of a blob container")
+        raise ValueError(f"must be an absolute path (SQLite), {SERVER_STORE!r}, or an http(s) URL of a blob container")
     return text
+
+
+def _key_vault_url(text: str) -> str:
+    url = _url(text)
+    if not url.startswith("https://") or url.count("/") != 2:
+        raise ValueError("must be a vault's https URL with no path (https://<vault>.vault.azure.net)")
+    return url
+
+
+def _vault_secrets(text: str) -> dict[str, str]:
+    """``SETTING=secret-name,...``: which secret setting each Key Vault secret holds."""
+    import re
+
+    names: dict[str, str] = {}
+    for pair in _names(text):
+        setting, _, secret = pair.partition("=")
+        if SETTINGS.get(setting) is None or not SETTINGS[setting].secret:
+            secrets = sorted(name for name, s in SETTINGS.items() if s.secret)
+            raise ValueError(f"{setting!r} is not a secret setting (those are {', '.join(secrets)})")
+        if not re.fullmatch(r"[0-9a-zA-Z-]{1,127}", secret):
+            raise ValueError(f"{secret!r} is not a Key Vault secret name (1-127 letters, digits and dashes)")
+        names[setting] = secret
+    return names
 
 
 _ALL = [
@@ -160,10 +189,17 @@ _ALL = [
             "account a seed-era conn_str may name; unset: keys are fetched from no store", "config"),
     Setting("AIDEPLOY_LIMITS_STORE", _limits_store, None,
             "where query budgets, spent round tokens and new keys are counted for every worker and instance: an "
-            "SQLite file, or a blob container URL; unset: in this worker only (a warning)", "config"),
+            "SQLite file, 'server' (an SQLite file in AIDEPLOY_KEY_SHARE_DIR: this server's workers; target=aci's "
+            "one container), or a blob container URL; unset: in this worker only (a warning)", "config"),
     # deployment
     Setting("AIDEPLOY_LIMITS_STORE_CREDENTIAL", _text, None,
             "the blob limits store's account key or SAS token", "deployment", secret=True),
+    Setting("AIDEPLOY_KEY_VAULT_URL", _key_vault_url, None,
+            "the Key Vault the secret settings named in AIDEPLOY_KEY_VAULT_SECRETS are read from, through the "
+            "deployment's managed identity (target=managed_endpoint)", "deployment"),
+    Setting("AIDEPLOY_KEY_VAULT_SECRETS", _vault_secrets, None,
+            "SETTING=secret-name pairs, comma-separated: the secret settings read from AIDEPLOY_KEY_VAULT_URL "
+            "instead of the environment", "deployment"),
 
     Setting("AIDEPLOY_AUTH_KEY_SHA256", _sha256_hex, None,
             "SHA-256 of the key requests must carry (Authorization: Bearer); unset: no check (Azure endpoints "
@@ -179,7 +215,9 @@ _ALL = [
     # operator
     Setting("AIDEPLOY_MLP_TOKEN_SECRET", _hex_secret, None,
             "seals the MLP round tokens; the same in every worker and instance (hex, 32 digits or more); "
-            "target=local makes one when unset; unset in the service: a per-worker secret (a warning)",
+            "target=local makes one when unset, target=managed_endpoint keeps it in Key Vault; unset in the "
+            "service: one the server generates and shares with its workers through AIDEPLOY_KEY_SHARE_DIR "
+            "(target=aci's one container)",
             "operator", secret=True),
     Setting("AIDEPLOY_KEY_HOSTS", _names, None,
             "more key store hosts to fetch from, comma-separated globs (host or host:port); they must resolve to "

@@ -16,6 +16,7 @@ that a request must not carry (also when the ``$ref`` names a read-only definiti
 formats, bounds and lengths. A definition that declares properties and no
 ``additionalProperties`` accepts no others: an undeclared key in a body is an error.
 
+A path parameter marked ``x-ms-skip-url-encoding`` (a role assignment's ``scope``) may span segments.
 ``$ref`` are resolved as the documents write them, relative to each document's path in the
 specification repository (``../../../../../../common-types/resource-management/v3/types.json``).
 ``allOf`` members are references (the ARM documents) or inline schemas (the 2019 v1 Model
@@ -151,9 +152,14 @@ class Spec:
                               f"in {SPEC_DIR.name}/ (extract.py cuts one from the specification)")
         for key in extracts:
             for template, item in self.docs[key].get("paths", {}).items():
-                match = _template(template).fullmatch(request["path"])
-                if match and method in item:
-                    return key, template, item[method], match.groupdict()
+                if method not in item:
+                    continue
+                spanning = {p["name"] for p in item[method].get("parameters", [])
+                            if p["in"] == "path" and p.get("x-ms-skip-url-encoding")}
+                pattern, names = _template(template, spanning)
+                match = pattern.fullmatch(request["path"])
+                if match:
+                    return key, template, item[method], {name: match[f"p{i}"] for i, name in enumerate(names)}
         raise LookupError(f"{request['method']} {request['path']}: no such operation in the {version} extract")
 
     def check_request(self, request: dict, existing: Any = _NOTHING) -> list[str]:
@@ -322,7 +328,14 @@ def _schema_of(parameter: dict) -> dict:
     return {k: v for k, v in parameter.items() if k not in ("in", "name", "required")}
 
 
-def _template(template: str) -> re.Pattern:
-    """A path template (``.../onlineEndpoints/{endpointName}``) as a pattern naming its parameters."""
-    return re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template)))
-
+def _template(template: str, spanning: set[str] = frozenset()) -> tuple[re.Pattern, list[str]]:
+    """A path template (``.../onlineEndpoints/{endpointName}``) as a pattern, and the names of its parameters
+    in the order of its groups (``p0``, ``p1``, ...: a name such as ``secret-name`` is no group name); those
+    in ``spanning`` (``x-ms-skip-url-encoding``: a role assignment's ``scope`` is a whole resource id) may
+    span segments."""
+    parts = re.split(r"\{([\w-]+)\}", template)  # literal, name, literal, name, ..., literal
+    literals, names = parts[0::2], parts[1::2]
+    pattern = re.escape(literals[0]) + "".join(
+        f"(?P<p{i}>{'.+' if name in spanning else '[^/]+'}){re.escape(literal)}"
+        for i, (name, literal) in enumerate(zip(names, literals[1:])))
+    return re.compile(pattern), names

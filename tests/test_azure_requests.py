@@ -520,6 +520,16 @@ PLAN_VARIANTS = {
 }
 PLAN_VARIANTS.update({f"{target}-{mode}": (f"target={target}", f"mode={mode}", "deployment_name=digits-svc")
                       for target in ("aci", "managed_endpoint") for mode in ("update", "delete")})
+MLP_MODEL = "model.path={mlp}"
+"""A ReLU MLP under encryption=fast (the fixture writes it), its key store an account given by URL, so the
+service counts its limits in a blob container: both of a managed endpoint's secrets."""
+PLAN_VARIANTS.update({f"{target}-{network}-mlp": (f"target={target}", "encryption=fast", "keystore=azure_blob",
+                                                  "model=sklearn_pickle", MLP_MODEL, "deployment_name=digits-svc",
+                                                  *(VNET if network == "vnet" and target == "aci" else
+                                                    ("network=vnet",) if network == "vnet" else ()))
+                      for target in ("aci", "managed_endpoint") for network in ("public", "vnet")})
+PLAN_VARIANTS["managed_endpoint-mlp-update"] = (*PLAN_VARIANTS["managed_endpoint-public-mlp"], "mode=update")
+KEY_STORE = "https://acct.blob.core.windows.net"
 
 
 @pytest.fixture(scope="module")
@@ -532,9 +542,16 @@ def variant_plans(tmp_path_factory):
             patch.delenv(name, raising=False)
         root = tmp_path_factory.mktemp("variants")
         patch.chdir(root)
+        mlp = write_mlp(root / "mlp.pkl")
         for variant, overrides in PLAN_VARIANTS.items():
             out = root / variant
-            results = api.run(["dry_run=true", f"home={root / 'home'}", *overrides], out)
+            patch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+            if "mlp" in variant:
+                patch.setenv("AZURE_STORAGE_ACCOUNT_URL", KEY_STORE)
+            else:
+                patch.delenv("AZURE_STORAGE_ACCOUNT_URL", raising=False)
+            results = api.run(["dry_run=true", f"home={root / 'home'}",
+                               *(o.replace("{mlp}", str(mlp)) for o in overrides)], out)
             assert results["status"] == "ok", (variant, results.get("error"))
             made[variant] = (json.loads((out / "plan.json").read_text()), out / "plan.sh")
     made["root"] = root
@@ -542,6 +559,22 @@ def variant_plans(tmp_path_factory):
 
 
 MANAGED_VARIANTS = sorted(v for v in PLAN_VARIANTS if v.startswith("managed_endpoint"))
+
+
+def write_mlp(path: Path) -> Path:
+    """A small ReLU MLP on the digits the plans' data stage loads."""
+    import warnings
+
+    import joblib
+    from sklearn.neural_network import MLPClassifier
+
+    from aideploy.datasets import digits_split
+
+    X_train, _, y_train, _ = digits_split(0.25, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence: the plan needs its shape, not its accuracy
+        joblib.dump(MLPClassifier((16,), max_iter=20, random_state=0).fit(X_train, y_train), path)
+    return path
 
 
 def endpoint_create(plan: dict) -> dict:
@@ -565,9 +598,10 @@ def test_every_managed_plan_variant_passes_the_spec_check(variant_plans, variant
     plan = variant_plans[variant][0]
     assert aideploys(spec_errors(plan, created_before(variant_plans, variant))) == []
     checked = {r["api-version"] for _, r in plan_requests(plan) if r.get("api-version")}
+    secrets = {"2024-11-01", "2022-04-01", "2025-07-01"} if variant.endswith("-mlp") else set()  # Key Vault, roles
     assert checked == ({"2022-02-01-preview"} if variant.endswith("-delete") else
                        {"2022-02-01-preview", "2023-04-01-preview", "2023-04-01", "2023-08-01-preview",
-                        "2024-10-01-preview"})
+                        "2024-10-01-preview", *secrets})
 
 
 def test_every_listed_sdk_deviation_still_occurs(variant_plans):
@@ -745,7 +779,7 @@ def test_the_extracts_are_what_extract_py_cuts(tmp_path):
             committed[doc["x-extracted-from"]["path"]] = doc
             (tmp_path / doc["x-extracted-from"]["path"]).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / doc["x-extracted-from"]["path"]).write_text(json.dumps(doc), encoding="utf-8")
-    assert len(committed) == 8
+    assert len(committed) == 12
     assert extract.extract(tmp_path) == committed
 
 
@@ -832,3 +866,242 @@ def test_mutability_follows_the_operation():
     created = {k: v for k, v in GOOD.items() if k != "kind"}
     assert rule_errors({**GOOD, "kind": "k"}, operation="update", existing=created) == [
         "$.kind: x-ms-mutability ['read', 'create'] does not allow it on update (created with nothing)"]
+
+
+# ============================================================================= encrypted MLPs: the service's secrets
+#
+# encryption=fast with an MLP needs one round-token secret for every worker and instance, and a service that
+# counts its limits in a blob container needs that account's key. On a managed endpoint both live in Key Vault,
+# readable by the endpoint's identity alone; an ACI service (one container, no managed identity) makes its own.
+
+SECRET_SETTINGS = {"AIDEPLOY_MLP_TOKEN_SECRET": "digits-svc-mlp-token-secret",
+                   "AIDEPLOY_LIMITS_STORE_CREDENTIAL": "digits-svc-limits-credential"}
+
+
+@pytest.mark.parametrize("network", ["public", "vnet"])
+def test_a_managed_mlp_plan_keeps_its_secrets_in_key_vault_for_the_endpoints_identity(variant_plans, network):
+    from aideploy.azure_secrets import ROLE_ID, role_assignment_name
+
+    plan, _ = variant_plans[f"managed_endpoint-{network}-mlp"]
+    order = [a["action"] for a in plan["actions"]]
+    # The vault first (it must use Azure RBAC), the endpoint and its identity, the secrets and their roles,
+    # and only then the deployment that reads them; its teardown releases them before the endpoint.
+    assert order[:9] == ["MLClient", "workspaces.get", "vaults.get", "online_endpoints.begin_create_or_update",
+                         "online_endpoints.get", "secrets.create_or_update", "secrets.create_or_update",
+                         "role_assignments.create", "role_assignments.create"]
+    assert order.index("online_deployments.begin_create_or_update") > 8
+    assert order[-5:] == ["role_assignments.delete", "role_assignments.delete", "SecretClient.begin_delete_secret",
+                          "SecretClient.begin_delete_secret", "online_endpoints.begin_delete"]
+    workspace, vault, endpoint, identity = (plan["actions"][i]["request"] for i in (1, 2, 3, 4))
+    assert workspace["captures"]["keyVaultName"] == "properties.keyVault#vaults"
+    assert vault["expect"] == {"properties.enableRbacAuthorization": True}
+    assert endpoint["body"]["identity"] == {"type": "SystemAssigned"}
+    assert identity["captures"] == {"endpointPrincipalId": "identity.principalId"}
+
+    secrets = [a["request"] for a in actions(plan, "secrets.create_or_update")]
+    assert [r["path"].rsplit("/", 1)[1] for r in secrets] == list(SECRET_SETTINGS.values())
+    assert [r["body"] for r in secrets] == [{"properties": {"value": "{mlpTokenSecret}"}},
+                                            {"properties": {"value": "{limitsStoreCredential}"}}]
+    assert [r["fills"] for r in secrets] == [{"mlpTokenSecret": {"generate": "hex32"}},
+                                             {"limitsStoreCredential": {"env": "AZURE_STORAGE_CONNECTION_STRING"}}]
+    for role, secret in zip(actions(plan, "role_assignments.create"), secrets):
+        # Scoped to the one secret, for the endpoint's identity, as Key Vault Secrets User.
+        assert role["request"]["path"].startswith(secret["path"] + "/providers/Microsoft.Authorization/")
+        assert role["request"]["path"].endswith(role_assignment_name("digits-svc", secret["path"].rsplit("/", 1)[1]))
+        assert role["request"]["body"]["properties"] == {
+            "roleDefinitionId": f"/subscriptions/{{subscriptionId}}/providers/Microsoft.Authorization/roleDefinitions/"
+                                f"{ROLE_ID}", "principalId": "{endpointPrincipalId}", "principalType": "ServicePrincipal"}
+    (deployment,) = actions(plan, "online_deployments.begin_create_or_update")
+    variables = deployment["request"]["body"]["properties"]["environmentVariables"]
+    assert variables["AIDEPLOY_KEY_VAULT_URL"] == "https://{keyVaultName}.vault.azure.net"
+    assert variables["AIDEPLOY_KEY_VAULT_SECRETS"] == ",".join(f"{k}={v}" for k, v in SECRET_SETTINGS.items())
+    assert variables["AIDEPLOY_LIMITS_STORE"] == f"{KEY_STORE}/aideploy-keys-limits"
+    assert not set(SECRET_SETTINGS) & set(variables)  # never a plain environment variable
+    (delete,) = [r for r in (a["request"] for a in actions(plan, "SecretClient.begin_delete_secret"))
+                 if r["path"].endswith("mlp-token-secret")]
+    assert delete["host"] == "https://{keyVaultName}.vault.azure.net" and delete["on_error"] == "warn"
+    assert SPEC.check_request({**delete, "body": {}}) == ["$: DeleteSecret takes no body"]
+
+
+def test_an_aci_mlp_plan_keeps_no_secret_anywhere(variant_plans):
+    """No managed identity on ACI: its one container makes its own token secret and counts its limits in its
+    own directory, so the plan carries no secret and no account key (and the v1 spec's gaps are the same)."""
+    for network in ("public", "vnet"):
+        plan, _ = variant_plans[f"aci-{network}-mlp"]
+        (create,) = aci_requests(plan, "Model.deploy")
+        variables = create["body"]["environmentImageRequest"]["environment"]["environmentVariables"]
+        assert variables["AIDEPLOY_LIMITS_STORE"] == "server" and variables["AIDEPLOY_KEY_STORE"] == KEY_STORE
+        assert not [name for name in variables if "VAULT" in name or name in SECRET_SETTINGS]
+        fast = variant_plans[f"aci-{network}-fast"][0]
+        assert v1_spec_errors(plan, "digits-svc") == v1_spec_errors(fast, actions(fast, "Model.deploy")[0]["settings"]
+                                                                    ["name"])
+
+
+def test_an_mlp_update_reads_the_endpoints_secrets_and_makes_none(variant_plans):
+    plan, _ = variant_plans["managed_endpoint-mlp-update"]
+    assert not [a for a in plan["actions"] if a["action"].startswith(("secrets.", "role_assignments."))]
+    (deployment,) = actions(plan, "online_deployments.begin_create_or_update")
+    assert deployment["request"]["path"].endswith("/deployments/green")
+    variables = deployment["request"]["body"]["properties"]["environmentVariables"]
+    assert variables["AIDEPLOY_KEY_VAULT_SECRETS"] == ",".join(f"{k}={v}" for k, v in SECRET_SETTINGS.items())
+    assert actions(plan, "workspaces.get")[0]["request"]["captures"]["keyVaultName"] == "properties.keyVault#vaults"
+
+
+def test_a_managed_delete_deletes_the_secrets_this_home_recorded(tmp_path):
+    from aideploy.azure_workspace import record_registrations
+
+    record_registrations(tmp_path / "home", "digits-ep", [
+        {"kind": "key_vault_secret", "setting": "AIDEPLOY_MLP_TOKEN_SECRET", "name": "digits-ep-mlp-token-secret",
+         "vault": None}])
+    plan = plan_for(tmp_path, "mode=delete", "deployment_name=digits-ep")
+    assert [a["action"] for a in plan["actions"]] == [
+        "MLClient", "workspaces.get", "online_endpoints.begin_delete", "role_assignments.delete",
+        "SecretClient.begin_delete_secret", "registrations"]
+    assert spec_errors(plan) == []
+    assert plan["actions"][4]["request"]["path"] == "/secrets/digits-ep-mlp-token-secret"
+
+
+BREAKING_SECRETS = {
+    "2024-11-01": ("secrets.create_or_update", "properties.secretUri", "https://kv/secrets/x",
+                   "$.properties.secretUri: read-only, a request must not send it"),
+    "2022-04-01": ("role_assignments.create", "properties.principalType", "servicePrincipal",
+                   "$.properties.principalType: 'servicePrincipal' is not one of ['User', 'Group', 'ServicePrincipal', "
+                   "'ForeignGroup'] (casing: 'ServicePrincipal')"),
+}
+
+
+@pytest.mark.parametrize("api_version", sorted(BREAKING_SECRETS))
+def test_a_real_secret_body_breaking_a_rule_of_its_version_is_caught(variant_plans, api_version):
+    action, path, value, expected = BREAKING_SECRETS[api_version]
+    request = actions(variant_plans["managed_endpoint-public-mlp"][0], action)[0]["request"]
+    assert request["api-version"] == api_version and SPEC.check_request(request) == []
+    assert SPEC.check_request({**request, "body": _set(request["body"], path, value)}) == [expected]
+
+
+AZ_STUB = r'''#!/usr/bin/env python3
+"""az, as plan.sh calls it: records each call (its argv, and a body file's text and mode) and answers from
+ANSWERS by the URL's last path segment; no network."""
+import json, os, stat, sys
+args = sys.argv[1:]
+call = {"argv": args}
+if "--body" in args:
+    body = args[args.index("--body") + 1]
+    if body.startswith("@"):
+        call["body_mode"] = oct(stat.S_IMODE(os.stat(body[1:]).st_mode))
+        call["body"] = open(body[1:]).read()
+with open(os.environ["AZ_LOG"], "a") as log:
+    log.write(json.dumps(call) + "\n")
+if args[:1] != ["rest"]:
+    sys.exit(0)  # az storage blob upload
+url = args[args.index("--url") + 1]
+if "--query" in args:  # a long-running PUT's poll
+    print("Succeeded")
+    sys.exit(0)
+segment = url.split("?")[0].rstrip("/").rsplit("/", 2)
+answers = json.loads(os.environ["AZ_ANSWERS"])
+for key in (segment[-1], segment[-2]):
+    if key in answers:
+        print(json.dumps(answers[key]))
+        break
+else:
+    print("{}")
+'''
+
+
+def run_plan_sh(tmp_path: Path, script: Path, rbac: bool = True) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """``plan.sh`` sent for real, with an ``az`` that answers as Azure would and records every call."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "az").write_text(AZ_STUB)
+    (bin_dir / "az").chmod(0o755)
+    log = tmp_path / "az.log"
+    log.unlink(missing_ok=True)
+    answers = {
+        "ws1": {"location": "japaneast", "properties": {
+            "keyVault": "/subscriptions/sub1/resourceGroups/kv-rg/providers/Microsoft.KeyVault/vaults/kv1"}},
+        "kv1": {"properties": {"enableRbacAuthorization": rbac}},
+        "digits-mlp": {"identity": {"principalId": "0d7a3b1c-5e2f-4a6b-9c8d-7e6f5a4b3c2d"}},
+        "datastores": {"value": [{"properties": {"accountName": "acct", "containerName": "blobs"}}]},
+    }
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "AZ_LOG": str(log), "AZ_ANSWERS": json.dumps(answers),
+           "AZURE_SUBSCRIPTION_ID": "sub1", "AZURE_RESOURCE_GROUP": "rg1", "AZUREML_WORKSPACE_NAME": "ws1",
+           "AZURE_STORAGE_CONNECTION_STRING": "DefaultEndpointsProtocol=https;AccountName=acct;"
+                                              "AccountKey=QWNjb3VudEtleQ==;EndpointSuffix=core.windows.net",
+           "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120, env=env)
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return proc, calls
+
+
+@pytest.fixture(scope="module")
+def serve_mlp_plan(tmp_path_factory):
+    """A mode=serve plan of an MLP on a managed endpoint: nothing at teardown, so plan.sh stops at the keys."""
+    root = tmp_path_factory.mktemp("serve-mlp")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in (*WORKSPACE_VARS, *CREDENTIAL_VARS, "AZURE_STORAGE_CONNECTION_STRING"):
+            patch.delenv(name, raising=False)
+        patch.setenv("AZURE_STORAGE_ACCOUNT_URL", KEY_STORE)
+        patch.chdir(root)
+        results = api.run(["dry_run=true", f"home={root / 'home'}", "target=managed_endpoint", "mode=serve",
+                           "encryption=fast", "keystore=azure_blob", "model=sklearn_pickle",
+                           f"model.path={write_mlp(root / 'mlp.pkl')}", "deployment_name=digits-mlp"], root / "out")
+    assert results["status"] == "ok", results.get("error")
+    return json.loads((root / "out" / "plan.json").read_text()), root / "out" / "plan.sh"
+
+
+def test_plan_sh_makes_the_secrets_as_it_runs_and_never_puts_one_on_a_command_line(serve_mlp_plan, tmp_path):
+    plan, script = serve_mlp_plan
+    proc, calls = run_plan_sh(tmp_path, script)
+    assert proc.returncode == 0, proc.stderr
+    sent = [c["argv"][c["argv"].index("--url") + 1] for c in calls
+            if c["argv"][:1] == ["rest"] and "--query" not in c["argv"]]  # not the long-running PUTs' polls
+    # Every request the plan sends, in order, with what Azure answered filled in: the vault's group and name.
+    from aideploy.plan_script import request_url
+
+    filled = {"{subscriptionId}": "sub1", "{resourceGroupName}": "rg1", "{workspaceName}": "ws1",
+              "{keyVaultResourceGroup}": "kv-rg", "{keyVaultName}": "kv1"}
+    expected = []
+    for action, request in plan_requests(plan):
+        if "file" in request or str(action.get("settings", {}).get("when", "")).startswith("never"):
+            continue  # a blob upload (az storage blob upload), or what mode=serve keeps
+        url = request_url(request)
+        for placeholder, value in filled.items():
+            url = url.replace(placeholder, value)
+        expected.append(url)
+    assert sent == expected
+    assert "https://management.azure.com/subscriptions/sub1/resourceGroups/kv-rg/providers/Microsoft.KeyVault/" \
+           "vaults/kv1?api-version=2024-11-01" in sent
+    puts = {c["argv"][c["argv"].index("--url") + 1].split("?")[0].rsplit("/", 1)[1]: c for c in calls
+            if "--body" in c["argv"]}
+    token, credential = puts["digits-mlp-mlp-token-secret"], puts["digits-mlp-limits-credential"]
+    assert re.fullmatch(r"[0-9a-f]{64}", json.loads(token["body"])["properties"]["value"])
+    assert json.loads(credential["body"])["properties"]["value"] == "QWNjb3VudEtleQ=="
+    roles = [json.loads(c["body"]) for c in calls if "roleAssignments" in str(c["argv"]) and "body" in c]
+    assert [r["properties"]["principalId"] for r in roles] == ["0d7a3b1c-5e2f-4a6b-9c8d-7e6f5a4b3c2d"] * 2
+    (deployment,) = [json.loads(c["body"]) for c in calls if "/deployments/blue" in str(c["argv"]) and "body" in c]
+    assert deployment["properties"]["environmentVariables"]["AIDEPLOY_KEY_VAULT_URL"] == "https://kv1.vault.azure.net"
+    # The secrets went in private files, never on a command line, and no file is left.
+    secrets = (json.loads(token["body"])["properties"]["value"], "QWNjb3VudEtleQ==")
+    assert not [c for c in calls if any(s in " ".join(c["argv"]) for s in secrets)]
+    assert {c["body_mode"] for c in calls if "body_mode" in c} == {"0o600"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("tmp")]
+    assert not any(s in proc.stdout + proc.stderr for s in secrets)
+
+
+def test_plan_sh_stops_before_anything_is_made_when_the_vault_uses_access_policies(serve_mlp_plan, tmp_path):
+    _, script = serve_mlp_plan
+    proc, calls = run_plan_sh(tmp_path, script, rbac=False)
+    assert proc.returncode == 1
+    assert "properties.enableRbacAuthorization is not true" in proc.stderr and "target.key_vault" in proc.stderr
+    assert [c["argv"][c["argv"].index("--method") + 1] for c in calls] == ["GET", "GET"]  # the workspace, the vault
+
+
+def test_the_vault_is_read_from_the_workspaces_resource_id():
+    """What the deploy stage does with the workspace's ``key_vault`` (plan.sh does it with ``#segment`` captures)."""
+    from aideploy.azure_secrets import Vault
+
+    vault = Vault.from_id("/subscriptions/s1/resourceGroups/RG-1/providers/Microsoft.KeyVault/vaults/kv1")
+    assert (vault.subscription_id, vault.resource_group, vault.name) == ("s1", "RG-1", "kv1")
+    assert vault.url == "https://kv1.vault.azure.net" and vault.secret_id("x").endswith("/vaults/kv1/secrets/x")
+    with pytest.raises(ValueError, match="not a Key Vault's resource id"):
+        Vault.from_id("/subscriptions/s1/resourceGroups/rg")

@@ -582,6 +582,18 @@ def test_encrypted_azure_run_refuses_a_local_key_store(cli, target):
     assert "[1/" not in proc.stderr  # refused before the first stage ran
 
 
+def test_a_managed_endpoint_needs_the_key_stores_account_key_before_the_first_stage(cli):
+    """Its service counts the encryption limits in the key store's account, with that account's key, which
+    aideploy keeps in Key Vault: without a connection string to take it from, nothing is trained or made."""
+    proc = cli("target=managed_endpoint", "encryption=fast", "keystore=azure_blob",
+               "keystore.connection_string_env=AIDEPLOY_TEST_NO_CONNECTION_STRING",
+               env={"AZURE_STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net"})
+    assert proc.returncode == 2, proc.stderr
+    assert "$AIDEPLOY_TEST_NO_CONNECTION_STRING holds no connection string with an AccountKey" in proc.stderr
+    assert "hint: export the key store's connection string" in proc.stderr
+    assert "[1/" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_aci_registers_a_model_from_outside_the_working_directory(tmp_path, monkeypatch, no_network):
     """azureml-core refuses a model_path outside the current directory ("Unauthorized access"),
     and aideploy's registry is under ``home``: registration runs from the model's directory, and
@@ -633,6 +645,9 @@ def test_targets_declare_what_they_are_and_a_third_party_one_is_not_taken_for_az
     local, aci, managed = (capabilities(ctx(t)) for t in ("local", "aci", "managed_endpoint"))
     assert (local.runs_here, local.cloud, local.serves_mlps) == (True, None, True)
     assert (aci.runs_here, aci.cloud, managed.cloud) == (False, "azure", "azure")
+    # Encrypted MLPs everywhere: a Key Vault secret on a managed endpoint, ACI's one container its own.
+    assert (local.mlp_token_secret, managed.mlp_token_secret, aci.mlp_token_secret) == ("generated", "key_vault",
+                                                                                        "server")
     assert {aci.serves, managed.serves} == {"online"} and "fast" in managed.schemes
     assert capabilities(ctx("k8s")) is UNDECLARED and not UNDECLARED.runs_here and UNDECLARED.cloud is None
 

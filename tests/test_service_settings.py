@@ -125,8 +125,10 @@ def test_the_aci_plan_carries_every_setting_the_config_sets(tmp_path, account, n
     _, plan, _ = run_plan(tmp_path, "target=aci", *OVERRIDES)
     [create] = [a for a in plan["actions"] if a["action"] == "Model.deploy"]
     variables = create["request"]["body"]["environmentImageRequest"]["environment"]["environmentVariables"]
-    assert_settings_arrive(variables, EXPECTED, not_in_config={"WORKER_COUNT", "AIDEPLOY_MAX_REQUEST_BYTES"})
-    assert "AIDEPLOY_MLP_TOKEN_SECRET" not in json.dumps(plan)
+    # One container, no managed identity: the limits are counted in its own directory, with no account key.
+    assert_settings_arrive(variables, {**EXPECTED, "AIDEPLOY_LIMITS_STORE": "server"},
+                           not_in_config={"WORKER_COUNT", "AIDEPLOY_MAX_REQUEST_BYTES"})
+    assert "AIDEPLOY_MLP_TOKEN_SECRET" not in json.dumps(plan) and "AIDEPLOY_KEY_VAULT_URL" not in variables
 
 
 def test_the_managed_endpoint_plan_carries_every_setting_the_config_sets(tmp_path, account, no_azure_env,  # noqa: F811
@@ -137,6 +139,9 @@ def test_the_managed_endpoint_plan_carries_every_setting_the_config_sets(tmp_pat
     [create] = [a for a in plan["actions"] if a["action"] == "online_deployments.begin_create_or_update"]
     assert create["request"]["body"]["properties"]["environmentVariables"] == variables  # what is sent
     assert "AIDEPLOY_MLP_TOKEN_SECRET" not in json.dumps(plan)
+    # The blob limits store's credential: in Key Vault, named, never a value.
+    assert re.fullmatch(r"AIDEPLOY_LIMITS_STORE_CREDENTIAL=aideploy-[\w-]+-limits-credential",
+                        variables["AIDEPLOY_KEY_VAULT_SECRETS"])
 
 
 def test_the_readme_names_every_setting():

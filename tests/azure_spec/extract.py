@@ -15,7 +15,8 @@ it is (``type``, ``format``, ``required``, ``enum``, ``x-ms-enum``, ``readOnly``
 patterns, defaults, examples); what is left out is only prose and what no check reads:
 ``description`` texts, ``summary``, ``tags``, ``x-ms-examples``, ``consumes``/``produces``,
 parameters given by ``$ref`` (subscription, resource group, workspace, api-version: the
-placeholders of a plan) and the response bodies (a response keeps its headers, which name how
+placeholders of a plan; a body, or a path parameter spanning segments such as a role assignment's
+``scope``, is read and kept inline) and the response bodies (a response keeps its headers, which name how
 a long-running operation is polled).
 """
 
@@ -28,6 +29,9 @@ from pathlib import Path
 
 REPOSITORY = "Azure/azure-rest-api-specs"
 ML = "specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/MachineLearningServices"
+KEYVAULT = "specification/keyvault/resource-manager/Microsoft.KeyVault/stable/2024-11-01"
+KEYVAULT_DATA = "specification/keyvault/data-plane/Microsoft.KeyVault/stable/2025-07-01"
+AUTHORIZATION = "specification/authorization/resource-manager/Microsoft.Authorization/stable/2022-04-01"
 
 SOURCES: dict[str, list[tuple[str, str, list[str]]]] = {
     # api-version: [(source file, commit, operationIds the plans send with that api-version)]
@@ -45,6 +49,14 @@ SOURCES: dict[str, list[tuple[str, str, list[str]]]] = {
                             ["Datastores_List", "Datastores_ListSecrets"]),
                            (f"{ML}/preview/2024-10-01-preview/workspaceRP.json",
                             "f96790bc8750b6a38f16b67f0b315bfb175516c2", ["Workspaces_Get"])],
+    # The secrets of encryption=fast on a managed endpoint: azure-mgmt-keyvault's and azure-mgmt-authorization's
+    # default api-versions for what target_managed sends through ARM, and the data-plane version it pins its
+    # secrets' deletes to (azure-keyvault-secrets' own default, 2026-04-01, has no file in the index).
+    "2024-11-01": [(f"{KEYVAULT}/secrets.json", "315e54b7359504c9af7e9783946a6b62f4434eb0", ["Secrets_CreateOrUpdate"]),
+                   (f"{KEYVAULT}/keyvault.json", "315e54b7359504c9af7e9783946a6b62f4434eb0", ["Vaults_Get"])],
+    "2022-04-01": [(f"{AUTHORIZATION}/authorization-RoleAssignmentsCalls.json",
+                    "007a51db374076edb902fd44eb8299eea6336335", ["RoleAssignments_Create", "RoleAssignments_Delete"])],
+    "2025-07-01": [(f"{KEYVAULT_DATA}/secrets.json", "4d75903ddcdd7b7f4d93bbdfc3a22eedc333a6f1", ["DeleteSecret"])],
 }
 """Where each api-version's operations the plans send are specified, and the commit the file was read at."""
 
@@ -52,6 +64,10 @@ COMMON_TYPES = "specification/common-types/resource-management/v3"
 COMMON = {f"{COMMON_TYPES}/types.json": "05432ee0bc8a3feb5bc0f6fd21f49bb7aeaf13af",
           f"{COMMON_TYPES}/managedidentity.json": "05432ee0bc8a3feb5bc0f6fd21f49bb7aeaf13af"}
 """The shared definitions the ML files reference (``../../../../../../common-types/resource-management/v3/...``)."""
+
+PARAMETER_FILES = {f"{AUTHORIZATION}/common-types.json": "8cfbb5f3f32f88e73d0e4735a7af45057777833a"}
+"""Files read only for a parameter an operation names by ``$ref`` (the role assignment's ``scope``): they give
+no extract of their own."""
 
 OPERATION_KEYS = ("operationId", "parameters", "responses", "x-ms-long-running-operation",
                   "x-ms-long-running-operation-options")
@@ -74,10 +90,41 @@ def prose_free(node):
     return node
 
 
-def operation_extract(operation: dict) -> dict:
-    """What a check reads of an operation: its id, its inline parameters, its responses' headers, how it runs."""
+SHARED_PARAMETERS = "common-types/resource-management/"
+"""Parameters named from here are the placeholders every request carries (subscription, resource group,
+api-version): left out unread."""
+
+
+def parameters(operation: dict, doc: str, load) -> list[tuple[dict, str]]:
+    """The operation's parameters, each with the document it is written in, as a check reads them: the
+    inline ones, and of those named by ``$ref``, the body and the path parameters whose value may span
+    segments (``x-ms-skip-url-encoding``, a role assignment's ``scope``). The other ``$ref`` ones (the
+    subscription, resource group, workspace and api-version of every request: a plan's placeholders)
+    are left out."""
+    found = []
+    for parameter in operation.get("parameters", []):
+        if "$ref" not in parameter:
+            found.append((parameter, doc))
+            continue
+        if SHARED_PARAMETERS in parameter["$ref"]:
+            continue
+        file, _, pointer = parameter["$ref"].partition("#")
+        path = posixpath.normpath(posixpath.join(posixpath.dirname(doc), file)) if file else doc
+        if not pointer.startswith("/parameters/"):
+            raise ValueError(f"{parameter['$ref']} (in {doc}) is not a parameter")
+        resolved = load(path)["parameters"][pointer.removeprefix("/parameters/")]
+        if resolved.get("in") == "body" or resolved.get("x-ms-skip-url-encoding"):
+            if path != doc and refs(resolved):
+                raise ValueError(f"{parameter['$ref']} (in {doc}) refers on from another file")
+            found.append((resolved, path))
+    return found
+
+
+def operation_extract(operation: dict, kept_parameters: list[dict]) -> dict:
+    """What a check reads of an operation: its id, its parameters (:func:`parameters`), its responses'
+    headers, how it runs."""
     kept = {k: operation[k] for k in OPERATION_KEYS if k in operation}
-    kept["parameters"] = [p for p in operation.get("parameters", []) if "$ref" not in p]
+    kept["parameters"] = kept_parameters
     kept["responses"] = {code: {"headers": r["headers"]} if "headers" in r else {}
                          for code, r in operation.get("responses", {}).items()}
     return prose_free(kept)
@@ -125,10 +172,10 @@ def extract(checkout: Path) -> dict[str, dict]:
             for template, item in doc["paths"].items():
                 for method, operation in item.items():
                     if operation.get("operationId") in operation_ids:
-                        paths.setdefault(template, {})[method] = operation_extract(operation)
+                        kept = parameters(operation, source, load)
+                        paths.setdefault(template, {})[method] = operation_extract(operation, [p for p, _ in kept])
                         found.add(operation["operationId"])
-                        pending += [target(r, source) for p in operation.get("parameters", [])
-                                    if p.get("in") == "body" for r in refs(p)]
+                        pending += [target(r, where) for p, where in kept if p.get("in") == "body" for r in refs(p)]
             if set(operation_ids) - found:
                 raise ValueError(f"{source} has no {sorted(set(operation_ids) - found)}")
 
