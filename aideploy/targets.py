@@ -27,6 +27,9 @@ class TargetCapabilities:
         mlp_token_secret: how every worker and replica of one deployment gets the same MLP round-token
             secret: ``"generated"`` (the target makes one and hands it to its workers), ``"key_vault"``
             (read through the deployment's managed identity), or None (MLPs are refused).
+        kernels: where ``encryption=fast``'s service gets its compiled kernels (:mod:`aideploy.kernels`):
+            ``"environment"`` (built here with the scoring environment), ``"image"`` (in the image build)
+            or ``"init"`` (in the first worker's ``init()``).
     """
 
     runs_here: bool
@@ -35,6 +38,7 @@ class TargetCapabilities:
     schemes: tuple[str, ...] = ("plain",)
     model_kinds: tuple[str, ...] | None = None
     mlp_token_secret: str | None = None
+    kernels: str = "init"
 
     @property
     def serves_mlps(self) -> bool:
