@@ -13,7 +13,9 @@ inputs in [0, 1]) it prints, per model:
   samples (at most what the flooding covers per query: the service's parameters for
   ``--batch-max-error``), and the max logit error seen.
 
-The server's kernels are compiled with numba and single-threaded (no BLAS).
+The server's kernels are single-threaded (no BLAS): the C build (``scoring/fastkernels.c``,
+compiled ahead of time) when this machine has one, numba's with ``AIDEPLOY_KERNELS=jit``; the
+last line says which ran. Compare the two by running both, back to back.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 
 import numpy as np
 
+from aideploy_scoring import fastkernels_aot
 from aideploy_scoring.fastlinear import FastClient, FastServer, choose_params
 
 
@@ -135,6 +138,8 @@ def main() -> None:
             print("  ".join("-" * wd for wd in widths))
     print(f"(repeat={args.repeat}; single queries: max_error 1e-3; batch: up to {args.batch} samples, column layout, "
           f"max_error {args.batch_max_error:g})")
+    status = fastkernels_aot.STATUS
+    print(f"kernels: {status['kernels']} ({status['build'] or status['why']})")
 
 
 if __name__ == "__main__":

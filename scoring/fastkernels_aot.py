@@ -160,8 +160,9 @@ def _found() -> tuple[ModuleType, Path] | None:
 
 def _status(kernels: str, build: Path | None, why: str) -> None:
     STATUS.update(kernels=kernels, build=str(build) if build else None, why=why)
-    if os.environ.get(MODE_ENV, "").lower() in ("aot", "jit"):  # the service (score.py sets it), not a client
-        log.info("the fast scheme's kernels: %s%s (%s)", kernels, f" from {build}" if build else "", why)
+    if os.environ.get(MODE_ENV, "").lower() == "aot":  # the service (score.py sets it), not a client
+        log.log(logging.INFO if kernels == "aot" and "compiled now" not in why else logging.WARNING,
+                "the fast scheme's kernels: %s%s (%s)", kernels, f" from {build}" if build else "", why)
 
 
 def load() -> ModuleType | None:
@@ -178,9 +179,8 @@ def load() -> ModuleType | None:
         try:
             ensure()
         except KernelBuildError as exc:
-            _status("jit", None, f"no build for this machine, and compiling one failed ({exc})")
-            log.warning("the fast scheme's kernels could not be compiled ahead of time (%s); numba compiles "
-                        "them just in time instead", exc)
+            _status("jit", None, f"no build for this machine, and compiling one failed ({exc}): numba compiles "
+                    "them just in time")
             return None
         found = _found()
         if found is not None:
