@@ -83,22 +83,14 @@ static void gs_layer_v(u64 *restrict x, u64 *restrict y, ssize len, const u64 *w
     }
 }
 
-/* One layer of half-distance t < 16 on the transposed (16, nb) tile; tw/twp: (16, nb) rows. */
-static void ct_tail_layer(u64 *tile, ssize nb, const u64 *tw, const u64 *twp, int t, u64 q) {
+/* One layer of half-distance t < 16 on the transposed (16, nb) tile, Cooley-Tukey or (inverse)
+ * Gentleman-Sande; tw/twp: (16, nb) rows. */
+static void tail_layer(u64 *tile, ssize nb, const u64 *tw, const u64 *twp, int t, u64 q, int inverse) {
     int per = (TILE / 2) / t;
     for (int r0 = 0; r0 < TILE; r0 += 2 * t) {
         int s = per + r0 / (2 * t);
         for (int r = r0; r < r0 + t; r++)
-            ct_layer_v(tile + r * nb, tile + (r + t) * nb, nb, tw + s * nb, twp + s * nb, q);
-    }
-}
-
-static void gs_tail_layer(u64 *tile, ssize nb, const u64 *tw, const u64 *twp, int t, u64 q) {
-    int per = (TILE / 2) / t;
-    for (int r0 = 0; r0 < TILE; r0 += 2 * t) {
-        int s = per + r0 / (2 * t);
-        for (int r = r0; r < r0 + t; r++)
-            gs_layer_v(tile + r * nb, tile + (r + t) * nb, nb, tw + s * nb, twp + s * nb, q);
+            (inverse ? gs_layer_v : ct_layer_v)(tile + r * nb, tile + (r + t) * nb, nb, tw + s * nb, twp + s * nb, q);
     }
 }
 
@@ -279,7 +271,7 @@ static void ntt_forward_(u64 *a, u64 *out, ssize n, u64 q, const u64 *big, const
     }
     transpose(a, out, nb, TILE);
     const u64 *tw = tail, *twp = tail + TILE * nb;
-    for (int h = 8; h >= 1; h >>= 1) ct_tail_layer(out, nb, tw, twp, h, q);
+    for (int h = 8; h >= 1; h >>= 1) tail_layer(out, nb, tw, twp, h, q, 0);
 }
 
 static void ntt_inverse_(u64 *x, u64 *out, ssize n, u64 q, const u64 *big, const u64 *tail, const u64 *n_inv) {
@@ -292,7 +284,7 @@ static void ntt_inverse_(u64 *x, u64 *out, ssize n, u64 q, const u64 *big, const
     }
     ssize nb = n / TILE;
     const u64 *tw = tail + 2 * TILE * nb, *twp = tail + 3 * TILE * nb;
-    for (int h = 1; h <= 8; h <<= 1) gs_tail_layer(x, nb, tw, twp, h, q);
+    for (int h = 1; h <= 8; h <<= 1) tail_layer(x, nb, tw, twp, h, q, 1);
     transpose(x, out, TILE, nb);
     ssize t = TILE, m = n / (2 * TILE);
     while (t < n) {
