@@ -426,15 +426,19 @@ def test_a_batch_over_max_samples_per_query_fails_at_the_model_stage():
     from omegaconf import OmegaConf
 
     from aideploy.errors import ConfigError
+    from aideploy.manager import PluginRegistry
     from aideploy.stages import Mode
     from aideploy_plugins.encryption_fast import aideploy_check_model
     from aideploy_scoring.model_sklearn import SklearnModel
 
+    plugins = PluginRegistry.load([])  # the target says whether it serves MLPs
+
     def check(model, batch_size, **settings):
         cfg = OmegaConf.create({"encryption": {"plugin": "fast", "x_bound": 1.0, "max_error": 1e-2,
                                                "batch_size": batch_size, "max_samples_per_query": 1, **settings},
-                                "target": {"plugin": "local"}})
-        aideploy_check_model(ctx=SimpleNamespace(cfg=cfg, mode=Mode.run), dataset=SimpleNamespace(X_test=None),
+                                "target": {"plugin": "local"}, "predict": {"batch_size": None}})
+        aideploy_check_model(ctx=SimpleNamespace(cfg=cfg, mode=Mode.run, plugins=plugins),
+                             dataset=SimpleNamespace(X_test=None),
                              model=SimpleNamespace(adapter=SklearnModel(model), name="m", version="1"))
 
     mlp = trained((8,))
