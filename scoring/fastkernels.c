@@ -530,7 +530,8 @@ static int take_array(const char *kernel, int index, PyObject *obj, const char *
                  type_name(got, got_size), got_ndim, want);
         return refuse(kernel, index, why);
     }
-    if (writable && !PyArray_ISWRITEABLE(array)) return refuse(kernel, index, "a read-only array, which the kernel writes");
+    if (writable && !PyArray_ISWRITEABLE(array))
+        return refuse(kernel, index, "a read-only array, which the kernel writes");
     npy_intp *shape = PyArray_DIMS(array), *strides = PyArray_STRIDES(array);
     if (strided ? strides[got_ndim - 1] != size && shape[got_ndim - 1] > 1 : !PyArray_IS_C_CONTIGUOUS(array)) {
         snprintf(why, sizeof why, "a non-C-contiguous array, compiled for %s",

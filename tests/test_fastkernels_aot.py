@@ -231,7 +231,8 @@ def test_a_service_without_a_build_makes_one_and_one_that_cannot_runs_numba(tmp_
               "from aideploy_scoring.fastlinear import FastClient, FastServer, choose_params; import numpy as np; "
               "c, b = np.ones((2, 8)), np.zeros(2); s = FastServer(c, b, choose_params(c, b)); "
               "cl = FastClient(8, 2, s.params); x = np.full((1, 8), 0.5); "
-              "err = float(np.abs(cl.decrypt(s.predict(cl.encrypt(x), s.load_public(cl.public_bundle())), 1) - 4).max()); "
+              "answer = s.predict(cl.encrypt(x), s.load_public(cl.public_bundle())); "
+              "err = float(np.abs(cl.decrypt(answer, 1) - 4).max()); "
               "print(json.dumps({'status': a.STATUS, 'numba': 'numba' in sys.modules, 'err': err}))")
     made = run_python(script, {fastkernels_aot.MODE_ENV: "aot", fastkernels_aot.CACHE_ENV: str(tmp_path / "made")})
     assert made["status"]["kernels"] == "aot" and "compiled now" in made["status"]["why"] and not made["numba"]
@@ -275,6 +276,7 @@ def test_a_process_switches_to_a_build_made_after_its_import(cache, tmp_path):
     script = ("import json, os; from aideploy_scoring import fastkernels as fk, fastkernels_aot as a; "
               "before = type(fk.ntt_forward).__name__; "
               f"os.environ[a.CACHE_ENV] = {str(cache)!r}; "
-              "print(json.dumps({'before': before, 'switched': fk.use_build(), 'after': type(fk.ntt_forward).__name__}))")
+              "switched = fk.use_build(); "
+              "print(json.dumps({'before': before, 'switched': switched, 'after': type(fk.ntt_forward).__name__}))")
     out = run_python(script, {fastkernels_aot.CACHE_ENV: str(tmp_path), fastkernels_aot.MODE_ENV: ""})
     assert out == {"before": "CPUDispatcher", "switched": True, "after": "builtin_function_or_method"}
