@@ -177,10 +177,17 @@ class EnvironmentSpec:
     azure_pip: list[str] = field(default_factory=list)  # needed only in an Azure image
     python_exe: Path | None = None  # the isolated environment's interpreter; None: aideploy's own
     built: str | None = None  # "built" or "reused" for an isolated environment
+    # encryption=fast's compiled kernels for the service (aideploy.kernels.for_environment): the
+    # path its workers take ("aot" or "jit") and why; None for a scheme without kernels
+    kernels: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
+        from aideploy.kernels import summary
+
         where = f"{self.python_exe.parent.parent.name} ({self.built})" if self.python_exe else "this interpreter"
-        return {"environment": self.name, "spec": str(self.conda_file), "packages": len(self.pip), "serves_from": where}
+        kernels = summary(self.kernels)
+        return {"environment": self.name, "spec": str(self.conda_file), "packages": len(self.pip), "serves_from": where,
+                **({"kernels": kernels} if kernels else {})}
 
 
 @dataclass

@@ -164,6 +164,20 @@ def uploaded_to(asset: Any, local_path: Path, scope: Any) -> str:
     return prefix
 
 
+def uploaded_build_context(environment: Any) -> list[dict[str, Any]]:
+    """The blob PUTs of an environment's local Docker build context, pointing its ``build.path`` where
+    they land, as ``_check_and_upload_env_build_context`` does (``LocalUpload/<the SDK's content hash>/
+    <directory>/``, with the trailing slash the service requires); none for an environment without one."""
+    from azure.ai.ml._utils._asset_utils import generate_asset_id
+
+    if environment.build is None or environment.path is None:
+        return []
+    context = Path(environment.path)
+    prefix = generate_asset_id(environment._upload_hash, include_directory=True)
+    environment.build.path = f"{STORAGE_ACCOUNT_URL}/{STORAGE_CONTAINER}/{prefix}/{context.name}/"
+    return blob_uploads(context, prefix)
+
+
 def asset_id(scope: Any, kind: str, asset: Any) -> str:
     """The ARM id the SDK puts in the deployment once the asset is registered."""
     from azure.ai.ml._utils._arm_id_utils import get_arm_id_with_version
@@ -177,7 +191,8 @@ def asset_registrations(deployment: Any, client: Any) -> list[tuple[str, Any, di
     The SDK's ``upload_dependencies`` turns the local code directory, the inline environment and
     the local model into registered (anonymous) assets, in that order, and puts their ARM ids
     in the deployment. This does the same to ``deployment`` without uploading: each entry is
-    ``(action, asset entity, request, the blob PUTs of its upload)`` (the environment uploads nothing).
+    ``(action, asset entity, request, the blob PUTs of its upload)`` (the environment uploads its
+    Docker build context, when it has one).
     """
     from azure.ai.ml.constants._common import AzureMLResourceType
     from azure.ai.ml.entities._assets import Code
@@ -187,6 +202,7 @@ def asset_registrations(deployment: Any, client: Any) -> list[tuple[str, Any, di
     code_path = Path(code.path)
     code_uploads = blob_uploads(code_path, uploaded_to(code, code_path, scope))
     environment, model = deployment.environment, deployment.model
+    context_uploads = uploaded_build_context(environment)
     model_path = Path(model.path)
     model_uploads = blob_uploads(model_path, uploaded_to(model, model_path, scope))
     registrations = [
@@ -195,7 +211,7 @@ def asset_registrations(deployment: Any, client: Any) -> list[tuple[str, Any, di
          code_uploads),
         ("environments.create_or_update", environment, sdk_request(
             "environment_versions_create_or_update", client.environments._version_operations,
-            environment._to_rest_object(), name=environment.name, version=str(environment.version)), []),
+            environment._to_rest_object(), name=environment.name, version=str(environment.version)), context_uploads),
         ("models.create_or_update", model, sdk_request("model_versions_create_or_update",
                                                        client.models._model_versions_operation, model._to_rest_object(),
                                                        name=model.name, version=str(model.version)), model_uploads),

@@ -53,6 +53,9 @@ def build(ctx: RunContext, status: str, error: BaseException | None, stage_secon
     endpoint = ctx.artifacts.get("endpoint")
     if endpoint is not None:
         results["endpoint"] = {"name": endpoint.name, "target": endpoint.target, "scoring_uri": endpoint.scoring_uri}
+    environment = ctx.artifacts.get("environment")
+    if getattr(environment, "kernels", None):  # encryption=fast: which kernels the service runs, and why
+        results["kernels"] = environment.kernels
     predictions = ctx.artifacts.get("predictions")
     if predictions is not None and predictions.rows:
         results["predictions"] = {"path": str(predictions.path), "rows": predictions.rows}

@@ -29,6 +29,9 @@ class TargetCapabilities:
             (read through the deployment's managed identity), ``"server"`` (a deployment of one server: the
             server generates it and shares it with its workers through a private file), or None (MLPs are
             refused).
+        kernels: where ``encryption=fast``'s service gets its compiled kernels (:mod:`aideploy.kernels`):
+            ``"environment"`` (built here with the scoring environment), ``"image"`` (in the image build)
+            or ``"init"`` (in the first worker's ``init()``).
     """
 
     runs_here: bool
@@ -37,6 +40,7 @@ class TargetCapabilities:
     schemes: tuple[str, ...] = ("plain",)
     model_kinds: tuple[str, ...] | None = None
     mlp_token_secret: str | None = None
+    kernels: str = "init"
 
     @property
     def serves_mlps(self) -> bool:

@@ -13,7 +13,10 @@ inputs in [0, 1]) it prints, per model:
   samples (at most what the flooding covers per query: the service's parameters for
   ``--batch-max-error``), and the max logit error seen.
 
-The server's kernels are compiled with numba and single-threaded (no BLAS).
+The server's kernels are single-threaded (no BLAS): the C build (``scoring/fastkernels.c``,
+compiled ahead of time) when this machine has one, numba's with ``AIDEPLOY_KERNELS=jit``; the
+last line says which ran. ``--compare`` measures both in one process (numba's first: run it with
+``AIDEPLOY_KERNELS=jit``), alternating, on the same models and queries, and prints their ratio.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 
 import numpy as np
 
+from aideploy_scoring import fastkernels_aot
 from aideploy_scoring.fastlinear import FastClient, FastServer, choose_params
 
 
@@ -98,6 +102,35 @@ def bench(n: int, c: int, repeat: int, batch: int, batch_max_error: float, rng: 
     }
 
 
+def compare(repeat: int, rounds: int = 3) -> None:
+    """Server ms per single-sample query with numba's kernels and the C build's, alternating in this
+    process (fastkernels' kernels swapped by name), best of ``rounds``."""
+    from aideploy_scoring import fastkernels as fk
+
+    found = fastkernels_aot._found()
+    if fk._BUILT is not None or found is None:
+        raise SystemExit("--compare needs numba's kernels here (AIDEPLOY_KERNELS=jit) and a build on this machine "
+                         "(python scoring/fastkernels_aot.py)")
+    sets = {"numba": {k: getattr(fk, k) for k in fk.KERNELS}, "C": {k: getattr(found[0], k) for k in fk.KERNELS}}
+    rng = np.random.default_rng(0)
+    for n, c in ((64, 10), (784, 10)):
+        w, b = _model(rng, n, c)
+        params = choose_params(w, b, max_error=1e-3)
+        client = FastClient(n, c, params)
+        queries = [client.encrypt(rng.random((1, n))) for _ in range(8)]
+        best: dict[str, float] = {}
+        for _ in range(rounds):
+            for name, kernels in sets.items():
+                vars(fk).update(kernels)
+                server = FastServer(w, b, params)
+                public = server.load_public(client.public_bundle())
+                i = iter(range(10**9))
+                ms = _median_ms(lambda: server.predict(queries[next(i) % 8], public), repeat)
+                best[name] = min(best.get(name, ms), ms)
+        print(f"{n}x{c}: server ms/query numba {best['numba']:.4f}, C {best['C']:.4f}, C/numba "
+              f"{best['C'] / best['numba']:.3f} (best of {rounds} alternating medians of {repeat})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=200)
@@ -105,7 +138,11 @@ def main() -> None:
     ap.add_argument("--batch-max-error", type=float, default=1e-2,
                     help="max_error of the batch's parameters (a larger error covers more samples per query)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare", action="store_true", help="numba's kernels against the C build's, in one process")
     args = ap.parse_args()
+    if args.compare:
+        compare(args.repeat)
+        return
     rng = np.random.default_rng(args.seed)
     rows = [bench(n, c, args.repeat, args.batch, args.batch_max_error, rng) for n, c in ((64, 10), (784, 10))]
     cols = [
@@ -135,6 +172,8 @@ def main() -> None:
             print("  ".join("-" * wd for wd in widths))
     print(f"(repeat={args.repeat}; single queries: max_error 1e-3; batch: up to {args.batch} samples, column layout, "
           f"max_error {args.batch_max_error:g})")
+    status = fastkernels_aot.STATUS
+    print(f"kernels: {status['kernels']} ({status['build'] or status['why']})")
 
 
 if __name__ == "__main__":

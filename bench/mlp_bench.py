@@ -71,7 +71,7 @@ def in_process():
         server_s.append(0.0)
         traffic.append(0)
         client.predict(Xt[i], send)
-    server_s, traffic = server_s[2:], traffic[2:]  # first two: warm-up (numba compile)
+    server_s, traffic = server_s[2:], traffic[2:]  # first two: warm-up (numba's compile, with AIDEPLOY_KERNELS=jit)
     batch_server, batch_client, batch_public = served(layers, act, max_error=1e-2, min_samples=4096)
 
     def send_batch(message):
@@ -255,5 +255,9 @@ def versus_concrete(samples: int = 3):
 
 if __name__ == "__main__":
     over_http() if "--http" in sys.argv[1:] else in_process()
+    from aideploy_scoring import fastkernels_aot
+
+    print(f"kernels (this process): {fastkernels_aot.STATUS['kernels']} "
+          f"({fastkernels_aot.STATUS['build'] or fastkernels_aot.STATUS['why']})")
     if "--concrete" in sys.argv[1:]:
         versus_concrete()

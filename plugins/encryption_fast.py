@@ -21,7 +21,7 @@ import json
 
 import numpy as np
 
-from aideploy import hookimpl
+from aideploy import hookimpl, kernels
 from aideploy.artifacts import KeySession, Request, Requests, Response, Scores
 from aideploy.errors import ConfigError, PredictError
 from aideploy.keystore import publish_public_keys
@@ -34,8 +34,8 @@ from aideploy_scoring.fastlinear import FastClient, FastParams, FastSchemeError,
 from aideploy_scoring.service import BINARY_TYPE, KEY_HEADERS, SCHEME_HEADER
 
 SCHEME = "fast"
-# numba compiles the kernels; setuptools is what numba.pycc builds their extension modules with
-# (scoring/fastkernels_aot.py: the workers then run without numba)
+# setuptools builds the kernels' C extension (scoring/fastkernels_aot.py: the workers then run without
+# numba); numba compiles them where that build fails
 RUNTIME = ["seal-python==4.4.0", "cryptography>=41", "numba>=0.68", "setuptools", "azure-storage-blob>=12.19",
            "cachetools>=5.3"]
 
@@ -88,6 +88,7 @@ def _check_batch(root_cfg, samples: int, where: str) -> None:
 @hookimpl
 def aideploy_check_model(ctx, model, dataset):
     if ctx.cfg.encryption.plugin == SCHEME:
+        kernels.in_process()  # the checks below run the kernels: the build's, not numba's first compile
         if dataset.X_test is not None:  # a file's rows are checked a chunk at a time, as they are sent
             _check_range(ctx.cfg.encryption, features(ctx, dataset), f"data {dataset.name!r}")
         _, activation, _, samples = _params(ctx.cfg.encryption, model)
@@ -127,6 +128,7 @@ def _described(ctx, service) -> tuple[list[int], str | None, FastParams, int]:
 
 @hookimpl
 def aideploy_setup_keys(cfg, ctx, model, service):
+    kernels.in_process()  # mode=predict has no model stage: the keys are the first kernels it runs
     if model is not None:
         sizes, activation, params, _ = _params(cfg, model)
     else:

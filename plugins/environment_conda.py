@@ -2,13 +2,14 @@
 environment built from that spec alone with uv and cached per spec (``aideploy.uvenv``).
 
 That is Azure's image build rehearsed: the local service runs in it, so a package the
-scoring code needs but the spec misses fails here, naming the module.
+scoring code needs but the spec misses fails here, naming the module. ``encryption=fast``'s
+kernels are compiled for it here too (``aideploy.kernels``), once per machine.
 """
 
 from pathlib import Path
 
 from aideploy import hookimpl
-from aideploy import uvenv
+from aideploy import kernels, uvenv
 from aideploy.envspec import write_spec
 from aideploy.targets import capabilities
 
@@ -32,10 +33,12 @@ def _journal_add(ctx):
 def aideploy_build_environment(cfg, ctx, requirements):
     spec = write_spec(cfg, ctx, requirements)
     if ctx.cfg.dry_run or not capabilities(ctx).runs_here:
+        spec.kernels = None if ctx.cfg.dry_run else kernels.for_environment(ctx, None)
         return spec  # an Azure target builds its own image from the same spec
     root = uvenv.envs_dir(cfg.envs_dir, ctx.cfg.home)
     existed = (root / uvenv.spec_hash(spec.python, spec.pip) / uvenv.STAMP).exists()
     env = uvenv.ensure(spec.python, spec.pip, root, ctx.output_dir / BUILD_LOG, _journal_add(ctx))
     spec.python_exe = uvenv.python_of(env)
     spec.built = "reused" if existed else "built"
+    spec.kernels = kernels.for_environment(ctx, spec.python_exe)  # with the environment: no deploy waits for them
     return spec

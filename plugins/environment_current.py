@@ -5,10 +5,13 @@ It cannot prove the spec complete (this interpreter has everything aideploy need
 ``environment=conda`` (the default) before deploying to Azure.
 """
 
-from aideploy import hookimpl
+from aideploy import hookimpl, kernels
 from aideploy.envspec import write_spec
 
 
 @hookimpl
 def aideploy_build_environment(cfg, ctx, requirements):
-    return write_spec(cfg, ctx, requirements)
+    spec = write_spec(cfg, ctx, requirements)
+    if not ctx.cfg.dry_run:
+        spec.kernels = kernels.for_environment(ctx, None)  # for this interpreter, the one the service runs on
+    return spec

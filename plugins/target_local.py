@@ -32,7 +32,7 @@ from aideploy.stages import Mode
 from aideploy.update import smoke_test
 from aideploy_scoring import settings
 from aideploy_scoring.encrypted import TOKEN_SECRET_ENV
-from aideploy_scoring.fastkernels_aot import MODE_ENV as KERNELS_ENV
+from aideploy_scoring.fastkernels_aot import CACHE_ENV as KERNEL_CACHE_ENV, MODE_ENV as KERNELS_ENV
 from aideploy_scoring.keyshare import SHARE_DIR_ENV
 
 SERVER_LOG = "azmlinfsrv.log"
@@ -146,25 +146,6 @@ def serve_command(environment) -> list[str]:
     return server_command()
 
 
-def prebuild_kernels(ctx, environment, code, env: dict[str, str]) -> bool:
-    """Compile the fast scheme's kernels ahead of time for the scoring environment, before the
-    server starts (once per machine and environment; ``fastkernels_aot``), so that its workers
-    start within ``startup_timeout`` without numba. False if that failed: numba compiles them."""
-    from aideploy_scoring.fastkernels_aot import MODE_ENV, KernelBuildError, ensure
-
-    python = environment.python_exe or sys.executable
-    started = time.monotonic()
-    try:
-        where, built = ensure(python, cwd=code.source_dir, env={**env, MODE_ENV: "jit"})
-    except KernelBuildError as exc:
-        ctx.log.warning("the fast scheme's kernels were not compiled ahead of time (%s): each worker "
-                        "compiles them with numba", exc)
-        return False
-    if built:
-        ctx.log.info("compiled the fast scheme's kernels ahead of time in %.0f s (%s)", time.monotonic() - started, where)
-    return True
-
-
 @hookimpl
 def aideploy_deploy(cfg, ctx, model, environment, network, code):
     if environment.python_exe is None and ctx.cfg.environment.get("check_local"):
@@ -219,8 +200,11 @@ def aideploy_deploy(cfg, ctx, model, environment, network, code):
     # files do not hold it).
     if not env.get(TOKEN_SECRET_ENV):
         env[TOKEN_SECRET_ENV] = secrets.token_hex(32)
-    if ctx.cfg.encryption.plugin == "fast":  # the workers use the build, or numba if there is none
-        env[KERNELS_ENV] = "aot" if prebuild_kernels(ctx, environment, code, env) else "jit"
+    if ctx.cfg.encryption.plugin == "fast":  # the environment's build (aideploy.kernels), or numba if it failed
+        kernels = environment.kernels or {}
+        env[KERNELS_ENV] = kernels.get("path", "aot")  # no word from the environment: a worker builds in init()
+        if kernels.get("build"):
+            env[KERNEL_CACHE_ENV] = str(Path(kernels["build"]).parent)
     argv = [*network.argv_prefix, *serve_command(environment), "--entry_script", str(code.entry), "--model_dir", str(model_dir),
             "--port", str(port), "--worker_count", str(cfg.worker_count)]
     # The server stops when this process ends, even by SIGKILL (gunicorn_conf.py watches the pipe).
@@ -377,4 +361,5 @@ def aideploy_update(cfg, ctx, name, model, environment, network, code, dataset):
 def aideploy_target_capabilities(cfg):
     from aideploy.targets import TargetCapabilities
 
-    return TargetCapabilities(runs_here=True, schemes=("plain", "fast", "seal"), mlp_token_secret="generated")
+    return TargetCapabilities(runs_here=True, schemes=("plain", "fast", "seal"), mlp_token_secret="generated",
+                              kernels="environment")

@@ -163,14 +163,16 @@ def build_deployment(cfg: Any, endpoint_name: str, model: Any, environment: Any,
     request settings, probes, and egress closed in a private network. ``name``: ``target.deployment``
     unless given (``mode=update`` names the new deployment); ``vault_settings``: where its service reads
     its secrets (:func:`aideploy.azure_secrets.deployment_settings`)."""
-    from azure.ai.ml.entities import CodeConfiguration, Environment, ManagedOnlineDeployment, Model
+    from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment, Model
+
+    from aideploy import kernel_image
 
     _quiet_sdk_logs()
     liveness, readiness = probes(cfg, scheme)
     return ManagedOnlineDeployment(
         name=name or cfg.deployment, endpoint_name=endpoint_name, description=description,
         model=Model(path=str(model.path), description=description, tags=tags),
-        environment=Environment(conda_file=str(environment.conda_file), image=cfg.image),
+        environment=kernel_image.environment(environment.conda_file, cfg.image, scheme),
         code_configuration=CodeConfiguration(code=str(code.source_dir), scoring_script=code.entry_script),
         instance_type=cfg.instance_type, instance_count=cfg.instance_count, tags=tags,
         properties=azure_tags.properties(cfg),
@@ -400,7 +402,9 @@ UPLOADED = ("uploaded first to the workspace's default datastore under LocalUplo
 ASSET_NOTES = {
     "code.create_or_update": "the staged code directory, " + UPLOADED + "; the SDK names anonymous code "
                              "afresh (a uuid) unless the same content was uploaded before",
-    "environments.create_or_update": "the conda yml on the base image, named by the SDK's content hash",
+    "environments.create_or_update": "the conda yml on the base image (encryption=fast: the build context that also "
+                                     "compiles the kernels in the image, aideploy/kernel_image.py), named by the SDK's "
+                                     "content hash",
     "models.create_or_update": "the registered model's directory, " + UPLOADED,
 }
 
@@ -883,4 +887,4 @@ def aideploy_target_capabilities(cfg):
     from aideploy.targets import TargetCapabilities
 
     return TargetCapabilities(runs_here=False, cloud="azure", schemes=("plain", "fast", "seal"),
-                              mlp_token_secret="key_vault")
+                              mlp_token_secret="key_vault", kernels="image")

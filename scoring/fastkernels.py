@@ -3,7 +3,8 @@
 numpy alone spends most of a single query in a dozen passes over 2 x 4096-word arrays
 (and the NTTs of a public-key encryption of zero are out of its reach), so the hot
 path is compiled with numba (LLVM; vectorised for the CPU it runs on, no GIL held just in
-time). Scoring workers run the same source compiled ahead of time (:mod:`.fastkernels_aot`).
+time). Scoring workers run the same kernels written in C (``fastkernels.c``) and compiled ahead
+of time (:mod:`.fastkernels_aot`); so does any process that finds that build on its machine.
 Every kernel works on 32-bit residues modulo primes ``q < 2^32`` and multiplies them
 with Shoup's method: for a fixed factor ``w`` and ``w' = floor(w * 2^32 / q)``,
 ``x * w - floor(x * w' / 2^32) * q`` lies in ``[0, 2q)`` for every ``x < 2^32``,
@@ -34,10 +35,13 @@ __all__ = ["NttTables", "to_seal_order", "from_seal_order", "ntt_forward", "ntt_
            "flood_residues", "flood_constants", "scaled_weights", "row_plaintexts", "bias_phases", "workspace",
            "aligned", "shoup", "pk0_reversed"]
 
-_BUILT = fastkernels_aot.load()  # the ahead-of-time build (scoring workers), else None
+_BUILT = fastkernels_aot.load()  # the ahead-of-time build (scoring workers; any process that has one), else None
 #: Whether the kernels run without the GIL, so that threads calling them run at once: numba's
-#: do (``nogil``); the ahead-of-time build's entry points hold it.
-RELEASES_GIL = _BUILT is None
+#: do (``nogil``), and so do the C ones.
+RELEASES_GIL = True
+#: The kernels: numba's, or the build's once :func:`use_build` ran (also at import, when there is one).
+KERNELS = ("ntt_forward", "ntt_inverse", "expand_uniform", "residues_below", "sample_noise", "encrypt_zero",
+           "scaled_weights", "row_plaintexts", "bias_phases", "flood_residues", "row_outputs", "column_outputs")
 if _BUILT is not None:
     nb = fastkernels_aot.Compiled(_BUILT)  # no numba, no LLVM in this process
 else:
@@ -1092,3 +1096,21 @@ def pk0_reversed(pk0: np.ndarray, primes: tuple[int, ...]) -> np.ndarray:
     p = np.where(p > q // 2, p - q, p).astype(np.int32)
     d = np.concatenate([-p, p], axis=-1)  # D[0..2N): d = -N..N-1
     return np.ascontiguousarray(d[..., ::-1])
+
+
+def use_build() -> bool:
+    """Run this process's kernels from the ahead-of-time build from now on, if this machine has
+    one (:func:`fastkernels_aot.load`; never with ``AIDEPLOY_KERNELS=jit``); True if they do.
+
+    For a process that imported this module before the build existed: aideploy itself, which
+    makes the build when a run first needs the kernels. The other modules call the kernels as
+    ``fastkernels.<name>``, so they follow.
+    """
+    global _BUILT
+    if _BUILT is None:
+        built = fastkernels_aot.load()
+        if built is None:
+            return False
+        _BUILT = built
+        globals().update({name: getattr(built, name) for name in KERNELS})
+    return True

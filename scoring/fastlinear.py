@@ -874,7 +874,7 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
 
 
 # Batch (column layout) requests this large split their classes over threads when the kernels
-# hold no GIL (numba's; not the ahead-of-time build's, fk.RELEASES_GIL).  Below it (a second MLP
+# hold no GIL (numba's and the C build's both release it, fk.RELEASES_GIL).  Below it (a second MLP
 # layer, small models) one thread is faster than the hand-off.
 _THREAD_MIN_WORK = 1 << 14  # features x classes x blocks
 _MAX_THREADS = 4

@@ -34,8 +34,8 @@ import tempfile
 
 # The package beside this file is shipped with it; make it importable wherever it runs.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The fast scheme's kernels as plain extension modules (fastkernels_aot): no numba or LLVM in
-# the workers, ~115 MB less each. A machine without a build makes one in the first init().
+# The fast scheme's kernels as a C extension module (fastkernels_aot): no numba or LLVM in the
+# workers, ~115 MB less each. A machine without a build makes one in the first init() (seconds).
 os.environ.setdefault("AIDEPLOY_KERNELS", "aot")
 # The server's private directory (keyshare): its workers share verified keys there, and, where the
 # deployment does not give them, the MLP token secret and the limits (target=aci's one container).

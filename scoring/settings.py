@@ -230,7 +230,8 @@ _ALL = [
     Setting("AIDEPLOY_BLAS_THREADS", _integer(1), None, "BLAS threads per worker; unset: cores / workers",
             "operator"),
     Setting("AIDEPLOY_KERNELS", _text, "aot",
-            "the fast scheme's kernels: aot (ahead-of-time build) or jit (numba); fastkernels_aot.MODE_ENV",
+            "the fast scheme's kernels: aot (the C build, made in init() if missing) or jit (numba); "
+            "fastkernels_aot.MODE_ENV",
             "operator"),
     Setting("AIDEPLOY_KERNEL_CACHE", _text, None,
             "where the ahead-of-time kernel builds are kept; fastkernels_aot.CACHE_ENV", "operator"),

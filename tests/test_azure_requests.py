@@ -131,6 +131,43 @@ def test_probes_follow_the_encryption_scheme(tmp_path, encryption, delay, timeou
     assert aideploys(spec_errors(plan)) == []
 
 
+def test_a_fast_deployments_image_compiles_its_kernels(tmp_path):
+    """encryption=fast's environment is a Docker build context: Azure ML's own steps for the conda file
+    on the base image, then the kernels compiled into the image; uploaded and registered as the SDK
+    does, valid against the spec. A plain deployment keeps the conda file on the base image."""
+    import sys
+
+    from aideploy_scoring import fastkernels_aot
+
+    plan = plan_for(tmp_path / "fast", "encryption=fast", "keystore=azure_blob")
+    assert aideploys(spec_errors(plan)) == []
+    body = actions(plan, "environments.create_or_update")[0]["request"]["body"]["properties"]
+    assert "image" not in body and "condaFile" not in body
+    assert set(body["build"]) == {"contextUri"}  # dockerfilePath: the spec's default, "Dockerfile"
+    assert re.fullmatch(r"https://\{storageAccount\}\.blob\.core\.windows\.net/\{container\}/LocalUpload/"
+                        r"[0-9a-f]{64}/image/", body["build"]["contextUri"]), body["build"]["contextUri"]
+    uploads = {r["url"].removeprefix(body["build"]["contextUri"]): Path(r["file"])
+               for r in actions(plan, "upload for environments")[0]["requests"]}
+    assert sorted(uploads) == ["Dockerfile", "environment.yml", "kernels/fastkernels.c", "kernels/fastkernels_aot.py"]
+    dockerfile = uploads["Dockerfile"].read_text()
+    assert dockerfile.splitlines()[3] == "FROM mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20251130.v1"
+    assert "conda env create -p /azureml-envs/aideploy -f /aideploy/environment.yml" in dockerfile
+    assert "python /aideploy/kernels-src/fastkernels_aot.py --portable" in dockerfile
+    assert "ENV AIDEPLOY_KERNEL_CACHE=/aideploy/kernels" in dockerfile
+    assert uploads["environment.yml"].read_bytes() == (uploads["Dockerfile"].parent.parent / "environment.yml").read_bytes()
+    # The image's step, from the context's copy: it makes the builds the workers' own copy looks for.
+    cache = tmp_path / "kernels"
+    done = subprocess.run([sys.executable, str(uploads["kernels/fastkernels_aot.py"]), "--portable"],
+                          env={**__import__("os").environ, fastkernels_aot.CACHE_ENV: str(cache)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted(
+        fastkernels_aot.build_key(name) for name, _, _ in fastkernels_aot.PORTABLE)
+
+    plain = actions(plan_for(tmp_path / "plain"), "environments.create_or_update")[0]["request"]["body"]["properties"]
+    assert plain["image"] == "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20251130.v1" and "build" not in plain
+
+
 def test_request_settings_follow_the_timeout_and_workers(tmp_path):
     plan = plan_for(tmp_path, "target.request_timeout=120", "target.worker_count=3")
     deployment = actions(plan, "online_deployments.begin_create_or_update")[0]["request"]["body"]["properties"]

@@ -26,6 +26,13 @@ def test_fast_on_digits_meets_the_size_targets(cli):
     assert results["max_score_error"] <= 1e-3
     assert results["bytes"]["keys"] <= 256 * 1024
     assert results["bytes"]["request"] <= 50 * 1024 and results["bytes"]["response"] <= 100 * 1024
+    # The kernels were compiled with the scoring environment (or found there, once per machine), and
+    # the workers loaded that build: none compiled them, none fell back to numba (each would say so).
+    kernels = results["kernels"]
+    assert kernels["path"] == "aot" and kernels["made"] in ("built", "reused"), kernels
+    server_log = (proc.out / "azmlinfsrv.log").read_text()
+    assert not [w for w in ("kernels: jit", "compiled now", "do not load") if w in server_log], server_log[-2000:]
+    assert "kernels=aot (" in (proc.out / "aideploy.log").read_text()  # the environment stage says it
 
 
 def test_fast_batch_mode(cli):

@@ -351,7 +351,8 @@ def test_mlps_are_deployed_only_where_workers_share_the_token_secret(target, ref
     from aideploy_scoring.model_sklearn import SklearnModel
 
     cfg = OmegaConf.create({"encryption": {"plugin": "fast", "x_bound": 1.0, "max_error": 1e-2, "batch_size": 1,
-                                           "max_samples_per_query": 1}, "target": {"plugin": target}})
+                                           "max_samples_per_query": 1}, "target": {"plugin": target},
+                            "predict": {"batch_size": None}})
     model = SimpleNamespace(adapter=SklearnModel(trained((8,))), name="mlp", version="1")
     dataset = SimpleNamespace(X_test=None, name="digits")
     plugins = PluginRegistry.load([])  # the targets declare whether they serve MLPs
@@ -435,7 +436,7 @@ def test_a_batch_over_max_samples_per_query_fails_at_the_model_stage():
     def check(model, batch_size, **settings):
         cfg = OmegaConf.create({"encryption": {"plugin": "fast", "x_bound": 1.0, "max_error": 1e-2,
                                                "batch_size": batch_size, "max_samples_per_query": 1, **settings},
-                                "target": {"plugin": "local"}})
+                                "target": {"plugin": "local"}, "predict": {"batch_size": None}})
         aideploy_check_model(ctx=SimpleNamespace(cfg=cfg, mode=Mode.run, plugins=plugins),
                              dataset=SimpleNamespace(X_test=None),
                              model=SimpleNamespace(adapter=SklearnModel(model), name="m", version="1"))
