@@ -338,7 +338,9 @@ def test_model_stage_refuses_tanh_and_folds_relu():
     assert mlp_layers(relu, "seal") is None  # seal: "needs a linear model" says it
 
 
-@pytest.mark.parametrize("target,refused", [("local", False), ("managed_endpoint", True), ("aci", True)])
+# every built-in target provisions the shared secret; a third-party one that declares nothing does not
+@pytest.mark.parametrize("target,refused", [("local", False), ("managed_endpoint", False), ("aci", False),
+                                            ("k8s", True)])
 def test_mlps_are_deployed_only_where_workers_share_the_token_secret(target, refused):
     from types import SimpleNamespace
 
