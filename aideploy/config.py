@@ -236,7 +236,7 @@ class FastEncryption(EncryptionConfig):
     plugin: str = "fast"
     max_new_keys_per_hour: int = bounded(100, ge=0, le=100_000)
     batch_size: Optional[int] = bounded(None, ge=1)  # deprecated: predict.batch_size
-    x_bound: float = bounded(1.0, gt=0)
+    x_bound: Optional[float] = bounded(None, gt=0)  # None: each feature's own range (aideploy_scoring.inputranges)
     max_error: float = bounded(1e-3, gt=0)
     max_queries_per_key: int = bounded(0, ge=0)
     max_samples_per_query: int = bounded(1, ge=0)
