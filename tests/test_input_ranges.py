@@ -252,6 +252,16 @@ def test_rows_after_a_files_first_are_checked_as_they_are_encrypted():
     assert len(good.items) == 1
 
 
+def test_chunks_know_their_first_row_in_the_whole_data(tmp_path):
+    """What the encrypt stage's message numbers a row by, for rows in memory and a file's chunks."""
+    from aideploy.datafiles import CsvRows
+
+    assert [c.first_row for c in Dataset("x", np.zeros((10, 2))).chunks(4)] == [0, 4, 8]
+    pd.DataFrame({"a": range(10), "b": range(10)}).to_csv(tmp_path / "rows.csv", index=False)
+    rows = Dataset("rows.csv", rows=CsvRows(tmp_path / "rows.csv", None, None, header=None, delimiter=","))
+    assert [(c.first_row, int(c.X_test[0, 0])) for c in rows.chunks(4, start=2)] == [(2, 2), (6, 6)]
+
+
 def test_a_described_service_refuses_rows_outside_its_ranges_before_any_key_is_published(cancer, pipeline):
     """mode=predict without the model: the ranges are the service's (GET /score), and the rows in
     memory are checked against them at the keys stage, before the key is uploaded (this context
