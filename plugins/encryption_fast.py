@@ -118,17 +118,20 @@ def _check_first_rows(ctx, dataset, ranges: InputRanges, model=None, service: st
     :data:`SAMPLE_ROWS`), through ``model``'s client part (or the described service's), within
     ``ranges``, or a ConfigError naming the first value outside; the rest of a file is checked
     chunk by chunk as it is encrypted (:func:`aideploy_encrypt`)."""
-    if dataset.X_test is None:
+    part = ClientPart.of(ctx, model)
+    if dataset.X_test is not None:
+        X = part.features(dataset)
+    else:
         sample = dataset.sample(SAMPLE_ROWS)
         if sample is None or len(sample) == 0:
             return
         try:
             if hasattr(sample, "columns") and dataset.schema is not None and dataset.schema.named:
                 sample = dataset.schema.conform(sample, extra="drop")
-        except InputError:
-            return  # a bad cell: reading the file's chunks reports it, with its line
-        dataset = Dataset(dataset.name, sample, schema=dataset.schema)
-    error = ranges.outside(ClientPart.of(ctx, model).features(dataset))
+            X = part.features(Dataset(dataset.name, sample, schema=dataset.schema))
+        except (InputError, TypeError, ValueError):
+            return  # a cell the model cannot take: reading the file's chunks reports it, with its line
+    error = ranges.outside(X)
     if error is not None:
         raise ConfigError(f"encryption=fast: data {dataset.name!r}: {error}", hint=_range_hint(ranges, service))
 

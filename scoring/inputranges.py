@@ -57,7 +57,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["InputRanges", "OutOfRange", "choose", "for_model", "MARGIN", "STD_SPAN"]
+__all__ = ["InputRanges", "OutOfRange", "observed", "choose", "for_model", "MARGIN", "STD_SPAN"]
 
 #: The chosen half-width over the observed one (step 2 above).
 MARGIN = 2.0
@@ -229,41 +229,51 @@ def _outward(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.minimum(out_low, low), np.maximum(out_high, high)  # round() may land a hair inside
 
 
-def choose(served: Any, n_features: int, data: Sequence[np.ndarray] = (), names: Sequence[str] | None = None,
-           source: str = "") -> InputRanges:
-    """The ranges of the module docstring for a served model (scikit-learn: a linear model, a
-    Pipeline of affine steps ending in one, an MLP) taking ``n_features`` inputs, from its
-    statistics and ``data`` (arrays of (rows, n_features), as the scheme takes them)."""
+def observed(served: Any, n_features: int, data: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(low, high, sources)``: each feature's observed extremes (step 1 of the module docstring;
+    ``low > high`` where nothing was observed) and what they came from."""
     low, high = np.full(n_features, np.inf), np.full(n_features, -np.inf)
-    found = []
+    sources = []
     statistics = model_statistics(served, n_features)
     if statistics is not None:
         low, high = np.minimum(low, statistics[0]), np.maximum(high, statistics[1])
-        found.append("the model's statistics")
-    used = False
+        sources.append("the model's statistics")
     for X in data:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != n_features or X.shape[0] == 0:
             continue
-        finite = np.where(np.isfinite(X), X, np.nan)
-        with warnings.catch_warnings():  # "All-NaN slice": an unobserved feature is handled below
+        with warnings.catch_warnings():  # "All-NaN slice": a feature with no value stays unobserved
             warnings.simplefilter("ignore", RuntimeWarning)
-            low, high = np.fmin(low, np.nanmin(finite, axis=0)), np.fmax(high, np.nanmax(finite, axis=0))
-        used = True
-    if used:
-        found.append(f"the data ({source})" if source else "the data")
+            seen_low, seen_high = np.nanmin(X, axis=0), np.nanmax(X, axis=0)  # no copy of a large X
+        for j in np.flatnonzero(~(np.isfinite(seen_low) & np.isfinite(seen_high))):  # infinities, or no value
+            column = X[:, j][np.isfinite(X[:, j])]
+            seen_low[j], seen_high[j] = (column.min(), column.max()) if column.size else (np.nan, np.nan)
+        low, high = np.fmin(low, seen_low), np.fmax(high, seen_high)
+        if "the data" not in sources:
+            sources.append("the data")
+    return low, high, sources
+
+
+def choose(served: Any, n_features: int, data: Sequence[np.ndarray] = (), names: Sequence[str] | None = None,
+           source: str = "") -> InputRanges:
+    """The ranges of the module docstring for a served model (scikit-learn: a linear model, a
+    Pipeline of affine steps ending in one, an MLP) taking ``n_features`` inputs, from its
+    statistics and ``data`` (arrays of (rows, n_features), as the scheme takes them; ``source``
+    names it in :attr:`InputRanges.source`)."""
+    low, high, sources = observed(served, n_features, data)
     seen = low <= high
     if not seen.any():
         return InputRanges.uniform(n_features, _DEFAULT_BOUND, names, f"default [-{_DEFAULT_BOUND:g}, "
                                    f"{_DEFAULT_BOUND:g}]: nothing observed")
-    center = np.where(seen, (low + high) / 2.0, 0.0)
-    half = np.where(seen, (high - low) / 2.0, 0.0)
+    low, high = np.where(seen, low, 0.0), np.where(seen, high, 0.0)  # an unobserved feature: centred on 0
+    center, half = (low + high) / 2.0, (high - low) / 2.0
     varying = half > 0
     typical = float(np.median(half[varying])) if varying.any() else _DEFAULT_BOUND
     half = MARGIN * np.where(varying, half, typical)
     low, high = _outward(center - half, center + half)
+    sources = [f"the data ({source})" if s == "the data" and source else s for s in sources]
     return InputRanges(tuple(map(float, low)), tuple(map(float, high)), tuple(names) if names is not None else None,
-                       " and ".join(found))
+                       " and ".join(sources))
 
 
 def served_inputs(served: Any) -> int | None:

@@ -246,7 +246,8 @@ def test_rows_after_a_files_first_are_checked_as_they_are_encrypted():
     chunk = Dataset("rows.csv", np.array([[0.5, 5.0], [0.5, 12.5]]), first_row=4096)
     with pytest.raises(ConfigError) as info:
         aideploy_encrypt(ctx=ctx, keys=keys, dataset=chunk)
-    assert info.value.cause == "encryption=fast: data 'rows.csv': row 4097, column 'b' is 12.5, outside its range [0, 10]"
+    assert info.value.cause == \
+        "encryption=fast: data 'rows.csv': row 4097, column 'b' is 12.5, outside its range [0, 10]"
     assert "first 1000 rows" in info.value.hint and "encryption.x_bound" in info.value.hint
     good = aideploy_encrypt(ctx=ctx, keys=keys, dataset=Dataset("rows.csv", np.array([[0.5, 5.0]])))
     assert len(good.items) == 1
