@@ -290,12 +290,14 @@ class ScoringService:
         service serves, its key store (where a client's public keys must be) and limits and, for
         the fast scheme, the parameters the service chose at start-up from its model, its input
         ranges and its configured ``max_error`` (every client must use them), the input ranges
-        (``fast.input_ranges``: each feature's, which the client maps its inputs by), with the caps and
-        guarantees that come with them and, for an MLP, its layer sizes and activation
+        (``fast.input_ranges``: each feature's, which the client maps its inputs by), with the
+        caps and guarantees that come with them and, for an MLP, its layer sizes and activation
         (``fast.mlp``), which its rounds reveal anyway. The parameters' scales tell the order of
-        magnitude of the model's weights and nothing finer; everything else here is what the
-        plain protocol's answers reveal anyway. If the fast scheme cannot serve this model,
-        ``fast`` says why (``{"error": ...}``) and ``schemes`` leaves it out.
+        magnitude of the model's weights and nothing finer; the input ranges tell the ranges of
+        the data the version was registered with and of its preprocessing's statistics, not the
+        weights (:mod:`.inputranges`); everything else here is what the plain protocol's answers
+        reveal anyway. If the fast scheme cannot serve this model, ``fast`` says why
+        (``{"error": ...}``) and ``schemes`` leaves it out.
         """
         model = self.model
         info: dict[str, Any] = {

@@ -91,10 +91,11 @@ def register(worker: ScoringService, **fields) -> tuple[int, dict]:
 
 
 def test_the_deployments_own_store_is_fetched_from(worker, azurite):  # noqa: F811
-    client = FastClient(64, 10)
+    service = worker()
+    client = FastClient(64, 10, service.scheme("fast").server.params)  # the parameters it publishes
     with BlobKeyStore.from_connection_string(azurite.connection_string, "ssrfkeys") as keys:
         url = keys.put(client.key_id, client.public_bundle())
-        assert register(worker(), key_id=client.key_id, key_url=url) == (200, {"registered": client.key_id})
+        assert register(service, key_id=client.key_id, key_url=url) == (200, {"registered": client.key_id})
 
 
 def test_another_loopback_port_is_never_contacted_and_open_and_closed_ports_look_alike(worker):
