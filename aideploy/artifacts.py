@@ -46,7 +46,8 @@ class Dataset:
 
     ``schema`` is what the model takes (:class:`aideploy_scoring.schema.Schema`), set once the
     model stage (or the service's description) knows it: chunks of a file are then read in its
-    column types, as a DataFrame for a model that takes named columns.
+    column types, as a DataFrame for a model that takes named columns. ``first_row``: a chunk's
+    first row in the whole data (0-based, as messages number rows).
     """
 
     name: str
@@ -57,6 +58,7 @@ class Dataset:
     rows: Any = field(default=None, repr=False)
     feature_names: list[str] | None = None
     schema: Any = field(default=None, repr=False)
+    first_row: int = 0
 
     def __post_init__(self) -> None:
         if self.X_test is None and self.rows is None:
@@ -84,13 +86,15 @@ class Dataset:
     def chunks(self, size: int, start: int = 0) -> Iterator["Dataset"]:
         """The samples from ``start`` on as in-memory Datasets of at most ``size`` rows each."""
         if self.rows is not None:
+            first = start
             for X, y in self.rows.chunks(size, start, self.schema):
-                yield Dataset(self.name, X, y, feature_names=self.feature_names, schema=self.schema)
+                yield Dataset(self.name, X, y, feature_names=self.feature_names, schema=self.schema, first_row=first)
+                first += len(X)
             return
         for first in range(start, len(self.X_test), size):
             y = self.y_test[first:first + size] if self.y_test is not None else None
             yield Dataset(self.name, self.X_test[first:first + size], y, feature_names=self.feature_names,
-                          schema=self.schema)
+                          schema=self.schema, first_row=first)
 
     def summary(self) -> dict[str, Any]:
         return {"data": self.name, "test_samples": self.n_samples, "features": self.n_features,

@@ -249,7 +249,7 @@ class SealEncryption(EncryptionConfig):
 class FastEncryption(EncryptionConfig):
     plugin: str = "fast"
     max_new_keys_per_hour: Optional[int] = bounded(100, ge=0, le=100_000)
-    x_bound: Optional[float] = bounded(1.0, gt=0)
+    x_bound: Optional[float] = bounded(None, gt=0)  # None: each feature's own range (aideploy_scoring.inputranges)
     max_error: Optional[float] = bounded(1e-3, gt=0)
     max_queries_per_key: Optional[int] = bounded(0, ge=0)
     max_samples_per_query: Optional[int] = bounded(1, ge=0)

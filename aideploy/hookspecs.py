@@ -89,7 +89,7 @@ def aideploy_check_model(ctx, model, dataset):
     Runs inside the model stage, right after the model is registered. Raise
     :class:`~aideploy.errors.ConfigError` naming what does not fit and what to do (the
     encryption plugins refuse models that are not one affine map, or whose outputs do not fit
-    the scheme's range). Return value ignored. Check ``ctx.cfg`` to act only when your plugin is
+    the scheme's range, and data outside the ranges its inputs are served with). Return value ignored. Check ``ctx.cfg`` to act only when your plugin is
     the one chosen for its group.
     """
 

@@ -61,8 +61,10 @@ class ClientPart:
         self.transformer = transformer
 
     @classmethod
-    def of(cls, ctx) -> "ClientPart":
-        model, service = ctx.artifacts.get("model"), ctx.artifacts.get("service")
+    def of(cls, ctx, model: Any = None) -> "ClientPart":
+        """The part of ``model`` (a RegisteredModel; default: the run's), else of the service's description."""
+        model = model if model is not None else ctx.artifacts.get("model")
+        service = ctx.artifacts.get("service")
         if model is not None:
             try:
                 return cls(model.adapter.encrypted_parts()[0])
@@ -94,7 +96,8 @@ class ClientPart:
 
     def features(self, dataset: Any) -> np.ndarray:
         """A chunk's rows as the numbers the encrypted scheme takes: through the client part where
-        there is one, else a table's columns in the model's order, an array as it is."""
+        there is one, else a table's columns in the model's order (by position for a model that
+        takes numbers by position), an array as it is."""
         X, schema = dataset.X_test, dataset.schema
         if self.transformer is not None:
             if not hasattr(X, "columns"):
@@ -104,7 +107,7 @@ class ClientPart:
             out = self.transformer.transform(X)
             return np.asarray(out.toarray() if hasattr(out, "toarray") else out, dtype=np.float64)
         if hasattr(X, "columns"):
-            names = schema.names if schema is not None else list(X.columns)
+            names = schema.names if schema is not None and schema.named else list(X.columns)
             return X[names].to_numpy(dtype=np.float64)
         return np.asarray(X, dtype=np.float64)
 

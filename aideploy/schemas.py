@@ -38,19 +38,27 @@ def plain(value: Any) -> Any:
 def capture(adapter: Any, dataset: Any = None) -> Schema | None:
     """The schema of ``adapter``'s model: its own (:meth:`~aideploy_scoring.models.ModelAdapter.input_schema`),
     with the columns it leaves untyped typed by ``dataset``'s first rows, missing values and an
-    example value per column taken from them too. None when the model says nothing of its input."""
+    example value per column taken from them too, and, for a model the encrypted schemes serve,
+    its input ranges (:func:`input_ranges`). None when the model says nothing of its input."""
     schema = adapter.input_schema()
     if schema is None or dataset is None:
         return schema
+    _typed(schema, dataset)
+    schema.ranges = input_ranges(adapter, schema, dataset)
+    return schema
+
+
+def _typed(schema: Schema, dataset: Any) -> None:
+    """Type ``schema``'s untyped columns from ``dataset``'s first rows (see :func:`capture`)."""
     sample = dataset.sample(SAMPLE_ROWS)
     if sample is None or len(sample) == 0:
-        return schema
+        return
     if not hasattr(sample, "columns"):  # an array: numbers by position
         if not schema.named and np.shape(sample)[1:] == (schema.n_features,):
             for column, value in zip(schema.columns, np.asarray(sample)[0]):
                 column.example = plain(value)
             schema.source.append(f"data sample ({dataset.name})")
-        return schema
+        return
     found = False
     for column in schema.columns:
         if column.name not in sample.columns:
@@ -67,7 +75,44 @@ def capture(adapter: Any, dataset: Any = None) -> Schema | None:
             column.example = plain(present.iloc[0])
     if found:
         schema.source.append(f"data sample ({dataset.name})")
-    return schema
+
+
+def input_ranges(adapter: Any, schema: Schema, dataset: Any) -> dict[str, Any] | None:
+    """The fast scheme's per-feature input ranges for a model the encrypted schemes serve
+    (:func:`aideploy_scoring.inputranges.choose`), as the schema records them; None for another model.
+
+    The data they are chosen from, as the scheme takes it (through the client part where there
+    is one): a packaged data set's training split, its test rows held in memory, and a file's
+    first :data:`SAMPLE_ROWS` rows, so no file is read in full before anything is deployed (the
+    rows after them are checked as they are encrypted). Data that does not fit the model is left
+    out: the check of its columns, right after, says why.
+    """
+    from aideploy.artifacts import Dataset
+    from aideploy.linear import ClientPart
+    from aideploy_scoring import inputranges
+    from aideploy_scoring.models import NotLinear
+    from aideploy_scoring.schema import InputError
+
+    try:
+        client, served = adapter.encrypted_parts()
+    except NotLinear:
+        return None
+    n_features = inputranges.served_inputs(served) if served is not None else None
+    if n_features is None:
+        return None
+    part, arrays = ClientPart(client), []
+    for X in (dataset.X_train, dataset.X_test if dataset.X_test is not None else dataset.sample(SAMPLE_ROWS)):
+        if X is None or len(X) == 0:
+            continue
+        try:
+            if hasattr(X, "columns") and schema.named:
+                X = schema.conform(X, extra="drop")
+            arrays.append(part.features(Dataset(dataset.name, X, schema=schema)))
+        except (InputError, KeyError, TypeError, ValueError):
+            continue
+    columns = schema.names if schema.named else dataset.feature_names or schema.names  # a file's names, by position
+    names = inputranges.input_names(client, columns, n_features)
+    return inputranges.choose(served, n_features, arrays, names, dataset.name).to_json()
 
 
 def _names_of(dataset: Any) -> list[str] | None:

@@ -56,6 +56,7 @@ from aideploy.azurite import AzuriteServer
 from aideploy.blobkeys import BlobKeyStore
 from aideploy.datasets import digits_split
 from aideploy_scoring.fastlinear import FastClient, FastParams
+from aideploy_scoring.inputranges import InputRanges
 
 AIDEPLOY = str(Path(sys.executable).with_name("aideploy"))
 MB = 1024 * 1024
@@ -202,17 +203,20 @@ class Query:
     check: Callable[[bytes], np.ndarray]  # answer -> scores (n_samples, n_classes)
 
 
-def served_params(served: Served) -> FastParams:
-    """The fast parameters the service publishes (``GET /score``): the only ones it serves."""
+def served_params(served: Served) -> tuple[FastParams, InputRanges]:
+    """The fast parameters and input ranges the service publishes (``GET /score``): the only ones it serves."""
     info = requests.get(served.uri, headers={"Authorization": f"Bearer {served.key}"}, timeout=60).json()
-    return FastParams.from_json(json.dumps(info["fast"]["params"]).encode())
+    return FastParams.from_json(json.dumps(info["fast"]["params"]).encode()), \
+        InputRanges.from_json(info["fast"]["input_ranges"])
 
 
 class FastQueries:
-    """K client key pairs with their public bundles in the store, and queries made in advance."""
+    """K client key pairs with their public bundles in the store, and queries made in advance
+    (each row mapped into [-1, 1] by the service's input ranges, as a client does)."""
 
     def __init__(self, n_keys: int, store: BlobKeyStore, X: np.ndarray, n_classes: int, per_key: int,
-                 params: FastParams, batch: int = 1) -> None:
+                 served: tuple[FastParams, InputRanges], batch: int = 1) -> None:
+        params, ranges = served
         self.clients: list[FastClient] = []
         self.registrations: list[bytes] = []  # the key registration of each client, JSON
         self.queries: list[Query] = []  # round-robin over the keys
@@ -229,7 +233,7 @@ class FastQueries:
             for _ in range(per_key):
                 rows = rng.choice(len(X), size=batch, replace=False)
                 start = time.perf_counter()
-                body = client.encrypt(X[rows])
+                body = client.encrypt(ranges.normalize(X[rows]))
                 self.encrypt_s += time.perf_counter() - start
                 self.queries.append(Query(body, headers, rows,
                                           lambda answer, c=client, n=batch: c.decrypt(answer, n)))
@@ -372,8 +376,8 @@ def run_mode(encryption: str, cfg: LoadConfig, workdir: Path, azurite: AzuriteSe
         if encryption == "fast":
             store = BlobKeyStore.from_connection_string(azurite.connection_string, f"loadkeys{secrets.token_hex(4)}")
             params = served_params(served)
-            single = FastQueries(cfg.keys, store, X, expected.shape[1], per_key=4, params=params)
-            batch = FastQueries(min(cfg.keys, 8), store, X, expected.shape[1], per_key=2, params=params,
+            single = FastQueries(cfg.keys, store, X, expected.shape[1], per_key=4, served=params)
+            batch = FastQueries(min(cfg.keys, 8), store, X, expected.shape[1], per_key=2, served=params,
                                 batch=cfg.batch)
         else:
             store = None
@@ -477,7 +481,7 @@ def run_load(cfg: LoadConfig, workdir: Path | None = None) -> LoadResult:
             store = BlobKeyStore.from_connection_string(azurite.connection_string, "loadkeys")
             model = joblib.load(served.model_file)
             expected = model.decision_function(X_test)
-            ring = FastQueries(cfg.keys, store, X_test, expected.shape[1], per_key=4, params=served_params(served))
+            ring = FastQueries(cfg.keys, store, X_test, expected.shape[1], per_key=4, served=served_params(served))
             result.rss_mb["idle"] = server_rss(served.master_pid) / MB
             _warm_up(served, ring.queries[:1], cfg)
             result.rss_mb["warm"] = server_rss(served.master_pid) / MB

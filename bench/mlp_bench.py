@@ -132,6 +132,7 @@ def over_http():
     from aideploy.azurite import dev_connection_string
     from aideploy.blobkeys import BlobKeyStore
     from aideploy_scoring.fastlinear import FastParams
+    from aideploy_scoring.inputranges import InputRanges
 
     tmp = Path(tempfile.mkdtemp(prefix="aideploy-mlpbench-"))
     key = secrets.token_urlsafe(24)
@@ -157,6 +158,7 @@ def over_http():
         fast = described["fast"]
         client = fm.MLPClient(fast["mlp"]["sizes"], fast["mlp"]["activation"],
                               FastParams.from_json(json.dumps(fast["params"]).encode()))
+        ranges = InputRanges.from_json(fast["input_ranges"])  # each feature's: rows are mapped into [-1, 1]
         # the keys go to the service's own key store (its Azurite), the only one it fetches from
         with BlobKeyStore.from_connection_string(dev_connection_string(described["keystore"]["url"]),
                                                  "benchkeys") as keys:
@@ -179,7 +181,7 @@ def over_http():
                 http_s.append(0.0)
                 traffic.append(0)
                 t0 = time.perf_counter()
-                logits = client.predict(x, send)
+                logits = client.predict(ranges.normalize(x[None]), send)
                 wall.append(time.perf_counter() - t0)
                 agree.append(int(logits.argmax()) == int(model.predict(x[None])[0]))
             session.close()

@@ -3,11 +3,20 @@
 The client keeps the secret key and publishes a ~49-65 KB bundle (parameters, key seed, pk0)
 to the key store. Each request carries ``batch_size`` samples in one binary query; the answer
 holds only the logits, re-randomised and flooded by the service. The parameters are the
-service's: chosen from the model and ``x_bound``/``max_error`` (``fastlinear.choose_params``),
-by the service at start-up and, identically, by this client when it has the model
-(``mode=run``); without the model (``mode=predict``) the client takes them from the service's
-description. A query holds at most the samples the service's flooding covers within a
-statistical distance of 2^-40 (and, for an MLP, ``max_samples_per_query``, default 1).
+service's: chosen from the model, its input ranges and ``max_error``
+(``aideploy_scoring.encrypted.fast_linear_server``/``fast_mlp_plan``), by the service at start-up
+and, identically, by this client when it has the model (``mode=run``); against a service that
+describes itself (``mode=predict``) the client takes them from that description. A query holds at
+most the samples the service's flooding covers within a statistical distance of 2^-40 (and, for
+an MLP, ``max_samples_per_query``, default 1).
+
+Each input feature has its own range (``aideploy_scoring.inputranges``: recorded with the model
+version, or ``[-x_bound, x_bound]`` for all when ``encryption.x_bound`` is set): the client maps
+its rows into ``[-1, 1]`` by them before encrypting. A value outside its range is refused with
+one line naming the column: before anything is deployed for the rows in memory and a file's
+first rows (the model stage; at the keys stage against a described service), and chunk by chunk
+as they are encrypted for the rest of a file (its row numbered), so no file is scanned in full
+before the first query.
 
 A ReLU (or identity) MLP is served with ``aideploy_scoring.fastmlp``'s interactive rounds, one
 per layer: the request the target sends is round 1; the service answers with the permuted,
@@ -18,19 +27,25 @@ request's latency and bytes in the run's traffic are then those of all its round
 """
 
 import json
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from aideploy import hookimpl, kernels
-from aideploy.artifacts import KeySession, Request, Requests, Response, Scores
+from aideploy.artifacts import Dataset, KeySession, Request, Requests, Response, Scores
 from aideploy.errors import ConfigError, PredictError
 from aideploy.keystore import publish_public_keys
 from aideploy.client import configured_batch
-from aideploy.linear import client_runtime, features, linear_model, mlp_layers
+from aideploy.linear import ClientPart, client_runtime, features, linear_model, mlp_layers
+from aideploy.schemas import SAMPLE_ROWS
 from aideploy.stages import Mode
 from aideploy.targets import capabilities
 from aideploy_scoring import fastmlp
-from aideploy_scoring.fastlinear import FastClient, FastParams, FastSchemeError, FastServer, choose_params
+from aideploy_scoring.encrypted import fast_linear_server, fast_mlp_plan
+from aideploy_scoring.fastlinear import FastClient, FastParams, FastSchemeError
+from aideploy_scoring.inputranges import InputRanges, OutOfRange, for_model
+from aideploy_scoring.schema import InputError
 from aideploy_scoring.service import BINARY_TYPE, KEY_HEADERS, SCHEME_HEADER
 
 SCHEME = "fast"
@@ -40,41 +55,85 @@ RUNTIME = ["seal-python==4.4.0", "cryptography>=41", "numba>=0.68", "setuptools"
            "cachetools>=5.3"]
 
 
+class Served(NamedTuple):
+    """The fast scheme as the service runs it for a model: ``[n_in, n_out]`` and None for a
+    linear model (an MLP: its layer sizes and hidden activation), the parameters, the most
+    samples a query may hold and the input ranges."""
+
+    sizes: list[int]
+    activation: str | None
+    params: FastParams
+    samples: int
+    ranges: InputRanges
+
+
+@dataclass
+class FastKeys:
+    """The run's client (:class:`FastClient` or :class:`fastmlp.MLPClient`: the secret key) and the
+    input ranges it maps rows by before encrypting them."""
+
+    crypto: Any
+    ranges: InputRanges
+
+
 @hookimpl
 def aideploy_scoring_requirements(ctx):
     return RUNTIME + client_runtime(ctx) if ctx.cfg.encryption.plugin == SCHEME else None
 
 
-def _params(cfg, model) -> tuple[list[int], str | None, FastParams, int]:
-    """``(sizes, activation, params, samples)`` for this model, as the service computes them:
-    ``[n_in, n_out]`` and None for a linear one, the layer sizes and the hidden activation for
-    an MLP, and the most samples a query may hold; or a ConfigError."""
+def _params(cfg, model) -> Served:
+    """The fast scheme for ``model`` as the service computes it, or a ConfigError."""
     mlp = mlp_layers(model, SCHEME)
     try:
         if mlp is not None:
             layers, activation = mlp
-            sizes = [layers[0][0].shape[1]] + [W.shape[0] for W, _ in layers]
+            ranges = for_model(model.adapter, layers[0][0].shape[1], cfg.x_bound)
             configured = int(cfg.max_samples_per_query)
-            params = fastmlp.choose_params(layers, activation, cfg.x_bound, cfg.max_error,
-                                           min_samples=max(1, configured))
-            covered = fastmlp.plan(layers, activation, params).max_samples
-            return sizes, activation, params, min(covered, configured) if configured > 0 else covered
+            plan = fast_mlp_plan(layers, activation, ranges, cfg.max_error, max(1, configured))
+            samples = min(plan.max_samples, configured) if configured > 0 else plan.max_samples
+            return Served(plan.sizes, activation, plan.params, samples, ranges)
         linear = linear_model(model, SCHEME)
-        params = choose_params(linear.coef, linear.intercept, cfg.x_bound, cfg.max_error)
-        return ([linear.n_features, linear.n_outputs], None, params,
-                FastServer(linear.coef, linear.intercept, params).max_samples)
-    except FastSchemeError as exc:
+        ranges = for_model(model.adapter, linear.n_features, cfg.x_bound)
+        server = fast_linear_server(linear, ranges, cfg.max_error)
+        return Served([linear.n_features, linear.n_outputs], None, server.params, server.max_samples, ranges)
+    except ValueError as exc:  # FastSchemeError, or ranges that do not fit the model
         raise ConfigError(f"encryption=fast cannot serve {model.name}:{model.version}: {exc}",
-                          hint="allow a larger error (encryption.max_error), or, if the inputs are smaller "
-                          "than encryption.x_bound, lower it; the limits are in scoring/fastlinear.py "
-                          "and scoring/fastmlp.py") from None
+                          hint="allow a larger error (encryption.max_error); the input ranges come from the model and "
+                          "its data (or encryption.x_bound, one range for every feature); the limits are in "
+                          "scoring/fastlinear.py and scoring/fastmlp.py") from None
 
 
-def _check_range(cfg, X: np.ndarray, what: str) -> None:
-    top = float(np.abs(X).max(initial=0.0))
-    if top > cfg.x_bound:
-        raise ConfigError(f"encryption=fast: {what} has values up to {top:g}, outside "
-                          f"[-{cfg.x_bound:g}, {cfg.x_bound:g}]", hint="raise encryption.x_bound (or scale the data)")
+def _range_hint(ranges: InputRanges, service: str | None = None) -> str:
+    if ranges.source == "encryption.x_bound":
+        return ("raise encryption.x_bound" + (f" of the service at {service}" if service else "") +
+                ", or leave it unset: each feature then gets its own range, from the model and its data")
+    whose = f"the service at {service} took its ranges" if service else "the ranges come"
+    return (f"{whose} from {ranges.source or 'the model'}, when the model version was registered; deploy with data "
+            f"that covers this value (every row held in memory and a file's first {SAMPLE_ROWS} rows count), or "
+            "give every feature one range with encryption.x_bound=B")
+
+
+def _check_first_rows(ctx, dataset, ranges: InputRanges, model=None, service: str | None = None) -> None:
+    """The rows known before anything is deployed or sent (all in memory, a file's first
+    :data:`SAMPLE_ROWS`), through ``model``'s client part (or the described service's), within
+    ``ranges``, or a ConfigError naming the first value outside; the rest of a file is checked
+    chunk by chunk as it is encrypted (:func:`aideploy_encrypt`)."""
+    part = ClientPart.of(ctx, model)
+    if dataset.X_test is not None:
+        X = part.features(dataset)
+    else:
+        sample = dataset.sample(SAMPLE_ROWS)
+        if sample is None or len(sample) == 0:
+            return
+        try:
+            if hasattr(sample, "columns") and dataset.schema is not None and dataset.schema.named:
+                sample = dataset.schema.conform(sample, extra="drop")
+            X = part.features(Dataset(dataset.name, sample, schema=dataset.schema))
+        except (InputError, TypeError, ValueError):
+            return  # a cell the model cannot take: reading the file's chunks reports it, with its line
+    error = ranges.outside(X)
+    if error is not None:
+        raise ConfigError(f"encryption=fast: data {dataset.name!r}: {error}", hint=_range_hint(ranges, service))
 
 
 def _check_batch(root_cfg, samples: int, where: str) -> None:
@@ -89,12 +148,11 @@ def _check_batch(root_cfg, samples: int, where: str) -> None:
 def aideploy_check_model(ctx, model, dataset):
     if ctx.cfg.encryption.plugin == SCHEME:
         kernels.in_process()  # the checks below run the kernels: the build's, not numba's first compile
-        if dataset.X_test is not None:  # a file's rows are checked a chunk at a time, as they are sent
-            _check_range(ctx.cfg.encryption, features(ctx, dataset), f"data {dataset.name!r}")
-        _, activation, _, samples = _params(ctx.cfg.encryption, model)
-        _check_batch(ctx.cfg, samples, "the service will take (max_samples_per_query)")
+        served = _params(ctx.cfg.encryption, model)
+        _check_first_rows(ctx, dataset, served.ranges, model)  # the model is not the run's artifact yet
+        _check_batch(ctx.cfg, served.samples, "the service will take (max_samples_per_query)")
         target = ctx.cfg.target.plugin
-        if activation is not None and ctx.mode is not Mode.predict and not capabilities(ctx).serves_mlps:
+        if served.activation is not None and ctx.mode is not Mode.predict and not capabilities(ctx).serves_mlps:
             raise ConfigError(f"encryption=fast serves {model.name}:{model.version} (an MLP) with round tokens "
                               f"that every worker must open, and target={target} does not provision their "
                               "shared secret yet",
@@ -102,9 +160,8 @@ def aideploy_check_model(ctx, model, dataset):
                               "target=aci), or with encryption=none")
 
 
-def _described(ctx, service) -> tuple[list[int], str | None, FastParams, int]:
-    """Sizes, activation, parameters and samples per query from the service's description
-    (``mode=predict`` without a model)."""
+def _described(ctx, service) -> Served:
+    """The fast scheme as the service describes it (``GET /score``)."""
     if service is None or not service.fast:
         raise ConfigError(f"encryption=fast without a model needs the service's public parameters, and the "
                           f"service at {ctx.cfg.scoring_uri} does not give them",
@@ -114,13 +171,19 @@ def _described(ctx, service) -> tuple[list[int], str | None, FastParams, int]:
     try:
         params = FastParams.from_json(json.dumps(fast["params"]).encode())
         samples = int(fast["max_samples_per_query"])
+        ranges = InputRanges.from_json(fast["input_ranges"])
+        if ranges.digest() != params.input_ranges:
+            raise ValueError("its input ranges are not the ones its parameters were chosen for")
         mlp = fast.get("mlp")
         if mlp is not None:
             sizes, activation = [int(s) for s in mlp["sizes"]], str(mlp["activation"])
             if activation not in fastmlp.ACTIVATIONS or len(sizes) < 2:
                 raise ValueError(f"an MLP with activation {activation!r} and sizes {sizes}")
-            return sizes, activation, params, samples
-        return [int(fast["n_features"]), int(fast["n_outputs"])], None, params, samples
+        else:
+            sizes, activation = [int(fast["n_features"]), int(fast["n_outputs"])], None
+        if ranges.n_features != sizes[0]:
+            raise ValueError(f"input ranges for {ranges.n_features} features, a model of {sizes[0]}")
+        return Served(sizes, activation, params, samples, ranges)
     except (FastSchemeError, KeyError, TypeError, ValueError) as exc:
         raise PredictError(f"the service at {ctx.cfg.scoring_uri} described unusable fast parameters: {exc}",
                            hint="is it running the same aideploy version as this client?") from None
@@ -129,30 +192,37 @@ def _described(ctx, service) -> tuple[list[int], str | None, FastParams, int]:
 @hookimpl
 def aideploy_setup_keys(cfg, ctx, model, service):
     kernels.in_process()  # mode=predict has no model stage: the keys are the first kernels it runs
-    if model is not None:
-        sizes, activation, params, _ = _params(cfg, model)
+    if service is not None and service.fast:  # mode=predict against aideploy's service: its scheme, not ours
+        served = _described(ctx, service)
+        _check_batch(ctx.cfg, served.samples, f"the service at {ctx.cfg.scoring_uri} takes")
+        _check_first_rows(ctx, ctx.artifacts["dataset"], served.ranges, service=ctx.cfg.scoring_uri)
+    elif model is not None:
+        served = _params(cfg, model)
     else:
-        sizes, activation, params, samples = _described(ctx, service)
-        _check_batch(ctx.cfg, samples, f"the service at {ctx.cfg.scoring_uri} takes")
-    if activation is not None:
-        client = fastmlp.MLPClient(sizes, activation, params)
+        served = _described(ctx, service)
+    if served.activation is not None:
+        client = fastmlp.MLPClient(served.sizes, served.activation, served.params)
     else:
-        client = FastClient(sizes[0], sizes[-1], params)
+        client = FastClient(served.sizes[0], served.sizes[-1], served.params)
     bundle = client.public_bundle()
     url = publish_public_keys(ctx, client.key_id, bundle)
-    return KeySession(SCHEME, client.key_id, len(bundle), client, {"key_id": client.key_id, "key_url": url},
-                      register=True)
+    return KeySession(SCHEME, client.key_id, len(bundle), FastKeys(client, served.ranges),
+                      {"key_id": client.key_id, "key_url": url}, register=True)
 
 
 @hookimpl
 def aideploy_encrypt(ctx, keys, dataset):
-    X = features(ctx, dataset)
-    _check_range(keys.client.params, X, f"data {dataset.name!r}")  # the service's bound
+    try:  # the service's ranges; rows after a file's first ones are met here first
+        X = keys.client.ranges.normalize(features(ctx, dataset), dataset.first_row)
+    except OutOfRange as exc:
+        service = ctx.cfg.scoring_uri if ctx.artifacts.get("service") is not None else None
+        raise ConfigError(f"encryption=fast: data {dataset.name!r}: {exc}",
+                          hint=_range_hint(keys.client.ranges, service)) from None
     headers = {"Content-Type": BINARY_TYPE, SCHEME_HEADER: SCHEME,
                **{KEY_HEADERS[field]: value for field, value in keys.public.items()}}
     step = max(1, int(ctx.batch_size))
-    return Requests([Request(keys.client.encrypt(X[i:i + step]), len(X[i:i + step]), headers)
-                     for i in range(0, len(X), step)])
+    encrypt = keys.client.crypto.encrypt
+    return Requests([Request(encrypt(X[i:i + step]), len(X[i:i + step]), headers) for i in range(0, len(X), step)])
 
 
 def _undecryptable(index: int, exc: Exception) -> PredictError:
@@ -204,12 +274,13 @@ def _rounds(ctx, client, requests, responses) -> Scores:
 
 @hookimpl
 def aideploy_decrypt(ctx, keys, requests, responses):
-    if isinstance(keys.client, fastmlp.MLPClient):
-        return _rounds(ctx, keys.client, requests, responses)
+    client = keys.client.crypto
+    if isinstance(client, fastmlp.MLPClient):
+        return _rounds(ctx, client, requests, responses)
     rows = []
     for index, (request, response) in enumerate(zip(requests.items, responses.items), start=1):
         try:
-            rows.append(keys.client.decrypt(response.body, request.n_samples))
+            rows.append(client.decrypt(response.body, request.n_samples))
         except FastSchemeError as exc:
             raise _undecryptable(index, exc) from None
     return Scores(np.vstack(rows))

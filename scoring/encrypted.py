@@ -6,9 +6,13 @@ import base64
 import binascii
 import hashlib
 import os
+from dataclasses import replace
 from typing import Any, Callable
 
+import numpy as np
+
 from aideploy_scoring import settings
+from aideploy_scoring.inputranges import InputRanges
 from aideploy_scoring.keyfetch import KeyFetcher, KeyFetchError
 from aideploy_scoring.keyshare import SHARE_DIR_ENV
 from aideploy_scoring.limits import KeyAdmission, LimitExceeded, LimitsUnavailable, MemoryStore, QueryBudget, Store
@@ -135,23 +139,55 @@ class _LoadedKey(tuple):
         return self[1].nbytes
 
 
-#: The fast scheme's input bound and guaranteed logit error (``encryption.x_bound``,
-#: ``encryption.max_error``; defaults 1 and 0.001): the service chooses its parameters from these
-#: and its model once, in ``init()``, and publishes them (``GET /score``).
+#: The fast scheme's one input bound for every feature, when set (``encryption.x_bound``; unset:
+#: each feature's own range, recorded with the model version, :mod:`.inputranges`), and its
+#: guaranteed logit error (``encryption.max_error``, default 0.001): the service chooses its
+#: parameters from these and its model once, in ``init()``, and publishes them (``GET /score``).
 X_BOUND_ENV = "AIDEPLOY_FAST_X_BOUND"
 MAX_ERROR_ENV = "AIDEPLOY_FAST_MAX_ERROR"
 
 
+def _ranges(ranges: InputRanges | None, n_features: int) -> InputRanges:
+    """``ranges``, else one range for every feature: ``[-x_bound, x_bound]`` as the settings say."""
+    if ranges is not None:
+        return ranges
+    return InputRanges.uniform(n_features, settings.get(X_BOUND_ENV) or 1.0)
+
+
+def fast_linear_server(model: LinearModel, ranges: InputRanges, max_error: float):
+    """The fast scheme's server for a linear model as a service serves it: ``ranges`` folded into
+    its weights, the parameters chosen for the folded model and bound to the ranges' digest
+    (``mode=run`` computes the same in the client, ``plugins/encryption_fast.py``)."""
+    from aideploy_scoring import fastlinear
+
+    W, b = ranges.fold(model.coef, model.intercept)
+    params = replace(fastlinear.choose_params(W, b, 1.0, max_error), input_ranges=ranges.digest())
+    return fastlinear.FastServer(W, b, params)
+
+
+def fast_mlp_plan(layers: list, activation: str, ranges: InputRanges, max_error: float, min_samples: int):
+    """The fast scheme's plan for an MLP as a service serves it (``fastmlp.MLPPlan``): ``ranges``
+    folded into the first layer, the parameters chosen for the folded network (covering
+    ``min_samples`` per query where a ring can) and bound to the ranges' digest."""
+    from aideploy_scoring import fastmlp
+
+    layers = [ranges.fold(*layers[0]), *layers[1:]]
+    params = replace(fastmlp.choose_params(layers, activation, 1.0, max_error, min_samples=min_samples),
+                     input_ranges=ranges.digest())
+    return fastmlp.plan(layers, activation, params)
+
+
 class _FastKeyedScheme(KeyedScheme):
     """What the fast schemes share: one server, for the parameters the service chose from its
-    model, ``x_bound`` and ``max_error`` when it was built (never a client's); a bundle for other
+    model, input ranges and ``max_error`` when it was built (never a client's); a bundle for other
     parameters, or a degenerate key, is refused when it is parsed, as the key cache holds it."""
 
     name = "fast"
 
-    def __init__(self, fetcher: KeyFetcher, server: Any, store: Store | None = None) -> None:
+    def __init__(self, fetcher: KeyFetcher, server: Any, ranges: InputRanges, store: Store | None = None) -> None:
         self.fetcher = fetcher  # the service's caps keys at fastlinear.MAX_KEY_BYTES
         self.server = server
+        self.ranges = ranges
         self.admission = admission(store)
         self._load = self._load_bundle  # one object: the key cache is keyed by the transform
 
@@ -173,7 +209,7 @@ class _FastKeyedScheme(KeyedScheme):
         from aideploy_scoring import fastlinear
 
         info = self.server.describe()
-        return {"params": json.loads(self.server.params.to_json()),
+        return {"params": json.loads(self.server.params.to_json()), "input_ranges": self.ranges.to_json(),
                 **{k: info[k] for k in ("max_samples_per_query", "error_bound", "flood_bits", "flood_margin_bits")},
                 "statistical_distance_log2": fastlinear.SD_LOG2, "max_answer_bytes": fastlinear.MAX_ANSWER_BYTES,
                 "max_key_bytes": fastlinear.MAX_KEY_BYTES}
@@ -188,20 +224,19 @@ class FastScheme(_FastKeyedScheme):
     """
 
     def __init__(self, model: LinearModel, fetcher: KeyFetcher, store: Store | None = None,
-                 x_bound: float | None = None, max_error: float | None = None) -> None:
+                 ranges: InputRanges | None = None, max_error: float | None = None) -> None:
         from aideploy_scoring import fastlinear
 
         self._fl = fastlinear
         self.model = model
-        x_bound = x_bound if x_bound is not None else settings.get(X_BOUND_ENV)
+        ranges = _ranges(ranges, model.n_features)
         max_error = max_error if max_error is not None else settings.get(MAX_ERROR_ENV)
         try:
-            params = fastlinear.choose_params(model.coef, model.intercept, x_bound, max_error)
-            server = fastlinear.FastServer(model.coef, model.intercept, params)
-        except fastlinear.FastSchemeError as exc:
-            raise RequestError(f"encryption=fast cannot serve this model for x_bound={x_bound:g}, "
+            server = fast_linear_server(model, ranges, max_error)
+        except (fastlinear.FastSchemeError, ValueError) as exc:
+            raise RequestError(f"encryption=fast cannot serve this model for its input ranges ({ranges.source}), "
                                f"max_error={max_error:g}: {exc}") from None
-        super().__init__(fetcher, server, store)
+        super().__init__(fetcher, server, ranges, store)
 
     def describe(self) -> dict[str, Any]:
         return {"n_features": self.model.n_features, "n_outputs": self.model.n_outputs, **super().describe()}
@@ -283,7 +318,7 @@ class FastMLPScheme(_FastKeyedScheme):
     def __init__(self, layers: list, activation: str, fetcher: KeyFetcher, secret: bytes | None = None,
                  max_queries_per_key: int | None = None, token_ttl: float | None = None,
                  max_samples_per_query: int | None = None, store: Store | None = None,
-                 x_bound: float | None = None, max_error: float | None = None) -> None:
+                 ranges: InputRanges | None = None, max_error: float | None = None) -> None:
         from aideploy_scoring import fastmlp
 
         self._fm = fastmlp
@@ -296,17 +331,17 @@ class FastMLPScheme(_FastKeyedScheme):
         self.store = store if store is not None else MemoryStore()
         self.budget = QueryBudget(max_queries_per_key, max_samples_per_query, self.store)
         self.token_ttl = token_ttl if token_ttl is not None else settings.get(TOKEN_TTL_ENV)
-        x_bound = x_bound if x_bound is not None else settings.get(X_BOUND_ENV)
+        ranges = _ranges(ranges, np.shape(layers[0][0])[1])
         max_error = max_error if max_error is not None else settings.get(MAX_ERROR_ENV)
         try:
-            self.params = fastmlp.choose_params(layers, activation, x_bound, max_error,
-                                                min_samples=max(1, max_samples_per_query))
-            server = fastmlp.MLPServer(layers, activation, self.params, secret=self._secret, token_ttl=self.token_ttl,
-                                       spent=self.store)
-        except fastmlp.FastSchemeError as exc:
-            raise RequestError(f"encryption=fast cannot serve this MLP for x_bound={x_bound:g}, "
+            plan = fast_mlp_plan(layers, activation, ranges, max_error, max(1, max_samples_per_query))
+            self.layers, self.params = plan.layers, plan.params
+            server = fastmlp.MLPServer(self.layers, activation, self.params, secret=self._secret,
+                                       token_ttl=self.token_ttl, spent=self.store)
+        except (fastmlp.FastSchemeError, ValueError) as exc:
+            raise RequestError(f"encryption=fast cannot serve this MLP for its input ranges ({ranges.source}), "
                                f"max_error={max_error:g}: {exc}") from None
-        super().__init__(fetcher, server, self.store)
+        super().__init__(fetcher, server, ranges, self.store)
 
     def describe(self) -> dict[str, Any]:
         sizes = self.server.sizes
@@ -315,8 +350,6 @@ class FastMLPScheme(_FastKeyedScheme):
 
     def warm_up(self) -> None:
         """Run one query through every round (compiles the kernels, or loads them)."""
-        import numpy as np
-
         # the rounds run on a throwaway server: its tokens may not expire mid-warm-up, nor be spent here
         server = self._fm.MLPServer(self.layers, self.activation, self.params, secret=os.urandom(32),
                                     token_ttl=3600.0)

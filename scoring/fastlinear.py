@@ -39,9 +39,21 @@ Parameters (defaults, :class:`FastParams`): chosen by the service, never by a cl
   the model after the product).
 * Scales: ``s_x = 2^18 / x_bound`` (inputs ``|x_i| <= x_bound``), ``s_w = 2^20``,
   ``S = s_x*s_w``; largest representable logit ``t/(2S) = 128 * x_bound``.
-* The service fixes them once, at deploy, from its model and its configured ``x_bound`` and
+* The service fixes them once, at deploy, from its model, its input ranges and its configured
   ``max_error`` (:func:`choose_params`), and publishes them (``GET /score``).  A bundle or a
   query for any other parameters is refused: a client cannot pick a smaller flood.
+
+Per-feature input ranges
+------------------------
+A deployed service gives each input feature its own range ``[lo_i, hi_i]`` (:mod:`.inputranges`,
+chosen from the model and its data): the client encrypts ``z_i = (x_i - c_i)/h_i`` in
+``[-1, 1]`` (``c``, ``h`` the centre and half-width) and the service scores ``W' = W diag(h)``,
+``b' = b + W c``, which gives the same logits, so ``x_bound = 1`` and each feature's fixed-point
+scale is in effect ``2^x_scale_bits / h_i``.  Everything below is about the model the server
+holds, ``(W', b')`` on ``|z| <= 1``: the quantisation error, the noise bounds (``W_g`` is built
+from ``W'``) and the flood are computed from it, so the correctness and privacy derivations hold
+as written with ``W`` read as ``W'``.  The ranges' digest is one of the parameters
+(``input_ranges``): a key or query made for other ranges is refused, never answered wrongly.
 
 Keys: the uniform half is derived, not sent
 -------------------------------------------
@@ -131,7 +143,7 @@ A crafted ``c0`` makes ``c0 + a*s`` any polynomial ``m'`` it likes, and a releas
 is then coefficient ``k`` of ``m'*W_g`` plus noise it does not control: one linear function of
 the group's weights per released coefficient, as many per sample as the plain API gives (``C``).  Not defended: that function's input is unbounded and
 its precision the client's choice (a ``c0`` with large coefficients is an input far beyond
-``x_bound``, above the flood), and in the row layout a crafted ``m'`` can mix the ``G`` classes
+its range, above the flood), and in the row layout a crafted ``m'`` can mix the ``G`` classes
 of a group into one coefficient.  So a dishonest client learns per answer what the plain
 API would give for one chosen input of unbounded range, at full precision.
 
@@ -272,6 +284,9 @@ class FastParams:
     Inputs are scaled by ``s_x = 2^x_scale_bits / x_bound`` and weights by
     ``s_w = 2^w_scale_bits``.  ``max_error`` is the absolute error per logit the
     server must be able to guarantee for its model, or it refuses to serve.
+    ``input_ranges``: the digest of the per-feature input ranges (:mod:`.inputranges`) the
+    model was folded with and the client maps its inputs by (to ``[-1, 1]``, so ``x_bound`` is
+    1), or empty when the inputs are taken as they are; it binds keys and queries to them.
     """
 
     poly_modulus_degree: int = 4096
@@ -281,6 +296,7 @@ class FastParams:
     w_scale_bits: int = 20
     x_bound: float = 1.0
     max_error: float = 1e-3
+    input_ranges: str = ""
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -305,6 +321,11 @@ class FastParams:
             v = getattr(self, name)
             need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
                  f"{name} must be a positive finite number")
+        ranges = self.input_ranges
+        need(isinstance(ranges, str) and (ranges == "" or (len(ranges) == 32 and all(c in "0123456789abcdef"
+                                                                                    for c in ranges))),
+             "input_ranges must be empty or the 32 hex digits of InputRanges.digest()")
+        need(not ranges or self.x_bound == 1, "x_bound must be 1 with input ranges (the inputs are mapped to [-1, 1])")
 
     @property
     def x_scale(self) -> float:

@@ -43,7 +43,10 @@ the service gives every worker and replica one store, so a token is answered onc
 Fixed-point scales and error bounds (``plan``)
 ----------------------------------------------
 All rounds share one :class:`FastParams` (one SEAL key): inputs scaled by ``s_x = 2^x / R``,
-weights by ``s_w = 2^w``.  The bound ``H`` makes every hidden value fit ``[-R, R]``, hence
+weights by ``s_w = 2^w``.  A deployed service folds its per-feature input ranges into the
+first layer (:mod:`.inputranges`; ``encrypted.fast_mlp_plan``): round 1 carries each feature
+mapped to ``[-1, 1]`` by its own range (``R = 1``), so each raw feature has its own first-layer
+scale, and everything below is about the folded network.  The bound ``H`` makes every hidden value fit ``[-R, R]``, hence
 no wrap-around, for every query.  For each layer the server fits (``fastlinear._fit_model``:
 quantisation, client noise times weights, the public-key re-randomisation, flooding, wrap) the
 *worst-case* per-query weights (``u = 1`` on the outputs, ``u = 2^-spread`` on the inputs):

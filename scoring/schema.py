@@ -88,12 +88,15 @@ class Schema:
 
     ``named``: the model takes a table whose columns are matched by name (a DataFrame); else it
     takes a positional matrix of numbers (an array), and the names, where there are any, are
-    only labels.
+    only labels. ``ranges``: the fast scheme's per-feature input ranges
+    (:class:`~.inputranges.InputRanges` as JSON), chosen at the model stage for a model the
+    encrypted schemes serve, None otherwise; the service reads them here.
     """
 
     columns: list[Column]
     named: bool = True
     source: list[str] = field(default_factory=list)  # where the facts came from (model, data sample)
+    ranges: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- construction and storage
 
@@ -120,13 +123,17 @@ class Schema:
         return self.columns[self.names.index(name)]
 
     def to_json(self) -> dict[str, Any]:
-        return {"named": self.named, "source": self.source, "columns": [asdict(c) for c in self.columns]}
+        data = {"named": self.named, "source": self.source, "columns": [asdict(c) for c in self.columns]}
+        return {**data, "ranges": self.ranges} if self.ranges is not None else data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Schema":
         try:
+            ranges = data.get("ranges")
+            if ranges is not None and not isinstance(ranges, dict):
+                raise ValueError("'ranges' must be an object")
             return cls([Column(**c) for c in data["columns"]], bool(data.get("named", True)),
-                       list(data.get("source") or []))
+                       list(data.get("source") or []), ranges)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a valid schema: {exc}") from None
 
@@ -162,8 +169,9 @@ class Schema:
         and an example request."""
         example = {"columns": self.names, "data": [self.example_row()]} if self.named else \
             {"data": [self.example_row()]}
-        return {**json.loads(json.dumps(self.to_json(), default=_json_default)), "example": example,
-                "forms": WIRE_FORMS}
+        described = json.loads(json.dumps(self.to_json(), default=_json_default))
+        described.pop("ranges", None)  # the fast scheme's description gives the ones it serves with
+        return {**described, "example": example, "forms": WIRE_FORMS}
 
     # ---------------------------------------------------------------- checking rows
 

@@ -183,13 +183,20 @@ class ScoringService:
         self.add_scheme("seal", seal)
 
         def fast(model):
-            from aideploy_scoring.encrypted import FastMLPScheme, FastScheme
+            from aideploy_scoring.encrypted import X_BOUND_ENV, FastMLPScheme, FastScheme
             from aideploy_scoring.fastlinear import MAX_KEY_BYTES
+            from aideploy_scoring.inputranges import for_model
 
             mlp = self.mlp(model)
+            linear = self.linear(model) if mlp is None else None
+            n_features = linear.n_features if linear is not None else mlp[0][0][0].shape[1]
+            try:
+                ranges = for_model(model, n_features, settings.get(X_BOUND_ENV))
+            except ValueError as exc:
+                raise RequestError(f"this service's model cannot be served encrypted: {exc}") from None
             if mlp is not None:
-                return FastMLPScheme(*mlp, self.key_fetcher(MAX_KEY_BYTES), store=self.limits_store())
-            return FastScheme(self.linear(model), self.key_fetcher(MAX_KEY_BYTES), self.limits_store())
+                return FastMLPScheme(*mlp, self.key_fetcher(MAX_KEY_BYTES), store=self.limits_store(), ranges=ranges)
+            return FastScheme(linear, self.key_fetcher(MAX_KEY_BYTES), self.limits_store(), ranges=ranges)
 
         self.add_scheme("fast", fast)
 
@@ -281,13 +288,16 @@ class ScoringService:
 
         The features the model takes, its task and classes, its input schema, the schemes this
         service serves, its key store (where a client's public keys must be) and limits and, for
-        the fast scheme, the parameters the service chose at start-up from its model and its
-        configured ``x_bound`` and ``max_error`` (every client must use them), with the caps and
-        guarantees that come with them and, for an MLP, its layer sizes and activation
+        the fast scheme, the parameters the service chose at start-up from its model, its input
+        ranges and its configured ``max_error`` (every client must use them), the input ranges
+        (``fast.input_ranges``: each feature's, which the client maps its inputs by), with the
+        caps and guarantees that come with them and, for an MLP, its layer sizes and activation
         (``fast.mlp``), which its rounds reveal anyway. The parameters' scales tell the order of
-        magnitude of the model's weights and nothing finer; everything else here is what the
-        plain protocol's answers reveal anyway. If the fast scheme cannot serve this model,
-        ``fast`` says why (``{"error": ...}``) and ``schemes`` leaves it out.
+        magnitude of the model's weights and nothing finer; the input ranges tell the ranges of
+        the data the version was registered with and of its preprocessing's statistics, not the
+        weights (:mod:`.inputranges`); everything else here is what the plain protocol's answers
+        reveal anyway. If the fast scheme cannot serve this model, ``fast`` says why
+        (``{"error": ...}``) and ``schemes`` leaves it out.
         """
         model = self.model
         info: dict[str, Any] = {

@@ -173,9 +173,9 @@ _ALL = [
     Setting("AIDEPLOY_MLP_MAX_SAMPLES_PER_QUERY", _integer(0), 1,
             "samples one MLP query may hold (400 beyond); 1: every sample its own secrets; 0: as many as the "
             "flooding covers; encryption.max_samples_per_query", "config"),
-    Setting("AIDEPLOY_FAST_X_BOUND", _number(0.0, open_low=True), 1.0,
-            "the fast scheme's input bound: its parameters are chosen at start-up for inputs in [-x_bound, x_bound]; "
-            "encryption.x_bound", "config"),
+    Setting("AIDEPLOY_FAST_X_BOUND", _number(0.0, open_low=True), None,
+            "the fast scheme's one input range [-x_bound, x_bound] for every feature; unset: each feature's own "
+            "range, recorded with the model version; encryption.x_bound", "config"),
     Setting("AIDEPLOY_FAST_MAX_ERROR", _number(0.0, open_low=True), 1e-3,
             "the fast scheme's guaranteed error on each logit, for which its parameters are chosen; "
             "encryption.max_error", "config"),

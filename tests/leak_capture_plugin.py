@@ -14,7 +14,7 @@ PLUGIN_NAME = "leak_capture"
 def _secret_key(client) -> bytes:
     if hasattr(client, "secret_key"):  # encrypted-inference: base64 of the key
         return base64.b64decode(client.secret_key())
-    return client._s_ntt.tobytes()  # fastlinear: the secret key's NTT form, as the client keeps it
+    return client.crypto._s_ntt.tobytes()  # fast: the FastClient's secret key, in NTT form, as it keeps it
 
 
 @hookimpl

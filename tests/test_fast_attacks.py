@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from aideploy_scoring import fastlinear as fl
 from aideploy_scoring import fastmlp as fm
 from aideploy_scoring.encrypted import FastMLPScheme, FastScheme
 from aideploy_scoring.fastlinear import FastClient, FastParams, FastSchemeError, FastServer
+from aideploy_scoring.inputranges import InputRanges
 from aideploy_scoring.keyfetch import KeyFetcher
 from aideploy_scoring.service import LinearModel
 
@@ -157,9 +159,9 @@ def test_an_mlp_round_over_the_samples_the_flooding_covers_is_refused():
 
 
 def test_the_service_publishes_the_parameters_it_chose_and_no_client_input_changes_them(monkeypatch):
-    """``GET /score`` describes the parameters the service chose from its model and its configured
-    ``x_bound``/``max_error`` (the MLP's layer sizes too), with their caps; query arguments no
-    longer reach it (finding 5: each new pair started a parameter search)."""
+    """``GET /score`` describes the parameters the service chose from its model, its input ranges
+    and its configured ``max_error`` (the MLP's layer sizes too), with their caps and the ranges;
+    query arguments no longer reach it (finding 5: each new pair started a parameter search)."""
     import io
     import warnings
 
@@ -189,9 +191,13 @@ def test_the_service_publishes_the_parameters_it_chose_and_no_client_input_chang
         assert fast["statistical_distance_log2"] == -40 and fast["max_key_bytes"] == fl.MAX_KEY_BYTES
         assert fast["max_samples_per_query"] >= 1 and fast["max_answer_bytes"] == fl.MAX_ANSWER_BYTES
         assert service.scheme("fast").fetcher.max_key_bytes == fl.MAX_KEY_BYTES
+    # neither model records anything of its inputs, and no data was given: [-1, 1] for every feature
+    ranges = InputRanges.uniform(64, 1.0)
+    for fast in described.values():
+        assert InputRanges.from_json(fast["input_ranges"]).digest() == ranges.digest()
     assert FastParams.from_json(json.dumps(described["linear"]["params"]).encode()) == \
-        fl.choose_params(linear.coef_, linear.intercept_, 1.0, 0.002)
+        replace(fl.choose_params(linear.coef_, linear.intercept_, 1.0, 0.002), input_ranges=ranges.digest())
     layers, activation = fold_mlp(mlp)
     assert FastParams.from_json(json.dumps(described["mlp"]["params"]).encode()) == \
-        fm.choose_params(layers, activation, 1.0, 0.002)
+        replace(fm.choose_params(layers, activation, 1.0, 0.002), input_ranges=ranges.digest())
     assert described["mlp"]["mlp"] == {"sizes": [64, 8, 10], "activation": "relu"}

@@ -60,7 +60,8 @@ def test_fast_on_a_784_feature_model(cli, tmp_path):
 def test_input_outside_the_supported_range_is_refused(cli):
     proc = cli("encryption=fast", "encryption.x_bound=0.5")
     assert proc.returncode == 2
-    assert "outside [-0.5, 0.5]" in proc.stderr and "x_bound" in proc.stderr
+    assert "outside its range [-0.5, 0.5]" in proc.stderr and "x_bound" in proc.stderr
+    assert "deploy" not in results_of(proc.out)["stage_seconds"]  # found before anything is deployed
 
 
 # ---------------------------------------------------------------- a served fast deployment
@@ -219,7 +220,9 @@ def test_init_compiles_every_kernel_so_no_request_pays_a_compile(tmp_path):
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
 
-    from aideploy_scoring.fastlinear import choose_params
+    from aideploy_scoring.encrypted import fast_linear_server
+    from aideploy_scoring.inputranges import InputRanges
+    from aideploy_scoring.service import LinearModel
 
     X, y = load_digits(return_X_y=True)
     X = X / 16.0
@@ -227,7 +230,9 @@ def test_init_compiles_every_kernel_so_no_request_pays_a_compile(tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     joblib.dump(model, model_dir / "model.pkl")
-    client = FastClient(64, 10, choose_params(model.coef_, model.intercept_))
+    # a bare file, no recorded ranges, a model without statistics: the service takes [-1, 1] for each feature
+    server = fast_linear_server(LinearModel(model.coef_, model.intercept_), InputRanges.uniform(64, 1.0), 1e-3)
+    client = FastClient(64, 10, server.params)
     work = tmp_path / "work"
     work.mkdir()
     shapes = {"1-single": (1, "row"), "2-batch64": (64, "row"), "3-column": (64, "column")}

@@ -352,14 +352,16 @@ def test_mlps_are_deployed_only_where_workers_share_the_token_secret(target, ref
     from aideploy_plugins.encryption_fast import aideploy_check_model
     from aideploy_scoring.model_sklearn import SklearnModel
 
-    cfg = OmegaConf.create({"encryption": {"plugin": "fast", "x_bound": 1.0, "max_error": 1e-2, "batch_size": 1,
+    from aideploy.artifacts import Dataset
+
+    cfg = OmegaConf.create({"encryption": {"plugin": "fast", "x_bound": None, "max_error": 1e-2, "batch_size": 1,
                                            "max_samples_per_query": 1}, "target": {"plugin": target},
                             "predict": {"batch_size": None}})
     model = SimpleNamespace(adapter=SklearnModel(trained((8,))), name="mlp", version="1")
-    dataset = SimpleNamespace(X_test=None, name="digits")
+    dataset = Dataset("digits", digits()[0][:10])
     plugins = PluginRegistry.load([])  # the targets declare whether they serve MLPs
     for mode in (Mode.run, Mode.predict):
-        ctx = SimpleNamespace(cfg=cfg, mode=mode, plugins=plugins)
+        ctx = SimpleNamespace(cfg=cfg, mode=mode, plugins=plugins, artifacts={})
         if refused and mode is not Mode.predict:
             with pytest.raises(ConfigError, match="shared secret"):
                 aideploy_check_model(ctx=ctx, model=model, dataset=dataset)
@@ -379,8 +381,8 @@ def test_workers_sharing_the_environment_secret_serve_each_others_rounds(monkeyp
     one, two = FastMLPScheme(layers, activation, None), FastMLPScheme(layers, activation, None)
     monkeypatch.setenv(TOKEN_SECRET_ENV, os.urandom(32).hex())
     other = FastMLPScheme(layers, activation, None)
-    params = fm.choose_params(layers, activation, max_error=1e-3)
-    client = fm.MLPClient([64, 16, 10], activation, params)
+    client = fm.MLPClient([64, 16, 10], activation, one.params)  # as a client reads them from GET /score
+    assert one.ranges == one.ranges.uniform(64, 1.0)  # no x_bound set: [-1, 1], so X goes as it is
     bundle = client.public_bundle()
     X, _ = digits()
     message, _ = client.respond(one._load(bundle)[0].score(client.encrypt(X[:2]), one._load(bundle)[1]), 2)
@@ -427,6 +429,7 @@ def test_a_batch_over_max_samples_per_query_fails_at_the_model_stage():
 
     from omegaconf import OmegaConf
 
+    from aideploy.artifacts import Dataset
     from aideploy.errors import ConfigError
     from aideploy.manager import PluginRegistry
     from aideploy.stages import Mode
@@ -436,11 +439,11 @@ def test_a_batch_over_max_samples_per_query_fails_at_the_model_stage():
     plugins = PluginRegistry.load([])  # the target declares whether it serves MLPs
 
     def check(model, batch_size, **settings):
-        cfg = OmegaConf.create({"encryption": {"plugin": "fast", "x_bound": 1.0, "max_error": 1e-2,
-                                               "batch_size": batch_size, "max_samples_per_query": 1, **settings},
-                                "target": {"plugin": "local"}, "predict": {"batch_size": None}})
-        aideploy_check_model(ctx=SimpleNamespace(cfg=cfg, mode=Mode.run, plugins=plugins),
-                             dataset=SimpleNamespace(X_test=None),
+        cfg = OmegaConf.create({"encryption": {"plugin": "fast", "x_bound": None, "max_error": 1e-2,
+                                               "batch_size": None, "max_samples_per_query": 1, **settings},
+                                "target": {"plugin": "local"}, "predict": {"batch_size": batch_size}})
+        aideploy_check_model(ctx=SimpleNamespace(cfg=cfg, mode=Mode.run, artifacts={}, plugins=plugins),
+                             dataset=Dataset("digits", digits()[0][:10]),
                              model=SimpleNamespace(adapter=SklearnModel(model), name="m", version="1"))
 
     mlp = trained((8,))

@@ -31,6 +31,7 @@ from aideploy.blobkeys import BlobKeyStore
 from aideploy.datasets import digits_split
 from aideploy_scoring import fastmlp as fm
 from aideploy_scoring.fastlinear import FastParams
+from aideploy_scoring.inputranges import InputRanges
 
 CURRENT = "environment=current"  # serves this checkout's code (conda would install /work/main's)
 BUDGET = 600  # max_queries_per_key of the served deployment: above one predict run's 450 samples
@@ -140,6 +141,7 @@ class Caller:
         self.sizes, self.activation = fast["mlp"]["sizes"], fast["mlp"]["activation"]
         self.client = fm.MLPClient(self.sizes, self.activation,
                                    FastParams.from_json(json.dumps(fast["params"]).encode()))
+        self.ranges = InputRanges.from_json(fast["input_ranges"])  # each feature's, to map rows into [-1, 1]
         self.keys = BlobKeyStore.from_connection_string(store.connection_string, "mlpkeys")
         self.key_url = self.keys.put(self.client.key_id, self.client.public_bundle())
 
@@ -154,7 +156,7 @@ class Caller:
         return response.content
 
     def logits(self, X: np.ndarray) -> np.ndarray:
-        return self.client.predict(X, self.send)
+        return self.client.predict(self.ranges.normalize(X), self.send)
 
 
 def server_pid(uri: str) -> int:
@@ -237,8 +239,9 @@ def test_served_mlp_predicts_without_the_model_and_refuses_bad_rounds(cli, mlp, 
             "WORKER_COUNT": "2", "AIDEPLOY_MAX_REQUEST_BYTES": str(64 * 1024 * 1024),
             "AIDEPLOY_PREPARE_SCHEMES": "none,fast", "AIDEPLOY_MAX_QUERIES_PER_KEY": str(BUDGET),
             "AIDEPLOY_MLP_MAX_SAMPLES_PER_QUERY": str(BUDGET + 1), "AIDEPLOY_MLP_TOKEN_TTL": "300.0",
-            "AIDEPLOY_MAX_NEW_KEYS_PER_HOUR": "100", "AIDEPLOY_FAST_X_BOUND": "1.0",
-            "AIDEPLOY_FAST_MAX_ERROR": "0.001", "AIDEPLOY_KEY_STORE": store.blob_endpoint,
-            "AIDEPLOY_LIMITS_STORE": limits}, not_in_config=set(), secrets=True)
+            "AIDEPLOY_MAX_NEW_KEYS_PER_HOUR": "100", "AIDEPLOY_KEY_STORE": store.blob_endpoint,
+            "AIDEPLOY_LIMITS_STORE": limits, "AIDEPLOY_FAST_MAX_ERROR": "0.001"},
+            not_in_config={"AIDEPLOY_FAST_X_BOUND"}, secrets=True)
+        assert "AIDEPLOY_FAST_X_BOUND" not in variables  # unset: each feature's own range
         assert variables.get("AIDEPLOY_MLP_TOKEN_SECRET")  # a secret: to the local server process only
         caller.keys.close()

@@ -24,12 +24,12 @@ SCORING = Path(settings.__file__).parent
 # What these overrides must make each target set in the service's environment.
 OVERRIDES = ("encryption=fast", "encryption.max_queries_per_key=7", "encryption.max_samples_per_query=3",
              "encryption.round_ttl_seconds=42", "encryption.max_new_keys_per_hour=9", "encryption.x_bound=2",
-             "encryption.max_error=0.01", "keystore=azure_blob", "keystore.container=plankeys")
+             "encryption.max_error=0.002", "keystore=azure_blob", "keystore.container=plankeys")
 ACCOUNT = "https://acct.blob.core.windows.net"
 EXPECTED = {"AIDEPLOY_PREPARE_SCHEMES": "none,fast", "AIDEPLOY_MAX_QUERIES_PER_KEY": "7",
             "AIDEPLOY_MLP_MAX_SAMPLES_PER_QUERY": "3", "AIDEPLOY_MLP_TOKEN_TTL": "42.0",
-            "AIDEPLOY_MAX_NEW_KEYS_PER_HOUR": "9", "AIDEPLOY_FAST_X_BOUND": "2.0", "AIDEPLOY_FAST_MAX_ERROR": "0.01",
-            "AIDEPLOY_KEY_STORE": ACCOUNT,
+            "AIDEPLOY_FAST_X_BOUND": "2.0", "AIDEPLOY_FAST_MAX_ERROR": "0.002",
+            "AIDEPLOY_MAX_NEW_KEYS_PER_HOUR": "9", "AIDEPLOY_KEY_STORE": ACCOUNT,
             "AIDEPLOY_LIMITS_STORE": f"{ACCOUNT}/plankeys-limits"}
 
 

@@ -233,7 +233,7 @@ def test_an_encrypted_mixed_table_runs_its_preprocessing_in_the_client(cli, mixe
     test = pd.read_csv(folder / "test.csv")
     expected = linear.predict(test[FEATURES])
     run = ("model=sklearn_pickle", f"model.path={tmp_path / 'linear.pkl'}", "data=csv",
-           f"data.path={folder / 'test.csv'}", "encryption=fast", "encryption.x_bound=5")
+           f"data.path={folder / 'test.csv'}", "encryption=fast")
     proc = cli(*run)
     assert proc.returncode == 0, proc.stderr
     results = results_of(proc.out)
@@ -243,6 +243,6 @@ def test_an_encrypted_mixed_table_runs_its_preprocessing_in_the_client(cli, mixe
         described = requests.get(uri, headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=30).json()
         assert described["schemes"] == ["none", "fast"] and described["preprocess"]["format"] == "skops"
         proc = cli("mode=predict", f"scoring_uri={uri}", "data=csv", f"data.path={folder / 'test.csv'}",
-                   "encryption=fast", "encryption.x_bound=5", env=KEY)
+                   "encryption=fast", env=KEY)
     assert proc.returncode == 0, proc.stderr
     assert pd.read_csv(proc.out / "predictions.csv")["prediction"].tolist() == expected.tolist()
