@@ -398,8 +398,28 @@ class ExtraColumns(str, Enum):
 
 
 @dataclass
+class RayEngine:
+    """``predict.engine=ray``: files scored in parallel by Ray workers (``aideploy_plugins.engine_ray``)."""
+
+    # A running Ray cluster to use (its address, e.g. 10.0.0.5:6379); null: a local Ray started for the
+    # run on this machine and stopped with it.
+    address: Optional[str] = None
+    # Clients scoring files at once (Ray actors): each scores one file at a time, with its own keys
+    # and connections, predict.concurrency requests in flight.
+    workers: int = bounded(2, ge=1, le=1024)
+    # The local Ray's CPUs (null: this machine's); the workers share them.
+    num_cpus: Optional[int] = bounded(None, ge=1)
+    # Seconds the local Ray, or the connection to predict.ray.address, may take to come up.
+    startup_timeout: float = bounded(60.0, gt=0)
+
+
+@dataclass
 class PredictConfig:
     """How the client sends the rows and where their predictions go (``mode=run`` and ``predict``)."""
+
+    engine: str = "stream"  # the engine plugin that drives the rows (see aideploy.engines)
+    local_model: bool = False  # score with the model in the engine's own workers, no service (mode=predict)
+    ray: RayEngine = field(default_factory=RayEngine)
 
     batch_size: Optional[int] = bounded(None, ge=1)  # rows per request; null: sized to ~256 KB per request
     concurrency: int = bounded(4, ge=1, le=256)

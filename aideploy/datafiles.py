@@ -315,6 +315,16 @@ class ParquetRows(RowSource):
         if self.n_rows == 0:
             raise ConfigError(f"{self.path} has no rows", hint="give a file with rows in it")
 
+    def __getstate__(self) -> dict[str, Any]:
+        # An open ParquetFile does not pickle: an engine's worker in another process opens the file itself.
+        return {k: v for k, v in self.__dict__.items() if k != "file"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import pyarrow.parquet as pq
+
+        self.__dict__.update(state)
+        self.file = pq.ParquetFile(self.path)
+
     def _batches(self, size: int, start: int) -> Iterator[tuple[int, Any]]:
         wanted = [self.names[i] for i in self.columns] + ([self.names[self.label_index]] if self.has_labels else [])
         row = 0

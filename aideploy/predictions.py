@@ -152,6 +152,21 @@ class Predictions:
         return {"predictions": str(self.path), "rows": self.rows}
 
 
+@dataclass
+class PredictionFiles(Predictions):
+    """Predictions in one file per input file (``predict.engine=ray``): ``path`` is their folder,
+    ``parts`` the files in input order, read back as one."""
+
+    parts: list[Predictions] = field(default_factory=list)
+
+    def chunks(self, size: int) -> Iterator[Any]:
+        for part in self.parts:
+            yield from part.chunks(size)
+
+    def summary(self) -> dict[str, Any]:
+        return {"predictions": str(self.path), "files": len(self.parts), "rows": self.rows}
+
+
 def _csv_rows(path: Path) -> tuple[list[str], int]:
     """The header and the count of whole rows of a CSV; a last line cut short is dropped."""
     with open(path, "rb+") as fh:
@@ -164,7 +179,8 @@ def _csv_rows(path: Path) -> tuple[list[str], int]:
                 break
             rows += 1
             end += len(line)
-        fh.truncate(end)  # a line cut by a kill mid-write is written again
+        if end != fh.seek(0, os.SEEK_END):
+            fh.truncate(end)  # a line cut by a kill mid-write is written again
     return header.decode().strip().split(","), rows
 
 
