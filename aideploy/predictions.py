@@ -167,12 +167,13 @@ class PredictionFiles(Predictions):
         return {"predictions": str(self.path), "files": len(self.parts), "rows": self.rows}
 
 
-def _csv_rows(path: Path) -> tuple[list[str], int]:
-    """The header and the count of whole rows of a CSV; a last line cut short is dropped."""
+def _csv_rows(path: Path) -> tuple[list[str], int] | None:
+    """The header and the count of whole rows of a CSV; a last line cut short is dropped. None for a
+    file cut before the end of its header line (a kill as it began): it holds no row."""
     with open(path, "rb+") as fh:
         header = fh.readline()
         if not header.endswith(b"\n"):
-            raise ConfigError(f"{path} has no complete header line", hint="start over without predict.resume")
+            return None
         rows, end = 0, fh.tell()
         for line in fh:
             if not line.endswith(b"\n"):
@@ -207,7 +208,11 @@ class PredictionsWriter:
     def _resume(self) -> None:
         path = self.info.path
         if self.info.format == "csv":
-            self.info.columns, self.info.rows = _csv_rows(path)
+            found = _csv_rows(path)
+            if found is None:
+                path.unlink()
+                return
+            self.info.columns, self.info.rows = found
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq

@@ -83,12 +83,13 @@ class Worker:
         scoring = self.scoring
         scoring.traffic, scoring.seconds = Traffic(), {stage.name: 0.0 for stage in STREAMED}
         dataset = Dataset(task.name, rows=task.rows, feature_names=self.feature_names, schema=self.schema)
-        writer = PredictionsWriter(task.part, self.fmt, resume=True)
+        writer = None
         try:
+            writer = PredictionsWriter(task.part, self.fmt, resume=True)
             scoring.rows_into(dataset, writer)
         except AideployError as exc:
-            info = writer.close()
-            return FileResult(task.index, info.rows, scoring.traffic, scoring.seconds, _described(exc))
+            rows = writer.close().rows if writer is not None else 0
+            return FileResult(task.index, rows, scoring.traffic, scoring.seconds, _described(exc))
         info = writer.close()
         if task.part.exists():
             os.replace(task.part, task.final)
@@ -141,7 +142,7 @@ def finished(path: Path, fmt: str) -> Predictions:
         import pyarrow.parquet as pq
 
         return Predictions(path, fmt, int(pq.ParquetFile(path).metadata.num_rows))
-    columns, rows = _csv_rows(path)
+    columns, rows = _csv_rows(path) or ([], 0)
     return Predictions(path, fmt, rows, columns)
 
 
@@ -200,10 +201,12 @@ def _dispatch(cfg: Any, ctx: Any, scoring: Any, dataset: Dataset, todo: list[Fil
               results: dict[int, FileResult], rows_before: int) -> None:
     """Start the workers, give each the next file as it finishes one, and collect their results."""
     ray = ray_cluster.require_ray()
+    start = time.perf_counter()
     if cfg.ray.address:
         ray_cluster.connect(ctx, cfg.ray)
     else:
         ray_cluster.start_local(ctx, cfg.ray)
+    started = time.perf_counter()
     n = min(int(cfg.ray.workers), len(todo))
     cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1.0)) / n)
     actor = ray.remote(Worker)
@@ -241,6 +244,10 @@ def _dispatch(cfg: Any, ctx: Any, scoring: Any, dataset: Dataset, todo: list[Fil
                            "are kept: predict.resume=true continues") from None
     finally:
         progress.close()
+    seconds = time.perf_counter() - started
+    rows = written - rows_before
+    ctx.log.info("      %d rows in %.1f s on %d workers (%.0f rows/s), after %.1f s for Ray to start", rows, seconds, n,
+                 rows / max(seconds, 1e-9), started - start)
 
 
 def _failed(exc: AideployError, task: FileTask, results: dict[int, FileResult], files: int,
