@@ -334,6 +334,54 @@ class ManagedEndpointTarget(TargetConfig):
     workspace: AzureWorkspace = field(default_factory=AzureWorkspace)
 
 
+class BatchOutputAction(str, Enum):
+    """What a batch deployment does with ``run()``'s rows."""
+
+    append_row = "append_row"  # append them to target.output_file_name
+    summary_only = "summary_only"  # keep only the job's summary
+
+
+class BatchLoggingLevel(str, Enum):
+    info = "info"
+    warning = "warning"
+    debug = "debug"
+
+
+@dataclass
+class BatchRetry:
+    """How a batch deployment retries a mini-batch whose run() failed or took too long."""
+
+    max_retries: int = bounded(3, ge=0)
+    timeout: int = bounded(300, ge=1)  # seconds one run() call may take
+
+
+@dataclass
+class BatchEndpointTarget(TargetConfig):
+    """``target=batch_endpoint``: an Azure ML batch endpoint and deployment, planned (``dry_run=true``) through
+    azure-ai-ml (SDK v2); aideploy's ``batch_score.py`` scores the files of each job on a compute cluster."""
+
+    plugin: str = "batch_endpoint"
+    deployment: str = "blue"
+    compute: str = "aideploy-batch"
+    create_compute: bool = True
+    instance_type: str = "Standard_DS3_v2"
+    max_instances: int = bounded(2, ge=1)
+    idle_seconds: int = bounded(120, ge=0)
+    instance_count: int = bounded(1, ge=1)
+    mini_batch_size: int = bounded(10, ge=1)
+    max_concurrency_per_instance: int = bounded(1, ge=1)
+    output_action: BatchOutputAction = BatchOutputAction.append_row
+    output_file_name: str = "predictions.csv"
+    error_threshold: int = bounded(-1, ge=-1)
+    retry: BatchRetry = field(default_factory=BatchRetry)
+    logging_level: BatchLoggingLevel = BatchLoggingLevel.info
+    image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20251130.v1"
+    tags: Dict[str, str] = field(default_factory=dict)
+    description: Optional[str] = None
+    properties: Dict[str, str] = field(default_factory=dict)
+    workspace: AzureWorkspace = field(default_factory=AzureWorkspace)
+
+
 # ----------------------------------------------------------------------------- keystore
 
 
@@ -482,7 +530,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "environment": {"conda": CondaEnvironment, "current": CurrentEnvironment},
     "network": {"public": PublicNetwork, "vnet": VnetNetwork},
     "encryption": {"none": NoEncryption, "seal": SealEncryption, "fast": FastEncryption},
-    "target": {"local": LocalTarget, "aci": AciTarget, "managed_endpoint": ManagedEndpointTarget},
+    "target": {"local": LocalTarget, "aci": AciTarget, "managed_endpoint": ManagedEndpointTarget,
+               "batch_endpoint": BatchEndpointTarget},
     "keystore": {"azurite": AzuriteKeystore, "azure_blob": AzureBlobKeystore},
     "tracking": {"none": NoTracking, "mlflow": MlflowTracking},
 }

@@ -19,11 +19,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from aideploy.errors import ConfigError
-from aideploy_scoring.schema import BOOLEAN, INTEGER, NUMBER, STRING, InputError, Schema
+from aideploy_scoring.schema import BOOLEAN, CSV_DTYPES, STRING, InputError, Schema
 
 Chunk = tuple[Any, "np.ndarray | None"]
-# How a typed column is read from a CSV: text stays text ("007"), a whole number may be missing.
-READ_DTYPES = {NUMBER: "float64", INTEGER: "float64", BOOLEAN: "boolean", STRING: str}
 # pandas' default missing-value spellings, for saying "a missing value?" where none is allowed
 NA_SPELLINGS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
                           "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
@@ -250,7 +248,7 @@ class CsvRows(RowSource):
         nullable = nullable_mask(schema, self.n_features)
         options: dict[str, Any] = {}
         if named:
-            options["dtype"] = {name: READ_DTYPES[schema.column(name).type] for name in self.feature_names or ()
+            options["dtype"] = {name: CSV_DTYPES[schema.column(name).type] for name in self.feature_names or ()
                                 if name in schema.names}
         elif not nullable.any():  # NA spellings stay text, so an error can say which it was
             options.update(keep_default_na=False, na_values=[""])

@@ -62,7 +62,9 @@ def _head_argv(root: Path, num_cpus: int) -> tuple[list[str], int]:
     if not found:
         raise ConfigError("the `ray` command is not installed beside this Python", hint="pip install 'aideploy[ray]'")
     port = free_port()
-    ports = {flag: free_port() for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+    # Every port Ray would otherwise take from its fixed defaults (8265, 10001, 52365, ...), so that two
+    # runs on one machine, or another Ray, never meet.
+    ports = {flag: free_port() for flag in ("--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                                             "--runtime-env-agent-port", "--metrics-export-port",
                                             "--ray-client-server-port", "--node-manager-port",
                                             "--object-manager-port")}

@@ -41,6 +41,8 @@ FILE = "aideploy-schema.json"
 NUMBER, INTEGER, BOOLEAN, STRING = "number", "integer", "boolean", "string"
 TYPES = (NUMBER, INTEGER, BOOLEAN, STRING)
 NAN, NONE = "nan", "none"  # how a missing cell reaches the model
+CSV_DTYPES = {NUMBER: "float64", INTEGER: "float64", BOOLEAN: "boolean", STRING: str}
+"""How a typed column is read from a CSV (pandas ``dtype``): text stays text ("007"), a whole number may be missing."""
 WIRE_FORMS = "'data', 'columns' + 'data', 'input_data', 'dataframe_split' or 'dataframe_records'"
 MAX_SHOWN = 12
 
