@@ -62,6 +62,10 @@ LONG_RUNNING = {
     "online_deployments_create_or_update": "Azure-AsyncOperation",
     "online_endpoints_delete": "Location",
     "online_deployments_delete": "Location",
+    "batch_endpoints_create_or_update": "Azure-AsyncOperation",
+    "batch_deployments_create_or_update": "Azure-AsyncOperation",
+    "batch_endpoints_delete": "Location",
+    "compute_create_or_update": "Azure-AsyncOperation",
 }
 """The long-running operations a plan sends, and the header Azure's answer names the operation's status in
 (the REST spec's ``x-ms-long-running-operation`` responses, checked by tests/test_azure_requests.py)."""

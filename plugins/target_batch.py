@@ -93,13 +93,19 @@ def build_compute(cfg: Any, network_cfg: Any, tags: dict[str, str], description:
     return compute
 
 
+# The values as the REST spec spells them: azure-ai-ml camel-cases its own defaults ("aad_token" -> "aadToken") and
+# passes a logging level through as given ("info"), where the spec's enums are "AADToken" and "Info"; given in the
+# spec's spelling, the SDK sends them as they are.
+AUTH_MODE = "AADToken"  # Microsoft Entra tokens: the only auth a batch endpoint takes
+LOGGING_LEVELS = {"info": "Info", "warning": "Warning", "debug": "Debug"}
+
+
 def build_endpoint(name: str, tags: dict[str, str], description: str, default: str | None = None) -> Any:
-    """The ``BatchEndpoint`` (Microsoft Entra tokens: the only auth a batch endpoint takes); ``default`` names its
-    default deployment."""
+    """The ``BatchEndpoint``; ``default`` names its default deployment."""
     from azure.ai.ml.entities import BatchEndpoint
 
     _quiet_sdk()
-    return BatchEndpoint(name=name, tags=tags, description=description,
+    return BatchEndpoint(name=name, tags=tags, description=description, auth_mode=AUTH_MODE,
                          defaults={"deployment_name": default} if default else None)
 
 
@@ -117,7 +123,7 @@ def build_deployment(cfg: Any, endpoint: str, model: Any, environment: Any, code
         output_action=str(getattr(cfg.output_action, "value", cfg.output_action)),
         output_file_name=cfg.output_file_name, error_threshold=cfg.error_threshold,
         retry_settings=BatchRetrySettings(max_retries=cfg.retry.max_retries, timeout=cfg.retry.timeout),
-        logging_level=str(getattr(cfg.logging_level, "value", cfg.logging_level)))
+        logging_level=LOGGING_LEVELS[str(getattr(cfg.logging_level, "value", cfg.logging_level))])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return ModelBatchDeployment(
@@ -277,13 +283,27 @@ def aideploy_plan(cfg, ctx, model, environment, code):
     return plan
 
 
+# What aideploy itself would do with a batch endpoint beyond planning it: each refuses with check_config's one line
+# (the pre-flight says it first), so that a mode the target does not serve is not taken for a missing plugin.
+
+
 @hookimpl
 def aideploy_deploy(cfg, ctx):
-    check_config(ctx)  # refuses: a batch endpoint is planned (dry_run=true), never deployed by aideploy
+    check_config(ctx)
+
+
+@hookimpl
+def aideploy_update(cfg, ctx):
+    check_config(ctx)
 
 
 @hookimpl
 def aideploy_delete(cfg, ctx, name):
+    check_config(ctx)
+
+
+@hookimpl
+def aideploy_predict(cfg, ctx):
     check_config(ctx)
 
 
