@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from aideploy.errors import ConfigError
-from aideploy_scoring.schema import BOOLEAN, CSV_DTYPES, STRING, InputError, Schema
+from aideploy_scoring.schema import CSV_DTYPES, InputError, Schema
 
 Chunk = tuple[Any, "np.ndarray | None"]
 # pandas' default missing-value spellings, for saying "a missing value?" where none is allowed
@@ -270,24 +270,12 @@ class CsvRows(RowSource):
     def _diagnose(self, row: int, size: int, schema: Schema, header_lines: int, exc: Exception) -> None:
         """Find the cell that stopped a typed read: the chunk read again as text, each typed column's
         cells checked as that type (empty cells and NA spellings are missing)."""
-        import pandas as pd
-
         block = next(iter(self._reader(size, row, dtype=str)))
-        for i in self.columns:
-            name = self.names[i]
-            kind = schema.column(name).type if name in schema.names else STRING
-            if kind == STRING:
-                continue
-            text = block.iloc[:, i]
-            if kind == BOOLEAN:
-                bad = ~text.str.lower().isin(["true", "false", "1", "0", "1.0", "0.0"]) & text.notna()
-            else:
-                bad = pd.to_numeric(text, errors="coerce").isna() & text.notna()
-            if bad.any():
-                position = int(np.flatnonzero(bad.to_numpy())[0])
-                raise _bad_cell(self.path, InputError(f"row {row + position}, column {name!r}: expected a "
-                                                      f"{kind}, got {text.iloc[position][:40]!r}", row + position),
-                                header_lines)
+        text = block.iloc[:, self.columns]
+        text.columns = [self.names[i] for i in self.columns]
+        found = schema.unreadable_cell(text, row)
+        if found is not None:
+            raise _bad_cell(self.path, found, header_lines)
         raise ConfigError(f"{self.path}: from row {row}: {exc}", hint="fix the file")
 
 

@@ -96,11 +96,22 @@ def _blocks(path: Path, schema: Any, chunk_rows: int) -> Iterator[Any]:
             yield batch.to_pandas()
         return
     header = _has_header(path)
-    options: dict[str, Any] = {}
-    if schema is not None:
-        options["dtype"] = {c.name: CSV_DTYPES[c.type] for c in schema.columns}
-    yield from pd.read_csv(path, header=0 if header else None, chunksize=chunk_rows, low_memory=False,
-                           encoding="utf-8", **options)
+    options: dict[str, Any] = {"header": 0 if header else None, "low_memory": False, "encoding": "utf-8"}
+    typed = {c.name: CSV_DTYPES[c.type] for c in schema.columns} if schema is not None else None
+    first = 0
+    try:
+        for block in pd.read_csv(path, chunksize=chunk_rows, dtype=typed, **options):
+            yield block
+            first += len(block)
+    except (ValueError, TypeError):  # a cell pandas cannot read as its column's type: name it
+        if schema is None:
+            raise
+        skipped = range(1 if header else 0, first + (1 if header else 0))
+        text = pd.read_csv(path, nrows=chunk_rows, skiprows=skipped, dtype=str, **options)
+        found = schema.unreadable_cell(text[[c for c in text.columns if c in set(schema.names)]], first)
+        if found is None:
+            raise
+        raise InputError(f"{path.name}: {found}", found.row) from None
 
 
 def _has_header(path: Path) -> bool:
