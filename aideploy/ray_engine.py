@@ -30,6 +30,7 @@ from aideploy.errors import AideployError, ConfigError, PredictError
 from aideploy.predictions import FORMATS, Predictions, PredictionFiles, PredictionsWriter, _csv_rows
 
 PART = ".part"
+CLOSE_SECONDS = 10.0
 
 
 @dataclass
@@ -213,8 +214,10 @@ def _dispatch(cfg: Any, ctx: Any, scoring: Any, dataset: Dataset, todo: list[Fil
     spec = scoring.spec()
     workers = [actor.options(num_cpus=cpus, max_concurrency=1).remote(spec, fmt, dataset.schema, dataset.feature_names)
                for _ in range(n)]
+    # A worker busy with a file (a run stopped by an error or Ctrl-C) closes only once that file is done: wait a
+    # little, then Ray's shutdown ends it (its connections go with it; an encrypted scheme's public key blob stays).
     ctx.resources.add(f"{n} Ray workers' connections and keys",
-                      lambda: ray.get([w.close.remote() for w in workers], timeout=60))
+                      lambda: ray.get([w.close.remote() for w in workers], timeout=CLOSE_SECONDS))
     ctx.log.info("      %d files on %d Ray workers (%.2g CPU each), predictions in %s", len(todo), n, cpus,
                  output_folder(ctx))
     progress = Progress(dataset.n_samples, rows_before, float(cfg.progress_seconds))
