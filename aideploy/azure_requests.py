@@ -132,6 +132,22 @@ def datastore_requests(client: Any) -> list[tuple[str, dict[str, Any], str]]:
 WORKSPACE_BLOB_STORE = "workspaceblobstore"
 
 
+def asset_actions(deployment: Any, client: Any, upload_note: str, asset_notes: dict[str, str]) -> list[dict[str, Any]]:
+    """What a deployment's create sends before the deployment itself, as plan actions: the datastore reads
+    (:func:`datastore_requests`), then for code, environment and model the blob PUTs of its upload and its
+    registration (:func:`asset_registrations`, which points ``deployment`` at the registered assets)."""
+    actions = [{"action": action, "request": request, "note": note} for action, request, note in
+               datastore_requests(client)]
+    for action, asset, request, uploads in asset_registrations(deployment, client):
+        if uploads:
+            actions.append({"action": f"upload for {action.split('.')[0]}", "settings": {"blobs": len(uploads)},
+                            "requests": uploads, "note": upload_note})
+        actions.append({"action": action, "settings": {"name": asset.name, "version": str(asset.version),
+                                                       "anonymous": True},
+                        "request": request, "note": asset_notes[action]})
+    return actions
+
+
 def blob_uploads(local_path: Path, blob_prefix: str) -> list[dict[str, Any]]:
     """The blob PUTs of the SDK's upload of ``local_path`` to ``<blob_prefix>/<its name>`` (a file, or every
     file of a directory that its ignore files keep, as ``upload_directory`` enumerates them)."""

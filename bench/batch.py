@@ -63,7 +63,9 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[dict, float, str]:
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     out = Path(next(a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")))
-    return json.loads((out / "results.json").read_text()), whole, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    results["load_after"] = [round(v, 1) for v in os.getloadavg()]  # the machine is shared: how busy it was
+    return results, whole, proc.stderr
 
 
 ENGINE_LINE = re.compile(r"(\d+) rows in ([\d.]+) s on \d+ workers \(\d+ rows/s\), after ([\d.]+) s for Ray to start")
@@ -72,7 +74,8 @@ ENGINE_LINE = re.compile(r"(\d+) rows in ([\d.]+) s on \d+ workers \(\d+ rows/s\
 def rates(name: str, results: dict, whole: float, rows: int, stderr: str) -> dict:
     scoring = sum(results["stage_seconds"][s] for s in STREAMED)
     rate = {"run": name, "rows": rows, "scoring_s": round(scoring, 1), "scoring_rows_per_s": round(rows / scoring),
-            "whole_command_s": round(whole, 1), "whole_command_rows_per_s": round(rows / whole)}
+            "whole_command_s": round(whole, 1), "whole_command_rows_per_s": round(rows / whole),
+            "load_after": results["load_after"]}
     engine = ENGINE_LINE.search(stderr)
     if engine:  # the Ray engine's own account: its workers' time, and Ray's start apart
         rate.update(workers_s=float(engine[2]), workers_rows_per_s=round(int(engine[1]) / float(engine[2])),

@@ -165,19 +165,11 @@ def deployment_actions(deployment: Any, client: Any, endpoint: str) -> list[dict
     from azure.ai.ml.constants._common import AzureMLResourceType
     from azure.ai.ml.operations._operation_orchestrator import OperationOrchestrator
 
-    from aideploy.azure_requests import WORKSPACE_LOCATION, asset_registrations, datastore_requests, sdk_request
+    from aideploy.azure_requests import WORKSPACE_LOCATION, asset_actions, sdk_request
     from aideploy_plugins.target_managed import ASSET_NOTES, UPLOAD_NOTE, serialized
 
     readable = serialized(deployment)  # before the SDK swaps local paths for registered assets' ids
-    actions = [{"action": action, "request": request, "note": note} for action, request, note in
-               datastore_requests(client)]
-    for action, asset, request, uploads in asset_registrations(deployment, client):
-        if uploads:
-            actions.append({"action": f"upload for {action.split('.')[0]}", "settings": {"blobs": len(uploads)},
-                            "requests": uploads, "note": UPLOAD_NOTE})
-        actions.append({"action": action, "settings": {"name": asset.name, "version": str(asset.version),
-                                                       "anonymous": True},
-                        "request": request, "note": ASSET_NOTES[action]})
+    actions = asset_actions(deployment, client, UPLOAD_NOTE, ASSET_NOTES)
     # The SDK names the cluster by its ARM id before sending (upload_dependencies: batch deployments only).
     orchestrator = OperationOrchestrator(client._operation_container, client._operation_scope, client._operation_config)
     deployment.compute = orchestrator.get_asset_arm_id(deployment.compute, azureml_type=AzureMLResourceType.COMPUTE)

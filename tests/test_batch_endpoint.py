@@ -12,7 +12,6 @@ one of its rules is refused. The scorer staged by a plan is run here on CSV and 
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import subprocess
@@ -32,7 +31,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"),
               pytest.mark.usefixtures("no_azure_env", "no_network")]
 pytest.importorskip("azure.ai.ml", reason="the Azure extra is not installed: pip install 'aideploy[azure]'")
 
-from test_azure_requests import SDK_DEVIATIONS, spec_errors  # noqa: E402
+from test_azure_requests import SDK_DEVIATIONS, _set, spec_errors  # noqa: E402
 from test_azure_targets import CREDENTIAL_VARS, WORKSPACE_VARS, no_azure_env, no_network  # noqa: E402,F401
 from test_tables import FEATURES, _table  # noqa: E402
 
@@ -140,16 +139,6 @@ def test_no_batch_plan_carries_a_seed_leftover_or_a_local_path(plans):
         sent = json.dumps([{k: v for k, v in r.items() if k != "file"} for _, r in plan_requests(plan)])
         for local in (str(Path.home()), str(plans["root"]), str(Path(__file__).parents[1])):
             assert local not in sent, (variant, local)
-
-
-def _set(body: dict, path: str, value) -> dict:
-    changed = copy.deepcopy(body)
-    *parents, last = path.split(".")
-    node = changed
-    for key in parents:
-        node = node[key]
-    node[last] = value
-    return changed
 
 
 BREAKING = {
