@@ -266,3 +266,17 @@ def test_a_file_the_model_cannot_take_fails_its_mini_batch_naming_the_file(mixed
     with pytest.raises(InputError, match="bad.csv: row 3, column 'income'"):
         scorer.run([str(folder / "bad.csv")])
 
+
+
+def test_a_batch_endpoint_declares_itself_an_azure_target_of_files_in_clear():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from aideploy.manager import PluginRegistry
+    from aideploy.targets import capabilities
+
+    ctx = SimpleNamespace(cfg=OmegaConf.create({"target": {"plugin": "batch_endpoint"}}), plugins=PluginRegistry.load())
+    declared = capabilities(ctx)
+    assert (declared.runs_here, declared.cloud, declared.serves, declared.schemes) == (False, "azure", "batch", ("plain",))
+    assert not declared.serves_mlps
