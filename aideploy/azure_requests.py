@@ -62,6 +62,10 @@ LONG_RUNNING = {
     "online_deployments_create_or_update": "Azure-AsyncOperation",
     "online_endpoints_delete": "Location",
     "online_deployments_delete": "Location",
+    "batch_endpoints_create_or_update": "Azure-AsyncOperation",
+    "batch_deployments_create_or_update": "Azure-AsyncOperation",
+    "batch_endpoints_delete": "Location",
+    "compute_create_or_update": "Azure-AsyncOperation",
 }
 """The long-running operations a plan sends, and the header Azure's answer names the operation's status in
 (the REST spec's ``x-ms-long-running-operation`` responses, checked by tests/test_azure_requests.py)."""
@@ -126,6 +130,22 @@ def datastore_requests(client: Any) -> list[tuple[str, dict[str, Any], str]]:
 
 
 WORKSPACE_BLOB_STORE = "workspaceblobstore"
+
+
+def asset_actions(deployment: Any, client: Any, upload_note: str, asset_notes: dict[str, str]) -> list[dict[str, Any]]:
+    """What a deployment's create sends before the deployment itself, as plan actions: the datastore reads
+    (:func:`datastore_requests`), then for code, environment and model the blob PUTs of its upload and its
+    registration (:func:`asset_registrations`, which points ``deployment`` at the registered assets)."""
+    actions = [{"action": action, "request": request, "note": note} for action, request, note in
+               datastore_requests(client)]
+    for action, asset, request, uploads in asset_registrations(deployment, client):
+        if uploads:
+            actions.append({"action": f"upload for {action.split('.')[0]}", "settings": {"blobs": len(uploads)},
+                            "requests": uploads, "note": upload_note})
+        actions.append({"action": action, "settings": {"name": asset.name, "version": str(asset.version),
+                                                       "anonymous": True},
+                        "request": request, "note": asset_notes[action]})
+    return actions
 
 
 def blob_uploads(local_path: Path, blob_prefix: str) -> list[dict[str, Any]]:

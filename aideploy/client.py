@@ -1,16 +1,12 @@
-"""The client's side of a run: the rows, a chunk at a time, through encrypt, predict and decrypt.
+"""The client's side of a run: what the service serves, the run's keys registered with it, the
+rows' requests sized, and the progress of an engine's work.
 
-Each chunk of ``predict.chunk_rows`` rows is encrypted (the encryption plugin's hook), sent
-(the target's, ``predict.concurrency`` requests in flight on keep-alive connections), decrypted
-(the encryption plugin's again) and appended to the predictions file
-(:mod:`aideploy.predictions`) before the next is read, so memory holds one chunk whatever the
-size of the data. The plugins' hooks see each chunk as a small in-memory
-:class:`~aideploy.artifacts.Dataset`. Observers see each of the three stages start with its
-first chunk (``before_stage``) and end, all three after the last chunk (``after_stage``, with
-its total time), or the one that failed (``on_stage_error``).
-
-A failure keeps every whole chunk already written and says how many rows that is;
-``predict.resume=true`` (with ``predict.output`` naming the file) continues after them.
+The rows themselves go through encrypt, predict and decrypt a chunk at a time in the engine
+that ``predict.engine`` names (:mod:`aideploy.engines`): each chunk of ``predict.chunk_rows``
+rows is encrypted (the encryption plugin's hook), sent (the target's, ``predict.concurrency``
+requests in flight on keep-alive connections), decrypted (the encryption plugin's again) and
+appended to the predictions file (:mod:`aideploy.predictions`) before the next is read, so
+memory holds one chunk whatever the size of the data.
 """
 
 from __future__ import annotations
@@ -27,16 +23,12 @@ import numpy as np
 import requests
 
 from aideploy import http, schemas
-from aideploy.artifacts import Endpoint, Request, ServiceInfo, Traffic
-from aideploy.errors import AideployError, ConfigError, PredictError
-from aideploy.predictions import PredictionsWriter, columns_of
-from aideploy.stages import DECRYPT, ENCRYPT, PREDICT
+from aideploy.artifacts import Endpoint, Request, ServiceInfo
+from aideploy.errors import ConfigError, PredictError
 from aideploy_scoring.schema import Schema
 
 log = logging.getLogger("aideploy")
 
-STREAMED = (ENCRYPT, PREDICT, DECRYPT)
-"""The stages run once per chunk of rows, in this order."""
 REQUEST_BYTES = 256 * 1024  # plain requests are sized to about this much JSON (64 KB-1 MB keeps HTTP efficient)
 MAX_AUTO_BATCH = 10_000  # rows per request at most when sized automatically
 SIZING_ROWS = 64  # rows encoded to measure a row's size
@@ -135,7 +127,7 @@ def register_keys(ctx) -> None:
     log.info("      keys %s registered with the service in %.0f ms", keys.key_id, 1000 * (time.perf_counter() - start))
 
 
-class _Progress:
+class Progress:
     """Rows answered, rows/s and ETA: a tqdm bar on a terminal, else a log line every ``every``
     seconds (from a timer, so a slow request does not silence it). Answers are counted as they
     arrive (:attr:`RunContext.on_answer`, from the sending threads), each chunk's count made
@@ -191,7 +183,7 @@ class _Progress:
             self.bar.close()
 
 
-def _check_width(scores, classes: list | None, index: int) -> None:
+def check_width(scores, classes: list | None, index: int) -> None:
     """Answers shaped for another model (more or fewer classes) are refused, not written."""
     for name in ("values", "probabilities"):
         values = getattr(scores, name)
@@ -237,90 +229,3 @@ def rows_per_request(ctx, dataset) -> int:
         sample = sample[[c for c in sample.columns if c in set(dataset.schema.names)]]
     per_row = len(plain_body(sample)) / len(sample)
     return int(max(1, min(MAX_AUTO_BATCH, REQUEST_BYTES // max(per_row, 1.0))))
-
-
-def _salvage(runner, requests, answered, classes, task, writer) -> None:
-    """Decrypt and write the answers a failed chunk got before its failure, so no answered row is lost."""
-    if not answered or requests is None:
-        return
-    from aideploy.artifacts import Requests, Responses
-
-    try:
-        scores = runner.call(DECRYPT, requests=Requests(requests.items[:len(answered)]), responses=Responses(answered))
-        columns = columns_of(scores, task, classes)
-    except Exception as exc:  # noqa: BLE001 - the run's own failure is the one to report
-        log.warning("      the %d answers before the failure could not be read back: %s", len(answered), exc)
-        return
-    if columns is not None:
-        writer.write(columns)
-
-
-def stream(runner) -> None:
-    """Run :data:`STREAMED` over the rows, chunk by chunk, into the predictions file."""
-    ctx = runner.ctx
-    cfg = ctx.cfg.predict
-    dataset = ctx.artifacts["dataset"]
-    facts = ctx.artifacts.get("model") or ctx.artifacts.get("service")
-    task, classes = (facts.task, facts.classes) if facts is not None else (None, None)
-    writer = PredictionsWriter(output_path(ctx), getattr(cfg.output_format, "value", cfg.output_format),
-                               cfg.resume)
-    if writer.resumed:
-        log.info("      resuming %s after its %d rows", writer.info.path, writer.resumed)
-    ctx.artifacts["predictions"] = writer.info
-    traffic = ctx.artifacts["traffic"] = Traffic()
-    seconds = {stage.name: 0.0 for stage in STREAMED}
-    batch = ctx.batch_size = rows_per_request(ctx, dataset)
-    size = max(int(cfg.chunk_rows), batch * int(cfg.concurrency))
-    size = -(-size // batch) * batch  # whole requests per chunk
-    log.info("      %d rows per request, %d per chunk, %d requests in flight", batch, size, int(cfg.concurrency))
-    progress = _Progress(dataset.n_samples, writer.rows, float(cfg.progress_seconds))
-    ctx.on_answer = progress.answered
-    current = ENCRYPT
-    started: set[str] = set()
-    first, total = ctx.progress
-    results: dict[str, Any] = {}
-    try:
-        for index, chunk in enumerate(dataset.chunks(size, writer.rows), start=1):
-            results = {"dataset": chunk}
-            progress.chunk(len(chunk.X_test))
-            for current in STREAMED:
-                if current.name not in started:  # observers: the stage starts with its first chunk
-                    started.add(current.name)
-                    ctx.progress = (first + STREAMED.index(current), total)
-                    ctx.plugins.hook.aideploy_before_stage(stage=current, ctx=ctx)
-                start = time.perf_counter()
-                results[current.result] = runner.call(current, **results)
-                seconds[current.name] += time.perf_counter() - start
-            traffic.add(results["requests"], results["responses"])
-            scores = results["scores"]
-            _check_width(scores, classes, index)
-            columns = columns_of(scores, task, classes)
-            if columns is None:
-                kept = traffic.unread_answers
-                kept += [str(answer)[:200] for answer in (scores.answers or [])][:3 - len(kept)]
-            else:
-                writer.write(columns)
-            progress.written(writer.rows)
-    except BaseException as exc:
-        ctx.on_answer = None
-        if isinstance(exc, PredictError) and current is PREDICT:
-            _salvage(runner, results.get("requests"), exc.answered, classes, task, writer)
-        progress.close()
-        info = writer.close()
-        runner.stage_seconds.update(seconds)
-        if isinstance(exc, AideployError) and info.rows:
-            exc.cause += f" ({info.rows - writer.resumed} rows were predicted; {info.rows} are in {info.path})"
-            exc.hint += f"; predict.resume=true predict.output={info.path} continues after them"
-        ctx.plugins.hook.aideploy_on_stage_error(stage=current, ctx=ctx, error=exc)
-        raise
-    ctx.on_answer = None
-    progress.close()
-    info = writer.close()
-    if not info.rows and info.path.exists():
-        info.path.unlink()
-    runner.stage_seconds.update(seconds)
-    for offset, (stage, result) in enumerate(zip(STREAMED, (traffic, traffic, info))):
-        ctx.progress = (first + offset, total)
-        if stage.name not in started:  # no rows left to send (a file resumed to its end)
-            ctx.plugins.hook.aideploy_before_stage(stage=stage, ctx=ctx)
-        runner.observe(stage, result, seconds[stage.name])

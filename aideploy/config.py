@@ -365,6 +365,54 @@ class ManagedEndpointTarget(TargetConfig):
     workspace: AzureWorkspace = field(default_factory=AzureWorkspace)
 
 
+class BatchOutputAction(str, Enum):
+    """What a batch deployment does with ``run()``'s rows."""
+
+    append_row = "append_row"  # append them to target.output_file_name
+    summary_only = "summary_only"  # keep only the job's summary
+
+
+class BatchLoggingLevel(str, Enum):
+    info = "info"
+    warning = "warning"
+    debug = "debug"
+
+
+@dataclass
+class BatchRetry:
+    """How a batch deployment retries a mini-batch whose run() failed or took too long."""
+
+    max_retries: int = bounded(3, ge=0)
+    timeout: int = bounded(300, ge=1)  # seconds one run() call may take
+
+
+@dataclass
+class BatchEndpointTarget(TargetConfig):
+    """``target=batch_endpoint``: an Azure ML batch endpoint and deployment, planned (``dry_run=true``) through
+    azure-ai-ml (SDK v2); aideploy's ``batch_score.py`` scores the files of each job on a compute cluster."""
+
+    plugin: str = "batch_endpoint"
+    deployment: str = "blue"
+    compute: str = "aideploy-batch"
+    create_compute: bool = True
+    instance_type: str = "Standard_DS3_v2"
+    max_instances: int = bounded(2, ge=1)
+    idle_seconds: int = bounded(120, ge=0)
+    instance_count: int = bounded(1, ge=1)
+    mini_batch_size: int = bounded(10, ge=1)
+    max_concurrency_per_instance: int = bounded(1, ge=1)
+    output_action: BatchOutputAction = BatchOutputAction.append_row
+    output_file_name: str = "predictions.csv"
+    error_threshold: int = bounded(-1, ge=-1)
+    retry: BatchRetry = field(default_factory=BatchRetry)
+    logging_level: BatchLoggingLevel = BatchLoggingLevel.info
+    image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20251130.v1"
+    tags: Dict[str, str] = field(default_factory=dict)
+    description: Optional[str] = None
+    properties: Dict[str, str] = field(default_factory=dict)
+    workspace: AzureWorkspace = field(default_factory=AzureWorkspace)
+
+
 # ----------------------------------------------------------------------------- keystore
 
 
@@ -429,8 +477,28 @@ class ExtraColumns(str, Enum):
 
 
 @dataclass
+class RayEngine:
+    """``predict.engine=ray``: files scored in parallel by Ray workers (``aideploy_plugins.engine_ray``)."""
+
+    # A running Ray cluster to use (its address, e.g. 10.0.0.5:6379); null: a local Ray started for the
+    # run on this machine and stopped with it.
+    address: Optional[str] = None
+    # Clients scoring files at once (Ray actors): each scores one file at a time, with its own keys
+    # and connections, predict.concurrency requests in flight.
+    workers: int = bounded(2, ge=1, le=1024)
+    # The local Ray's CPUs (null: this machine's); the workers share them.
+    num_cpus: Optional[int] = bounded(None, ge=1)
+    # Seconds the local Ray, or the connection to predict.ray.address, may take to come up.
+    startup_timeout: float = bounded(60.0, gt=0)
+
+
+@dataclass
 class PredictConfig:
     """How the client sends the rows and where their predictions go (``mode=run`` and ``predict``)."""
+
+    engine: str = "stream"  # the engine plugin that drives the rows (see aideploy.engines)
+    local_model: bool = False  # score with the model in the engine's own workers, no service (mode=predict)
+    ray: RayEngine = field(default_factory=RayEngine)
 
     batch_size: Optional[int] = bounded(None, ge=1)  # rows per request; null: sized to ~256 KB per request
     concurrency: int = bounded(4, ge=1, le=256)
@@ -493,7 +561,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "environment": {"conda": CondaEnvironment, "current": CurrentEnvironment},
     "network": {"public": PublicNetwork, "vnet": VnetNetwork},
     "encryption": {"none": NoEncryption, "seal": SealEncryption, "fast": FastEncryption},
-    "target": {"local": LocalTarget, "aci": AciTarget, "managed_endpoint": ManagedEndpointTarget},
+    "target": {"local": LocalTarget, "aci": AciTarget, "managed_endpoint": ManagedEndpointTarget,
+               "batch_endpoint": BatchEndpointTarget},
     "keystore": {"azurite": AzuriteKeystore, "azure_blob": AzureBlobKeystore},
     "tracking": {"none": NoTracking, "mlflow": MlflowTracking},
 }

@@ -49,6 +49,7 @@ class RunContext:
     on_answer: Callable[[int], None] | None = None
     not_applied: list[str] = field(default_factory=list)
     _open_keystore: Callable[[], Any] | None = None
+    _send: Callable[[Any], Any] | None = None
     _clients: dict[Any, Any] = field(default_factory=dict)
 
     @property
@@ -66,6 +67,13 @@ class RunContext:
                                                       on_answer=lambda n: self.on_answer and self.on_answer(n))
             self.resources.add(f"HTTP connections to {endpoint.scoring_uri}", client.close)
         return self._clients[key]
+
+    def send(self, requests: Any) -> Any:
+        """Send :class:`~aideploy.artifacts.Requests` through the target's ``aideploy_predict`` hook, as
+        the engine sends each chunk's, and return its :class:`~aideploy.artifacts.Responses`: for a
+        scheme whose answers need further requests (the fast MLP's rounds)."""
+        assert self._send is not None, "send is only available during a run"
+        return self._send(requests)
 
     def open_keystore(self) -> Any:
         """Start or connect to the configured key store (once per run) and return it."""

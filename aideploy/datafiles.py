@@ -19,11 +19,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from aideploy.errors import ConfigError
-from aideploy_scoring.schema import BOOLEAN, INTEGER, NUMBER, STRING, InputError, Schema
+from aideploy_scoring.schema import CSV_DTYPES, InputError, Schema
 
 Chunk = tuple[Any, "np.ndarray | None"]
-# How a typed column is read from a CSV: text stays text ("007"), a whole number may be missing.
-READ_DTYPES = {NUMBER: "float64", INTEGER: "float64", BOOLEAN: "boolean", STRING: str}
 # pandas' default missing-value spellings, for saying "a missing value?" where none is allowed
 NA_SPELLINGS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
                           "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
@@ -250,7 +248,7 @@ class CsvRows(RowSource):
         nullable = nullable_mask(schema, self.n_features)
         options: dict[str, Any] = {}
         if named:
-            options["dtype"] = {name: READ_DTYPES[schema.column(name).type] for name in self.feature_names or ()
+            options["dtype"] = {name: CSV_DTYPES[schema.column(name).type] for name in self.feature_names or ()
                                 if name in schema.names}
         elif not nullable.any():  # NA spellings stay text, so an error can say which it was
             options.update(keep_default_na=False, na_values=[""])
@@ -272,24 +270,12 @@ class CsvRows(RowSource):
     def _diagnose(self, row: int, size: int, schema: Schema, header_lines: int, exc: Exception) -> None:
         """Find the cell that stopped a typed read: the chunk read again as text, each typed column's
         cells checked as that type (empty cells and NA spellings are missing)."""
-        import pandas as pd
-
         block = next(iter(self._reader(size, row, dtype=str)))
-        for i in self.columns:
-            name = self.names[i]
-            kind = schema.column(name).type if name in schema.names else STRING
-            if kind == STRING:
-                continue
-            text = block.iloc[:, i]
-            if kind == BOOLEAN:
-                bad = ~text.str.lower().isin(["true", "false", "1", "0", "1.0", "0.0"]) & text.notna()
-            else:
-                bad = pd.to_numeric(text, errors="coerce").isna() & text.notna()
-            if bad.any():
-                position = int(np.flatnonzero(bad.to_numpy())[0])
-                raise _bad_cell(self.path, InputError(f"row {row + position}, column {name!r}: expected a "
-                                                      f"{kind}, got {text.iloc[position][:40]!r}", row + position),
-                                header_lines)
+        text = block.iloc[:, self.columns]
+        text.columns = [self.names[i] for i in self.columns]
+        found = schema.unreadable_cell(text, row)
+        if found is not None:
+            raise _bad_cell(self.path, found, header_lines)
         raise ConfigError(f"{self.path}: from row {row}: {exc}", hint="fix the file")
 
 
@@ -314,6 +300,16 @@ class ParquetRows(RowSource):
         self.n_rows = int(self.file.metadata.num_rows)
         if self.n_rows == 0:
             raise ConfigError(f"{self.path} has no rows", hint="give a file with rows in it")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An open ParquetFile does not pickle: an engine's worker in another process opens the file itself.
+        return {k: v for k, v in self.__dict__.items() if k != "file"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import pyarrow.parquet as pq
+
+        self.__dict__.update(state)
+        self.file = pq.ParquetFile(self.path)
 
     def _batches(self, size: int, start: int) -> Iterator[tuple[int, Any]]:
         wanted = [self.names[i] for i in self.columns] + ([self.names[self.label_index]] if self.has_labels else [])

@@ -11,6 +11,7 @@ EXAMPLES = [
     ("your model, encrypted", "aideploy model=sklearn_pickle model.path=model.pkl encryption=fast"),
     ("a private network", "aideploy network=vnet encryption=fast"),
     ("predict your rows", "aideploy mode=predict scoring_uri=http://host:port/score data=csv data.path=rows.csv"),
+    ("a folder, on Ray", "aideploy mode=predict predict.engine=ray scoring_uri=... data=csv data.path=rows/"),
     ("a plan for Azure", "aideploy target=aci network=vnet network.location=japaneast dry_run=true"),
 ]
 

@@ -237,6 +237,29 @@ def aideploy_setup_keys(cfg, ctx, model, service):
     """
 
 
+# ----------------------------------------------------------------------------- the prediction loop
+
+
+@hookspec(firstresult=True)
+def aideploy_predict_engine(cfg, ctx, scoring):
+    """Score every row of the run's data into predictions; served by the plugin ``predict.engine`` names.
+
+    Called once, in place of the encrypt, predict and decrypt stages (``mode=run`` and
+    ``mode=predict``), after the keys stage. ``cfg`` is the ``predict`` config node; ``scoring``
+    is the run's :class:`aideploy.engines.Scoring`: ``scoring.rows_into(dataset, writer)`` sends
+    rows a chunk at a time through the encryption plugin's encrypt, the target's predict and the
+    encryption plugin's decrypt hooks (or, with ``predict.local_model``, the model in process)
+    into a :class:`~aideploy.predictions.PredictionsWriter`; ``scoring.spec()`` is what a client
+    in another process needs to do the same (:meth:`aideploy.engines.ClientSpec.open`).
+    Observers see the encrypt, predict and decrypt stages around the engine's work.
+
+    Return an :class:`aideploy.engines.Scored`: the run's :class:`~aideploy.artifacts.Traffic`
+    and its :class:`~aideploy.predictions.Predictions` (what the evaluate stage reads back).
+    Raise :class:`~aideploy.errors.AideployError` saying how many rows were written and how to
+    resume.
+    """
+
+
 # ----------------------------------------------------------------------------- stage: encrypt
 
 
@@ -256,7 +279,8 @@ def aideploy_encrypt(cfg, ctx, keys, dataset):
 def aideploy_predict(cfg, ctx, endpoint, network, requests):
     """Send every request to the service; served by the ``target`` plugin.
 
-    Called once per chunk of rows. Must call the service from the clients' side of
+    Called once per chunk of rows by the engine, and for every further request a scheme's answer
+    needs (the fast MLP's rounds, through :meth:`aideploy.context.RunContext.send`). Must call the service from the clients' side of
     ``network`` (``network.call``), through ``ctx.http_client(endpoint, timeout)`` to keep
     its connections and ``predict.concurrency`` requests in flight. Return
     :class:`~aideploy.artifacts.Responses` in request order; raise

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from aideploy.errors import ConfigError
-from aideploy_scoring.models import REGRESSION
+from aideploy_scoring.models import REGRESSION, output_columns
 
 FORMATS = ("csv", "parquet")
 # Answer fields of the plain protocol (aideploy_scoring.models), and what they become in Scores.
@@ -99,32 +99,15 @@ def service_predictions(task: str | None, classes: list | None, scores) -> np.nd
     return labels_from_scores(classes, scores.values)
 
 
-def _class_names(classes: list | None, width: int) -> list[str]:
-    if classes is not None and len(classes) == width:
-        return [str(c) for c in classes]
-    if classes is not None and width == 1 and len(classes) == 2:  # binary margin: the positive class
-        return [str(classes[1])]
-    return [str(i) for i in range(width)]
-
-
 def columns_of(scores, task: str | None, classes: list | None) -> dict[str, np.ndarray] | None:
     """The predictions file's columns (but ``row``) for one chunk's :class:`Scores`, or None
     when the answers hold no predictions aideploy can read."""
     predictions = service_predictions(task, classes, scores)
     if predictions is None:
         return None
-    predictions = np.asarray(predictions)
-    if predictions.ndim != 1:  # a multi-output regressor
-        columns = {f"prediction_{i}": predictions[:, i] for i in range(predictions.shape[1])}
-    else:
-        columns = {"prediction": predictions}
-    if scores.values is not None and not (task == REGRESSION and scores.predictions is None):
-        for name, column in zip(_class_names(classes, scores.values.shape[1]), scores.values.T):
-            columns[f"score_{name}"] = column
-    if scores.probabilities is not None:
-        for name, column in zip(_class_names(classes, scores.probabilities.shape[1]), scores.probabilities.T):
-            columns[f"proba_{name}"] = column
-    return columns
+    # an encrypted regressor's decrypted values are its predictions, not scores beside them
+    values = None if task == REGRESSION and scores.predictions is None else scores.values
+    return output_columns(predictions, classes, values, scores.probabilities)
 
 
 @dataclass
@@ -152,19 +135,36 @@ class Predictions:
         return {"predictions": str(self.path), "rows": self.rows}
 
 
-def _csv_rows(path: Path) -> tuple[list[str], int]:
-    """The header and the count of whole rows of a CSV; a last line cut short is dropped."""
+@dataclass
+class PredictionFiles(Predictions):
+    """Predictions in one file per input file (``predict.engine=ray``): ``path`` is their folder,
+    ``parts`` the files in input order, read back as one."""
+
+    parts: list[Predictions] = field(default_factory=list)
+
+    def chunks(self, size: int) -> Iterator[Any]:
+        for part in self.parts:
+            yield from part.chunks(size)
+
+    def summary(self) -> dict[str, Any]:
+        return {"predictions": str(self.path), "files": len(self.parts), "rows": self.rows}
+
+
+def _csv_rows(path: Path) -> tuple[list[str], int] | None:
+    """The header and the count of whole rows of a CSV; a last line cut short is dropped. None for a
+    file cut before the end of its header line (a kill as it began): it holds no row."""
     with open(path, "rb+") as fh:
         header = fh.readline()
         if not header.endswith(b"\n"):
-            raise ConfigError(f"{path} has no complete header line", hint="start over without predict.resume")
+            return None
         rows, end = 0, fh.tell()
         for line in fh:
             if not line.endswith(b"\n"):
                 break
             rows += 1
             end += len(line)
-        fh.truncate(end)  # a line cut by a kill mid-write is written again
+        if end != fh.seek(0, os.SEEK_END):
+            fh.truncate(end)  # a line cut by a kill mid-write is written again
     return header.decode().strip().split(","), rows
 
 
@@ -191,7 +191,11 @@ class PredictionsWriter:
     def _resume(self) -> None:
         path = self.info.path
         if self.info.format == "csv":
-            self.info.columns, self.info.rows = _csv_rows(path)
+            found = _csv_rows(path)
+            if found is None:
+                path.unlink()
+                return
+            self.info.columns, self.info.rows = found
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq

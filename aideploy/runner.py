@@ -16,14 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from aideploy import http
 from aideploy import results as results_mod
-from aideploy import client, journal, model_requirements, schemas, validate
+from aideploy import client, engines, journal, model_requirements, schemas, validate
 from aideploy.artifacts import (Dataset, Endpoint, EnvironmentSpec, KeySession, NetworkInfo, RegisteredModel,
                                 Requests, Responses, ScoringCode, Scores, Secret)
 from aideploy.context import RunContext
 from aideploy.config import not_applied
 from aideploy.errors import AideployError, ConfigError, Interrupted, PluginError
 from aideploy.manager import PluginRegistry
-from aideploy.stages import DRY_RUN, ENCRYPT, KEYS, KEYSTORE, MODEL, PIPELINES, TEARDOWN, Mode, Stage
+from aideploy.stages import DRY_RUN, ENCRYPT, KEYS, KEYSTORE, MODEL, PIPELINES, PREDICT, TEARDOWN, Mode, Stage
 
 log = logging.getLogger("aideploy")
 
@@ -42,12 +42,18 @@ def new_run_id() -> str:
 
 
 class Runner:
-    """Runs one mode's stages in order; see :func:`run` for the whole life of a run."""
+    """Runs one mode's stages in order; see :func:`run` for the whole life of a run.
 
-    def __init__(self, ctx: RunContext) -> None:
+    ``observed``: whether the observers (before/after/on-error hooks) see the stages it runs; an
+    engine's worker process (:class:`aideploy.engines.ClientSpec`) runs its stages unobserved.
+    """
+
+    def __init__(self, ctx: RunContext, observed: bool = True) -> None:
         self.ctx = ctx
+        self.observed = observed
         self.stage_seconds: dict[str, float] = {}
         ctx._open_keystore = lambda: self.run_stage(KEYSTORE)
+        ctx._send = lambda requests: self.call(PREDICT, requests=requests)
 
     def _group_cfg(self, stage: Stage) -> DictConfig | None:
         return self.ctx.cfg[stage.group] if stage.group else None
@@ -83,6 +89,11 @@ class Runner:
         """Run one stage with its before/after/on-error observers; keep and return its result."""
         hook = self.ctx.plugins.hook
         kwargs = self._kwargs(stage)
+        if not self.observed:
+            result = self.call(stage, kwargs)
+            if stage.result:
+                self.ctx.artifacts[stage.result] = result
+            return result
         hook.aideploy_before_stage(stage=stage, ctx=self.ctx)
         start = time.perf_counter()
         try:
@@ -216,7 +227,15 @@ def _serve_until_interrupted(ctx: RunContext) -> None:
 
 def _existing_endpoint(ctx: RunContext, given: frozenset[str]) -> None:
     """``mode=predict``: the service at ``scoring_uri``, reached from this process's network,
-    and, when no model is given, what the service says about itself."""
+    and, when no model is given, what the service says about itself. With ``predict.local_model``
+    there is no service: the model given scores in the engine's workers."""
+    if ctx.cfg.predict.local_model:
+        if "model" not in given:
+            raise ConfigError("predict.local_model=true scores with the model itself, and none was given",
+                              hint="add the model: model=sklearn_pickle model.path=<file> (or model=mlflow, onnx)")
+        ctx.artifacts["endpoint"] = None
+        ctx.artifacts["network"] = NetworkInfo(kind="none", bind_host="", client_host="")
+        return
     if not ctx.cfg.scoring_uri:
         raise ConfigError("mode=predict needs the scoring URI of a running service",
                           hint="add scoring_uri=http://host:port/score (mode=serve prints it and writes endpoint.json)")
@@ -284,6 +303,8 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
                 log.info("      not applied to this job's options: %s", " ".join(ctx.not_applied))
             for stage in pipeline:  # an unknown or unfit plugin fails now, not halfway through the run
                 runner._caller(stage)
+            if ENCRYPT in pipeline:
+                engines.check(ctx)
             journal.housekeeping(ctx, mode, run_id)
             if mode is Mode.predict and not cfg.dry_run:
                 _existing_endpoint(ctx, given)
@@ -301,8 +322,8 @@ def run(cfg: DictConfig, output_dir: Path, choices: dict[str, str], run_id: str 
                     log.info("[%d/%d] %-12s skipped: no model given (model=... compares the service with one)",
                              index, len(pipeline), stage.name)
                 elif stage is ENCRYPT:
-                    client.stream(runner)
-                elif stage not in client.STREAMED:
+                    engines.run(runner)
+                elif stage not in engines.STREAMED:
                     if stage is KEYS and ctx.artifacts.get("service") is not None:
                         client.check_against_service(ctx, ctx.artifacts["service"])
                     runner.run_stage(stage)

@@ -21,9 +21,9 @@ before the first query.
 A ReLU (or identity) MLP is served with ``aideploy_scoring.fastmlp``'s interactive rounds, one
 per layer: the request the target sends is round 1; the service answers with the permuted,
 scaled hidden pre-activations and a sealed round token, and :func:`aideploy_decrypt` runs the
-remaining rounds itself (decrypt, ReLU, re-encrypt, POST with the token, through the run's
-HTTP client on the clients' side of the network) until the encrypted logits come back. A
-request's latency and bytes in the run's traffic are then those of all its rounds.
+remaining rounds itself (decrypt, ReLU, re-encrypt, and the next round's requests sent through
+the target's predict hook, :meth:`aideploy.context.RunContext.send`) until the encrypted logits
+come back. A request's latency and bytes in the run's traffic are then those of all its rounds.
 """
 
 import json
@@ -232,9 +232,8 @@ def _undecryptable(index: int, exc: Exception) -> PredictError:
 
 def _rounds(ctx, client, requests, responses) -> Scores:
     """Run an MLP's remaining rounds for every request of the chunk, round by round (each round's
-    requests in flight together, ``predict.concurrency`` at a time); the logits."""
-    endpoint, network = ctx.artifacts["endpoint"], ctx.artifacts["network"]
-    http = ctx.http_client(endpoint, float(ctx.cfg.target.request_timeout))
+    requests sent together through the target's predict hook, ``predict.concurrency`` at a time);
+    the logits."""
     items = responses.items
     answers = [response.body for response in items]
     cost = [[response.latency_ms, response.request_bytes, len(response.body)] for response in items]
@@ -255,7 +254,7 @@ def _rounds(ctx, client, requests, responses) -> Scores:
         waiting = [i for i, _ in sends]
         if sends:
             try:
-                answered = network.call(http.post, [r for _, r in sends])
+                answered = ctx.send(Requests([r for _, r in sends]))
             except PredictError as exc:
                 if "expired" in exc.cause:
                     exc.hint = ("round 1 of a whole chunk is sent before its round 2: lower predict.chunk_rows, "

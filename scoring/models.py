@@ -175,6 +175,31 @@ class ModelAdapter:
         return fold(served)
 
 
+def _class_names(classes: list | None, width: int) -> list[str]:
+    if classes is not None and len(classes) == width:
+        return [str(c) for c in classes]
+    if classes is not None and width == 1 and len(classes) == 2:  # binary margin: the positive class
+        return [str(classes[1])]
+    return [str(i) for i in range(width)]
+
+
+def output_columns(predictions: Any, classes: list | None, scores: np.ndarray | None = None,
+                   probabilities: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """A predictions file's columns (but ``row``): ``prediction`` (``prediction_<i>`` for a multi-output
+    regressor), then ``score_<class>`` and ``proba_<class>`` where given. The client's predictions file
+    and the batch scorer's output share them."""
+    predictions = np.asarray(predictions)
+    if predictions.ndim != 1:
+        columns = {f"prediction_{i}": predictions[:, i] for i in range(predictions.shape[1])}
+    else:
+        columns = {"prediction": predictions}
+    for prefix, values in (("score", scores), ("proba", probabilities)):
+        if values is not None:
+            for name, column in zip(_class_names(classes, values.shape[1]), values.T):
+                columns[f"{prefix}_{name}"] = column
+    return columns
+
+
 def _is_frame(X: Any) -> bool:
     return hasattr(X, "columns") and hasattr(X, "iloc")
 

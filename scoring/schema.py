@@ -41,6 +41,8 @@ FILE = "aideploy-schema.json"
 NUMBER, INTEGER, BOOLEAN, STRING = "number", "integer", "boolean", "string"
 TYPES = (NUMBER, INTEGER, BOOLEAN, STRING)
 NAN, NONE = "nan", "none"  # how a missing cell reaches the model
+CSV_DTYPES = {NUMBER: "float64", INTEGER: "float64", BOOLEAN: "boolean", STRING: str}
+"""How a typed column is read from a CSV (pandas ``dtype``): text stays text ("007"), a whole number may be missing."""
 WIRE_FORMS = "'data', 'columns' + 'data', 'input_data', 'dataframe_split' or 'dataframe_records'"
 MAX_SHOWN = 12
 
@@ -206,6 +208,27 @@ class Schema:
             frame = frame[[c for c in frame.columns if c in set(self.names)]]
         self._check_names([str(c) for c in frame.columns])
         return self._conform(frame, first_row)
+
+    def unreadable_cell(self, text: Any, first_row: int = 0) -> "InputError | None":
+        """The first cell of ``text`` (a file's rows read as text, columns by name) that cannot be read as its
+        column's type, as an :class:`InputError` naming its row and column; None when every cell reads. What
+        names the bad cell when a typed read of a CSV fails (the client's reader and the batch scorer)."""
+        import pandas as pd
+
+        for name in text.columns:
+            kind = self.column(name).type if name in self.names else STRING
+            if kind == STRING:
+                continue
+            cells = text[name]
+            if kind == BOOLEAN:
+                bad = ~cells.str.lower().isin(["true", "false", "1", "0", "1.0", "0.0"]) & cells.notna()
+            else:
+                bad = pd.to_numeric(cells, errors="coerce").isna() & cells.notna()
+            if bad.any():
+                position = int(np.flatnonzero(bad.to_numpy())[0])
+                return InputError(f"row {first_row + position}, column {name!r}: expected a {kind}, got "
+                                  f"{cells.iloc[position][:40]!r}", first_row + position)
+        return None
 
     def _shown(self, names: Sequence[str]) -> list[str]:
         names = [repr(str(n)) for n in names]

@@ -816,7 +816,7 @@ def test_the_extracts_are_what_extract_py_cuts(tmp_path):
             committed[doc["x-extracted-from"]["path"]] = doc
             (tmp_path / doc["x-extracted-from"]["path"]).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / doc["x-extracted-from"]["path"]).write_text(json.dumps(doc), encoding="utf-8")
-    assert len(committed) == 12
+    assert len(committed) == 15
     assert extract.extract(tmp_path) == committed
 
 

@@ -52,8 +52,11 @@ def mlp(tmp_path_factory):
 
 def test_relu_mlp_runs_end_to_end(cli, mlp):
     model, path, X, _ = mlp
+    # The target counts what its predict hook sends: the engine's first rounds and the second rounds
+    # the scheme sends through ctx.send, none beside it.
     proc = cli("encryption=fast", CURRENT, "model=sklearn_pickle", f"model.path={path}",
-               "predict.batch_size=10", "encryption.max_samples_per_query=10")
+               "predict.batch_size=10", "encryption.max_samples_per_query=10",
+               "plugins=[counting_target]", "target.plugin=counting_local")
     assert proc.returncode == 0, proc.stderr
     results = results_of(proc.out)
     assert results["n_samples"] == len(X) >= 100
@@ -61,6 +64,8 @@ def test_relu_mlp_runs_end_to_end(cli, mlp):
     assert results["max_score_error"] <= 1e-3  # against the MLP's own logits in process
     predictions = pd.read_csv(proc.out / "predictions.csv")["prediction"].to_numpy()
     assert np.mean(predictions == model.predict(X)) >= 0.99
+    layers = len(model.coefs_)  # one round per layer
+    assert results["target_predict"]["requests"] == layers * results["requests"] == layers * -(-len(X) // 10)
 
 
 def test_the_token_secret_is_shared_by_the_workers_and_in_no_output(cli, mlp):

@@ -251,13 +251,13 @@ def test_memory_stays_flat_from_10_000_to_100_000_rows(cli, tmp_path, digits):
 
 def test_answers_shaped_for_another_model_are_refused():
     from aideploy.artifacts import Scores
-    from aideploy.client import _check_width
+    from aideploy.client import check_width
     from aideploy.errors import PredictError
 
-    _check_width(Scores(values=np.zeros((4, 10))), list(range(10)), 1)
-    _check_width(Scores(values=np.zeros((4, 1))), [0, 1], 1)  # a binary margin
+    check_width(Scores(values=np.zeros((4, 10))), list(range(10)), 1)
+    check_width(Scores(values=np.zeros((4, 1))), [0, 1], 1)  # a binary margin
     with pytest.raises(PredictError, match="answered 3 probabilities per row, but the model has 10 classes"):
-        _check_width(Scores(probabilities=np.zeros((4, 3))), list(range(10)), 2)
+        check_width(Scores(probabilities=np.zeros((4, 3))), list(range(10)), 2)
 
 
 @pytest.mark.parametrize("override", ["predict.concurrency=0", "predict.chunk_rows=0", "predict.output_format=xlsx"])

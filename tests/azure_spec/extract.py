@@ -7,9 +7,12 @@ recorded for it, e.g. ``git -C azure-rest-api-specs show <commit>:<path> > CHECK
 The extracts are written next to this script, one per source file, under
 ``<api-version>/<file name>`` (``common-types/v3/<file name>`` for the shared definitions).
 
-An extract keeps, for each api-version, the operations the plans send (``OPERATIONS``) and
-every definition reachable from their request bodies: through ``$ref`` (into other files too),
-and from a ``discriminator`` base to each definition that extends it. What is kept is kept as
+An extract keeps, for each api-version, the operations the plans send (``SOURCES``) and
+every definition reachable from their request bodies: through ``$ref`` (into other files too;
+a body parameter given by reference to the document's own ``parameters`` is kept inline), and
+from a ``discriminator`` base to each definition that extends it (all of them, but where
+``SUBTYPES_KEPT`` names the ones kept). A reference that names nothing in the repository is
+kept as written and not followed (``UNRESOLVED``, each with why). What is kept is kept as
 it is (``type``, ``format``, ``required``, ``enum``, ``x-ms-enum``, ``readOnly``,
 ``x-ms-mutability``, ``additionalProperties``, ``allOf``, ``discriminator``, lengths, bounds,
 patterns, defaults, examples); what is left out is only prose and what no check reads:
@@ -57,7 +60,15 @@ SOURCES: dict[str, list[tuple[str, str, list[str]]]] = {
     "2022-04-01": [(f"{AUTHORIZATION}/authorization-RoleAssignmentsCalls.json",
                     "007a51db374076edb902fd44eb8299eea6336335", ["RoleAssignments_Create", "RoleAssignments_Delete"])],
     "2025-07-01": [(f"{KEYVAULT_DATA}/secrets.json", "4d75903ddcdd7b7f4d93bbdfc3a22eedc333a6f1", ["DeleteSecret"])],
+    # target=batch_endpoint: the endpoint, its deployment and the compute cluster, at azure-ai-ml's versions
+    "2023-10-01": [(f"{ML}/stable/2023-10-01/mfe.json", "4ecc32512e8b46fb93343cfbaa2794b9bb2c302d",
+                    ["BatchEndpoints_CreateOrUpdate", "BatchEndpoints_Delete"])],
+    "2024-01-01-preview": [(f"{ML}/preview/2024-01-01-preview/mfe.json", "11dce4afc3ba2c2da8b8c7989fa84877c120ef4d",
+                            ["BatchDeployments_CreateOrUpdate"])],
 }
+SOURCES["2023-08-01-preview"].append((f"{ML}/preview/2023-08-01-preview/machineLearningServices.json",
+                                      "2e10c627a14862688cdb0c5a2a4ce47d18c8103f",
+                                      ["Compute_CreateOrUpdate", "Compute_Get"]))
 """Where each api-version's operations the plans send are specified, and the commit the file was read at."""
 
 COMMON_TYPES = "specification/common-types/resource-management/v3"
@@ -68,6 +79,17 @@ COMMON = {f"{COMMON_TYPES}/types.json": "05432ee0bc8a3feb5bc0f6fd21f49bb7aeaf13a
 PARAMETER_FILES = {f"{AUTHORIZATION}/common-types.json": "8cfbb5f3f32f88e73d0e4735a7af45057777833a"}
 """Files read only for a parameter an operation names by ``$ref`` (the role assignment's ``scope``): they give
 no extract of their own."""
+
+SUBTYPES_KEPT = {f"{ML}/preview/2023-08-01-preview/machineLearningServices.json": {"Compute": ["AmlCompute"]}}
+"""Polymorphic bases of which an extract keeps only the subtypes the plans send (by source file): Compute has ten
+(AKS, Kubernetes, ComputeInstance, ...); a body naming one that is not kept is refused by the checker."""
+
+UNRESOLVED = {(f"{ML}/preview/2023-08-01-preview/machineLearningServices.json",
+               "../../../../../common-types/resource-management/v3/managedidentity.json#/definitions/ManagedServiceIdentity"):
+              "ComputeResource.identity names managedidentity.json one directory too shallow "
+              "(specification/machinelearningservices/common-types/..., a path the repository does not have)"}
+"""References a source writes that name nothing in the repository, with why: kept as written, not followed (a body
+that uses one is refused by the checker, which cannot resolve it either)."""
 
 OPERATION_KEYS = ("operationId", "parameters", "responses", "x-ms-long-running-operation",
                   "x-ms-long-running-operation-options")
@@ -189,10 +211,12 @@ def extract(checkout: Path) -> dict[str, dict]:
             raise KeyError(f"{path} has no definition {name}")
         reached[path].add(name)
         definition = definitions[name]
-        pending += [target(r, path) for r in refs(definition)]
+        pending += [target(r, path) for r in refs(definition) if (path, r) not in UNRESOLVED]
         if "discriminator" in definition:  # a body may name any subtype of a polymorphic base
+            kept = SUBTYPES_KEPT.get(path, {}).get(name)
             pending += [(path, sub) for sub, d in definitions.items()
-                        if f"#/definitions/{name}" in [m.get("$ref") for m in d.get("allOf", [])]]
+                        if f"#/definitions/{name}" in [m.get("$ref") for m in d.get("allOf", [])]
+                        and (kept is None or sub in kept)]
 
     extracts = {}
     for path, names in reached.items():
