@@ -50,7 +50,7 @@ def check_config(ctx: Any) -> None:
                           "predict.engine=ray against an online endpoint, encryption in the client's workers)")
     if ctx.mode is Mode.update:
         raise ConfigError("target=batch_endpoint has no mode=update: a batch deployment serves jobs, not traffic",
-                          hint=f"plan another deployment beside it (target.deployment=<new name>), which becomes the "
+                          hint="plan another deployment beside it (target.deployment=<new name>), which becomes the "
                           "endpoint's default; jobs running on the old one finish there")
     if not ctx.cfg.dry_run:
         raise ConfigError(f"target=batch_endpoint is planned, not deployed, by aideploy (mode={ctx.mode.value})",
@@ -142,8 +142,6 @@ def build_deployment(cfg: Any, endpoint: str, model: Any, environment: Any, code
 
 def compute_actions(cfg: Any, ctx: Any, client: Any, tags: dict[str, str], description: str) -> list[dict]:
     """The cluster's create (``target.create_compute``), else a read that it exists."""
-    from azure.ai.ml.entities import AmlCompute  # noqa: F401 - the SDK's serialised form below
-
     from aideploy.azure_requests import sdk_request
     from aideploy_plugins.target_managed import serialized
 

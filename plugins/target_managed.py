@@ -412,20 +412,10 @@ ASSET_NOTES = {
 def deployment_actions(deployment: Any, client: Any, endpoint: str, name: str, note: str,
                        extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The asset registrations (code, environment, model) and the deployment's create, as plan actions."""
-    from aideploy.azure_requests import WORKSPACE_LOCATION, asset_registrations, sdk_request
-
-    from aideploy.azure_requests import datastore_requests
+    from aideploy.azure_requests import WORKSPACE_LOCATION, asset_actions, sdk_request
 
     readable = serialized(deployment)  # before the SDK swaps local paths for registered assets' ids
-    actions = [{"action": action, "request": request, "note": note} for action, request, note in
-               datastore_requests(client)]
-    for action, asset, request, uploads in asset_registrations(deployment, client):
-        if uploads:
-            actions.append({"action": f"upload for {action.split('.')[0]}", "settings": {"blobs": len(uploads)},
-                            "requests": uploads, "note": UPLOAD_NOTE})
-        actions.append({"action": action, "settings": {"name": asset.name, "version": str(asset.version),
-                                                       "anonymous": True},
-                        "request": request, "note": ASSET_NOTES[action]})
+    actions = asset_actions(deployment, client, UPLOAD_NOTE, ASSET_NOTES)
     actions.append({"action": "online_deployments.begin_create_or_update", "settings": readable,
                     "request": sdk_request("online_deployments_create_or_update",
                                            client.online_deployments._online_deployment,
