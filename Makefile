@@ -18,8 +18,10 @@ UV     := $(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python -c cons
 run: $(CORE)
 	$(VENV)/bin/aideploy $(ARGS)
 
+# Two pytest processes (pytest-xdist), each taking whole test files: a file's module-scoped
+# deployments and environments are made once, in one process.
 test: $(FULL)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 install: $(FULL)
 

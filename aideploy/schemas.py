@@ -7,12 +7,15 @@ with it, so the service, the client and the encrypted schemes read one and the s
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import numpy as np
 
 from aideploy_scoring.schema import BOOLEAN, INTEGER, NUMBER, STRING, Schema, fits
+
+log = logging.getLogger(__name__)
 
 SAMPLE_ROWS = 1000
 
@@ -109,6 +112,10 @@ def input_ranges(adapter: Any, schema: Schema, dataset: Any) -> dict[str, Any] |
                 X = schema.conform(X, extra="drop")
             arrays.append(part.features(Dataset(dataset.name, X, schema=schema)))
         except (InputError, KeyError, TypeError, ValueError):
+            continue
+        except Exception as exc:  # noqa: BLE001 - the model's own code failing here (a module this process
+            # lacks) is the deploy's to report, with the service's environment: the ranges do without these rows
+            log.debug("input ranges: %s's rows left out: %s: %s", dataset.name, type(exc).__name__, exc)
             continue
     columns = schema.names if schema.named else dataset.feature_names or schema.names  # a file's names, by position
     names = inputranges.input_names(client, columns, n_features)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import secrets
 import shutil
@@ -43,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
+from machine import machine  # noqa: E402
 from tables import AIDEPLOY, FEATURES, STREAMED, fit, served, table  # noqa: E402
 
 
@@ -103,8 +103,7 @@ def main() -> None:
               f"home={workdir / 'home'}"]
     local = ["predict.engine=ray", "predict.local_model=true", "model=sklearn_pickle",
              f"model.path={workdir / 'pipeline.pkl'}"]
-    report: dict = {"rows": args.rows, "files": args.files, "cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(), "load_before": os.getloadavg(), "runs": []}
+    report: dict = {"rows": args.rows, "files": args.files, "machine": machine(), "runs": []}
     try:
         pipeline = fit(workdir)
         paths = write_files(workdir / "rows", args.rows, args.files)

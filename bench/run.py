@@ -56,6 +56,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine  # bench/machine.py
 from threadpoolctl import threadpool_info
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,31 +87,6 @@ def timed_ms(fn, reps: int) -> tuple[float, list[float], object]:
 
 def blas_threads() -> int:
     return max((i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"), default=0)
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        nproc = str(len(os.sched_getaffinity(0)))
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "scoring"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        commit += " (scoring/ modified)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {"cpu": cpu, "nproc": nproc, "python": platform.python_version(), "commit": commit,
-            "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
 # ------------------------------------------------------------------------ data, models
@@ -338,7 +314,7 @@ def main() -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
     say(f"aideploy encrypted scoring benchmark -- {now:%Y-%m-%d %H:%M:%S} UTC")
     say(f"command: .venv/bin/python bench/run.py{' --quick' if quick else ''}   (commit {m['commit']})")
-    say(f"machine: {m['cpu']}, nproc={m['nproc']}, {m['mem_gib']} GiB, Python {m['python']} "
+    say(f"machine: {m['cpu']} ({' '.join(m['vector_flags'])}), nproc={m['nproc']}, {m['mem_gib']} GiB, Python {m['python']} "
         f"({platform.system()} {platform.release()})")
     say(f"load average at start: {os.getloadavg()[0]:.2f}  "
         f"(OpenBLAS default threads: {blas_threads()}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")

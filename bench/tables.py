@@ -19,7 +19,12 @@ Reported, all in this one run:
   scored through the service's request path in this process (JSON parse, schema check,
   DataFrame, predict, JSON answer) one request at a time, against ``pipeline.predict`` on the
   same batches as DataFrames (the anchor): their ratio is the price of the service's own work;
-- every prediction checked against ``pipeline.predict`` on the file read with pandas.
+- every prediction checked against ``pipeline.predict`` on the file read with pandas;
+- encrypted (``--encrypted-rows``, default 400): the same preprocessing before a LogisticRegression
+  under ``aideploy mode=run encryption=fast`` (the client runs the ColumnTransformer, the service
+  the linear part on ciphertexts), beside a LogisticRegression fitted on the transformer's output
+  written as a numeric CSV (the same model on numeric input), one row per query, in this run:
+  each one's per-row latency p50 (server time and HTTP) and agreement.
 
     .venv/bin/python bench/tables.py                  # 100,000 rows
     .venv/bin/python bench/tables.py --rows 20000 --json out.json
@@ -32,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import secrets
 import shutil
 import subprocess
@@ -44,6 +48,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
+from machine import machine  # bench/machine.py
 from predict import served  # bench/predict.py: aideploy mode=serve for the duration of a block
 
 AIDEPLOY = str(Path(sys.executable).with_name("aideploy"))
@@ -118,10 +123,45 @@ def service_rate(pipeline, model_dir: Path, frame: pd.DataFrame, batch: int, sec
             "ratio": round(rates["service"] / rates["in_process"], 3)}
 
 
+def encrypted_per_row(workdir: Path, pipeline, n_rows: int) -> dict:
+    """Per-row latency under encryption=fast: the mixed-table pipeline (preprocessing in the client)
+    against the same linear model on the numbers that preprocessing makes (one row per query)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    train = pd.read_csv(workdir / "train.csv")
+    y = ((train.income > 50) ^ (train.plan == "pro") ^ train.active).astype(int)
+    pre = pipeline.named_steps["pre"]
+    mixed = Pipeline([("pre", pre), ("lr", LogisticRegression(max_iter=1000))]).fit(train[FEATURES], y)
+    numbers = pre.transform(train[FEATURES])
+    numeric = LogisticRegression(max_iter=1000).fit(numbers, y)
+    joblib.dump(mixed, workdir / "mixed_lr.pkl")
+    joblib.dump(numeric, workdir / "numeric_lr.pkl")
+    rows = table(n_rows, 2)
+    rows.to_csv(workdir / "enc_mixed.csv", index=False)
+    pd.DataFrame(pre.transform(rows[FEATURES])).to_csv(workdir / "enc_numeric.csv", index=False, header=False)
+    report = {"rows": n_rows, "features_encrypted": int(numbers.shape[1])}
+    for name, extra in (("mixed", ["predict.extra_columns=drop"]), ("numeric", ["data.header=false"])):
+        out = workdir / f"enc-{name}"
+        argv = [AIDEPLOY, "encryption=fast", "model=sklearn_pickle", f"model.path={workdir / f'{name}_lr.pkl'}",
+                "data=csv", f"data.path={workdir / f'enc_{name}.csv'}", *extra,
+                f"home={workdir / 'home'}", f"hydra.run.dir={out}"]
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-3000:])
+        results = json.loads((out / "results.json").read_text())
+        report[name] = {"latency_p50_ms": results["latency_ms"]["p50"], "latency_p90_ms": results["latency_ms"]["p90"],
+                        "agreement": results["agreement"], "max_score_error": results.get("max_score_error"),
+                        "request_bytes": results["bytes"]["request"]}
+    report["mixed_over_numeric_p50"] = round(report["mixed"]["latency_p50_ms"] / report["numeric"]["latency_p50_ms"], 3)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--encrypted-rows", type=int, default=400, help="0: skip the encrypted comparison")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="aideploy-bench-tables-"))
@@ -153,8 +193,10 @@ def main() -> None:
             "streamed_rows_per_s": round(args.rows / streamed), "whole_command_rows_per_s": round(args.rows / whole),
             "whole_command_s": round(whole, 1), "agreement": float(np.mean(served_predictions == expected)),
             **service_rate(pipeline, model_dir, pd.read_csv(rows)[FEATURES], batch),
-            "cpu": platform.processor() or platform.machine(),
+            "machine": machine(),
         }
+        if args.encrypted_rows:
+            report["encrypted"] = encrypted_per_row(workdir, pipeline, args.encrypted_rows)
         print(json.dumps(report, indent=1))
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))

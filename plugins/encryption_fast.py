@@ -195,7 +195,8 @@ def aideploy_setup_keys(cfg, ctx, model, service):
     if service is not None and service.fast:  # mode=predict against aideploy's service: its scheme, not ours
         served = _described(ctx, service)
         _check_batch(ctx.cfg, served.samples, f"the service at {ctx.cfg.scoring_uri} takes")
-        _check_first_rows(ctx, ctx.artifacts["dataset"], served.ranges, service=ctx.cfg.scoring_uri)
+        if ctx.artifacts.get("dataset") is not None:  # a Ray worker has none: the run checked them before starting it
+            _check_first_rows(ctx, ctx.artifacts["dataset"], served.ranges, service=ctx.cfg.scoring_uri)
     elif model is not None:
         served = _params(cfg, model)
     else:

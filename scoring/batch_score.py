@@ -24,6 +24,7 @@ from typing import Any, Iterator
 # The package beside this file is shipped with it; make it importable wherever it runs.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from aideploy_scoring import settings  # noqa: E402
 from aideploy_scoring.models import ModelAdapter, load_dir, output_columns  # noqa: E402
 from aideploy_scoring.schema import CSV_DTYPES, InputError  # noqa: E402
 
@@ -36,7 +37,10 @@ model: ModelAdapter | None = None
 def init() -> None:
     """Load the model once per worker process."""
     global model
-    model = load_dir(os.environ["AZUREML_MODEL_DIR"])
+    model_dir = settings.get("AZUREML_MODEL_DIR")
+    if not model_dir:
+        raise RuntimeError("AZUREML_MODEL_DIR is not set: the batch runtime sets it to the deployment's model")
+    model = load_dir(model_dir)
 
 
 def run(mini_batch: list[str]) -> Any:
