@@ -13,16 +13,17 @@ VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl", "a
 
 
 def _cpuinfo() -> tuple[str, list[str]]:
-    model, flags = "unknown", []
+    info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = value.split()
+            info.setdefault(key.strip(), value.strip())  # the first processor's
     except OSError:
         pass
+    model = info.get("model name", "unknown")
+    if "cpu family" in info:  # a hypervisor may hide the model's name ("AMD EPYC"): family 26 is Zen 5
+        model += f" (family {info['cpu family']}, model {info.get('model', '?')})"
+    flags = info.get("flags", "").split()
     return model, [flag for flag in VECTOR_FLAGS if flag in flags]
 
 

@@ -150,6 +150,13 @@ def encrypted_per_row(workdir: Path, pipeline, n_rows: int) -> dict:
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
         results = json.loads((out / "results.json").read_text())
+        model = joblib.load(workdir / f"{name}_lr.pkl")
+        X = rows[FEATURES] if name == "mixed" else pre.transform(rows[FEATURES])
+        served_predictions = pd.read_csv(out / "predictions.csv")["prediction"].to_numpy()
+        differ = served_predictions != model.predict(X)
+        # a row the encrypted answer classes otherwise lies within max_error of the decision boundary
+        report[f"{name}_differing_rows_max_abs_logit"] = (
+            float(np.abs(model.decision_function(X)[differ]).max()) if differ.any() else None)
         report[name] = {"latency_p50_ms": results["latency_ms"]["p50"], "latency_p90_ms": results["latency_ms"]["p90"],
                         "agreement": results["agreement"], "max_score_error": results.get("max_score_error"),
                         "request_bytes": results["bytes"]["request"]}
