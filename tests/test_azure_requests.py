@@ -1032,7 +1032,7 @@ if args[:1] != ["rest"]:
     sys.exit(0)  # az storage blob upload
 url = args[args.index("--url") + 1]
 if "--query" in args:  # a long-running PUT's poll
-    print("Succeeded")
+    print(os.environ.get("AZ_POLL_STATE", "Succeeded"))
     sys.exit(0)
 segment = url.split("?")[0].rstrip("/").rsplit("/", 2)
 answers = json.loads(os.environ["AZ_ANSWERS"])
@@ -1045,7 +1045,8 @@ else:
 '''
 
 
-def run_plan_sh(tmp_path: Path, script: Path, rbac: bool = True) -> tuple[subprocess.CompletedProcess, list[dict]]:
+def run_plan_sh(tmp_path: Path, script: Path, rbac: bool = True,
+                poll_state: str = "Succeeded") -> tuple[subprocess.CompletedProcess, list[dict]]:
     """``plan.sh`` sent for real, with an ``az`` that answers as Azure would and records every call."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -1064,7 +1065,7 @@ def run_plan_sh(tmp_path: Path, script: Path, rbac: bool = True) -> tuple[subpro
            "AZURE_SUBSCRIPTION_ID": "sub1", "AZURE_RESOURCE_GROUP": "rg1", "AZUREML_WORKSPACE_NAME": "ws1",
            "AZURE_STORAGE_CONNECTION_STRING": "DefaultEndpointsProtocol=https;AccountName=acct;"
                                               "AccountKey=QWNjb3VudEtleQ==;EndpointSuffix=core.windows.net",
-           "TMPDIR": str(tmp_path)}
+           "TMPDIR": str(tmp_path), "AZ_POLL_STATE": poll_state}
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120, env=env)
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return proc, calls
@@ -1131,6 +1132,15 @@ def test_plan_sh_stops_before_anything_is_made_when_the_vault_uses_access_polici
     assert proc.returncode == 1
     assert "properties.enableRbacAuthorization is not true" in proc.stderr and "target.key_vault" in proc.stderr
     assert [c["argv"][c["argv"].index("--method") + 1] for c in calls] == ["GET", "GET"]  # the workspace, the vault
+
+
+@pytest.mark.parametrize("state", ["Failed", "Canceled"])
+def test_plan_sh_stops_at_the_first_long_running_request_that_does_not_succeed(serve_mlp_plan, tmp_path, state):
+    _, script = serve_mlp_plan
+    proc, calls = run_plan_sh(tmp_path, script, poll_state=state)
+    assert proc.returncode == 1 and f"ended {state}" in proc.stderr
+    polls = [i for i, c in enumerate(calls) if "--query" in c["argv"]]
+    assert len(polls) == 1 and polls[0] == len(calls) - 1  # nothing is sent after the failed one
 
 
 def test_the_vault_is_read_from_the_workspaces_resource_id():

@@ -162,6 +162,26 @@ def test_a_killed_run_resumes_without_redoing_finished_files(cli, tmp_path, digi
     assert _ray_dirs() == before  # the killed run's too: the next run's housekeeping removed it
 
 
+def test_a_file_the_model_cannot_take_stops_the_run_naming_it_and_what_is_kept(cli, tmp_path, digits):
+    model, model_path, X = digits
+    folder, output = tmp_path / "rows", tmp_path / "predictions"
+    files = _files(folder, X, [200, 200], seed=2)
+    bad = folder / "zz_bad.csv"  # read last, in path order
+    frame = pd.DataFrame(X[:5], columns=COLUMNS).astype(object)
+    frame.loc[3, "pixel7"] = "lots"
+    frame.to_csv(bad, index=False)
+    proc = cli("mode=predict", "predict.engine=ray", "predict.local_model=true", "model=sklearn_pickle",
+               f"model.path={model_path}", "data=csv", f"data.path={folder}", f"predict.output={output}",
+               "predict.ray.workers=1")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    error = next(line for line in proc.stderr.splitlines() if line.startswith("error: "))
+    assert "'lots'" in error and "(file zz_bad.csv; 2 of 3 files finished" in error, proc.stderr
+    assert f"predict.resume=true predict.output={output}" in proc.stderr
+    for path, rows in files.items():  # the finished files are kept, whole
+        assert (_predictions_of(output, folder, path)["prediction"].to_numpy() == model.predict(rows)).all()
+    assert not _ray_processes()
+
+
 def test_the_stream_engine_reads_a_folder_as_one_table_with_the_model_in_process(cli, tmp_path, digits):
     model, model_path, X = digits
     folder = tmp_path / "rows"

@@ -7,6 +7,7 @@ stopped midway, and a file resumed against a new one.
 
 from __future__ import annotations
 
+import http.server
 import signal
 import subprocess
 import threading
@@ -119,6 +120,7 @@ def test_unlabeled_csv_labelled_parquet_npy_and_fast_against_one_service(cli, tm
     ("a,b\n", "has a header but no rows"),
     ("a,b\n1,2\n3,x\n", "line 3 (row 1), column 'b' holds 'x', not a number"),
     ("a,b\n1,2\n3,\n", "line 3 (row 1), column 'b' is empty"),
+    ("a,b\n1,2\n3,n/a\n", "line 3 (row 1), column 'b' holds 'n/a', not a number (a missing value?)"),
 ])
 def test_bad_csv_is_one_line_naming_the_file(tmp_path, content, expected):
     path = tmp_path / "bad.csv"
@@ -170,6 +172,22 @@ def test_a_csv_cut_mid_line_resumes_after_its_last_whole_row(tmp_path):
     assert resumed.rows == 2
     resumed.write({"prediction": np.array([5])})
     assert pd.read_csv(path).to_dict("list") == {"row": [0, 1, 2], "prediction": [3, 4, 5]}
+
+
+def test_a_parquet_file_closed_by_an_error_resumes_and_a_killed_one_is_one_line(tmp_path):
+    path = tmp_path / "predictions.parquet"
+    writer = PredictionsWriter(path, "parquet")
+    writer.write({"prediction": np.array([3, 4])})
+    writer.close()  # what an error or Ctrl-C does: the footer is written
+    resumed = PredictionsWriter(path, "parquet", resume=True)
+    assert resumed.rows == 2
+    resumed.write({"prediction": np.array([5])})
+    resumed.close()
+    assert pd.read_parquet(path).to_dict("list") == {"row": [0, 1, 2], "prediction": [3, 4, 5]}
+    path.write_bytes(path.read_bytes()[:-20])  # a kill: no footer
+    with pytest.raises(ConfigError) as info:
+        PredictionsWriter(path, "parquet", resume=True)
+    assert "cannot be resumed" in str(info.value) and "predict to CSV" in info.value.hint
 
 
 def test_a_service_stopped_midway_keeps_the_rows_and_resume_finishes_the_file(cli, tmp_path, digits):
@@ -270,3 +288,76 @@ def test_predict_settings_are_checked_before_any_stage(override):
     with pytest.raises(ConfigError) as info:
         preflight([override])
     assert override.split("=")[0] in str(info.value) and info.value.hint
+
+
+class _Answers405(http.server.BaseHTTPRequestHandler):
+    """azmlinfsrv's answer to a POST anywhere but /score: 405."""
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200 if self.path == "/score" else 405)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_uri_without_score_and_an_unreachable_one_are_one_line_each(caplog):
+    """A 405 from a URI that does not end in /score says so; an unreachable service is one line of
+    aideploy's, with no urllib3 "Retrying (...)" warning before it."""
+    import logging
+    import socket
+
+    from aideploy.artifacts import Endpoint, Request
+    from aideploy.errors import PredictError
+    from aideploy.http import post_all
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers405)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(PredictError) as info:
+            post_all(Endpoint("t", "local", f"{base}/"), [Request(b"{}", 1)], timeout=10)
+        assert "HTTP 405" in str(info.value) and info.value.hint.startswith("the URI should end in /score")
+        assert len(post_all(Endpoint("t", "local", f"{base}/score"), [Request(b"{}", 1)], timeout=10).items) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    caplog.set_level(logging.WARNING)  # the root's level: urllib3's own logger keeps aideploy's setting
+    with pytest.raises(PredictError) as info:
+        post_all(Endpoint("t", "local", f"http://127.0.0.1:{closed}/score"), [Request(b"{}", 1)], timeout=10)
+    assert "connection refused, after retries" in str(info.value) and "\n" not in str(info.value)
+    assert not [r for r in caplog.records if r.name.startswith("urllib3")], caplog.text
+
+
+def test_the_deprecated_encryption_batch_size_still_sizes_requests_and_says_so(cli):
+    proc = cli("encryption.batch_size=50", "data.limit=100")
+    assert proc.returncode == 0, proc.stderr
+    assert "encryption.batch_size is deprecated: it is now predict.batch_size=50" in proc.stderr
+    assert results_of(proc.out)["requests"] == 2
+
+
+def test_progress_is_a_line_every_progress_seconds_while_a_request_is_slow(caplog):
+    """Off a terminal, a timer logs the rows answered so far, also while no answer comes."""
+    import logging
+
+    from aideploy.client import Progress
+
+    caplog.set_level(logging.INFO, logger="aideploy")
+    progress = Progress(total=100, done=0, every=0.05)
+    try:
+        progress.chunk(50)
+        progress.answered(10)  # then nothing more: a slow request
+        deadline = time.monotonic() + 10
+        while len([r for r in caplog.records if "predict: 10/100 rows" in r.getMessage()]) < 3:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.02)
+    finally:
+        progress.close()
+    assert "rows/s, ETA" in caplog.text

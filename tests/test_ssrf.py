@@ -98,6 +98,24 @@ def test_the_deployments_own_store_is_fetched_from(worker, azurite):  # noqa: F8
         assert register(service, key_id=client.key_id, key_url=url) == (200, {"registered": client.key_id})
 
 
+def test_no_proxy_from_the_environment_is_used(worker, azurite, monkeypatch):  # noqa: F811
+    """A proxy set in the service's environment would be the peer the address checks see; the key
+    is fetched from the store itself and the proxy is never contacted."""
+    service = worker()
+    params = FastParams.from_json(json.dumps(service.describe()["fast"]["params"]).encode())
+    client = FastClient(64, 10, params)
+    with Target() as proxy, BlobKeyStore.from_connection_string(azurite.connection_string, "proxykeys") as keys:
+        url = keys.put(client.key_id, client.public_bundle())  # the test's own upload: before any proxy is set
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
+        assert register(service, key_id=client.key_id, key_url=url) == (200, {"registered": client.key_id})
+        assert proxy.seen == []
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.delenv(name)  # the store's clean-up goes direct
+
+
 def test_another_loopback_port_is_never_contacted_and_open_and_closed_ports_look_alike(worker):
     service = worker()
     closed = _free_port()

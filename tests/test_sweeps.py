@@ -198,3 +198,11 @@ def test_ray_launcher_gives_the_same_rows(basic_sweep, cli, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert comparable(sweep) == comparable(basic_sweep)
     assert (sweep / "sweep_latency.png").exists()
+
+
+def test_a_setting_the_options_do_not_use_stops_a_single_run(cli):
+    """What a sweep records as not applied is, in a single run, an error before any stage."""
+    proc = cli("encryption=none", "encryption.max_error=0.01")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "encryption.max_error=0.01 does not apply to encryption=none" in proc.stderr and "hint: " in proc.stderr
+    assert "[1/" not in proc.stderr  # no stage ran

@@ -115,6 +115,9 @@ def test_serve_predict_curl_forms_swagger_and_refusals(cli, mixed, tmp_path):
         assert {name: spec["type"] for name, spec in columns.items()} == {
             "city": "string", "plan": "string", "age": "number", "income": "number", "active": "boolean",
             "visits": "number"}  # a scaler takes any number, whole or not
+        # missing cells in training, taken by an imputer: may be null; the passthrough boolean: not
+        assert columns["age"].get("x-nullable") is True and columns["city"].get("x-nullable") is True
+        assert "x-nullable" not in columns["active"]
         example = service_input["example"]
         assert requests.post(uri, json=example, headers=auth, timeout=30).status_code == 200
         described = requests.get(uri, headers=auth, timeout=30).json()["input"]

@@ -29,10 +29,15 @@ def artifacts(uri: str, run_id: str, path: str | None = None) -> set[str]:
 
 def test_a_run_is_logged_with_params_metrics_tags_artifacts_and_its_model(cli, tmp_path):
     uri = store_uri(tmp_path)
-    proc = cli("tracking=mlflow", f"tracking.uri={uri}", "tracking.log_model=true", "data.limit=40")
+    marker = "scoring-key-value-4f1c9e"
+    proc = cli("tracking=mlflow", f"tracking.uri={uri}", "tracking.log_model=true", "data.limit=40",
+               env={"AIDEPLOY_SCORING_KEY": marker})
     assert proc.returncode == 0, proc.stderr
     results = results_of(proc.out)
     [run] = runs(uri)
+    # the config names the variable; its value is in no param
+    assert run.data.params["scoring_key_env"] == "AIDEPLOY_SCORING_KEY"
+    assert not [k for k, v in run.data.params.items() if marker in v]
     assert results["tracking"]["run_id"] == run.info.run_id and run.info.status == "FINISHED"
     assert run.data.params["target.worker_count"] == "1" and run.data.params["model.name"] == "sklearn_digits"
     assert run.data.params["mode"] == "run" and run.data.params["predict.output_format"] == "csv"  # not Mode.run
@@ -90,6 +95,7 @@ def test_a_sweep_is_one_parent_with_a_child_per_job(tmp_path, launcher):
     # children named by their overrides; the parent holds the sweep's own
     assert {c.info.run_name for c in children} == {f"target.worker_count={w},predict.batch_size={b}"
                                                      for w in (1, 2) for b in (1, 5)}
+    assert parents[0].info.run_name == f"sweep {tmp_path.name}/sweep"  # sweep <parent dir>/<sweep dir>
     assert parents[0].data.params["target.worker_count"] == "1,2" and parents[0].data.params["data.limit"] == "5"
     assert all("accuracy" in c.data.metrics and "latency_ms.p50" in c.data.metrics for c in children)
     assert {"sweep.md", "sweep.csv"} <= artifacts(uri, parents[0].info.run_id)
