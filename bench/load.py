@@ -241,8 +241,13 @@ class FastQueries:
         self.queries = [self.queries[k * per_key + i] for i in range(per_key) for k in range(n_keys)]
 
 
+def _plain_values(answer: dict) -> np.ndarray:
+    """What a plain answer gives to check: the probabilities, else the scores."""
+    return np.asarray(answer["probabilities"] if "probabilities" in answer else answer["scores"], dtype=np.float64)
+
+
 class PlainQueries:
-    """The same samples as JSON bodies, made in advance; the answer's scores are checked."""
+    """The same samples as JSON bodies, made in advance; the answer's probabilities are checked."""
 
     def __init__(self, X: np.ndarray, count: int, batch: int = 1) -> None:
         rng = np.random.default_rng(0)
@@ -254,7 +259,7 @@ class PlainQueries:
             body = json.dumps({"data": X[rows].tolist()}).encode()
             self.encrypt_s += time.perf_counter() - start
             self.queries.append(Query(body, {"Content-Type": "application/json"}, rows,
-                                      lambda answer: np.asarray(json.loads(answer)["scores"], dtype=np.float64)))
+                                      lambda answer: _plain_values(json.loads(answer))))
 
 
 class RssSampler(threading.Thread):
@@ -372,7 +377,8 @@ def run_mode(encryption: str, cfg: LoadConfig, workdir: Path, azurite: AzuriteSe
     tolerance = 1e-3 if encryption == "fast" else 1e-9
     with serve(workdir, cfg.workers, int(cfg.cache_mb * MB), extra, encryption=encryption, store=azurite) as served:
         model = joblib.load(served.model_file)
-        expected = model.decision_function(X)
+        # the fast scheme answers the logits; a plain answer carries the probabilities where the model has them
+        expected = model.decision_function(X) if encryption == "fast" else model.predict_proba(X)
         if encryption == "fast":
             store = BlobKeyStore.from_connection_string(azurite.connection_string, f"loadkeys{secrets.token_hex(4)}")
             params = served_params(served)
