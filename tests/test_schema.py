@@ -314,6 +314,20 @@ def test_a_pickle_written_by_another_scikit_learn_pins_that_one(tmp_path, monkey
     assert "scikit-learn==1.5.2" in of_sklearn(fake)
 
 
+def test_an_mlflow_model_brings_its_own_requirements(tmp_path):
+    """MLflow writes requirements.txt beside MLmodel: its lines are the environment's, mlflow itself
+    as the serving part (mlflow-skinny), pip options and comments left out."""
+    from aideploy.model_requirements import of_mlflow
+
+    model_dir = tmp_path / "model" / "mlflow_lr"
+    model_dir.mkdir(parents=True)
+    (model_dir / "MLmodel").write_text("flavors: {}\n")
+    (model_dir / "requirements.txt").write_text(
+        "mlflow==2.12.1\n# a comment\n-r extra.txt\nscikit-learn==1.5.2  # pinned\ncloudpickle>=3\nnot a req!\n")
+    assert of_mlflow(tmp_path / "model") == ["mlflow-skinny==2.12.1", "scikit-learn==1.5.2", "cloudpickle>=3"]
+    assert of_mlflow(tmp_path / "nothing") == []
+
+
 def test_a_class_from_main_is_refused_before_deploy():
     fake = type("Estimator", (), {})
     fake.__module__ = "__main__"

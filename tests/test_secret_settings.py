@@ -111,6 +111,15 @@ def test_token_secret_without_a_setting_is_the_servers_not_the_workers(clean_env
     assert token_secret_from_environment() != first
 
 
+def test_with_neither_a_setting_nor_a_share_dir_each_worker_has_its_own_secret_and_says_so(clean_env, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="aideploy.scoring")
+    first, second = token_secret_from_environment(), token_secret_from_environment()
+    assert first != second and len(first) == 32  # two workers: rounds only succeed on the worker that began them
+    assert f"{TOKEN_SECRET_ENV} is not set: this worker seals MLP round tokens with its own random secret" in caplog.text
+
+
 def test_the_server_limits_store_is_shared_by_its_workers(clean_env, monkeypatch, tmp_path):
     from aideploy_scoring.limits import LimitsUnavailable, SqliteStore, open_store
 

@@ -89,6 +89,17 @@ def test_mode_run_predicts_a_mixed_csv_as_the_pipeline_does(cli, mixed):
     assert "first request answered" in proc.stderr
 
 
+def test_mode_run_with_a_renamed_column_stops_before_anything_is_deployed(cli, mixed, tmp_path):
+    folder, _, _ = mixed
+    renamed = tmp_path / "renamed.csv"
+    pd.read_csv(folder / "test.csv").rename(columns={"income": "Income"}).to_csv(renamed, index=False)
+    proc = cli(*_model(folder), "data=csv", f"data.path={renamed}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "renamed.csv has no column 'income' (is 'Income' it?)" in proc.stderr and "hint:" in proc.stderr
+    stages = results_of(proc.out)["stage_seconds"]
+    assert "deploy" not in stages and "environment" not in stages, stages
+
+
 def test_serve_predict_curl_forms_swagger_and_refusals(cli, mixed, tmp_path):
     folder, pipeline, expected = mixed
     frame = pd.read_csv(folder / "test.csv")
