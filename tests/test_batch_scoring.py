@@ -137,6 +137,17 @@ def test_a_killed_run_resumes_without_redoing_finished_files(cli, tmp_path, digi
         assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline, "no file was finished in time"
         time.sleep(0.05)
+    # the run's own Ray asks every connection for the run's token (Ray 2.60 still listens on all
+    # interfaces with some of its servers: the README says so)
+    token_mode = set()
+    for pid in session_processes():
+        try:
+            process = psutil.Process(pid)
+            if pid != proc.pid and "ray" in " ".join(process.cmdline()):  # aideploy itself sets it in-process
+                token_mode.add(process.environ().get("RAY_AUTH_MODE"))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    assert token_mode == {"token"}, token_mode
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     deadline = time.monotonic() + 20  # the local Ray ends with the aideploy that started it, by itself
