@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import os
 import re
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +26,7 @@ from aideploy.blobkeys import BlobKeyStore
 from aideploy_scoring.fastlinear import FastClient
 from aideploy_scoring.keyfetch import KeyAccessDeniedError, KeyFetcher, KeyNotFoundError
 from aideploy_scoring.keyshare import SharedKeys
-from conftest import SERVE_KEY, Cli, fast_params, served
+from conftest import SERVE_KEY, Cli, fast_params, served, session_processes
 from test_keystore import _sig, _with_query
 
 SERVER_LOG = "azmlinfsrv.log"
@@ -174,18 +173,31 @@ def _pids_answering(log: Path, offset: int) -> set[str]:
 
 
 def _key_dirs() -> set[str]:
-    """The deployments' own directories (target=local), where their workers share keys."""
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("aideploy-service-")}
+    """The share directories (target=local gives each deployment its own) of the servers this test
+    session started: another session's (a parallel pytest process) are not this test's to judge."""
+    import psutil
+
+    found = set()
+    for pid in session_processes():
+        try:
+            directory = psutil.Process(pid).environ().get("AIDEPLOY_KEY_SHARE_DIR")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if directory:
+            found.add(directory)
+    return found
 
 
 def test_a_registered_key_is_served_by_every_worker_without_the_store(tmp_path):
     """Register once; delete the blob: every worker still answers (from the shared check) until
     the bound set by the store's answer, and none after it. The directory goes with the service."""
-    before = _key_dirs()
     cli = Cli(tmp_path, tmp_path / "home")
     with AzuriteServer() as azurite, served(cli, "encryption=fast", "target.worker_count=2",
                                             env={"AIDEPLOY_SAS_RECHECK_SECONDS": "6"}, store=azurite) as uri:
         log = tmp_path / f"run{cli.calls}" / SERVER_LOG
+        (keys_dir,) = _key_dirs()  # in the deployment's own directory, which its workers share
+        shared = Path(keys_dir).parent
+        assert shared.is_dir() and shared.name.startswith("aideploy-service-")
         client = FastClient(64, 10, fast_params(uri))
         with BlobKeyStore.from_connection_string(azurite.connection_string, "regkeys") as keys:
             url = keys.put(client.key_id, client.public_bundle())
@@ -214,7 +226,7 @@ def test_a_registered_key_is_served_by_every_worker_without_the_store(tmp_path):
             # A key the service cannot read is refused at registration, with the store's reason.
             answer = requests.post(uri, json=registration, headers=auth, timeout=60)
             assert answer.status_code == 404 and client.key_id in answer.json()["error"]
-    assert _key_dirs() == before
+    assert not shared.exists()  # gone with the service
 
 
 def test_a_run_whose_keys_the_service_cannot_read_stops_at_the_registration(cli):

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import socket
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -624,7 +625,9 @@ def test_azurite_start_failure_shows_log_tail():
 
 
 def test_missing_node_modules_gives_clear_error(tmp_path, monkeypatch):
-    before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("aideploy-azurite-*"))
+    temp = tmp_path / "temp"  # its own temp dir: a parallel test session's Azurite dirs are not this test's
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     with pytest.raises(AzuriteNotInstalledError) as ei:
         AzuriteServer(node_modules=tmp_path / "node_modules").start()
     assert "npm ci" in str(ei.value)
@@ -632,7 +635,7 @@ def test_missing_node_modules_gives_clear_error(tmp_path, monkeypatch):
     with pytest.raises(AzuriteNotInstalledError) as ei:
         AzuriteServer().start()
     assert "npm ci" in str(ei.value) and "AIDEPLOY_NODE_MODULES" in str(ei.value)
-    assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("aideploy-azurite-*")) == before
+    assert list(temp.iterdir()) == []  # no data dir left behind
 
 
 def test_parse_listening_url():
