@@ -260,3 +260,22 @@ def test_an_encrypted_mixed_table_runs_its_preprocessing_in_the_client(cli, mixe
                    "encryption=fast", env=KEY)
     assert proc.returncode == 0, proc.stderr
     assert pd.read_csv(proc.out / "predictions.csv")["prediction"].tolist() == expected.tolist()
+
+
+def test_an_encrypted_mixed_table_under_seal_runs_the_same_client_part(cli, mixed, tmp_path):
+    """encrypted-inference's scheme takes the client part's output as fast does (6 rows: ~0.5 s each)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    folder, pipeline, _ = mixed
+    read = pd.read_csv(folder / "train.csv")
+    linear = Pipeline([("pre", pipeline.named_steps["pre"]), ("lr", LogisticRegression(max_iter=1000))])
+    linear.fit(read[FEATURES], read["churn"])
+    joblib.dump(linear, tmp_path / "linear.pkl")
+    proc = cli("model=sklearn_pickle", f"model.path={tmp_path / 'linear.pkl'}", "data=csv",
+               f"data.path={folder / 'test.csv'}", "data.limit=6", "encryption=seal")
+    assert proc.returncode == 0, proc.stderr
+    results = results_of(proc.out)
+    assert results["agreement"] == 1.0 and results["max_score_error"] <= 1e-3
+    expected = linear.predict(pd.read_csv(folder / "test.csv")[FEATURES].iloc[:6])
+    assert pd.read_csv(proc.out / "predictions.csv")["prediction"].tolist() == expected.tolist()
