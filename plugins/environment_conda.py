@@ -32,8 +32,11 @@ def _journal_add(ctx):
 @hookimpl
 def aideploy_build_environment(cfg, ctx, requirements):
     spec = write_spec(cfg, ctx, requirements)
-    if ctx.cfg.dry_run or not capabilities(ctx).runs_here:
-        spec.kernels = None if ctx.cfg.dry_run else kernels.for_environment(ctx, None)
+    runs_here = capabilities(ctx).runs_here
+    if ctx.cfg.dry_run or not runs_here:
+        # an Azure target's kernels are made where it runs (its image, or init()): a plan says where, and
+        # builds nothing; a local plan builds nothing either
+        spec.kernels = None if runs_here else kernels.for_environment(ctx, None)
         return spec  # an Azure target builds its own image from the same spec
     root = uvenv.envs_dir(cfg.envs_dir, ctx.cfg.home)
     existed = (root / uvenv.spec_hash(spec.python, spec.pip) / uvenv.STAMP).exists()

@@ -591,11 +591,21 @@ def variant_plans(tmp_path_factory):
                                *(o.replace("{mlp}", str(mlp)) for o in overrides)], out)
             assert results["status"] == "ok", (variant, results.get("error"))
             made[variant] = (json.loads((out / "plan.json").read_text()), out / "plan.sh")
+            made.setdefault("results", {})[variant] = results
     made["root"] = root
     return made
 
 
 MANAGED_VARIANTS = sorted(v for v in PLAN_VARIANTS if v.startswith("managed_endpoint"))
+
+
+def test_results_say_where_an_azure_deployment_gets_its_kernels(variant_plans):
+    """managed_endpoint: compiled in the image build; aci: in the first worker's init(); plain: none."""
+    results = variant_plans["results"]
+    for network in ("public", "vnet"):
+        assert results[f"managed_endpoint-{network}-fast"]["kernels"]["where"] == "image"
+        assert results[f"aci-{network}-fast"]["kernels"]["where"] == "init"
+        assert "kernels" not in results[f"aci-{network}-none"]
 
 
 def write_mlp(path: Path) -> Path:
