@@ -326,6 +326,11 @@ class AciTarget(TargetConfig):
     workspace: AzureWorkspace = field(default_factory=AzureWorkspace)
 
 
+#: The base image under an Azure ML deployment's conda environment (online and batch): pinned, azureml-core
+#: 1.61's DEFAULT_CPU_IMAGE, so a later rebuild gets the same OS and libraries.
+AZUREML_BASE_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20251130.v1"
+
+
 class EndpointAuthMode(str, Enum):
     """How a managed online endpoint authenticates callers; it always requires one of these."""
 
@@ -351,7 +356,7 @@ class ManagedEndpointTarget(TargetConfig):
     instance_type: str = "Standard_DS3_v2"
     instance_count: int = bounded(1, ge=1)
     worker_count: int = bounded(1, ge=1)
-    image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20251130.v1"
+    image: str = AZUREML_BASE_IMAGE
     probes: Dict[str, ProbeTiming] = field(default_factory=lambda: {
         "plain": ProbeTiming(10, 2), "fast": ProbeTiming(20, 2), "seal": ProbeTiming(30, 15)})
     auth_mode: EndpointAuthMode = EndpointAuthMode.key
@@ -406,7 +411,7 @@ class BatchEndpointTarget(TargetConfig):
     error_threshold: int = bounded(-1, ge=-1)
     retry: BatchRetry = field(default_factory=BatchRetry)
     logging_level: BatchLoggingLevel = BatchLoggingLevel.info
-    image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20251130.v1"
+    image: str = AZUREML_BASE_IMAGE
     tags: Dict[str, str] = field(default_factory=dict)
     description: Optional[str] = None
     properties: Dict[str, str] = field(default_factory=dict)

@@ -17,7 +17,6 @@ functions below.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from typing import Any
 
@@ -25,6 +24,7 @@ from aideploy import azure_tags, hookimpl, plan_script
 from aideploy.azure_workspace import deployment_name, require_sdk, teardown_note
 from aideploy.errors import ConfigError
 from aideploy.stages import Mode
+from aideploy_plugins.target_managed import _quiet_sdk_logs
 
 PLUGIN_NAME = "batch_endpoint"
 PLAN_SDK_MODULES = ("azure.ai.ml",)
@@ -64,11 +64,6 @@ def check_config(ctx: Any) -> None:
                           "if the VNET is in another resource group than the workspace)")
 
 
-def _quiet_sdk() -> None:
-    # azure-ai-ml's "experimental class" notices are about the SDK, not about anything the user chose.
-    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
-
-
 # ----------------------------------------------------------------------------- config -> SDK entities
 
 
@@ -80,7 +75,7 @@ def build_compute(cfg: Any, network_cfg: Any, tags: dict[str, str], description:
 
     from aideploy.azure_requests import SCOPE, WORKSPACE_LOCATION
 
-    _quiet_sdk()
+    _quiet_sdk_logs()
     network = None
     if network_cfg.plugin == "vnet":
         network = NetworkSettings(vnet_name=network_cfg.vnet_name, subnet=network_cfg.subnet_name)
@@ -104,7 +99,7 @@ def build_endpoint(name: str, tags: dict[str, str], description: str, default: s
     """The ``BatchEndpoint``; ``default`` names its default deployment."""
     from azure.ai.ml.entities import BatchEndpoint
 
-    _quiet_sdk()
+    _quiet_sdk_logs()
     return BatchEndpoint(name=name, tags=tags, description=description, auth_mode=AUTH_MODE,
                          defaults={"deployment_name": default} if default else None)
 
@@ -116,7 +111,7 @@ def build_deployment(cfg: Any, endpoint: str, model: Any, environment: Any, code
     from azure.ai.ml.entities import (BatchRetrySettings, CodeConfiguration, Environment, Model,
                                       ModelBatchDeployment, ModelBatchDeploymentSettings, ResourceConfiguration)
 
-    _quiet_sdk()
+    _quiet_sdk_logs()
     settings = ModelBatchDeploymentSettings(
         mini_batch_size=cfg.mini_batch_size,
         max_concurrency_per_instance=cfg.max_concurrency_per_instance,
@@ -195,7 +190,7 @@ def invoke_action(cfg: Any, name: str) -> dict:
 def plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) -> list[dict]:
     """Each step, in order, with the REST request the SDK sends for it."""
     from aideploy.azure_requests import WORKSPACE_LOCATION, plan_client, sdk_request
-    from aideploy_plugins.target_managed import serialized, workspace_action
+    from aideploy_plugins.target_managed import serialized, workspace_action, workspace_read
 
     name = endpoint_name(ctx)
     tags, description = azure_tags.describe(cfg, model, ctx.artifacts.get("dataset"))
@@ -206,10 +201,7 @@ def plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: Any) ->
     default = build_endpoint(name, tags, description, default=cfg.deployment)
     actions: list[dict] = [
         workspace_action(cfg),
-        {"action": "workspaces.get", "settings": {"name": "{workspaceName}"},
-         "request": {**sdk_request("workspaces_get", client.workspaces._operation),
-                     "captures": {"workspaceLocation": "location"}},
-         "note": f"the SDK reads the workspace's region: {WORKSPACE_LOCATION} in the bodies below"},
+        workspace_read(client, None, {}),
         *compute_actions(cfg, ctx, client, tags, description),
         {"action": "batch_endpoints.begin_create_or_update", "settings": serialized(endpoint),
          "request": sdk_request("batch_endpoints_create_or_update", endpoints,

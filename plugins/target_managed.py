@@ -845,7 +845,7 @@ def update_plan_actions(cfg: Any, ctx: Any, model: Any, environment: Any, code: 
                                       azure_secrets.plan_vault(cfg.key_vault).url, names))
     client = plan_client()
     endpoints = client.online_endpoints._online_operation
-    actions = plan_actions(cfg, ctx, model, environment, code)[:2]  # MLClient, workspaces.get
+    actions = [workspace_action(cfg), workspace_read(client, cfg.key_vault, names)]  # as the deploy's plan begins
     actions.append({"action": "online_endpoints.get", "settings": {"name": name},
                     "request": sdk_request("online_endpoints_get", endpoints, endpoint_name=name),
                     "note": f"the deployment holding 100% of the traffic is replaced: {old!r} here "
