@@ -189,21 +189,29 @@ def vault_get(vault: Vault) -> dict[str, Any]:
                        subscription_id=vault.subscription_id)
 
 
-def secret_put(vault: Vault, secret: str, value: str) -> dict[str, Any]:
+def _secret_body(value: str) -> Any:
+    """A secret's create body, as the plan shows it and the deploy sends it."""
     from azure.mgmt.keyvault.models import SecretCreateOrUpdateParameters, SecretProperties
 
-    body = SecretCreateOrUpdateParameters(properties=SecretProperties(value=value))
-    return arm_request("secrets", "create_or_update", body, "SecretCreateOrUpdateParameters",
+    return SecretCreateOrUpdateParameters(properties=SecretProperties(value=value))
+
+
+def _role_body(vault: Vault, principal_id: str) -> Any:
+    """The endpoint identity's role assignment body (Key Vault Secrets User), as planned and as sent."""
+    from azure.mgmt.authorization.models import RoleAssignmentCreateParameters
+
+    return RoleAssignmentCreateParameters(role_definition_id=role_definition_id(vault.subscription_id),
+                                          principal_id=principal_id, principal_type="ServicePrincipal")
+
+
+def secret_put(vault: Vault, secret: str, value: str) -> dict[str, Any]:
+    return arm_request("secrets", "create_or_update", _secret_body(value), "SecretCreateOrUpdateParameters",
                        resource_group_name=vault.resource_group, vault_name=vault.name, secret_name=secret,
                        subscription_id=vault.subscription_id)
 
 
 def role_put(vault: Vault, secret: str, endpoint: str, principal_id: str) -> dict[str, Any]:
-    from azure.mgmt.authorization.models import RoleAssignmentCreateParameters
-
-    body = RoleAssignmentCreateParameters(role_definition_id=role_definition_id(vault.subscription_id),
-                                          principal_id=principal_id, principal_type="ServicePrincipal")
-    return arm_request("role_assignments", "create", body, "RoleAssignmentCreateParameters",
+    return arm_request("role_assignments", "create", _role_body(vault, principal_id), "RoleAssignmentCreateParameters",
                        scope=vault.secret_id(secret), role_assignment_name=role_assignment_name(endpoint, secret))
 
 
@@ -323,16 +331,12 @@ def create(credential: Any, vault: Vault, endpoint: str, setting: str, secret: s
            principal_id: str) -> None:
     """The secret (ARM), then the endpoint identity's role on it."""
     from azure.mgmt.authorization import AuthorizationManagementClient
-    from azure.mgmt.authorization.models import RoleAssignmentCreateParameters
     from azure.mgmt.keyvault import KeyVaultManagementClient
-    from azure.mgmt.keyvault.models import SecretCreateOrUpdateParameters, SecretProperties
 
     KeyVaultManagementClient(credential, vault.subscription_id).secrets.create_or_update(
-        vault.resource_group, vault.name, secret, SecretCreateOrUpdateParameters(properties=SecretProperties(value=value)))
+        vault.resource_group, vault.name, secret, _secret_body(value))
     AuthorizationManagementClient(credential, vault.subscription_id).role_assignments.create(
-        vault.secret_id(secret), role_assignment_name(endpoint, secret),
-        RoleAssignmentCreateParameters(role_definition_id=role_definition_id(vault.subscription_id),
-                                       principal_id=principal_id, principal_type="ServicePrincipal"))
+        vault.secret_id(secret), role_assignment_name(endpoint, secret), _role_body(vault, principal_id))
 
 
 def delete(credential: Any, vault: Vault, endpoint: str, secret: str) -> None:
