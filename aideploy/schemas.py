@@ -46,14 +46,14 @@ def capture(adapter: Any, dataset: Any = None) -> Schema | None:
     schema = adapter.input_schema()
     if schema is None or dataset is None:
         return schema
-    _typed(schema, dataset)
-    schema.ranges = input_ranges(adapter, schema, dataset)
+    sample = dataset.sample(SAMPLE_ROWS)  # a file's first rows, read once for both
+    _typed(schema, dataset, sample)
+    schema.ranges = input_ranges(adapter, schema, dataset, sample)
     return schema
 
 
-def _typed(schema: Schema, dataset: Any) -> None:
-    """Type ``schema``'s untyped columns from ``dataset``'s first rows (see :func:`capture`)."""
-    sample = dataset.sample(SAMPLE_ROWS)
+def _typed(schema: Schema, dataset: Any, sample: Any) -> None:
+    """Type ``schema``'s untyped columns from ``dataset``'s first rows, ``sample`` (see :func:`capture`)."""
     if sample is None or len(sample) == 0:
         return
     if not hasattr(sample, "columns"):  # an array: numbers by position
@@ -80,13 +80,13 @@ def _typed(schema: Schema, dataset: Any) -> None:
         schema.source.append(f"data sample ({dataset.name})")
 
 
-def input_ranges(adapter: Any, schema: Schema, dataset: Any) -> dict[str, Any] | None:
+def input_ranges(adapter: Any, schema: Schema, dataset: Any, sample: Any) -> dict[str, Any] | None:
     """The fast scheme's per-feature input ranges for a model the encrypted schemes serve
     (:func:`aideploy_scoring.inputranges.choose`), as the schema records them; None for another model.
 
     The data they are chosen from, as the scheme takes it (through the client part where there
     is one): a packaged data set's training split, its test rows held in memory, and a file's
-    first :data:`SAMPLE_ROWS` rows, so no file is read in full before anything is deployed (the
+    first :data:`SAMPLE_ROWS` rows (``sample``, read once by :func:`capture`), so no file is read in full before anything is deployed (the
     rows after them are checked as they are encrypted). Data that does not fit the model is left
     out: the check of its columns, right after, says why.
     """
@@ -104,7 +104,7 @@ def input_ranges(adapter: Any, schema: Schema, dataset: Any) -> dict[str, Any] |
     if n_features is None:
         return None
     part, arrays = ClientPart(client), []
-    for X in (dataset.X_train, dataset.X_test if dataset.X_test is not None else dataset.sample(SAMPLE_ROWS)):
+    for X in (dataset.X_train, dataset.X_test if dataset.X_test is not None else sample):
         if X is None or len(X) == 0:
             continue
         try:
