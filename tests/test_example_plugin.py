@@ -4,6 +4,7 @@ the ``aideploy-plugins`` listing, and broken plugins refused with an error namin
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,17 +22,16 @@ PIP = [sys.executable, "-m", "pip"]
 
 @pytest.fixture(scope="module")
 def example_plugin(tmp_path_factory):
-    """``pip install`` the example package (a copy, so its source tree stays clean) for this module."""
-    src = tmp_path_factory.mktemp("example") / EXAMPLE.name
+    """``pip install`` the example package (a copy, so its source tree stays clean) into a directory of
+    this module's own, and the environment that puts it on ``sys.path``: the shared environment never
+    holds it, so a test running beside this one (pytest-xdist) never sees it half installed."""
+    root = tmp_path_factory.mktemp("example")
+    src, site = root / EXAMPLE.name, root / "site"
     shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    proc = subprocess.run([*PIP, "install", "--no-deps", "--quiet", str(src)], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([*PIP, "install", "--no-deps", "--quiet", "--target", str(site), str(src)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    try:
-        yield
-    finally:
-        subprocess.run([*PIP, "uninstall", "--yes", "--quiet", "aideploy-example-plugin"], capture_output=True,
-                       timeout=300, check=True)
+    return {"PYTHONPATH": os.pathsep.join([str(site), str(TESTS_DIR)])}
 
 
 def plugins_listing(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -43,7 +43,8 @@ def test_an_installed_package_adds_a_data_option(example_plugin, cli, tmp_path):
 
     _, X_test, _, y_test = digits_split(0.25, 0)
     np.savetxt(tmp_path / "digits.csv", np.column_stack([X_test[:30], y_test[:30]]), delimiter=",")
-    proc = cli("data=loadtxt", f"data.path={tmp_path / 'digits.csv'}", "plugins=[aideploy_example.stage_log]")
+    proc = cli("data=loadtxt", f"data.path={tmp_path / 'digits.csv'}", "plugins=[aideploy_example.stage_log]",
+               env=example_plugin)
     assert proc.returncode == 0, proc.stderr
     results = results_of(proc.out)
     assert results["status"] == "ok" and results["options"]["data"] == "loadtxt"
@@ -59,13 +60,14 @@ def test_an_installed_package_adds_a_data_option(example_plugin, cli, tmp_path):
 
 
 def test_the_added_option_is_typed(example_plugin, cli):
-    proc = cli("data=loadtxt", "data.pth=x.csv")
+    proc = cli("data=loadtxt", "data.pth=x.csv", env=example_plugin)
     assert proc.returncode != 0
     assert "unknown config key 'data.pth'; did you mean data.path?" in proc.stderr
 
 
 def test_aideploy_plugins_lists_plugins_origins_hooks_and_options(example_plugin):
-    proc = plugins_listing("--json", "aideploy_example.stage_log")
+    env = {**os.environ, **example_plugin}
+    proc = plugins_listing("--json", "aideploy_example.stage_log", env=env)
     assert proc.returncode == 0, proc.stderr
     listed = {p["name"]: p for p in json.loads(proc.stdout)["plugins"]}
     assert listed["example_csv"] == {"name": "example_csv", "origin": "aideploy-example-plugin 0.1.0",
@@ -78,7 +80,7 @@ def test_aideploy_plugins_lists_plugins_origins_hooks_and_options(example_plugin
     assert listed["plain"]["options"] == ["encryption=none"]
     assert listed["sklearn_train"]["options"] == ["model=sklearn_digits"]
     assert listed["local"]["options"] == ["target=local"] and "aideploy_deploy" in listed["local"]["hooks"]
-    text = plugins_listing()
+    text = plugins_listing(env=env)
     assert text.returncode == 0, text.stderr
     assert "example_csv  [aideploy-example-plugin 0.1.0]" in text.stdout and "options: data=loadtxt" in text.stdout
 
